@@ -1,0 +1,187 @@
+"""Outbound delivery throughput: M queued messages through 2 Celery worker processes to a
+local sink.
+
+Sets up its own data dir (SQLite, embedded broker, or DATABASE_URL / CELERY_BROKER_URL when
+given), a local DNS server whose MX for example.net points at 127.0.0.1, and an aiosmtpd
+sink standing in for the remote MX. Starts the workers, waits until they deliver a warm-up
+message, queues M messages (one enqueue per message, --chunk per transaction) and times
+until the sink holds them all.
+
+    .venv/bin/python bench/outbound.py [--messages 2000] [--workers 2] [--chunk 100]
+
+Prints the queueing time and the delivered msgs/s (from the first enqueue to the last
+message received).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# bench/dns.py is beside this file: keep its directory off the import path so `import dns`
+# is dnspython.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import dns.message  # noqa: E402
+import dns.rdataclass  # noqa: E402
+import dns.rdatatype  # noqa: E402
+import dns.rrset  # noqa: E402
+from aiosmtpd.smtp import SMTP  # noqa: E402
+
+QUEUE = """
+from django.db import transaction
+from mail.models import MailDomain
+from mail.services.enqueue import enqueue_remote
+from mail.services.mailboxes import mailbox_create
+from mail.services.storage import StoredFiles, store_content
+MailDomain.objects.get_or_create(name="example.com")
+mailbox_create(address="alice@example.com")
+start, count, chunk = {start}, {count}, {chunk}
+for base in range(start, start + count, chunk):
+    with StoredFiles() as files, transaction.atomic():
+        for n in range(base, min(base + chunk, start + count)):
+            raw = (f"From: alice@example.com\\r\\nTo: bob@example.net\\r\\n"
+                   f"Message-Id: <b{{n}}@example.com>\\r\\n"
+                   f"Subject: bench {{n}}\\r\\n\\r\\n" + ("x" * 98 + "\\r\\n") * 10).encode()
+            content = store_content(raw, files=files)
+            enqueue_remote(content=content, envelope_from="alice@example.com",
+                           recipients=["bob@example.net"], helo_hostname="out.example.com")
+"""
+
+
+class Handler:
+    def __init__(self):
+        self.count = 0
+        self.done = threading.Event()
+        self.target = 1
+
+    async def handle_DATA(self, server, session, envelope):
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+        return "250 2.0.0 queued"
+
+
+def start_sink(handler: Handler) -> int:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def create():
+        return await loop.create_server(lambda: SMTP(handler, hostname="mx.example.net"), "127.0.0.1", 0)
+
+    server = asyncio.run_coroutine_threadsafe(create(), loop).result(10)
+    return server.sockets[0].getsockname()[1]
+
+
+def start_dns() -> int:
+    """MX example.net -> mx.example.net -> 127.0.0.1, over UDP."""
+
+    class UDP(socketserver.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            query = dns.message.from_wire(data)
+            response = dns.message.make_response(query)
+            q = query.question[0]
+            name, rdtype = q.name.to_text(), dns.rdatatype.to_text(q.rdtype)
+            answers = {("example.net.", "MX"): "10 mx.example.net.", ("mx.example.net.", "A"): "127.0.0.1"}
+            if (name, rdtype) in answers:
+                response.answer.append(
+                    dns.rrset.from_text(q.name, 300, dns.rdataclass.IN, rdtype, answers[(name, rdtype)])
+                )
+            sock.sendto(response.to_wire(), self.client_address)
+
+    server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), UDP)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=100)
+    args = parser.parse_args()
+
+    handler = Handler()
+    port = start_sink(handler)
+    dns_port = start_dns()
+    data_dir = tempfile.mkdtemp(prefix="everlock-bench-")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" or v.startswith("postgres")}
+    env.update(
+        EVERLOCK_DATA_DIR=data_dir,
+        EVERLOCK_LOG="warning",
+        EVERLOCK_RESOLVER=f"127.0.0.1:{dns_port}",
+        EVERLOCK_REMOTE_SMTP_PORT=str(port),
+        EVERLOCK_CELERY_QUEUE=f"everlock-bench-{uuid.uuid4().hex[:8]}",
+    )
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    if env.get("DATABASE_URL"):
+        print("DATABASE_URL is set: the bench flushes nothing, use a database of its own")
+    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, check=True)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "everlock_site",
+                "worker",
+                "--concurrency",
+                "1",
+                "-n",
+                f"bench{n}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "--loglevel",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        for n in range(args.workers)
+    ]
+    try:
+        handler.target = 1
+        subprocess.run(
+            [*manage, "shell", "-v0", "-c", QUEUE.format(start=0, count=1, chunk=1)],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        if not handler.done.wait(60):
+            sys.exit("the warm-up message was not delivered")
+        handler.done.clear()
+        handler.target = 1 + args.messages
+        started = time.monotonic()
+        subprocess.run(
+            [*manage, "shell", "-v0", "-c", QUEUE.format(start=1, count=args.messages, chunk=args.chunk)],
+            env=env, cwd=ROOT, check=True,
+        )  # fmt: skip
+        queued = time.monotonic() - started
+        if not handler.done.wait(600):
+            sys.exit(f"only {handler.count - 1} of {args.messages} messages arrived")
+        elapsed = time.monotonic() - started
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
+    print(f"{args.messages} messages, {args.workers} worker processes, {args.chunk} per enqueue transaction")
+    print(f"queued in {queued:.2f} s (including the queueing process start, ~1 s)")
+    print(f"all delivered after {elapsed:.2f} s: {args.messages / elapsed:.0f} msgs/s")
+
+
+if __name__ == "__main__":
+    main()

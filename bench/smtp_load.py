@@ -1,0 +1,177 @@
+"""Shared load driver for the SMTP benchmarks (bench/smtp_inbound.py, bench/smtp_submission.py).
+
+Each server under test runs in its own process; this process only drives the load: N
+concurrent clients, one connection per message, each a complete SMTP transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = 20
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "1000"))
+
+
+def setup_django(data_dir: str) -> None:
+    os.environ["EVERLOCK_DATA_DIR"] = data_dir
+    os.environ.setdefault("EVERLOCK_LOG", "warning")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "everlock_site.settings")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def message(size: int = 2048) -> bytes:
+    head = b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: bench\r\n\r\n"
+    line = b"x" * 70 + b"\r\n"
+    body = line * ((size - len(head)) // len(line))
+    return head + body
+
+
+async def _expect(reader: asyncio.StreamReader, code: bytes) -> None:
+    while True:
+        line = await reader.readline()
+        if not line.startswith(code):
+            raise RuntimeError(f"expected {code!r}, got {line!r}")
+        if line[3:4] != b"-":
+            return
+
+
+async def one_message(port: int, *, sender: str, rcpt: str, data: bytes, auth: bytes | None) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await _expect(reader, b"220")
+        writer.write(b"EHLO bench.example.net\r\n")
+        await _expect(reader, b"250")
+        if auth is not None:
+            writer.write(b"AUTH PLAIN " + auth + b"\r\n")
+            await _expect(reader, b"235")
+        writer.write(f"MAIL FROM:<{sender}>\r\n".encode())
+        await _expect(reader, b"250")
+        writer.write(f"RCPT TO:<{rcpt}>\r\n".encode())
+        await _expect(reader, b"250")
+        writer.write(b"DATA\r\n")
+        await _expect(reader, b"354")
+        writer.write(data + b".\r\n")
+        await _expect(reader, b"250")
+        writer.write(b"QUIT\r\n")
+        await _expect(reader, b"221")
+    finally:
+        writer.close()
+
+
+async def drive(port: int, *, sender: str, rcpt: str, auth: tuple[str, str] | None) -> float:
+    """Send MESSAGES messages with CLIENTS concurrent clients; return messages per second."""
+    data = message()
+    blob = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()) if auth else None
+    remaining = MESSAGES
+
+    async def client() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await one_message(port, sender=sender, rcpt=rcpt, data=data, auth=blob)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    return MESSAGES / (time.perf_counter() - started)
+
+
+def _bare_server(ready, auth: bool) -> None:
+    from aiosmtpd.smtp import SMTP, AuthResult
+
+    class Discard:
+        async def handle_DATA(self, server, session, envelope):
+            return "250 2.0.0 Accepted"
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(Discard(), auth_require_tls=False, authenticator=authenticator if auth else None),
+            "127.0.0.1",
+            0,
+        )
+        ready.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _everlock_server(ready, data_dir: str) -> None:
+    setup_django(data_dir)
+    from everlock_site.listen import ListenAddress
+    from mail.smtp.server import start_listeners
+
+    async def main() -> None:
+        listens = {"smtp": ListenAddress("127.0.0.1", 0), "submission": ListenAddress("127.0.0.1", 0)}
+        listeners = await start_listeners(listens=listens)
+        ready.put([s.sockets[0].getsockname()[1] for s in listeners.servers])
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start(target, *args):
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    process = ctx.Process(target=target, args=(ready, *args), daemon=True)
+    process.start()
+    return process, ready.get(timeout=60)
+
+
+def prepare(data_dir: str, *, dkim: bool) -> None:
+    """Migrate a fresh database in data_dir with example.com, bob and alice (change-me)."""
+    setup_django(data_dir)
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("createcachetable", verbosity=0)
+    from accounts.services import grant_add, user_add
+    from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem
+    from mail.models import MailDomain
+
+    MailDomain.objects.create(
+        name="example.com",
+        submission_enabled=True,
+        dkim_enabled=dkim,
+        dkim_private_key_pem=generate_ed25519_pem() if dkim else "",
+        dkim_rsa_private_key_pem=generate_rsa_pem() if dkim else "",
+    )
+    user_add(name="alice", password="change-me")
+    grant_add(name="alice", resource="smtp/mail/example.com:alice", role="writer")
+    grant_add(name="alice", resource="smtp/mail/example.com:bob", role="reader")
+
+
+def run(*, submission: bool, target: float) -> None:
+    data_dir = tempfile.mkdtemp(prefix="everlock-bench-")
+    prepare(data_dir, dkim=submission)
+    auth = ("alice", "change-me") if submission else None
+    sender = "alice@example.com" if submission else "carol@example.net"
+    bare, bare_port = start(_bare_server, submission)
+    bare_rate = asyncio.run(drive(bare_port, sender=sender, rcpt="bob@example.com", auth=auth))
+    bare.terminate()
+    ours, ports = start(_everlock_server, data_dir)
+    port = ports[1] if submission else ports[0]
+    our_rate = asyncio.run(drive(port, sender=sender, rcpt="bob@example.com", auth=auth))
+    ours.terminate()
+    from mail.models import Message
+
+    kind = "submission (AUTH PLAIN, Ed25519 + RSA DKIM)" if submission else "inbound (durable local delivery)"
+    print(f"{kind}: {MESSAGES} messages of 2 KB, {CLIENTS} concurrent clients, one connection each")
+    print(f"bare aiosmtpd (discard): {bare_rate:8.1f} msgs/s")
+    print(f"everlock:                {our_rate:8.1f} msgs/s")
+    print(f"ratio:                   {our_rate / bare_rate:8.1%} (target {target:.0%})")
+    print(f"messages filed:          {Message.objects.count()}")

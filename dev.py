@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Set up and run Everlock from a checkout with nothing but python3.
+
+    python3 dev.py serve [everlock serve flags]   start the server (embedded default: SQLite)
+    python3 dev.py test [pytest args]             run the whole test suite
+    python3 dev.py everlock ARGS...               any `everlock` command (manage.py)
+
+It creates .venv, installs the pinned requirements (again only when they change) and, for the
+tests, the Debian tools the tests drive (OpenSSH client, swaks, dig, opendkim-tools, Perl's
+Mail::DKIM, chromium) when they are missing and apt-get is usable.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+
+# Without flags, `serve` starts what the product doc's first step starts.
+DEFAULT_SERVE_FLAGS = [
+    "--frontend-ssh",
+    "--frontend-ssh-listen",
+    "127.0.0.1:2222",
+    "--backend-admin-ssh",
+    "--frontend-smtp",
+    "--frontend-smtp-listen",
+    "127.0.0.1:2525",
+    "--frontend-smtp-submission",
+    "--frontend-smtp-submission-listen",
+    "127.0.0.1:2587",
+    "--backend-mail-smtp",
+    "--admin-user",
+    "admin",
+    "--admin-password",
+    "change-me",
+]
+
+# Debian packages the tests drive: a command on PATH (or an absolute file) -> package.
+TEST_TOOLS = {
+    "ssh": "openssh-client",
+    "swaks": "swaks",
+    "dig": "bind9-dnsutils",
+    "opendkim-testmsg": "opendkim-tools",
+    "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
+    "/usr/bin/chromium": "chromium",
+}
+
+
+def tool_present(tool: str) -> bool:
+    if tool.startswith("/"):
+        return Path(tool).exists()
+    return shutil.which(tool) is not None or Path("/usr/sbin", tool).exists()
+
+
+def ensure_test_tools() -> None:
+    missing = sorted({pkg for tool, pkg in TEST_TOOLS.items() if not tool_present(tool)})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"warning: tests need these Debian packages: {' '.join(missing)}", file=sys.stderr)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("serve", "test", "everlock"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    verb, args = argv[0], argv[1:]
+    os.chdir(ROOT)
+    if verb == "test":
+        ensure_venv("requirements-test.txt")
+        ensure_test_tools()
+        return subprocess.call([BIN / "python", "-m", "pytest", *args])
+    ensure_venv("requirements.txt")
+    if verb == "serve":
+        return subprocess.call([BIN / "everlock", "serve", *(args or DEFAULT_SERVE_FLAGS)])
+    return subprocess.call([BIN / "everlock", *args])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,37 @@
+"""`manage.py rundns --listen 0.0.0.0:53`: the authoritative DNS server alone."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from django.core.management.base import BaseCommand
+
+from dns_zones.server.listener import start_dns
+from everlock_site.listen import parse_listen
+
+
+class Command(BaseCommand):
+    help = "Serve the hosted zones over UDP and TCP until interrupted."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--listen", default="0.0.0.0:53", metavar="ADDR", help="HOST:PORT (default 0.0.0.0:53)"
+        )
+
+    def handle(self, *args, **opts):
+        listen = parse_listen(opts["listen"], option="--listen")
+        asyncio.run(_run({"dns": listen}))
+
+
+async def _run(listens) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = await start_dns(listens=listens)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()

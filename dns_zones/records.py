@@ -1,0 +1,165 @@
+"""Record names and data: the one normal form we store, and parsing with dnspython.
+
+Pure: no Django. A name's normal form is lowercase ASCII (IDNA A-labels) without the trailing
+dot; unlike host names (mail.addresses.normalize_domain), DNS owner names may hold labels such
+as `_domainkey` or `*`, so names are checked by dnspython against RFC 1035 limits.
+Record data is kept in presentation format (as in a zone file) with absolute names.
+"""
+
+from __future__ import annotations
+
+import re
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.txtbase
+import dns.tokenizer
+
+# Types an administrator may add. SOA is built from the zone's fields; DNSSEC types are not
+# served (the zones are unsigned); zone transfers are not offered.
+ALLOWED_TYPES = (
+    "A",
+    "AAAA",
+    "CAA",
+    "CNAME",
+    "DS",
+    "HINFO",
+    "MX",
+    "NS",
+    "PTR",
+    "SRV",
+    "SSHFP",
+    "TLSA",
+    "TXT",
+    "SVCB",
+    "HTTPS",
+    "NAPTR",
+    "LOC",
+    "SPF",
+    "URI",
+)
+
+# RFC 2181 section 8: a TTL is an unsigned 31-bit number; 0 is legal ("do not cache").
+MIN_TTL = 0
+MAX_TTL = 2**31 - 1
+
+# RFC 1035 section 3.3.14: one character-string holds at most 255 octets.
+MAX_STRING = 255
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class RecordError(ValueError):
+    """A name, type, TTL or record data that is not valid; the message says why."""
+
+
+def normalize_name(text: str, *, origin: str | None = None) -> str:
+    """Return the absolute owner name `text` in normal form (no trailing dot).
+
+    With `origin` (normal form), `@` means the origin, a name ending in a dot is absolute and
+    any other name is relative to the origin. Without it the name is taken as absolute.
+    Raises RecordError for an empty, over-long or unencodable name.
+    """
+    if not isinstance(text, str) or not text.strip() or text.strip() != text or "\x00" in text:
+        raise RecordError(f"invalid name {text!r}")
+    if origin is not None:
+        if text == "@":
+            text = origin + "."
+        elif not text.endswith("."):
+            text = f"{text}.{origin}."
+    try:
+        # IDNA 2003 (Python's built-in codec), as mail.addresses uses for mail domains, so a
+        # zone and a mail domain of the same name have the same normal form.
+        name = dns.name.from_text(text if text.endswith(".") else text + ".", idna_codec=dns.name.IDNA_2003)
+    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
+        raise RecordError(f"invalid name {text!r}: {exc}") from None
+    if name == dns.name.root:
+        raise RecordError("the root is not a valid name here")
+    for label in name.labels[:-1]:
+        if b"." in label or any(b < 0x21 or b > 0x7E for b in label):
+            raise RecordError(f"invalid name {text!r}: label with unusual characters")
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def normalize_zone_origin(text: str) -> str:
+    """Return zone origin `text` in normal form: a host name of at least two labels.
+
+    Raises RecordError otherwise (labels are letters, digits and inner hyphens, RFC 1123).
+    """
+    origin = normalize_name(text)
+    labels = origin.split(".")
+    if len(labels) < 2:
+        raise RecordError(f"invalid zone name {text!r}: not a fully qualified name")
+    for label in labels:
+        if not _HOST_LABEL.match(label):
+            raise RecordError(f"invalid zone name {text!r}: bad label {label!r}")
+    return origin
+
+
+def check_ttl(ttl: int) -> int:
+    """Return `ttl` if it is a valid TTL (0 .. 2**31-1, RFC 2181 section 8); else RecordError."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not MIN_TTL <= ttl <= MAX_TTL:
+        raise RecordError(f"TTL must be a whole number from {MIN_TTL} to {MAX_TTL}")
+    return ttl
+
+
+def check_type(rtype: str) -> str:
+    """Return the upper-case mnemonic if administrators may add this type; else RecordError."""
+    if not isinstance(rtype, str):
+        raise RecordError("invalid record type")
+    upper = rtype.upper()
+    if upper not in ALLOWED_TYPES:
+        raise RecordError(f"record type {rtype!r} is not supported (one of {', '.join(ALLOWED_TYPES)})")
+    return upper
+
+
+def parse_rdata(rtype: str, data: str, *, origin: str | None = None) -> dns.rdata.Rdata:
+    """Parse presentation-format `data` of type `rtype` into a dnspython rdata.
+
+    Relative names in the data are relative to `origin` (normal form) when given, else to the
+    root. TXT-like strings longer than 255 octets are split into several strings of at most
+    255 (RFC 7208 section 3.3, RFC 6376 section 3.6.2.2: DKIM keys are concatenated back).
+    Raises RecordError when the data does not parse for the type.
+    """
+    if not isinstance(data, str) or not data.strip():
+        raise RecordError("record data is empty")
+    if "\n" in data or "\r" in data or "\x00" in data:
+        raise RecordError("record data must be on one line")
+    try:
+        rdtype = dns.rdatatype.from_text(rtype)
+    except dns.exception.DNSException:
+        raise RecordError(f"unknown record type {rtype!r}") from None
+    relative_to = dns.name.from_text(origin + ".") if origin else dns.name.root
+    try:
+        if rdtype in (dns.rdatatype.TXT, dns.rdatatype.SPF):
+            return _parse_strings(rdtype, data)
+        return dns.rdata.from_text(dns.rdataclass.IN, rdtype, data, origin=relative_to, relativize=False)
+    except (dns.exception.DNSException, ValueError, TypeError, UnicodeError) as exc:
+        raise RecordError(f"invalid {rtype} data {data!r}: {exc or type(exc).__name__}") from None
+
+
+def _parse_strings(rdtype: dns.rdatatype.RdataType, data: str) -> dns.rdata.Rdata:
+    tok = dns.tokenizer.Tokenizer(data)
+    strings: list[bytes] = []
+    for token in tok:
+        if token.is_eol_or_eof():
+            break
+        if not (token.is_quoted_string() or token.is_identifier()):
+            raise dns.exception.SyntaxError("expected a string")
+        value = token.unescape_to_bytes().value
+        # An empty string ("") stays one empty string rather than vanishing.
+        strings.extend(value[i : i + MAX_STRING] for i in range(0, len(value), MAX_STRING) or [0])
+    if not strings:
+        raise dns.exception.SyntaxError("no strings")
+    cls = dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)
+    assert issubclass(cls, dns.rdtypes.txtbase.TXTBase)
+    return cls(dns.rdataclass.IN, rdtype, strings)
+
+
+def canonical_data(rtype: str, data: str, *, origin: str | None = None) -> str:
+    """Validate `data` and return it in the form we store: presentation format, names absolute."""
+    return parse_rdata(rtype, data, origin=origin).to_text()

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EverlockSiteConfig(AppConfig):
+    name = "everlock_site"
+    verbose_name = "Everlock"

@@ -1,0 +1,15 @@
+"""The Celery app. Task code lives with its concept (mail/delivery/tasks.py).
+
+`celery -A everlock_site worker` runs the outbound delivery workers; each worker also runs
+the queue rescan timer (mail.delivery.tasks.Rescan), so no beat process is needed.
+"""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "everlock_site.settings")
+
+app = Celery("everlock")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["mail.delivery"])

@@ -1,0 +1,72 @@
+"""EVERLOCK_LOG -> Django's LOGGING dict.
+
+The value is a default level, module=level pairs, or both: "info", "mail.delivery=info",
+"warning,mail.smtp=debug". Targets of the product doc's RUST_LOG form
+("everlock_backend_mail_smtp=info") are accepted and mapped onto our module names, so the
+documented diagnostics line works as written.
+"""
+
+DEFAULT_LEVEL = "INFO"
+
+LEVELS = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "off": "CRITICAL",
+    "critical": "CRITICAL",
+}
+
+TARGET_ALIASES = {
+    "everlock_backend_mail_smtp": "mail.delivery",
+    "everlock_frontend_smtp": "mail.smtp",
+    "everlock_frontend_ssh": "sshadmin",
+    "everlock_backend_dns_dns": "dns_zones",
+}
+
+
+class LogSpecError(ValueError):
+    """EVERLOCK_LOG does not parse."""
+
+
+def parse_log_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Return (root level, {logger name: level}) for an EVERLOCK_LOG value.
+
+    Raises LogSpecError naming the part that is not a known level.
+    """
+    root = DEFAULT_LEVEL
+    modules: dict[str, str] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        target, sep, level = part.rpartition("=")
+        level_name = LEVELS.get(level.strip().lower())
+        if level_name is None:
+            raise LogSpecError(f"EVERLOCK_LOG: unknown level {level!r} in {part!r}")
+        if not sep:
+            root = level_name
+            continue
+        target = target.strip().replace("::", ".")
+        modules[TARGET_ALIASES.get(target, target)] = level_name
+    return root, modules
+
+
+def logging_config(spec: str) -> dict:
+    root, modules = parse_log_spec(spec)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"everlock": {"format": "[%(levelname)s %(name)s] %(message)s"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "everlock"}},
+        "root": {"handlers": ["console"], "level": root},
+        "loggers": {
+            # Library chatter stays at warning unless asked for by name.
+            "asyncssh": {"level": modules.pop("asyncssh", "WARNING")},
+            "mail.log": {"level": modules.pop("mail.log", "WARNING")},
+            "celery": {"level": modules.pop("celery", "WARNING")},
+            "kombu": {"level": modules.pop("kombu", "WARNING")},
+            **{name: {"level": level} for name, level in modules.items()},
+        },
+    }

@@ -1,0 +1,144 @@
+"""`everlock serve`: every selected component in one process.
+
+Backends start before the frontends that need them. Each component is an async `start`
+function elsewhere (named in COMPONENTS) that binds its sockets and returns something with
+`close()` (and optionally `wait_closed()`); this command only wires them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from everlock_site.listen import parse_listen
+
+log = logging.getLogger("everlock")
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    target: str  # "module:function"
+    needs: tuple[str, ...] = ()
+
+
+# In start order: backends first.
+COMPONENTS = (
+    Component("backend-dns-dns", "dns_zones.server.listener:start_dns"),
+    Component("backend-admin-ssh", "sshadmin.server:prepare_console"),
+    Component("backend-mail-smtp", "mail.delivery.worker:start_embedded_worker"),
+    Component("frontend-ssh", "sshadmin.server:start_console", needs=("backend-admin-ssh",)),
+    Component("frontend-smtp", "mail.smtp.server:start_listeners", needs=("backend-mail-smtp",)),
+)
+
+
+class Command(BaseCommand):
+    help = "Run the selected Everlock components (listeners, console, workers) in one process."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--frontend-ssh", action="store_true", help="the SSH listener")
+        parser.add_argument("--frontend-ssh-listen", default="0.0.0.0:2222", metavar="ADDR")
+        parser.add_argument("--backend-admin-ssh", action="store_true", help="the admin console behind SSH")
+        parser.add_argument("--frontend-smtp", action="store_true", help="the inbound SMTP listener")
+        parser.add_argument("--frontend-smtp-listen", default="0.0.0.0:25", metavar="ADDR")
+        parser.add_argument(
+            "--frontend-smtp-submission", action="store_true", help="the authenticated submission listener"
+        )
+        parser.add_argument("--frontend-smtp-submission-listen", default="0.0.0.0:587", metavar="ADDR")
+        parser.add_argument(
+            "--backend-mail-smtp",
+            action="store_true",
+            help="mail delivery: local delivery and the outbound workers",
+        )
+        parser.add_argument("--backend-dns-dns", action="store_true", help="the hosted DNS backend")
+        parser.add_argument(
+            "--frontend-dns-listen",
+            default=None,
+            metavar="ADDR",
+            help="where the DNS server listens (default 0.0.0.0:53; implies --backend-dns-dns)",
+        )
+        parser.add_argument("--admin-user", default=None, help="create this admin user when missing")
+        parser.add_argument("--admin-password", default=None)
+
+    def handle(self, *args, **opts):
+        if opts["frontend_dns_listen"]:
+            opts["backend_dns_dns"] = True
+        selected = {c.name for c in COMPONENTS if opts[c.name.replace("-", "_")]}
+        if opts["frontend_smtp_submission"]:
+            selected.add("frontend-smtp")
+        if not selected:
+            raise CommandError("no component selected (see everlock serve --help)")
+        for comp in COMPONENTS:
+            for need in comp.needs:
+                if comp.name in selected and need not in selected:
+                    raise CommandError(f"--{comp.name} needs --{need}")
+        if bool(opts["admin_user"]) != bool(opts["admin_password"]):
+            raise CommandError("--admin-user and --admin-password go together")
+        listens = {
+            "ssh": parse_listen(opts["frontend_ssh_listen"], option="--frontend-ssh-listen"),
+            "smtp": parse_listen(opts["frontend_smtp_listen"], option="--frontend-smtp-listen")
+            if opts["frontend_smtp"]
+            else None,
+            "submission": parse_listen(
+                opts["frontend_smtp_submission_listen"], option="--frontend-smtp-submission-listen"
+            )
+            if opts["frontend_smtp_submission"]
+            else None,
+            "dns": parse_listen(opts["frontend_dns_listen"] or "0.0.0.0:53", option="--frontend-dns-listen"),
+        }
+        starts = [(c, _load(c)) for c in COMPONENTS if c.name in selected]
+
+        if "backend-dns-dns" in selected:
+            # The DNS backend is active for this process and for the workers it starts.
+            settings.EVERLOCK_DNS = True
+            os.environ["EVERLOCK_DNS"] = "on"
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("createcachetable", verbosity=0)
+        if opts["admin_user"]:
+            from accounts.services import user_add
+
+            user, created = user_add(name=opts["admin_user"], password=opts["admin_password"], is_admin=True)
+            if created:
+                log.info("admin user %s created", user.username)
+        asyncio.run(_run(starts, listens))
+
+
+def _load(component: Component):
+    module_name, _, func = component.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CommandError(f"--{component.name} is not available in this build") from None
+        raise
+    return getattr(module, func)
+
+
+async def _run(starts, listens) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    running = []
+    try:
+        for component, start in starts:
+            log.info("starting %s", component.name)
+            running.append(await start(listens=listens))
+        await stop.wait()
+    finally:
+        for handle in reversed(running):
+            if handle is None:
+                continue
+            handle.close()
+            wait_closed = getattr(handle, "wait_closed", None)
+            if wait_closed is not None:
+                await wait_closed()
+        log.info("stopped")

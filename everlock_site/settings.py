@@ -1,0 +1,248 @@
+"""Everlock settings.
+
+Everything an operator may change is read here, once, from the environment or from a `.env`
+file in the working directory (see `.env.example`). Services never read the environment
+themselves: commands, tasks and AppConfigs pass these values in.
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+
+from everlock_site.logging import logging_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(Path.cwd() / ".env")
+
+# EVERLOCK_DATA_DIR: where Everlock keeps its state: the SQLite database, the SSH host key,
+# the generated secret key, the TLS pair, stored messages and the everlock-mail/ config files.
+DATA_DIR = Path(env.str("EVERLOCK_DATA_DIR", default="./var")).expanduser().resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated once and kept in the data dir."""
+    if env.str("SECRET_KEY", default=""):
+        return env.str("SECRET_KEY")
+    path = DATA_DIR / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(50)
+    try:
+        # O_EXCL: when two processes start at once, the first one's key wins.
+        with open(path, "x", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as fh:
+            fh.write(key)
+    except FileExistsError:
+        return path.read_text().strip()
+    return key
+
+
+SECRET_KEY = _secret_key()
+
+# DEBUG: never on in production; it only changes the Django admin's error pages.
+DEBUG = env.bool("EVERLOCK_DEBUG", default=False)
+
+# EVERLOCK_ALLOWED_HOSTS: host names the admin web UI answers to (comma separated).
+ALLOWED_HOSTS = env.list("EVERLOCK_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "everlock_site",
+    "accounts",
+    "dns_zones",
+    "mail",
+    "sshadmin",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "everlock_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "everlock_site.wsgi.application"
+
+# DATABASE_URL: the database every process shares. Default: SQLite in the data dir.
+# Production: postgres://user:password@host:5432/name
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'everlock.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            # Writers take the lock at BEGIN, so concurrent writers queue on `timeout`
+            # instead of failing with "database is locked" on lock upgrade.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            # WAL lets readers run beside the writer; synchronous=FULL makes a commit
+            # durable before we answer 250.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+        }
+    )
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+
+AUTH_USER_MODEL = "accounts.User"
+
+AUTH_PASSWORD_VALIDATORS = []
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Stored message bodies go through Django's storage API: the filesystem under the data dir by
+# default; an S3-compatible backend can be configured through STORAGES.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "messages": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "messages"), "file_permissions_mode": 0o600},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Cross-process cache (login throttle, verified-credential generations): the database, so
+# every listener and worker sees the same counters without another server.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "everlock_cache",
+    }
+}
+
+# EVERLOCK_HOSTNAME: the name this server gives in SMTP greetings and Received headers.
+EVERLOCK_HOSTNAME = env.str("EVERLOCK_HOSTNAME", default="localhost")
+
+# EVERLOCK_TLS_CERT / EVERLOCK_TLS_KEY: PEM files for STARTTLS. When unset, a self-signed
+# pair for EVERLOCK_HOSTNAME is generated once in the data dir (tls/).
+EVERLOCK_TLS_CERT = env.str("EVERLOCK_TLS_CERT", default="")
+EVERLOCK_TLS_KEY = env.str("EVERLOCK_TLS_KEY", default="")
+
+# EVERLOCK_DNS: "on" when this installation runs the hosted DNS backend (backend-dns-dns),
+# so that mail domains in hosted zones get DKIM set up automatically. Every process (serve,
+# the console, the workers) reads this one setting; `everlock serve --backend-dns-dns` sets it
+# for its own process.
+EVERLOCK_DNS = env.bool("EVERLOCK_DNS", default=False)
+
+# EVERLOCK_RESOLVER: nameservers for outbound MX lookups as "host:port,host:port"; empty
+# means the system's resolver (/etc/resolv.conf).
+EVERLOCK_RESOLVER = env.str("EVERLOCK_RESOLVER", default="")
+
+# EVERLOCK_REMOTE_SMTP_PORT: the port remote MX hosts are dialled on (25 on the internet).
+EVERLOCK_REMOTE_SMTP_PORT = env.int("EVERLOCK_REMOTE_SMTP_PORT", default=25)
+
+# EVERLOCK_SMTP_TLS_VERIFY: verify remote certificates on outbound STARTTLS. Off by default:
+# opportunistic TLS as on the public MX network.
+EVERLOCK_SMTP_TLS_VERIFY = env.bool("EVERLOCK_SMTP_TLS_VERIFY", default=False)
+
+# EVERLOCK_SUBMISSION_PLAINTEXT_AUTH: allow AUTH without STARTTLS from non-loopback clients.
+EVERLOCK_SUBMISSION_PLAINTEXT_AUTH = env.bool("EVERLOCK_SUBMISSION_PLAINTEXT_AUTH", default=False)
+
+# Inbound SMTP limits (RFC 5321 section 4.5.3 gives the minimums).
+EVERLOCK_SMTP_MAX_MESSAGE_SIZE = env.int("EVERLOCK_SMTP_MAX_MESSAGE_SIZE", default=50 * 1024 * 1024)
+EVERLOCK_SMTP_MAX_RECIPIENTS = env.int("EVERLOCK_SMTP_MAX_RECIPIENTS", default=100)
+EVERLOCK_SMTP_MAX_HOPS = env.int("EVERLOCK_SMTP_MAX_HOPS", default=50)
+EVERLOCK_SMTP_IDLE_TIMEOUT = env.int("EVERLOCK_SMTP_IDLE_TIMEOUT", default=300)
+EVERLOCK_SMTP_SESSION_TIMEOUT = env.int("EVERLOCK_SMTP_SESSION_TIMEOUT", default=1800)
+EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT", default=20)
+
+# Login throttle: per client address, failures in a window before further attempts from that
+# address are refused; per login, failures that slow further guesses (never a lockout).
+EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS", default=10)
+EVERLOCK_AUTH_FAILURE_WINDOW = env.int("EVERLOCK_AUTH_FAILURE_WINDOW", default=300)
+
+# CELERY_BROKER_URL: the delivery workers' broker. Default: the embedded broker, a spool
+# directory in the data dir that needs no server (single machine only). Production:
+# redis://127.0.0.1:6379/0 or amqp://guest:guest@127.0.0.1:5672//
+_broker_dir = DATA_DIR / "broker"
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    for sub in ("out", "processed", "control"):
+        (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "processed_folder": str(_broker_dir / "processed"),
+        # Exchange bindings; kombu's default is ./control, relative to the working directory.
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+    }
+    # Poll the spool often: a kick is delivered within this many seconds.
+    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.1
+# EVERLOCK_CELERY_QUEUE: the broker queue the delivery tasks use (one per installation when
+# several share a Redis database).
+CELERY_TASK_DEFAULT_QUEUE = env.str("EVERLOCK_CELERY_QUEUE", default="everlock-delivery")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_REDIRECT_STDOUTS = False
+# The tasks are plain kicks: no remote control or events needed (the embedded broker has
+# no fanout exchanges for them).
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# EVERLOCK_QUEUE_SCAN_INTERVAL: seconds between a delivery worker's scans for due queue rows.
+# Each worker process runs this timer itself (no beat needed), so a lost or purged broker
+# message delays delivery by at most this long.
+EVERLOCK_QUEUE_SCAN_INTERVAL = env.float("EVERLOCK_QUEUE_SCAN_INTERVAL", default=30.0)
+# EVERLOCK_QUEUE_FIRST_RETRY / EVERLOCK_QUEUE_MAX_RETRY: seconds before the first retry of a
+# temporary failure, doubling per attempt up to the maximum (see mail/delivery/attempts.py).
+# The first retry is also how long a claimed row waits when its worker dies mid-delivery.
+EVERLOCK_QUEUE_FIRST_RETRY = env.float("EVERLOCK_QUEUE_FIRST_RETRY", default=300.0)
+EVERLOCK_QUEUE_MAX_RETRY = env.float("EVERLOCK_QUEUE_MAX_RETRY", default=4 * 3600.0)
+# EVERLOCK_QUEUE_DELAY_NOTICE: seconds after which a sender whose message still waits gets
+# one delay notice (a DSN with Action: delayed); 0 sends none.
+EVERLOCK_QUEUE_DELAY_NOTICE = env.float("EVERLOCK_QUEUE_DELAY_NOTICE", default=4 * 3600.0)
+# EVERLOCK_DELIVERY_CONCURRENCY: delivery processes of the worker `everlock serve
+# --backend-mail-smtp` starts.
+EVERLOCK_DELIVERY_CONCURRENCY = env.int("EVERLOCK_DELIVERY_CONCURRENCY", default=2)
+# EVERLOCK_CELERY_EAGER: run tasks in the calling process (tests of the services only).
+CELERY_TASK_ALWAYS_EAGER = env.bool("EVERLOCK_CELERY_EAGER", default=False)
+
+# EVERLOCK_LOG: "level" or "module=level,module=level" (RUST_LOG is read as an alias with the
+# product doc's target names).
+LOGGING_CONFIG = "logging.config.dictConfig"
+LOGGING = logging_config(env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""))

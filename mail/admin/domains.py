@@ -1,0 +1,97 @@
+"""Django admin for mail domains: settings editable, private keys never shown.
+
+The DKIM private keys are excluded from every form and page; the matching public TXT records
+are shown read-only. Changes made here go through the same services as the console for DKIM
+(key generation, publishing the records) and rewrite the domain's TOML file.
+"""
+
+from django.contrib import admin
+from django.utils.html import format_html_join
+
+from mail.models import MailDomain
+from mail.services import domains as services
+
+
+@admin.register(MailDomain)
+class MailDomainAdmin(admin.ModelAdmin):
+    list_display = ("name", "enabled", "submission_enabled", "submission_auth", "dkim_enabled", "hostname")
+    list_filter = ("enabled", "submission_enabled", "dkim_enabled")
+    search_fields = ("name",)
+    fields = (
+        "name",
+        "enabled",
+        "submission_enabled",
+        "submission_auth",
+        "outbound_hostname",
+        "dkim_enabled",
+        "dkim_selector",
+        "dkim_rsa_selector",
+        "dkim_keys",
+        "dkim_dns_records",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = (
+        "dkim_selector",
+        "dkim_rsa_selector",
+        "dkim_keys",
+        "dkim_dns_records",
+        "created_at",
+        "updated_at",
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        # The name is the key of the TOML file and of the derived DNS records.
+        return (*self.readonly_fields, "name") if obj is not None else self.readonly_fields
+
+    @admin.display(description="outbound hostname")
+    def hostname(self, obj: MailDomain) -> str:
+        return obj.effective_hostname
+
+    @admin.display(description="DKIM keys")
+    def dkim_keys(self, obj: MailDomain) -> str:
+        have = [
+            k
+            for k, pem in (("Ed25519", obj.dkim_private_key_pem), ("RSA", obj.dkim_rsa_private_key_pem))
+            if pem
+        ]
+        return ", ".join(have) + " (private keys are not shown)" if have else "none"
+
+    @admin.display(description="DKIM TXT records")
+    def dkim_dns_records(self, obj: MailDomain) -> str:
+        records = services.dkim_records(obj) if obj.pk else []
+        if not records:
+            return "-"
+        return format_html_join("", "<p><code>{}</code></p>", ((r.zone_line(),) for r in records))
+
+    def save_model(self, request, obj: MailDomain, form, change):
+        if not change:
+            created = services.domain_create(name=obj.name).domain
+            obj.pk = created.pk
+            obj.name = created.name
+        wanted = {
+            "enabled": "on" if form.cleaned_data["enabled"] else "off",
+            "submission": "on" if form.cleaned_data["submission_enabled"] else "off",
+            "auth": "on"
+            if form.cleaned_data["submission_auth"] == MailDomain.SubmissionAuth.AUTHENTICATED
+            else "off",
+        }
+        if form.cleaned_data["outbound_hostname"]:
+            wanted["hostname"] = form.cleaned_data["outbound_hostname"]
+        dkim_now = services.get_domain(obj.name).dkim_enabled
+        # On add, an unticked box does not undo the automatic DKIM set-up of a hosted zone.
+        if form.cleaned_data["dkim_enabled"] != dkim_now and (change or not dkim_now):
+            wanted["dkim"] = "on" if form.cleaned_data["dkim_enabled"] else "off"
+        result = services.domain_set(name=obj.name, values=wanted)
+        obj.__dict__.update(
+            {f.attname: getattr(result.domain, f.attname) for f in MailDomain._meta.concrete_fields}
+        )
+        for note in result.notes:
+            self.message_user(request, note)
+
+    def delete_model(self, request, obj: MailDomain):
+        services.domain_delete(name=obj.name)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            services.domain_delete(name=obj.name)

@@ -1,0 +1,258 @@
+"""The per-domain config file everlock-mail/domains/<domain>.toml: export and import.
+
+The database is the source of truth; the file mirrors each mail domain after every change,
+for inspection and editing. An edited file is read back explicitly (`manage.py mailconfig
+import`, `/mail domains import D`). The schema is the product doc's:
+
+    enabled = true
+
+    [submission]
+    enabled = true
+    auth = "authenticated"          # or "none"
+
+    [outbound]
+    hostname = "mail.example.com"   # omitted: mail.<domain>
+
+    [outbound.dkim]
+    enabled = true
+    selector = "default"            # Ed25519 key (RFC 8463)
+    private_key_pem = \"\"\"...\"\"\"       # omitted: no Ed25519 key
+    rsa_selector = "default-rsa"
+    rsa_private_key_pem = \"\"\"...\"\"\"   # omitted: no RSA key
+
+The files hold private keys, so they are written with mode 0600 in a 0700 directory, and
+atomically (a temporary file renamed over the old one), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from mail.addresses import AddressError, normalize_domain
+from mail.dkim.keys import DKIMKeyError, check_ed25519_pem, check_rsa_pem, check_selector
+
+SUBDIR = Path("everlock-mail") / "domains"
+SUBMISSION_AUTH = ("authenticated", "none")
+
+
+class ConfigFileError(ValueError):
+    """A domain file that does not parse or validate; the message names the field or line."""
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """A mail domain as the file describes it; field meanings as on MailDomain."""
+
+    name: str
+    enabled: bool = True
+    submission_enabled: bool = False
+    submission_auth: str = "authenticated"
+    outbound_hostname: str = ""
+    dkim_enabled: bool = False
+    dkim_selector: str = "default"
+    dkim_private_key_pem: str = ""
+    dkim_rsa_selector: str = "default-rsa"
+    dkim_rsa_private_key_pem: str = ""
+
+    @classmethod
+    def from_domain(cls, domain) -> DomainConfig:
+        """The config of a MailDomain (or anything with its attributes)."""
+        return cls(**{f: getattr(domain, f) for f in cls.__dataclass_fields__})
+
+
+def domains_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / SUBDIR
+
+
+def domain_path(data_dir: Path, name: str) -> Path:
+    return domains_dir(data_dir) / f"{name}.toml"
+
+
+def render(config: DomainConfig, *, private_keys: bool = True) -> str:
+    """The TOML text for `config`; without the private key fields when `private_keys` is false."""
+    outbound: dict = {}
+    if config.outbound_hostname:
+        outbound["hostname"] = config.outbound_hostname
+    dkim: dict = {"enabled": config.dkim_enabled, "selector": config.dkim_selector}
+    if private_keys and config.dkim_private_key_pem:
+        dkim["private_key_pem"] = _pem_text(config.dkim_private_key_pem)
+    dkim["rsa_selector"] = config.dkim_rsa_selector
+    if private_keys and config.dkim_rsa_private_key_pem:
+        dkim["rsa_private_key_pem"] = _pem_text(config.dkim_rsa_private_key_pem)
+    outbound["dkim"] = dkim
+    doc = {
+        "enabled": config.enabled,
+        "submission": {"enabled": config.submission_enabled, "auth": config.submission_auth},
+        "outbound": outbound,
+    }
+    return tomli_w.dumps(doc, multiline_strings=True)
+
+
+def _pem_text(pem: str) -> str:
+    # As in the doc's example: the PEM starts on the line after the opening quotes (tomli_w
+    # breaks the line there) and the closing quotes stand on their own line.
+    return pem.strip() + "\n"
+
+
+def write(data_dir: Path, config: DomainConfig) -> Path:
+    """Write `config` to its file atomically with mode 0600; return the path."""
+    directory = domains_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{config.name}.toml"
+    text = render(config).encode("utf-8")
+    # mkstemp creates the file with mode 0600, so the keys are never readable by others.
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{config.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove(data_dir: Path, name: str) -> bool:
+    """Remove the file of domain `name`; return whether there was one."""
+    try:
+        domain_path(data_dir, name).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read(path: Path, *, name: str | None = None) -> DomainConfig:
+    """Parse and validate the domain file at `path`; the domain is the file's stem.
+
+    Raises ConfigFileError naming the file and the line (syntax) or field (content) at fault.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError(f"{path}: no such file") from None
+    except (OSError, UnicodeError) as exc:
+        raise ConfigFileError(f"{path}: {exc}") from None
+    try:
+        return parse(text, name=name or path.stem)
+    except ConfigFileError as exc:
+        raise ConfigFileError(f"{path}: {exc}") from None
+
+
+def parse(text: str, *, name: str) -> DomainConfig:
+    """Parse and validate domain file text for domain `name`. Raises ConfigFileError."""
+    try:
+        name = normalize_domain(name)
+    except AddressError as exc:
+        raise ConfigFileError(f"file name: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries the position: "... (at line 7, column 3)".
+        raise ConfigFileError(f"not valid TOML: {exc}") from None
+
+    reader = _Reader(doc)
+    enabled = reader.boolean("enabled", default=True)
+    submission = reader.table("submission")
+    outbound = reader.table("outbound")
+    reader.done()
+
+    sub = _Reader(submission, "submission.")
+    submission_enabled = sub.boolean("enabled", default=False)
+    auth = sub.string("auth", default="authenticated")
+    if auth not in SUBMISSION_AUTH:
+        raise ConfigFileError(f"submission.auth: must be one of {', '.join(map(repr, SUBMISSION_AUTH))}")
+    sub.done()
+
+    out = _Reader(outbound, "outbound.")
+    hostname = out.string("hostname", default="")
+    if hostname:
+        try:
+            hostname = normalize_domain(hostname)
+        except AddressError as exc:
+            raise ConfigFileError(f"outbound.hostname: {exc}") from None
+    dkim_doc = out.table("dkim")
+    out.done()
+
+    dk = _Reader(dkim_doc, "outbound.dkim.")
+    dkim_enabled = dk.boolean("enabled", default=False)
+    selector = dk.selector("selector", default="default")
+    pem = dk.string("private_key_pem", default="").strip()
+    rsa_selector = dk.selector("rsa_selector", default="default-rsa")
+    rsa_pem = dk.string("rsa_private_key_pem", default="").strip()
+    dk.done()
+    for field, value, check in (
+        ("private_key_pem", pem, check_ed25519_pem),
+        ("rsa_private_key_pem", rsa_pem, check_rsa_pem),
+    ):
+        if value:
+            try:
+                check(value)
+            except DKIMKeyError as exc:
+                raise ConfigFileError(f"outbound.dkim.{field}: {exc}") from None
+    if selector == rsa_selector:
+        raise ConfigFileError("outbound.dkim.rsa_selector: must differ from selector")
+    if dkim_enabled and not (pem or rsa_pem):
+        raise ConfigFileError(
+            "outbound.dkim.enabled: signing needs private_key_pem or rsa_private_key_pem "
+            "(or use /mail domains set D dkim=on, which generates the keys)"
+        )
+    return DomainConfig(
+        name=name,
+        enabled=enabled,
+        submission_enabled=submission_enabled,
+        submission_auth=auth,
+        outbound_hostname=hostname,
+        dkim_enabled=dkim_enabled,
+        dkim_selector=selector,
+        dkim_private_key_pem=pem + "\n" if pem else "",
+        dkim_rsa_selector=rsa_selector,
+        dkim_rsa_private_key_pem=rsa_pem + "\n" if rsa_pem else "",
+    )
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, table: dict, prefix: str = ""):
+        self.data = table
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def _get(self, key: str, kind: type, kind_name: str, default):
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigFileError(f"{self.prefix}{key}: must be {kind_name}")
+        return value
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        return self._get(key, bool, "true or false", default)
+
+    def string(self, key: str, *, default: str) -> str:
+        return self._get(key, str, "a string", default)
+
+    def table(self, key: str) -> dict:
+        return self._get(key, dict, "a table", {})
+
+    def selector(self, key: str, *, default: str) -> str:
+        value = self.string(key, default=default)
+        try:
+            return check_selector(value)
+        except DKIMKeyError as exc:
+            raise ConfigFileError(f"{self.prefix}{key}: {exc}") from None
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigFileError(f"{self.prefix}{unknown[0]}: unknown setting")

@@ -1,0 +1,211 @@
+"""The outbound queue's bookkeeping: claiming due rows and recording outcomes.
+
+Retry schedule (RFC 5321 section 4.5.4.1 asks for at least 30 minutes between retries and
+at least 4-5 days before giving up; we start sooner because most temporary failures are
+greylisting, which clears within minutes):
+
+    attempt 1: at once           attempt 5: +80 min after attempt 4
+    attempt 2: +5 min            attempt 6: +160 min
+    attempt 3: +10 min           attempt 7 and later: every 4 hours
+    attempt 4: +20 min           until the row expires, 5 days after it was queued.
+
+A claim writes attempts+1, last_attempt_at and next_attempt_at = now + backoff in one
+committed UPDATE before anyone dials. A worker that dies mid-delivery therefore leaves a
+row that is simply due again at next_attempt_at; a recipient delivered twice is possible
+(the remote accepted, we died before recording it), a lost one is not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from mail.models import OutboundDelivery, OutboundRecipient
+
+log = logging.getLogger("mail.delivery")
+
+FIRST_RETRY = timedelta(minutes=5)
+MAX_RETRY = timedelta(hours=4)
+
+
+def backoff(attempts: int, *, first: timedelta = FIRST_RETRY, cap: timedelta = MAX_RETRY) -> timedelta:
+    """The wait after attempt number `attempts` (1-based) before the next one."""
+    return min(first * (2 ** min(max(attempts - 1, 0), 30)), cap)
+
+
+@dataclass
+class Claim:
+    """A claimed row: what a worker needs to deliver it without touching the database."""
+
+    id: int
+    attempts: int
+    domain: str
+    envelope_from: str
+    helo_hostname: str
+    storage_name: str
+    content_id: int
+    expires_at: datetime
+    next_attempt_at: datetime
+    # (recipient id, address) of the recipients still pending.
+    recipients: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _due() -> Q:
+    return Q(status=OutboundDelivery.Status.QUEUED, next_attempt_at__lte=timezone.now())
+
+
+def claim(
+    *,
+    ids: list[int] | None = None,
+    limit: int = 100,
+    first_retry: timedelta = FIRST_RETRY,
+    max_retry: timedelta = MAX_RETRY,
+) -> list[Claim]:
+    """Claim up to `limit` due rows (only among `ids` when given), oldest due first.
+
+    A row is claimed by one committed UPDATE guarded by its old `attempts` value, so two
+    workers never both claim it; on PostgreSQL the candidates are also locked with SKIP
+    LOCKED so concurrent workers pick different rows instead of colliding. The next attempt
+    time is set to now + backoff(first_retry doubling up to max_retry). Returns the rows this
+    call claimed, with their pending recipients.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        query = OutboundDelivery.objects.filter(_due())
+        if ids is not None:
+            query = query.filter(id__in=ids)
+        candidates = list(
+            query.select_for_update(skip_locked=True, of=("self",))
+            .order_by("next_attempt_at", "id")
+            .values_list("id", "attempts")[:limit]
+        )
+        by_attempts: dict[int, list[int]] = {}
+        for row_id, attempts in candidates:
+            by_attempts.setdefault(attempts, []).append(row_id)
+        claimed: list[int] = []
+        for attempts, row_ids in by_attempts.items():
+            guarded = OutboundDelivery.objects.filter(_due(), id__in=row_ids, attempts=attempts)
+            if len(row_ids) == 1:
+                # One row: the guarded UPDATE alone tells whether we won it.
+                if guarded.update(
+                    attempts=attempts + 1,
+                    last_attempt_at=now,
+                    next_attempt_at=now + backoff(attempts + 1, first=first_retry, cap=max_retry),
+                    updated_at=now,
+                ):
+                    claimed.extend(row_ids)
+                continue
+            # Several rows: the transaction holds them (row locks on PostgreSQL, the
+            # database write lock on SQLite, whose transactions begin IMMEDIATE).
+            guarded.update(
+                attempts=attempts + 1,
+                last_attempt_at=now,
+                next_attempt_at=now + backoff(attempts + 1, first=first_retry, cap=max_retry),
+                updated_at=now,
+            )
+            claimed.extend(row_ids)
+        if not claimed:
+            return []
+        rows = {
+            row.id: row for row in OutboundDelivery.objects.select_related("content").filter(id__in=claimed)
+        }
+        claims = {
+            row.id: Claim(
+                id=row.id,
+                attempts=row.attempts,
+                domain=row.domain,
+                envelope_from=row.envelope_from,
+                helo_hostname=row.helo_hostname,
+                storage_name=row.content.storage_name,
+                content_id=row.content_id,
+                expires_at=row.expires_at,
+                next_attempt_at=row.next_attempt_at,
+            )
+            for row in rows.values()
+        }
+        for rid, did, address in OutboundRecipient.objects.filter(
+            delivery_id__in=claimed, status=OutboundRecipient.Status.PENDING
+        ).values_list("id", "delivery_id", "address"):
+            claims[did].recipients.append((rid, address))
+    return sorted(claims.values(), key=lambda c: c.id)
+
+
+def due_ids(*, limit: int = 1000) -> list[int]:
+    """Ids of rows due now (queued, next attempt time passed), oldest due first."""
+    return list(
+        OutboundDelivery.objects.filter(_due())
+        .order_by("next_attempt_at", "id")
+        .values_list("id", flat=True)[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A remote (or our own) reply for one recipient: SMTP code and text."""
+
+    code: int
+    text: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = "") -> list[int]:
+    """Record the outcome of one attempt on a claimed row, in one transaction.
+
+    `replies` maps recipient ids to their reply: 2xx delivered, 5xx failed, 4xx stays
+    pending. `temporary` is the reason no recipient got a reply (DNS or connection
+    failure). Recipients still pending when the next attempt would fall after the row's
+    expiry fail as expired. Returns the ids of recipients that failed in this call (the
+    caller sends one DSN for them, in the same transaction: see bounces.bounce).
+    """
+    now = timezone.now()
+    failed: list[int] = []
+    row = OutboundDelivery.objects.select_for_update().get(id=claim.id)
+    pending = dict(
+        OutboundRecipient.objects.filter(delivery=row, status=OutboundRecipient.Status.PENDING).values_list(
+            "id", "address"
+        )
+    )
+    last_reply = temporary
+    for rid, reply in replies.items():
+        if rid not in pending:
+            continue
+        last_reply = reply.line
+        if 200 <= reply.code < 300:
+            status = OutboundRecipient.Status.DELIVERED
+            del pending[rid]
+        elif reply.code >= 500:
+            status = OutboundRecipient.Status.FAILED
+            failed.append(rid)
+            del pending[rid]
+        else:
+            status = OutboundRecipient.Status.PENDING
+        OutboundRecipient.objects.filter(id=rid).update(status=status, reply=reply.line)
+    for rid in pending:
+        if rid not in replies and temporary:
+            OutboundRecipient.objects.filter(id=rid).update(reply=temporary)
+    expired = bool(pending) and row.next_attempt_at >= row.expires_at
+    if expired:
+        reason = f"message expired after {row.attempts} attempts; last reply: {last_reply}"
+        OutboundRecipient.objects.filter(id__in=list(pending)).update(status=OutboundRecipient.Status.FAILED)
+        failed.extend(pending)
+        last_reply = reason
+        pending = {}
+    row.last_reply = last_reply[:2000]
+    if not pending and row.status != OutboundDelivery.Status.HELD:
+        any_failed = OutboundRecipient.objects.filter(
+            delivery=row, status=OutboundRecipient.Status.FAILED
+        ).exists()
+        row.status = OutboundDelivery.Status.FAILED if any_failed else OutboundDelivery.Status.DELIVERED
+    row.updated_at = now
+    row.save(update_fields=["last_reply", "status", "updated_at"])
+    if expired:
+        log.info("delivery #%s to %s expired: %s", row.id, row.domain, last_reply)
+    return failed

@@ -1,0 +1,280 @@
+"""Deliver a batch of claimed queue rows: MX lookup once per domain, one SMTP connection
+per destination reused for all its rows, outcomes recorded row by row.
+
+No database transaction is open while we talk to DNS or SMTP (STYLE.md habit 6): rows are
+claimed (committed) before, and each outcome is committed after, its own attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from mail.delivery.attempts import Claim, Reply, record_outcome
+from mail.delivery.bounces import send_dsn
+from mail.delivery.client import ConnectFailed, Connection
+from mail.delivery.mx import Host, LookupFailed, lookup
+from mail.models import OutboundDelivery, OutboundRecipient
+from mail.services.storage import message_storage
+
+log = logging.getLogger("mail.delivery")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where and how to dial: the injected outside world."""
+
+    resolver: object
+    port: int
+    tls_verify: bool
+    timeout: float = 60.0
+
+
+def _read(claim: Claim) -> bytes:
+    with message_storage().open(claim.storage_name, "rb") as fh:
+        return fh.read()
+
+
+class Outcomes:
+    """Attempt outcomes waiting to be recorded, committed together (one commit per FLUSH
+    rows instead of one per row). A worker dying before the flush leaves those rows
+    claimed: they are attempted again later, so a message may arrive twice, never zero
+    times."""
+
+    FLUSH = 50
+
+    def __init__(self, *, delay_notice_after: timedelta | None = None) -> None:
+        self.items: list[tuple[Claim, dict[int, Reply], str, str]] = []
+        self.delay_notice_after = delay_notice_after
+
+    def add(self, claim: Claim, replies: dict[int, Reply], *, temporary: str = "", mta: str = "") -> None:
+        self.items.append((claim, replies, temporary, mta))
+        if len(self.items) >= self.FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        if not items:
+            return
+        with transaction.atomic():
+            rest = _record_delivered(items)
+            for claim, replies, temporary, mta in rest:
+                _record(claim, replies, temporary=temporary, mta=mta)
+                if self.delay_notice_after is not None:
+                    _delay_notice(claim, self.delay_notice_after, mta=mta)
+
+
+def _record_delivered(items):
+    """Record, with a few set-based queries, the rows whose every pending recipient was
+    accepted and that have no earlier failed recipient: the common case. Returns the
+    other items, for record_outcome one by one."""
+    simple = {
+        claim.id: (claim, replies)
+        for claim, replies, temporary, _mta in items
+        if claim.recipients
+        and not temporary
+        and set(replies) == {rid for rid, _ in claim.recipients}
+        and all(200 <= r.code < 300 for r in replies.values())
+    }
+    if simple:
+        earlier_failures = set(
+            OutboundRecipient.objects.filter(
+                delivery_id__in=list(simple), status=OutboundRecipient.Status.FAILED
+            ).values_list("delivery_id", flat=True)
+        )
+        for row_id in earlier_failures:
+            del simple[row_id]
+    if not simple:
+        return items
+    now = timezone.now()
+    by_reply: dict[str, list[int]] = {}
+    rows_by_reply: dict[str, list[int]] = {}
+    for row_id, (_claim, replies) in simple.items():
+        for rid, reply in replies.items():
+            by_reply.setdefault(reply.line, []).append(rid)
+        rows_by_reply.setdefault(next(iter(replies.values())).line, []).append(row_id)
+    for line, rids in by_reply.items():
+        OutboundRecipient.objects.filter(id__in=rids, status=OutboundRecipient.Status.PENDING).update(
+            status=OutboundRecipient.Status.DELIVERED, reply=line
+        )
+    for line, row_ids in rows_by_reply.items():
+        # A row held meanwhile stays held (its recipients are recorded as delivered).
+        OutboundDelivery.objects.filter(id__in=row_ids, status=OutboundDelivery.Status.QUEUED).update(
+            status=OutboundDelivery.Status.DELIVERED, last_reply=line[:2000], updated_at=now
+        )
+        OutboundDelivery.objects.filter(id__in=row_ids).exclude(status=OutboundDelivery.Status.QUEUED).update(
+            last_reply=line[:2000], updated_at=now
+        )
+    return [item for item in items if item[0].id not in simple]
+
+
+def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
+    """One delay DSN (RFC 3464 Action: delayed) for a row still waiting `after` its arrival."""
+    row = OutboundDelivery.objects.get(id=claim.id)
+    if (
+        row.status != OutboundDelivery.Status.QUEUED
+        or row.delay_notified
+        or timezone.now() - row.created_at < after
+    ):
+        return
+    waiting = list(
+        row.recipients.filter(status=OutboundRecipient.Status.PENDING).values_list("address", "reply")
+    )
+    send_dsn(
+        reporting_host=claim.helo_hostname,
+        envelope_from=claim.envelope_from,
+        original=_read(claim),
+        failed=[(address, mta, reply or row.last_reply) for address, reply in waiting],
+        arrival=row.created_at,
+        delayed=True,
+    )
+    OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
+    log.info("delivery #%s to %s delayed; notice sent to %s", row.id, row.domain, claim.envelope_from or "<>")
+
+
+def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str) -> None:
+    failed = record_outcome(claim=claim, replies=replies, temporary=temporary)
+    if not failed:
+        return
+    rows = list(OutboundRecipient.objects.filter(id__in=failed).values_list("address", "reply"))
+    row = OutboundDelivery.objects.get(id=claim.id)
+    sent = send_dsn(
+        reporting_host=claim.helo_hostname,
+        envelope_from=claim.envelope_from,
+        original=_read(claim),
+        failed=[(address, mta, reply or temporary) for address, reply in rows],
+        arrival=row.created_at,
+    )
+    log.info(
+        "delivery #%s to %s failed for %s; DSN %s",
+        claim.id,
+        claim.domain,
+        ", ".join(a for a, _ in rows),
+        f"sent to {claim.envelope_from}" if sent else "not sent",
+    )
+
+
+def _connect(
+    hosts: list[Host], start: int, claim: Claim, remote: Remote
+) -> tuple[Connection | None, int, str]:
+    """The first host from index `start` that takes a session; (None, len, last error) if none."""
+    error = ""
+    for index in range(start, len(hosts)):
+        host = hosts[index]
+        for address in host.addresses:
+            try:
+                return (
+                    Connection(
+                        host=host.name,
+                        address=address,
+                        port=remote.port,
+                        helo_hostname=claim.helo_hostname,
+                        tls_verify=remote.tls_verify,
+                        timeout=remote.timeout,
+                    ),
+                    index,
+                    "",
+                )
+            except ConnectFailed as exc:
+                error = str(exc)
+                log.info("connect to %s failed: %s", host.name, exc)
+    return None, len(hosts), error
+
+
+def _send_one(conn: Connection, claim: Claim, data: bytes) -> tuple[dict[int, Reply], bool]:
+    ids = {address: rid for rid, address in claim.recipients}
+    answers, reusable = conn.send(
+        envelope_from=claim.envelope_from, recipients=[a for _, a in claim.recipients], data=data
+    )
+    replies = {ids[a]: Reply(code, text) for a, (code, text) in answers.items()}
+    for rid, reply in replies.items():
+        if reply.code >= 400:
+            log.info(
+                "%s [%s] replied to %s: %s", conn.host, conn.address, dict(claim.recipients)[rid], reply.line
+            )
+    return replies, reusable
+
+
+def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: Outcomes) -> None:
+    try:
+        hosts = lookup(domain, resolver=remote.resolver)
+    except LookupFailed as exc:
+        log.info("MX lookup for %s failed: %s", domain, exc)
+        for claim in claims:
+            if exc.permanent:
+                reply = Reply(550, f"5.1.2 {exc}")
+                outcomes.add(claim, {rid: reply for rid, _ in claim.recipients})
+            else:
+                outcomes.add(claim, {}, temporary=f"451 4.4.3 {exc}")
+        return
+    conn: Connection | None = None
+    index = 0
+    unreachable = ""
+    try:
+        for claim in claims:
+            if not claim.recipients:
+                outcomes.add(claim, {})
+                continue
+            if unreachable:
+                # Every host just failed: the other rows for this domain wait too.
+                outcomes.add(claim, {}, temporary=unreachable)
+                continue
+            data = _read(claim)
+            replies: dict[int, Reply] = {}
+            error = ""
+            while index < len(hosts):
+                if conn is None:
+                    conn, index, error = _connect(hosts, index, claim, remote)
+                    if conn is None:
+                        break
+                try:
+                    replies, reusable = _send_one(conn, claim, data)
+                    if not reusable or not conn.reset():
+                        conn.close()
+                        conn = None
+                    break
+                except ConnectFailed as exc:
+                    error = str(exc)
+                    log.info("session with %s broke: %s", conn.host, exc)
+                    conn = None
+                    index += 1
+            mta = conn.host if conn is not None else ""
+            if replies:
+                outcomes.add(claim, replies, mta=mta)
+                done = sum(1 for r in replies.values() if 200 <= r.code < 300)
+                log.info(
+                    "delivery #%s to %s: %d of %d recipients accepted by %s",
+                    claim.id,
+                    domain,
+                    done,
+                    len(claim.recipients),
+                    mta or domain,
+                )
+            else:
+                unreachable = f"451 4.4.1 {error or 'no host reachable'}"
+                outcomes.add(claim, {}, temporary=unreachable)
+                log.info("delivery #%s to %s deferred: %s", claim.id, domain, error)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def deliver_claims(
+    claims: list[Claim], *, remote: Remote, delay_notice_after: timedelta | None = None
+) -> None:
+    """Deliver every claimed row and record each outcome. Never raises for remote failures;
+    an exception of our own leaves the rows claimed, due again at their next attempt time.
+
+    With `delay_notice_after`, a row still waiting that long after it was queued sends its
+    sender one delay notice."""
+    by_domain: dict[str, list[Claim]] = {}
+    for claim in claims:
+        by_domain.setdefault(claim.domain, []).append(claim)
+    outcomes = Outcomes(delay_notice_after=delay_notice_after)
+    for domain, group in by_domain.items():
+        _deliver_domain(domain, group, remote, outcomes)
+    outcomes.flush()

@@ -1,0 +1,143 @@
+"""Delivery status notifications (RFC 3464) for recipients the queue gave up on.
+
+A DSN goes to the envelope sender: filed into the inbox of a local sender through local
+delivery, queued (with a null sender, so it can never bounce back) for a remote one, and
+never sent for a message whose own sender was null (RFC 5321 section 4.5.5).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from datetime import datetime
+
+from django.db import transaction
+
+from mail.smtp.replies import SMTPReject
+
+log = logging.getLogger("mail.delivery")
+
+
+def _status(reply: str) -> str:
+    # The enhanced status code (RFC 3463) when the reply has one, else a generic one.
+    parts = reply.split()
+    if len(parts) > 1 and parts[1].count(".") == 2 and parts[1][0] in "245":
+        return parts[1]
+    return "5.0.0" if reply[:1] == "5" else "4.0.0"
+
+
+def build_dsn(
+    *,
+    reporting_host: str,
+    envelope_from: str,
+    original: bytes,
+    failed: list[tuple[str, str, str]],
+    arrival: datetime,
+    delayed: bool = False,
+) -> bytes:
+    """The bytes of a multipart/report DSN (RFC 3464 section 2) for `failed`, a list of
+    (recipient, remote MTA or "", last reply). With `delayed`, a delay notice (Action:
+    delayed) instead of a failure. The original message's header is returned with it.
+    """
+    boundary = email.utils.make_msgid(domain=reporting_host).strip("<>").replace("@", ".")
+    action = "delayed" if delayed else "failed"
+    subject = "Delivery delayed" if delayed else "Undelivered Mail Returned to Sender"
+    lines = [
+        f"The message you sent to {', '.join(r for r, _, _ in failed)} "
+        + ("has not been delivered yet; delivery will be retried." if delayed else "could not be delivered."),
+        "",
+    ]
+    for rcpt, mta, reply in failed:
+        lines.append(f"<{rcpt}>: {reply}" + (f" (from {mta})" if mta else ""))
+    human = "\r\n".join(lines) + "\r\n"
+    status = [
+        f"Reporting-MTA: dns; {reporting_host}",
+        f"Arrival-Date: {email.utils.format_datetime(arrival)}",
+        "",
+    ]
+    for rcpt, mta, reply in failed:
+        status += [
+            f"Final-Recipient: rfc822; {rcpt}",
+            f"Action: {action}",
+            f"Status: {_status(reply) if not delayed else '4.0.0'}",
+        ]
+        if mta:
+            status.append(f"Remote-MTA: dns; {mta}")
+        if reply[:1] in "45" and reply[:3].isdigit():
+            status.append(f"Diagnostic-Code: smtp; {reply}")
+        status.append("")
+    header_end = original.find(b"\r\n\r\n")
+    original_header = original if header_end < 0 else original[: header_end + 2]
+    head = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{reporting_host}>",
+        f"To: <{envelope_from}>",
+        f"Subject: {subject}",
+        f"Date: {email.utils.format_datetime(email.utils.localtime())}",
+        f"Message-Id: {email.utils.make_msgid(domain=reporting_host)}",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated delivery status notification.",
+        "",
+        f"--{boundary}",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+        "",
+    ]
+    parts = (
+        "\r\n".join(head).encode()
+        + b"\r\n"
+        + human.encode()
+        + f"\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n".encode()
+        + "\r\n".join(status).encode()
+        + b"\r\n"
+        + f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+        + original_header
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return parts
+
+
+def send_dsn(
+    *,
+    reporting_host: str,
+    envelope_from: str,
+    original: bytes,
+    failed: list[tuple[str, str, str]],
+    arrival: datetime,
+    delayed: bool = False,
+) -> bool:
+    """Deliver a DSN to `envelope_from` in the caller's transaction. Returns whether one was
+    filed or queued (False for a null sender or a local sender without a mailbox)."""
+    from mail.services.delivery import deliver_inbound, resolve_mailboxes
+    from mail.services.enqueue import enqueue_remote
+    from mail.services.storage import StoredFiles, store_content
+
+    if not envelope_from or not failed:
+        return False
+    raw = build_dsn(
+        reporting_host=reporting_host,
+        envelope_from=envelope_from,
+        original=original,
+        failed=failed,
+        arrival=arrival,
+        delayed=delayed,
+    )
+    raw = b"Return-Path: <>\r\n" + raw
+    boxes, remote = resolve_mailboxes([envelope_from])
+    if boxes:
+        try:
+            with transaction.atomic():
+                deliver_inbound(raw=raw, envelope_from="", mailbox_ids=[m.id for m in boxes.values()])
+        except SMTPReject as exc:
+            log.info("DSN to %s refused by a rule: %s", envelope_from, exc)
+            return False
+        return True
+    if remote:
+        with StoredFiles() as files, transaction.atomic():
+            content = store_content(raw, files=files)
+            enqueue_remote(content=content, envelope_from="", recipients=remote, helo_hostname=reporting_host)
+        return True
+    log.info("no mailbox for the sender %s: DSN dropped", envelope_from)
+    return False

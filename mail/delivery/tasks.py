@@ -1,0 +1,129 @@
+"""Celery tasks of the outbound queue. They only wire things up: the rows are the truth.
+
+Tasks take row ids (JSON only), are idempotent (a row that is not due is not claimed, so a
+duplicate or late message does nothing) and run with acks_late. A worker killed mid-task
+leaves rows whose claim already moved their next attempt time forward: they are due again
+then, and the worker's own rescan timer (below) kicks them, so neither a lost broker message
+nor a purged broker loses mail.
+
+The rescan timer: every delivery worker process (the `celery -A everlock_site worker` main
+process) runs a thread that, at start and then every EVERLOCK_QUEUE_SCAN_INTERVAL seconds,
+sends a deliver task for each batch of due rows. No beat process is needed; several workers
+scanning at once only send duplicate kicks, which claim nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import close_old_connections
+
+from mail.delivery.attempts import claim, due_ids
+from mail.delivery.batch import Remote, deliver_claims
+from mail.delivery.resolver import make_resolver
+
+log = logging.getLogger("mail.delivery")
+
+# Rows one task claims at once: its own ids first, then any other due rows, so that a
+# burst of kicks is delivered in batches over shared connections.
+BATCH = 100
+
+
+def remote_from_settings() -> Remote:
+    """The resolver, remote port and TLS policy from EVERLOCK_RESOLVER,
+    EVERLOCK_REMOTE_SMTP_PORT and EVERLOCK_SMTP_TLS_VERIFY."""
+    return Remote(
+        resolver=make_resolver(settings.EVERLOCK_RESOLVER),
+        port=settings.EVERLOCK_REMOTE_SMTP_PORT,
+        tls_verify=settings.EVERLOCK_SMTP_TLS_VERIFY,
+    )
+
+
+def _claim(ids: list[int] | None, limit: int):
+    return claim(
+        ids=ids,
+        limit=limit,
+        first_retry=timedelta(seconds=settings.EVERLOCK_QUEUE_FIRST_RETRY),
+        max_retry=timedelta(seconds=settings.EVERLOCK_QUEUE_MAX_RETRY),
+    )
+
+
+@shared_task(name="mail.delivery.deliver", acks_late=True, ignore_result=True)
+def deliver(ids: list[int]) -> int:
+    """Claim the rows `ids` that are due plus other due rows up to BATCH, deliver them.
+
+    Returns the number of rows attempted.
+    """
+    claims = _claim([int(i) for i in ids], BATCH) if ids else []
+    if len(claims) < BATCH:
+        claims += _claim(None, BATCH - len(claims))
+    if claims:
+        after = settings.EVERLOCK_QUEUE_DELAY_NOTICE
+        deliver_claims(
+            claims,
+            remote=remote_from_settings(),
+            delay_notice_after=timedelta(seconds=after) if after > 0 else None,
+        )
+    if len(claims) >= BATCH and due_ids(limit=1):
+        kick_deliveries([])
+    return len(claims)
+
+
+@shared_task(name="mail.delivery.deliver_due", acks_late=True, ignore_result=True)
+def deliver_due() -> int:
+    """The re-kick: send one deliver task per BATCH of due rows. Returns the row count."""
+    ids = due_ids(limit=BATCH * 20)
+    for start in range(0, len(ids), BATCH):
+        kick_deliveries(ids[start : start + BATCH])
+    return len(ids)
+
+
+def kick_deliveries(ids: list[int]) -> None:
+    """Send a deliver task for `ids`. Never raises: a kick that cannot be sent only delays
+    delivery until the rescan (logged)."""
+    try:
+        deliver.apply_async((list(ids),), retry=True, retry_policy={"max_retries": 1})
+    except Exception as exc:  # the broker is down: the rows wait for the rescan
+        log.warning("could not send the delivery task (%s); the queue rescan will", exc)
+
+
+class Rescan(threading.Thread):
+    """The worker's own timer: deliver_due() now and every `interval` seconds until stopped."""
+
+    def __init__(self, interval: float):
+        super().__init__(name="everlock-queue-rescan", daemon=True)
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                close_old_connections()
+                deliver_due()
+            except Exception as exc:  # the database is away: try again next time
+                log.warning("queue rescan failed: %s", exc)
+            finally:
+                close_old_connections()
+            if self.stopped.wait(self.interval):
+                return
+
+
+_rescan: Rescan | None = None
+
+
+@worker_ready.connect
+def _start_rescan(**_kwargs) -> None:
+    global _rescan
+    _rescan = Rescan(settings.EVERLOCK_QUEUE_SCAN_INTERVAL)
+    _rescan.start()
+
+
+@worker_shutdown.connect
+def _stop_rescan(**_kwargs) -> None:
+    if _rescan is not None:
+        _rescan.stopped.set()

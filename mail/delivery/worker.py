@@ -1,0 +1,76 @@
+"""The delivery worker `everlock serve --backend-mail-smtp` runs beside its listeners.
+
+It is the same Celery worker as `celery -A everlock_site worker` (same tasks, same rescan
+timer), started as a child process with this process's environment, so the one serve
+command both accepts and delivers mail with the embedded broker and no other server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+from django.conf import settings
+from kombu.utils.url import maybe_sanitize_url
+
+log = logging.getLogger("mail.delivery")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux: the worker gets SIGTERM when serve dies, even by SIGKILL, instead of running on
+    # orphaned. Elsewhere serve's close() is the only stop.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedWorker:
+    """A running worker process: close() asks it to finish its current task and stop,
+    wait_closed() waits for that (killing it after `grace` seconds)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, grace: float = 30.0):
+        self.process = process
+        self.grace = grace
+
+    def close(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+
+    async def wait_closed(self) -> None:
+        try:
+            await asyncio.wait_for(self.process.wait(), self.grace)
+        except TimeoutError:
+            # Rows it had claimed are due again at their next attempt time.
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+        log.info("backend-mail-smtp: delivery worker stopped")
+
+
+async def start_embedded_worker(*, listens, concurrency: int | None = None) -> EmbeddedWorker:
+    """Start `celery -A everlock_site worker` as a child process; returns its handle.
+
+    `listens` is unused (the worker listens on nothing); `concurrency` defaults to
+    EVERLOCK_DELIVERY_CONCURRENCY.
+    """
+    concurrency = concurrency or settings.EVERLOCK_DELIVERY_CONCURRENCY
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "celery", "-A", "everlock_site", "worker",
+        "--concurrency", str(concurrency), "-n", f"delivery-{os.getpid()}@%h",
+        "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", "warning",
+        # Its own session: a Ctrl-C or a signal to serve's process group reaches serve only,
+        # and close() then stops the worker warmly (current tasks finish).
+        env=dict(os.environ), preexec_fn=_die_with_parent, start_new_session=True,
+    )  # fmt: skip
+    log.info(
+        "backend-mail-smtp: delivery worker started (broker %s)",
+        maybe_sanitize_url(settings.CELERY_BROKER_URL),
+    )
+    return EmbeddedWorker(process)

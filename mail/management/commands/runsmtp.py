@@ -1,0 +1,45 @@
+"""`manage.py runsmtp`: the inbound and submission SMTP listeners, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from django.core.management.base import BaseCommand, CommandError
+
+from everlock_site.listen import parse_listen
+from mail.smtp.server import start_listeners
+
+
+class Command(BaseCommand):
+    help = "Run the inbound SMTP listener and/or the submission listener."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--listen", default=None, metavar="ADDR", help="inbound SMTP, e.g. 0.0.0.0:25")
+        parser.add_argument(
+            "--submission-listen", default=None, metavar="ADDR", help="submission, e.g. 0.0.0.0:587"
+        )
+
+    def handle(self, *args, **opts):
+        listens = {
+            "smtp": parse_listen(opts["listen"], option="--listen") if opts["listen"] else None,
+            "submission": parse_listen(opts["submission_listen"], option="--submission-listen")
+            if opts["submission_listen"]
+            else None,
+        }
+        if not any(listens.values()):
+            raise CommandError("give --listen and/or --submission-listen")
+        asyncio.run(_serve(listens))
+
+
+async def _serve(listens) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    listeners = await start_listeners(listens=listens)
+    try:
+        await stop.wait()
+    finally:
+        listeners.close()
+        await listeners.wait_closed()

@@ -1,0 +1,18 @@
+from mail.models.domains import MailDomain
+from mail.models.mailboxes import Folder, Mailbox
+from mail.models.messages import Message, MessageContent
+from mail.models.outbound import OutboundDelivery, OutboundRecipient
+from mail.models.rules import RedirectRecord, RuleSet, VacationReply
+
+__all__ = [
+    "Folder",
+    "MailDomain",
+    "Mailbox",
+    "Message",
+    "MessageContent",
+    "OutboundDelivery",
+    "OutboundRecipient",
+    "RedirectRecord",
+    "RuleSet",
+    "VacationReply",
+]

@@ -1,0 +1,43 @@
+from django.db import models
+
+
+class MailDomain(models.Model):
+    """A local mail domain: what everlock-mail/domains/<name>.toml holds.
+
+    `name` is in normal form (mail.addresses.normalize_domain). The Ed25519 key signs under
+    `dkim_selector`, the RSA key under `dkim_rsa_selector`; both sign when both are present.
+    """
+
+    class SubmissionAuth(models.TextChoices):
+        AUTHENTICATED = "authenticated"
+        NONE = "none"
+
+    name = models.CharField(max_length=253, unique=True)
+    enabled = models.BooleanField(default=True)
+    submission_enabled = models.BooleanField(default=False)
+    submission_auth = models.CharField(
+        max_length=20, choices=SubmissionAuth.choices, default=SubmissionAuth.AUTHENTICATED
+    )
+    outbound_hostname = models.CharField(
+        max_length=253,
+        blank=True,
+        default="",
+        help_text="EHLO name and Message-Id domain; mail.<domain> when empty",
+    )
+    dkim_enabled = models.BooleanField(default=False)
+    dkim_selector = models.CharField(max_length=63, default="default")
+    dkim_private_key_pem = models.TextField(blank=True, default="")
+    dkim_rsa_selector = models.CharField(max_length=63, default="default-rsa")
+    dkim_rsa_private_key_pem = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_hostname(self) -> str:
+        return self.outbound_hostname or f"mail.{self.name}"

@@ -1,0 +1,46 @@
+from django.db import models
+
+from mail.models.mailboxes import Folder
+
+
+class MessageContent(models.Model):
+    """The raw bytes of one message, stored once through the `messages` storage.
+
+    The file is written and fsynced before the row commits; every Message filed from one
+    SMTP transaction and every outbound queue row of it point here.
+    """
+
+    storage_name = models.CharField(max_length=255, unique=True)
+    size = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.storage_name
+
+
+class Message(models.Model):
+    """A message filed into a folder, with the metadata a mail client lists."""
+
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="messages")
+    content = models.ForeignKey(MessageContent, on_delete=models.PROTECT, related_name="messages")
+    # Header lines (CRLF-terminated) put before the stored content for this copy only, for
+    # example a header a rule adds for one recipient.
+    prepended_headers = models.BinaryField(blank=True, default=b"")
+    envelope_from = models.CharField(max_length=320, blank=True)
+    envelope_to = models.CharField(max_length=320)
+    header_from = models.CharField(max_length=998, blank=True)
+    header_to = models.CharField(max_length=998, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    date = models.DateTimeField(null=True, blank=True)
+    message_id = models.CharField(max_length=998, blank=True)
+    size = models.PositiveBigIntegerField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    seen = models.BooleanField(default=False)
+    flagged = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["folder", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.subject or '(no subject)'} -> {self.envelope_to}"

@@ -1,0 +1,66 @@
+"""What local delivery does for one recipient: the outcome of the rules. Pure: no Django.
+
+mail.rules.engine.plan_delivery() builds a DeliveryPlan from MessageFacts; local delivery
+(mail.services.delivery) carries it out inside the transaction that files the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+INBOX = "inbox"
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """What rules may look at. `headers` keeps order and repeats: (name, value) pairs."""
+
+    envelope_from: str  # "" for the null sender
+    recipient: str  # local@domain, domain in normal form
+    headers: tuple[tuple[str, str], ...]
+    size: int
+    authenticated: bool  # submitted by an authenticated user (port 587)
+    # The whole message as received (Return-Path/Received included); redirects send it on.
+    raw: bytes = b""
+
+
+@dataclass(frozen=True)
+class Filing:
+    folder: str
+    seen: bool = False
+    flagged: bool = False
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Refuse the message at SMTP time with this reply (RFC 5321 section 4.2)."""
+
+    code: int
+    enhanced: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message the rules send (a redirect or an auto-reply), complete with its headers."""
+
+    envelope_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+
+
+@dataclass
+class DeliveryPlan:
+    """Filed into `filings` (inbox when empty), unless discarded or rejected."""
+
+    filings: list[Filing] = field(default_factory=list)
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    outgoing: list[OutgoingMessage] = field(default_factory=list)
+    discard: bool = False
+    reject: Rejection | None = None
+    matched: list[str] = field(default_factory=list)  # names of the rules that matched
+
+    def folders(self) -> list[Filing]:
+        if self.reject is not None or self.discard:
+            return []
+        return self.filings or [Filing(INBOX)]

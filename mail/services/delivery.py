@@ -1,0 +1,364 @@
+"""Local delivery: the one path both SMTP listeners use to file a message into mailboxes.
+
+For each local recipient the mail rules (mail.rules.engine.plan_delivery) decide what
+happens; this module carries the plan out. Every row of one SMTP transaction (the content,
+the filed messages, the folders created on demand, the outgoing copies and their queue rows)
+commits in one transaction, after the message bytes are durable (mail.services.storage).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from django.db import transaction
+
+from mail.addresses import Address, AddressError, parse_address
+from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
+from mail.rules.engine import plan_delivery
+from mail.rules.plan import DeliveryPlan, MessageFacts
+from mail.services.enqueue import enqueue_remote
+from mail.services.storage import StoredFiles, store_content, sync_directories, write_content
+from mail.smtp import replies
+from mail.smtp.replies import SMTPReject
+
+log = logging.getLogger("mail.smtp")
+
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_MAX_FIELD = 998
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """The header facts of a message that local delivery records and rules look at."""
+
+    headers: tuple[tuple[str, str], ...]
+    header_from: str
+    header_to: str
+    subject: str
+    date: datetime | None
+    message_id: str
+
+    def values(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
+
+
+def _text(value: str) -> str:
+    try:
+        return str(make_header(decode_header(value)))[:_MAX_FIELD]
+    except (UnicodeError, LookupError, ValueError):
+        return value[:_MAX_FIELD]
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse the header section of `raw` (RFC 5322); the body is not read."""
+    msg = _HEADER_PARSER.parsebytes(raw, headersonly=True)
+    headers = tuple((name, str(value)) for name, value in msg.items())
+    date = None
+    if msg.get("Date"):
+        try:
+            date = email.utils.parsedate_to_datetime(str(msg["Date"]))
+            if date.tzinfo is None:
+                date = None
+        except (TypeError, ValueError, IndexError):
+            date = None
+    return ParsedMessage(
+        headers=headers,
+        header_from=_text(str(msg.get("From", ""))),
+        header_to=_text(str(msg.get("To", ""))),
+        subject=_text(str(msg.get("Subject", ""))),
+        date=date,
+        message_id=str(msg.get("Message-Id", "")).strip()[:_MAX_FIELD],
+    )
+
+
+def local_domain(name: str) -> MailDomain | None:
+    """The enabled local mail domain `name` (normal form), or None."""
+    return MailDomain.objects.filter(name=name, enabled=True).first()
+
+
+def check_local_recipient(address: Address) -> int:
+    """The id of the mailbox `address` is delivered to.
+
+    Raises SMTPReject: RELAY_DENIED when the domain is not an enabled local domain,
+    UNKNOWN_USER when it is but has no such mailbox.
+    """
+    found = list(
+        Mailbox.objects.filter(
+            domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
+        )
+        .order_by()
+        .values_list("id", flat=True)[:1]
+    )
+    if found:
+        return found[0]
+    if MailDomain.objects.filter(name=address.domain, enabled=True).exists():
+        raise replies.UNKNOWN_USER
+    raise replies.RELAY_DENIED
+
+
+def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], list[str]]:
+    """Split `addresses` into local mailboxes (by address key) and remote addresses.
+
+    Addresses in an enabled local domain without a mailbox are in neither: they are logged.
+    """
+    parsed: list[Address] = []
+    remote: list[str] = []
+    for text in addresses:
+        try:
+            parsed.append(parse_address(text))
+        except AddressError:
+            log.warning("dropping invalid recipient %r", text)
+    domains = {a.domain for a in parsed}
+    local_domains = set(
+        MailDomain.objects.filter(name__in=domains, enabled=True).values_list("name", flat=True)
+    )
+    wanted = [a for a in parsed if a.domain in local_domains]
+    boxes: dict[str, Mailbox] = {}
+    if wanted:
+        qs = Mailbox.objects.select_related("domain").filter(
+            domain__name__in={a.domain for a in wanted}, local_part__in={a.local.casefold() for a in wanted}
+        )
+        by_key = {f"{m.local_part}@{m.domain.name}": m for m in qs}
+        for a in wanted:
+            if a.key in by_key:
+                boxes[a.key] = by_key[a.key]
+            else:
+                log.warning("no mailbox for local recipient %s", a)
+    remote = [str(a) for a in parsed if a.domain not in local_domains]
+    return boxes, remote
+
+
+def plan_recipients(
+    *, mailboxes: list[Mailbox], parsed: ParsedMessage, envelope_from: str, size: int, authenticated: bool
+) -> list[tuple[Mailbox, DeliveryPlan]]:
+    """The rules' plan for each mailbox; call inside the delivery's transaction (the rules
+    record their memory there). Raises SMTPReject when a rule rejects the message."""
+    planned = []
+    for mailbox in mailboxes:
+        plan = plan_delivery(
+            MessageFacts(
+                envelope_from=envelope_from,
+                recipient=mailbox.address,
+                headers=parsed.headers,
+                size=size,
+                authenticated=authenticated,
+            )
+        )
+        if plan.reject is not None:
+            r = plan.reject
+            raise SMTPReject(r.code, r.enhanced, r.text)
+        planned.append((mailbox, plan))
+    return planned
+
+
+def _folder_ids(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """Folder ids for (mailbox id, name) pairs, creating missing folders."""
+    if not wanted:
+        return {}
+    mailbox_ids = {m for m, _ in wanted}
+    names = {n for _, n in wanted}
+
+    def fetch() -> dict[tuple[int, str], int]:
+        rows = (
+            Folder.objects.filter(mailbox_id__in=mailbox_ids, name__in=names)
+            .order_by()
+            .values_list("mailbox_id", "name", "id")
+        )
+        return {(m, n): i for m, n, i in rows}
+
+    found = fetch()
+    missing = wanted - found.keys()
+    if missing:
+        Folder.objects.bulk_create(
+            [Folder(mailbox_id=m, name=n) for m, n in sorted(missing)], ignore_conflicts=True
+        )
+        found = fetch()
+    return found
+
+
+def _header_block(pairs: list[tuple[str, str]]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode() for name, value in pairs)
+
+
+def file_planned(
+    *,
+    content: MessageContent,
+    parsed: ParsedMessage,
+    envelope_from: str,
+    planned: list[tuple[Mailbox, DeliveryPlan]],
+    files: StoredFiles,
+    follow_outgoing: bool = True,
+) -> list[Message]:
+    """Carry out plans inside the caller's transaction: file copies, send rule messages."""
+    wanted = {(mb.id, f.folder) for mb, plan in planned for f in plan.folders()}
+    folders = _folder_ids(wanted)
+    messages = []
+    for mailbox, plan in planned:
+        prepended = _header_block(plan.add_headers)
+        for filing in plan.folders():
+            messages.append(
+                Message(
+                    folder_id=folders[(mailbox.id, filing.folder)],
+                    content=content,
+                    prepended_headers=prepended,
+                    envelope_from=envelope_from[:320],
+                    envelope_to=mailbox.address[:320],
+                    header_from=parsed.header_from,
+                    header_to=parsed.header_to,
+                    subject=parsed.subject,
+                    date=parsed.date,
+                    message_id=parsed.message_id,
+                    size=content.size + len(prepended),
+                    seen=filing.seen,
+                    flagged=filing.flagged,
+                )
+            )
+    Message.objects.bulk_create(messages)
+    if follow_outgoing:
+        for mailbox, plan in planned:
+            for outgoing in plan.outgoing:
+                _send_outgoing(outgoing, mailbox=mailbox, files=files)
+    return messages
+
+
+def _send_outgoing(outgoing, *, mailbox: Mailbox, files: StoredFiles) -> None:
+    # A message a rule sends (redirect, auto-reply). Its own local recipients get their
+    # rules applied, but what those rules send is not followed again: no rule loops.
+    content = store_content(outgoing.data, files=files)
+    parsed = parse_message(outgoing.data)
+    boxes, remote = resolve_mailboxes(outgoing.recipients)
+    if boxes:
+        try:
+            planned = plan_recipients(
+                mailboxes=list(boxes.values()),
+                parsed=parsed,
+                envelope_from=outgoing.envelope_from,
+                size=content.size,
+                authenticated=False,
+            )
+        except SMTPReject as exc:
+            log.info("rule message from %s refused by a rule: %s", mailbox.address, exc.reply)
+            planned = []
+        file_planned(
+            content=content,
+            parsed=parsed,
+            envelope_from=outgoing.envelope_from,
+            planned=planned,
+            files=files,
+            follow_outgoing=False,
+        )
+    if remote:
+        enqueue_remote(
+            content=content,
+            envelope_from=outgoing.envelope_from,
+            recipients=remote,
+            helo_hostname=mailbox.domain.effective_hostname,
+        )
+
+
+def deliver_inbound(
+    *, raw: bytes, envelope_from: str, mailbox_ids: list[int], files: StoredFiles | None = None
+) -> list[Message]:
+    """Deliver a message received on port 25 to local mailboxes, committed before returning.
+
+    `raw` already carries the Return-Path and Received headers. Raises SMTPReject when a
+    rule rejects the message (nothing is stored); any other exception means nothing was
+    committed and no stored file remains. With `files` (group commit), the caller owns the
+    outer transaction and removes those files if it does not commit.
+    """
+    parsed = parse_message(raw)
+    mailboxes = list(Mailbox.objects.select_related("domain").filter(id__in=mailbox_ids).order_by())
+    if len(mailboxes) != len(set(mailbox_ids)):
+        # Deleted since RCPT: the client retries, and RCPT then answers for the mailbox.
+        raise replies.MAILBOX_CHANGED
+    with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
+        # The rules run inside the transaction: what they remember (vacation replies sent,
+        # redirects made) commits or rolls back with the delivery.
+        planned = plan_recipients(
+            mailboxes=mailboxes,
+            parsed=parsed,
+            envelope_from=envelope_from,
+            size=len(raw),
+            authenticated=False,
+        )
+        if all(not plan.folders() and not plan.outgoing for _, plan in planned):
+            return []
+        content = store_content(raw, files=files)
+        return file_planned(
+            content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
+        )
+
+
+def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[Message]]:
+    """deliver_inbound for many messages at once, in the caller's transaction, with a
+    fixed number of queries however many messages: the group commit's fast path.
+
+    `items` are deliver_inbound keyword arguments. Raises on the first problem of any
+    message (a rule rejection included); the caller then rolls back and delivers them one by
+    one, so each gets its own answer.
+    """
+    parsed = [parse_message(item["raw"]) for item in items]
+    wanted_ids = {i for item in items for i in item["mailbox_ids"]}
+    boxes = {m.id: m for m in Mailbox.objects.select_related("domain").filter(id__in=wanted_ids).order_by()}
+    if len(boxes) != len(wanted_ids):
+        raise replies.MAILBOX_CHANGED
+    plans = []
+    for item, facts in zip(items, parsed, strict=True):
+        plans.append(
+            plan_recipients(
+                mailboxes=[boxes[i] for i in item["mailbox_ids"] if i in boxes],
+                parsed=facts,
+                envelope_from=item["envelope_from"],
+                size=len(item["raw"]),
+                authenticated=False,
+            )
+        )
+    if any(plan.outgoing for planned in plans for _, plan in planned):
+        raise ValueError("rule messages are sent on the one-by-one path")
+    contents = []
+    for item in items:
+        name = write_content(item["raw"], sync_directory=False)
+        files.names.append(name)
+        contents.append(MessageContent(storage_name=name, size=len(item["raw"])))
+    sync_directories(files.names)
+    MessageContent.objects.bulk_create(contents)
+    folders = _folder_ids(
+        {(mb.id, f.folder) for planned in plans for mb, plan in planned for f in plan.folders()}
+    )
+    messages: list[list[Message]] = []
+    for item, facts, content, planned in zip(items, parsed, contents, plans, strict=True):
+        messages.append(
+            [
+                Message(
+                    folder_id=folders[(mailbox.id, filing.folder)],
+                    content=content,
+                    prepended_headers=_header_block(plan.add_headers),
+                    envelope_from=item["envelope_from"][:320],
+                    envelope_to=mailbox.address[:320],
+                    header_from=facts.header_from,
+                    header_to=facts.header_to,
+                    subject=facts.subject,
+                    date=facts.date,
+                    message_id=facts.message_id,
+                    size=content.size + len(_header_block(plan.add_headers)),
+                    seen=filing.seen,
+                    flagged=filing.flagged,
+                )
+                for mailbox, plan in planned
+                for filing in plan.folders()
+            ]
+        )
+    Message.objects.bulk_create([m for group in messages for m in group])
+    return messages
+
+
+deliver_inbound.many = deliver_inbound_many

@@ -1,0 +1,363 @@
+"""Mail domains: create, change, delete, import from their TOML file; DKIM set-up.
+
+Every change runs in one transaction and, on commit, rewrites the domain's file
+everlock-mail/domains/<domain>.toml under the data dir (or removes it on delete); the database
+stays the source of truth. DKIM TXT records are published as derived records of the hosted DNS
+(source "mail.dkim:<domain>") when the DNS backend is active (settings.EVERLOCK_DNS) and the
+domain lies in a hosted zone; otherwise the result carries guidance on publishing them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+
+from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
+from mail import config_files
+from mail.addresses import AddressError, normalize_domain
+from mail.config_files import ConfigFileError, DomainConfig
+from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
+from mail.models import MailDomain
+
+log = logging.getLogger("mail.domains")
+
+DKIM_TTL = 3600
+SETTING_KEYS = ("submission", "auth", "dkim", "hostname", "enabled")
+_ON_OFF = {"on": True, "off": False}
+
+
+class DomainError(ValueError):
+    """A mail domain change that is refused (bad name, unknown domain, bad setting)."""
+
+
+@dataclass(frozen=True)
+class DkimRecord:
+    """A DKIM key record: owner name and TXT value (unquoted)."""
+
+    name: str
+    value: str
+
+    def zone_line(self) -> str:
+        return f"{self.name}. {DKIM_TTL} IN TXT {txt_presentation(self.value)}"
+
+
+@dataclass
+class DomainChange:
+    """What a service call did: the domain, whether anything changed, and lines to show."""
+
+    domain: MailDomain
+    changed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def dkim_source(name: str) -> str:
+    return f"mail.dkim:{name}"
+
+
+def dkim_records(domain: MailDomain) -> list[DkimRecord]:
+    """The TXT records matching the domain's keys (Ed25519 first), whether DKIM is on or not."""
+    out = []
+    for selector, pem in (
+        (domain.dkim_selector, domain.dkim_private_key_pem),
+        (domain.dkim_rsa_selector, domain.dkim_rsa_private_key_pem),
+    ):
+        if pem:
+            out.append(DkimRecord(f"{selector}._domainkey.{domain.name}", txt_value(pem)))
+    return out
+
+
+def _normal_name(name: str) -> str:
+    try:
+        return normalize_domain(name)
+    except AddressError as exc:
+        raise DomainError(str(exc)) from None
+
+
+def get_domain(name: str) -> MailDomain:
+    """The mail domain `name` (any case or IDNA form). Raises DomainError if there is none."""
+    normal = _normal_name(name)
+    try:
+        return MailDomain.objects.get(name=normal)
+    except MailDomain.DoesNotExist:
+        raise DomainError(f"no mail domain {normal}") from None
+
+
+def domain_list() -> list[MailDomain]:
+    return list(MailDomain.objects.order_by("name"))
+
+
+def domain_text(name: str) -> str:
+    """The domain's TOML as in its file, with the private key fields left out."""
+    return config_files.render(DomainConfig.from_domain(get_domain(name)), private_keys=False)
+
+
+def _dns_hosts(name: str) -> bool:
+    return bool(settings.EVERLOCK_DNS) and hosted_zone_for(name) is not None
+
+
+def _sync_file_on_commit(name: str) -> None:
+    data_dir = settings.DATA_DIR
+
+    def sync() -> None:
+        domain = MailDomain.objects.filter(name=name).first()
+        if domain is None:
+            config_files.remove(data_dir, name)
+        else:
+            config_files.write(data_dir, DomainConfig.from_domain(domain))
+
+    transaction.on_commit(sync)
+
+
+def _publish(domain: MailDomain) -> list[str]:
+    """Publish or withdraw the domain's DKIM records to match its state; return notes."""
+    source = dkim_source(domain.name)
+    records = dkim_records(domain)
+    if domain.dkim_enabled and _dns_hosts(domain.name):
+        replace_derived_records(
+            source=source,
+            records=[RecordSpec(r.name, "TXT", DKIM_TTL, txt_presentation(r.value)) for r in records],
+        )
+        zone = hosted_zone_for(domain.name)
+        return [f"DKIM TXT published in hosted zone {zone.origin}: {r.name}" for r in records]
+    withdraw_derived_records(source=source)
+    if not domain.dkim_enabled:
+        return []
+    return [
+        _why_not_hosted(domain.name) + "; publish these TXT records with the zone's DNS provider:",
+        *(f"  {r.zone_line()}" for r in records),
+    ]
+
+
+def _why_not_hosted(name: str) -> str:
+    if not settings.EVERLOCK_DNS:
+        return "the DNS backend is not active here (EVERLOCK_DNS)"
+    return f"the DNS zone of {name} is not hosted here"
+
+
+def _new_keys() -> tuple[str, str]:
+    """Fresh keys for a domain that may need them; generated outside any transaction (RSA
+    generation takes a while and must not hold the database's write lock)."""
+    return generate_ed25519_pem(), generate_rsa_pem()
+
+
+def _enable_dkim(domain: MailDomain, keys: tuple[str, str] | None) -> None:
+    if not domain.dkim_private_key_pem or not domain.dkim_rsa_private_key_pem:
+        ed, rsa = keys or _new_keys()
+        domain.dkim_private_key_pem = domain.dkim_private_key_pem or ed
+        domain.dkim_rsa_private_key_pem = domain.dkim_rsa_private_key_pem or rsa
+    domain.dkim_enabled = True
+
+
+def domain_create(*, name: str) -> DomainChange:
+    """Create the local mail domain `name`; an existing domain is returned unchanged.
+
+    When the DNS backend is active and a hosted zone contains the domain, DKIM is set up:
+    outbound hostname mail.<domain>, an Ed25519 and an RSA-2048 key, signing on, TXT records
+    published. Otherwise DKIM stays off and the notes say how to set it up.
+    Raises DomainError for an invalid name.
+    """
+    normal = _normal_name(name)
+    existing = MailDomain.objects.filter(name=normal).first()
+    if existing is not None:
+        return DomainChange(existing, False, [f"mail domain {normal} exists"])
+    keys = _new_keys() if _dns_hosts(normal) else None
+    with transaction.atomic():
+        domain, created = MailDomain.objects.get_or_create(name=normal)
+        if not created:
+            return DomainChange(domain, False, [f"mail domain {normal} exists"])
+        notes = [f"mail domain {normal} created"]
+        if _dns_hosts(normal):
+            domain.outbound_hostname = domain.outbound_hostname or f"mail.{normal}"
+            _enable_dkim(domain, keys)
+            domain.save()
+            notes.append(f"outbound hostname {domain.outbound_hostname}")
+            notes.append("DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)")
+            notes.extend(_publish(domain))
+        else:
+            notes.extend(
+                [
+                    f"DKIM off: {_why_not_hosted(normal)}",
+                    f"to host the zone here: /dns zones create {normal}"
+                    + ("" if settings.EVERLOCK_DNS else " (with EVERLOCK_DNS=on)")
+                    + f", then /mail domains set {normal} dkim=on",
+                    f"or run /mail domains set {normal} dkim=on and publish the TXT records it prints"
+                    " with your DNS provider",
+                ]
+            )
+        _sync_file_on_commit(normal)
+    log.info("mail domain %s created", normal)
+    return DomainChange(domain, True, notes)
+
+
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    """Split "key=value" words into a mapping. Raises DomainError for a malformed or repeated key."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DomainError(f"expected key=value, got {pair!r}")
+        key = key.lower()
+        if key in out:
+            raise DomainError(f"{key} given twice")
+        out[key] = value
+    return out
+
+
+def _check_settings(values: Mapping[str, str]) -> dict[str, object]:
+    if not values:
+        raise DomainError(f"nothing to set (keys: {', '.join(SETTING_KEYS)})")
+    checked: dict[str, object] = {}
+    for key, value in values.items():
+        if key not in SETTING_KEYS:
+            raise DomainError(f"unknown setting {key!r} (keys: {', '.join(SETTING_KEYS)})")
+        if key == "hostname":
+            try:
+                checked[key] = normalize_domain(value)
+            except AddressError as exc:
+                raise DomainError(f"hostname: {exc}") from None
+        elif value.lower() in _ON_OFF:
+            checked[key] = _ON_OFF[value.lower()]
+        else:
+            raise DomainError(f"{key}={value}: the value must be on or off")
+    return checked
+
+
+def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
+    """Apply settings to domain `name`, all together or none.
+
+    Keys: submission=on|off, auth=on|off (submission auth "authenticated" or "none"),
+    dkim=on|off, hostname=FQDN, enabled=on|off. dkim=on generates missing keys and publishes
+    the TXT records (or says what to publish elsewhere); dkim=off stops signing and withdraws
+    them. Idempotent. Raises DomainError for an unknown domain, key or value (nothing changes).
+    """
+    checked = _check_settings(values)
+    current = get_domain(name)
+    keys = None
+    if checked.get("dkim") and not (current.dkim_private_key_pem and current.dkim_rsa_private_key_pem):
+        keys = _new_keys()
+    with transaction.atomic():
+        domain = MailDomain.objects.select_for_update().get(id=current.id)
+        before = DomainConfig.from_domain(domain)
+        if "submission" in checked:
+            domain.submission_enabled = checked["submission"]
+        if "auth" in checked:
+            domain.submission_auth = (
+                MailDomain.SubmissionAuth.AUTHENTICATED if checked["auth"] else MailDomain.SubmissionAuth.NONE
+            )
+        if "enabled" in checked:
+            domain.enabled = checked["enabled"]
+        if "hostname" in checked:
+            domain.outbound_hostname = checked["hostname"]
+        if checked.get("dkim") is True:
+            _enable_dkim(domain, keys)
+        elif checked.get("dkim") is False:
+            domain.dkim_enabled = False
+        after = DomainConfig.from_domain(domain)
+        changed = after != before
+        if changed:
+            domain.save()
+            _sync_file_on_commit(domain.name)
+        notes = [_change_line(domain.name, before, after)]
+        if "dkim" in checked:
+            notes.extend(_publish(domain))
+            if not domain.dkim_enabled:
+                notes.append(f"DKIM off for {domain.name}: signing stopped, DKIM TXT records withdrawn")
+    if changed:
+        log.info("mail domain %s changed: %s", domain.name, ", ".join(f"{k}={v}" for k, v in values.items()))
+    return DomainChange(domain, changed, notes)
+
+
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _change_line(name: str, before: DomainConfig, after: DomainConfig) -> str:
+    parts = []
+    if before.enabled != after.enabled:
+        parts.append(f"enabled={_on(after.enabled)}")
+    if before.submission_enabled != after.submission_enabled:
+        parts.append(f"submission={_on(after.submission_enabled)}")
+    if before.submission_auth != after.submission_auth:
+        parts.append(f"auth={_on(after.submission_auth == 'authenticated')}")
+    if before.outbound_hostname != after.outbound_hostname:
+        parts.append(f"hostname={after.outbound_hostname}")
+    if before.dkim_enabled != after.dkim_enabled:
+        parts.append(f"dkim={_on(after.dkim_enabled)}")
+    if (before.dkim_private_key_pem, before.dkim_rsa_private_key_pem) != (
+        after.dkim_private_key_pem,
+        after.dkim_rsa_private_key_pem,
+    ):
+        parts.append("DKIM keys generated")
+    if before.dkim_selector != after.dkim_selector or before.dkim_rsa_selector != after.dkim_rsa_selector:
+        parts.append(f"selectors={after.dkim_selector},{after.dkim_rsa_selector}")
+    if not parts:
+        return f"mail domain {name} unchanged"
+    return f"mail domain {name}: " + " ".join(parts)
+
+
+def domain_delete(*, name: str) -> bool:
+    """Delete domain `name` with its mailboxes, withdraw its DKIM records, remove its file.
+
+    Returns whether it existed. Raises DomainError for an invalid name.
+    """
+    normal = _normal_name(name)
+    with transaction.atomic():
+        deleted, _ = MailDomain.objects.filter(name=normal).delete()
+        withdraw_derived_records(source=dkim_source(normal))
+        _sync_file_on_commit(normal)
+    if deleted:
+        log.info("mail domain %s deleted", normal)
+    return bool(deleted)
+
+
+def domain_import(*, name: str) -> DomainChange:
+    """Read everlock-mail/domains/<name>.toml back into the database (creating the domain if
+    needed) and publish or withdraw its DKIM records to match.
+
+    Raises DomainError for an invalid name, or a file that is missing, does not parse or does
+    not validate (the message names the line or field); then nothing changes.
+    """
+    normal = _normal_name(name)
+    path = config_files.domain_path(settings.DATA_DIR, normal)
+    try:
+        config = config_files.read(path, name=normal)
+    except ConfigFileError as exc:
+        raise DomainError(str(exc)) from None
+    return _apply_config(config, source=str(path))
+
+
+def domain_import_all() -> list[DomainChange]:
+    """Import every file under everlock-mail/domains/ (see domain_import), each on its own.
+
+    Raises DomainError for the first file that fails; files before it are imported.
+    """
+    directory = config_files.domains_dir(settings.DATA_DIR)
+    names = sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+    return [domain_import(name=n) for n in names]
+
+
+def _apply_config(config: DomainConfig, *, source: str) -> DomainChange:
+    with transaction.atomic():
+        domain = MailDomain.objects.select_for_update().filter(name=config.name).first()
+        created = domain is None
+        if created:
+            domain = MailDomain(name=config.name)
+        before = DomainConfig.from_domain(domain)
+        for f in DomainConfig.__dataclass_fields__:
+            setattr(domain, f, getattr(config, f))
+        changed = created or before != config
+        if changed:
+            domain.save()
+        notes = [f"mail domain {config.name} imported from {source}" + ("" if changed else " (unchanged)")]
+        if changed and not created:
+            line = _change_line(config.name, before, config)
+            notes.append(line.replace(" generated", " replaced"))
+        notes.extend(_publish(domain))
+        # Rewrite the file in our canonical layout (comments or key order are not kept).
+        _sync_file_on_commit(config.name)
+    log.info("mail domain %s imported from %s", config.name, source)
+    return DomainChange(domain, changed, notes)

@@ -1,0 +1,70 @@
+"""Queue a stored message for remote recipients: the outbound queue's only way in."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from mail.addresses import parse_address
+from mail.models import MessageContent, OutboundDelivery, OutboundRecipient
+
+# How long a message may wait in the queue before it bounces (RFC 5321 section 4.5.4.1
+# suggests at least 4-5 days).
+QUEUE_LIFETIME = timedelta(days=5)
+
+
+def _kick(ids: list[int]) -> None:
+    # Imported here: the Celery app is wiring, and a service must import without it. The
+    # message is only a kick; if it is lost, the periodic re-kick finds the due rows.
+    from mail.delivery.tasks import kick_deliveries
+
+    kick_deliveries(ids)
+
+
+def enqueue_remote(
+    *, content: MessageContent, envelope_from: str, recipients: list[str], helo_hostname: str
+) -> list[OutboundDelivery]:
+    """Queue `content` for `recipients`: one OutboundDelivery per destination domain, with an
+    OutboundRecipient per distinct address, due now and expiring after QUEUE_LIFETIME.
+
+    Runs in the caller's transaction (or its own when there is none); the delivery task is
+    kicked with the new row ids after the outermost commit. Raises
+    mail.addresses.AddressError for an invalid recipient address. Returns the new rows.
+    """
+    by_domain: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for text in recipients:
+        address = parse_address(text)
+        if address.key in seen:
+            continue
+        seen.add(address.key)
+        by_domain.setdefault(address.domain, []).append(str(address))
+    if not by_domain:
+        return []
+    now = timezone.now()
+    with transaction.atomic():
+        rows = OutboundDelivery.objects.bulk_create(
+            [
+                OutboundDelivery(
+                    content=content,
+                    envelope_from=envelope_from,
+                    domain=domain,
+                    helo_hostname=helo_hostname,
+                    next_attempt_at=now,
+                    expires_at=now + QUEUE_LIFETIME,
+                )
+                for domain in by_domain
+            ]
+        )
+        OutboundRecipient.objects.bulk_create(
+            [
+                OutboundRecipient(delivery=row, address=address)
+                for row in rows
+                for address in by_domain[row.domain]
+            ]
+        )
+        ids = [row.id for row in rows]
+        transaction.on_commit(lambda: _kick(ids))
+    return rows

@@ -1,0 +1,97 @@
+"""Mailboxes and their folders."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from accounts.grants import GrantError, parse_resource
+from accounts.models import AccessGrant
+from mail.addresses import AddressError, parse_address
+from mail.models import Folder, Mailbox, MailDomain
+from mail.models.mailboxes import INBOX, SENT
+
+
+class MailboxError(ValueError):
+    """A mailbox change that is refused; the message says why."""
+
+
+def ensure_mailbox(*, domain: MailDomain, local_part: str) -> Mailbox:
+    """The mailbox local_part@domain with its inbox and sent folders, created if missing."""
+    with transaction.atomic():
+        mailbox, created = Mailbox.objects.get_or_create(domain=domain, local_part=local_part.casefold())
+        if created:
+            Folder.objects.bulk_create([Folder(mailbox=mailbox, name=n) for n in (INBOX, SENT)])
+    return mailbox
+
+
+def ensure_mailbox_for_grant(*, resource: str) -> Mailbox | None:
+    """For a grant on smtp/mail/D:LOCAL with D a local domain, the mailbox, created if missing."""
+    parsed = parse_resource(resource)
+    if parsed.local is None or len(parsed.segments) != 3:
+        return None
+    domain = MailDomain.objects.filter(name=parsed.segments[2]).first()
+    if domain is None:
+        return None
+    return ensure_mailbox(domain=domain, local_part=parsed.local)
+
+
+def ensure_mailboxes_for_domain(*, domain: MailDomain) -> list[Mailbox]:
+    """The mailboxes of every existing grant on smtp/mail/<domain>:LOCAL, created if missing.
+
+    For a domain created after its users were granted their mailboxes.
+    """
+    prefix = f"smtp/mail/{domain.name}:"
+    created = []
+    with transaction.atomic():
+        for path in AccessGrant.objects.filter(resource__startswith=prefix).values_list(
+            "resource", flat=True
+        ):
+            try:
+                local = parse_resource(path).local
+            except GrantError:
+                continue
+            if local is not None:
+                created.append(ensure_mailbox(domain=domain, local_part=local))
+    return created
+
+
+def _split(address: str) -> tuple[MailDomain, str]:
+    try:
+        parsed = parse_address(address)
+    except AddressError as exc:
+        raise MailboxError(str(exc)) from None
+    domain = MailDomain.objects.filter(name=parsed.domain).first()
+    if domain is None:
+        raise MailboxError(f"{parsed.domain} is not a local mail domain")
+    return domain, parsed.local.casefold()
+
+
+def mailbox_create(*, address: str) -> tuple[Mailbox, bool]:
+    """Create the mailbox `address` (idempotent); returns it and whether it was new.
+
+    Raises MailboxError for an invalid address or a domain that is not local.
+    """
+    domain, local = _split(address)
+    with transaction.atomic():
+        existed = Mailbox.objects.filter(domain=domain, local_part=local).exists()
+        mailbox = ensure_mailbox(domain=domain, local_part=local)
+    return mailbox, not existed
+
+
+def mailbox_list(*, domain: str | None = None) -> list[Mailbox]:
+    """Every mailbox (of `domain` when given), with its domain, ordered by address."""
+    qs = Mailbox.objects.select_related("domain")
+    if domain:
+        qs = qs.filter(domain__name=domain.lower())
+    return list(qs)
+
+
+def mailbox_delete(*, address: str) -> bool:
+    """Delete the mailbox `address` with its folders and filed messages; whether it existed.
+
+    The stored message bytes stay while a queue row or another copy still refers to them.
+    """
+    domain, local = _split(address)
+    with transaction.atomic():
+        deleted, _ = Mailbox.objects.filter(domain=domain, local_part=local).delete()
+    return bool(deleted)

@@ -1,0 +1,106 @@
+"""Message bytes: written once through the `messages` storage, durable before any row commits.
+
+A MessageContent row only ever names a file that is already on stable storage: the file is
+written and fsynced (with its directory) first, then the row is inserted in the caller's
+transaction; if that transaction rolls back, the file is removed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import UTC, datetime
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+
+from mail.models import MessageContent
+
+log = logging.getLogger("mail.smtp")
+
+
+def message_storage():
+    return storages["messages"]
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_content(raw: bytes, *, sync_directory: bool = True) -> str:
+    """Write `raw` to a new file of the messages storage and sync it; return its name.
+
+    For a local filesystem storage the file and (unless the caller syncs it later with
+    sync_directories) its directory are fsynced; remote storages (S3-compatible) are durable
+    once save() returns. Raises OSError when storage fails.
+    """
+    storage = message_storage()
+    now = datetime.now(UTC)
+    name = f"{now:%Y/%m/%d}/{now:%H%M%S}-{secrets.token_hex(8)}.eml"
+    saved = storage.save(name, ContentFile(raw))
+    try:
+        path = storage.path(saved)
+    except NotImplementedError:
+        return saved
+    _fsync_path(path)
+    if sync_directory:
+        _fsync_path(os.path.dirname(path))
+    return saved
+
+
+def sync_directories(names: list[str]) -> None:
+    """fsync the directories holding `names` (files written with sync_directory=False), each
+    once: what makes their directory entries durable (for a local filesystem storage)."""
+    storage = message_storage()
+    try:
+        directories = {os.path.dirname(storage.path(name)) for name in names}
+    except NotImplementedError:
+        return
+    for directory in directories:
+        _fsync_path(directory)
+
+
+def delete_content_file(name: str) -> None:
+    """Remove a stored file whose row never committed; failures are logged, not raised."""
+    try:
+        message_storage().delete(name)
+    except OSError:
+        log.warning("could not remove orphaned message file %s", name, exc_info=True)
+
+
+class StoredFiles:
+    """The files written for one transaction, removed again unless it commits.
+
+        with StoredFiles() as files, transaction.atomic():
+            content = store_content(raw, files=files)
+
+    Leaving the block by an exception (including a failed COMMIT) deletes every file written.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __enter__(self) -> StoredFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for name in self.names:
+                delete_content_file(name)
+
+
+def store_content(raw: bytes, *, files: StoredFiles) -> MessageContent:
+    """Store `raw` durably and insert its MessageContent row in the current transaction."""
+    name = write_content(raw)
+    files.names.append(name)
+    return MessageContent.objects.create(storage_name=name, size=len(raw))
+
+
+def read_content(content: MessageContent) -> bytes:
+    with message_storage().open(content.storage_name, "rb") as fh:
+        return fh.read()

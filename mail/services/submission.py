@@ -1,0 +1,210 @@
+"""Submission (RFC 6409): what an authenticated user may send, and accepting what they send.
+
+The SMTP adapter (mail.smtp.submission) calls authorize_sender at MAIL FROM,
+check_submission_recipient at RCPT, prepare_submission then commit_submission at DATA (the
+commit in the group commit); each raises mail.smtp.replies.SMTPReject with the reply to give.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import secrets
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from accounts.authentication import user_allows
+from accounts.grants import mailbox_resource
+from accounts.models import User
+from mail.addresses import Address, AddressError, parse_address
+from mail.dkim.signing import sign_for_domain
+from mail.models import Mailbox, MailDomain
+from mail.models.mailboxes import SENT
+from mail.rules.plan import DeliveryPlan, Filing
+from mail.services.delivery import (
+    file_planned,
+    parse_message,
+    plan_recipients,
+    resolve_mailboxes,
+)
+from mail.services.enqueue import enqueue_remote
+from mail.services.mailboxes import ensure_mailbox
+from mail.services.storage import StoredFiles, store_content
+from mail.smtp import replies
+
+log = logging.getLogger("mail.smtp")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """An envelope sender the user may use: the user, the address and its local domain."""
+
+    user: User
+    address: Address
+    domain: MailDomain
+
+
+def may_send_as(user: User, address: Address) -> MailDomain | None:
+    """The domain of `address` when `user` may submit as it, else None.
+
+    The domain must be an enabled local domain with submission on, and the user must hold
+    writer on smtp/mail/D:LOCAL or smtp/mail/D.
+    """
+    domain = MailDomain.objects.filter(name=address.domain, enabled=True, submission_enabled=True).first()
+    if domain is None:
+        return None
+    if not user_allows(user, "writer", mailbox_resource(address.local, address.domain)):
+        return None
+    return domain
+
+
+def authorize_sender(*, user: User, envelope_from: str) -> Sender:
+    """Check MAIL FROM for `user`. Raises SMTPReject (BAD_SENDER, SENDER_NOT_ALLOWED)."""
+    try:
+        address = parse_address(envelope_from)
+    except AddressError:
+        raise replies.BAD_SENDER from None
+    domain = may_send_as(user, address)
+    if domain is None:
+        raise replies.SENDER_NOT_ALLOWED
+    return Sender(user=user, address=address, domain=domain)
+
+
+def _check_header_from(sender: Sender, parsed) -> None:
+    values = parsed.values("From")
+    pairs = email.utils.getaddresses(values)
+    addrs = [a for _, a in pairs if a]
+    if len(values) != 1 or len(addrs) != 1:
+        raise replies.ONE_FROM_REQUIRED
+    try:
+        address = parse_address(addrs[0])
+    except AddressError:
+        raise replies.FROM_NOT_ALLOWED from None
+    # The envelope sender was authorised at MAIL FROM; any other address is checked here.
+    if address.key != sender.address.key and may_send_as(sender.user, address) is None:
+        raise replies.FROM_NOT_ALLOWED
+
+
+def _complete_headers(raw: bytes, parsed, domain: MailDomain) -> bytes:
+    # RFC 6409 section 8: a submission server may add Message-Id and Date when missing.
+    added = []
+    if not parsed.values("Message-Id"):
+        added.append(f"Message-Id: <{secrets.token_hex(16)}@{domain.effective_hostname}>\r\n")
+    if not parsed.values("Date"):
+        added.append(f"Date: {email.utils.formatdate(localtime=False, usegmt=True)}\r\n")
+    return "".join(added).encode() + raw
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """The accepted recipients of one submission: local mailboxes and remote addresses."""
+
+    mailboxes: tuple[Mailbox, ...] = ()
+    remote: tuple[str, ...] = ()
+
+    def add(self, accepted: Mailbox | str) -> Recipients:
+        if isinstance(accepted, Mailbox):
+            if any(m.id == accepted.id for m in self.mailboxes):
+                return self
+            return Recipients((*self.mailboxes, accepted), self.remote)
+        if accepted in self.remote:
+            return self
+        return Recipients(self.mailboxes, (*self.remote, accepted))
+
+
+@dataclass(frozen=True)
+class PreparedSubmission:
+    """A submitted message checked, completed and signed, ready to be committed."""
+
+    raw: bytes
+    sender: Sender
+    recipients: Recipients
+    sender_mailbox: Mailbox | None  # None: created at commit
+
+
+def prepare_submission(*, sender: Sender, recipients: Recipients, raw: bytes) -> PreparedSubmission:
+    """Check the From header, add Message-Id and Date when missing, DKIM-sign. Writes nothing.
+
+    Raises SMTPReject for a From header the user may not use or several From addresses.
+    """
+    parsed = parse_message(raw)
+    _check_header_from(sender, parsed)
+    raw = _complete_headers(raw, parsed, sender.domain)
+    # RFC 6376 section 5: sign last, over the completed header (both keys when present).
+    raw = sign_for_domain(sender.domain, raw) + raw
+    sender_mailbox = (
+        Mailbox.objects.filter(domain=sender.domain, local_part=sender.address.local.casefold())
+        .order_by()
+        .first()
+    )
+    if sender_mailbox is not None:
+        sender_mailbox.domain = sender.domain
+    return PreparedSubmission(raw=raw, sender=sender, recipients=recipients, sender_mailbox=sender_mailbox)
+
+
+def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None = None) -> None:
+    """In one transaction: store the message, deliver it to local mailboxes, queue remote
+    recipients, file a copy in the sender's `sent` folder.
+
+    Raises SMTPReject when a local recipient's rule rejects the message; any other
+    exception means nothing was committed and no stored file remains. With `files` (group
+    commit), the caller owns the outer transaction and removes those files if it does not
+    commit.
+    """
+    domain = prepared.sender.domain
+    raw, envelope_from = prepared.raw, str(prepared.sender.address)
+    remote = prepared.recipients.remote
+    parsed = parse_message(raw)
+    with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
+        planned = plan_recipients(
+            mailboxes=list(prepared.recipients.mailboxes),
+            parsed=parsed,
+            envelope_from=envelope_from,
+            size=len(raw),
+            authenticated=True,
+        )
+        content = store_content(raw, files=files)
+        sender_box = prepared.sender_mailbox or ensure_mailbox(
+            domain=domain, local_part=prepared.sender_local
+        )
+        planned.append((sender_box, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
+        file_planned(
+            content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
+        )
+        if remote:
+            enqueue_remote(
+                content=content,
+                envelope_from=envelope_from,
+                recipients=list(remote),
+                helo_hostname=domain.effective_hostname,
+            )
+
+
+def submit_message(*, user: User, envelope_from: str, recipients: list[str], raw: bytes) -> None:
+    """The whole submission in one call, as the SMTP session makes it decision by decision:
+    authorize_sender, check_submission_recipient per recipient, prepare and commit."""
+    sender = authorize_sender(user=user, envelope_from=envelope_from)
+    accepted = Recipients()
+    for recipient in recipients:
+        accepted = accepted.add(check_submission_recipient(recipient=recipient))
+    commit_submission(prepared=prepare_submission(sender=sender, recipients=accepted, raw=raw))
+
+
+def check_submission_recipient(*, recipient: str) -> Mailbox | str:
+    """Check RCPT TO on submission: the local mailbox, or the remote address (any valid one).
+
+    Raises SMTPReject: BAD_RECIPIENT for an invalid address, UNKNOWN_USER for a missing
+    mailbox of an enabled local domain.
+    """
+    try:
+        address = parse_address(recipient)
+    except AddressError:
+        raise replies.BAD_RECIPIENT from None
+    boxes, remote = resolve_mailboxes([str(address)])
+    if boxes:
+        return next(iter(boxes.values()))
+    if remote:
+        return remote[0]
+    raise replies.UNKNOWN_USER

@@ -1,0 +1,184 @@
+"""Group commit: the messages of concurrent SMTP sessions filed in one database transaction.
+
+Every DATA of every session hands its delivery to one writer thread. The thread takes all
+deliveries waiting at that moment, runs each in its own savepoint (so one failing message
+does not take the others with it), commits once, and only then answers each session. A
+client still gets 250 only after its message is durable; what a batch saves is the commit
+(and its fsync) per message, and the lock hand-offs between writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections, transaction
+
+from mail.services.storage import StoredFiles, delete_content_file
+
+log = logging.getLogger("mail.smtp")
+
+
+def heal_connections() -> None:
+    """Close this thread's database connections that broke, keeping healthy ones open.
+
+    Django's close_old_connections() would also close every connection after each call
+    when CONN_MAX_AGE is 0 (SQLite's default here), making every SMTP decision pay for a
+    new connection; only a connection with errors is checked and dropped, so a database
+    outage answers 451 while it lasts and heals by itself afterwards.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and conn.errors_occurred:
+            if conn.in_atomic_block or not conn.is_usable():
+                conn.close()
+            else:
+                conn.errors_occurred = False
+
+
+MAX_BATCH = 64
+
+
+@dataclass
+class _Job:
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    files: StoredFiles = field(default_factory=StoredFiles)
+
+
+def _settle(job: _Job, ok: bool, value: Any) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+    job.loop.call_soon_threadsafe(settle)
+
+
+class GroupCommitter:
+    """Runs `func(files=..., **kwargs)` calls in batches, one transaction per batch.
+
+    When `func` has a `many(items=[kwargs, ...], files=...)` attribute, a batch is first
+    tried with one call of it (a result per item); if that raises, one job at a time.
+
+    `func` must store message bytes through the StoredFiles it is given and may raise; its
+    exception is raised to the awaiting caller, and its rows and files are undone.
+    """
+
+    def __init__(self, *, max_batch: int = MAX_BATCH):
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="smtp-group-commit", daemon=True)
+                self._thread.start()
+
+    async def call(self, func: Callable[..., Any], /, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(func=func, kwargs=kwargs, loop=loop, future=loop.create_future())
+        self._ensure_thread()
+        self._queue.put(job)
+        return await job.future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                connections.close_all()  # this thread's connections only
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)
+                    break
+                batch.append(job)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Job]) -> None:
+        many = getattr(batch[0].func, "many", None)
+        same = many is not None and len(batch) > 1 and all(job.func is batch[0].func for job in batch)
+        if same and self._commit_many(batch, many):
+            return
+        self._commit_each(batch)
+
+    def _commit_many(self, batch: list[_Job], many: Callable[..., list[Any]]) -> bool:
+        """The fast path: one set-based call for the whole batch. False when it failed (its
+        rows rolled back, its files removed), so the batch is retried one job at a time."""
+        files = StoredFiles()
+        commit = _CommitMark()
+        try:
+            heal_connections()
+            with transaction.atomic():
+                transaction.on_commit(commit.mark)
+                results = many(items=[job.kwargs for job in batch], files=files)
+        except Exception:
+            if not commit.done:
+                _remove(files.names)
+                log.debug("SMTP: batch of %d falls back to one by one", len(batch), exc_info=True)
+                return False
+            log.exception("SMTP: an action after a committed batch failed")
+        for job, result in zip(batch, results, strict=True):
+            _settle(job, True, result)
+        return True
+
+    def _commit_each(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        commit = _CommitMark()
+        try:
+            heal_connections()
+            with transaction.atomic():
+                transaction.on_commit(commit.mark)
+                for job in batch:
+                    try:
+                        with job.files, transaction.atomic():
+                            outcomes.append((True, job.func(files=job.files, **job.kwargs)))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+        except Exception as exc:
+            if commit.done:
+                # The rows are committed; only a later on-commit action (a queue kick, say)
+                # failed. The messages are accepted: the queue's periodic re-kick covers it.
+                log.exception("SMTP: an action after a committed batch failed")
+            else:
+                # The commit itself failed: nothing of the batch is in the database.
+                for job in batch:
+                    _remove(job.files.names)
+                outcomes = [(False, exc)] * len(batch)
+        for job, (ok, value) in zip(batch, outcomes, strict=True):
+            _settle(job, ok, value)
+
+
+class _CommitMark:
+    """Set by the first on-commit hook of a batch: tells a failed COMMIT apart from a failing
+    on-commit action that runs after the COMMIT succeeded."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def mark(self) -> None:
+        self.done = True
+
+
+def _remove(names: list[str]) -> None:
+    for name in names:
+        delete_content_file(name)

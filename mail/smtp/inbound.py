@@ -1,0 +1,115 @@
+"""The inbound listener (port 25): mail from other servers to our local mailboxes.
+
+No AUTH here. RCPT is accepted only for mailboxes of enabled local domains; everything
+else is relaying (RFC 5321 section 3.6.2) and refused.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+from mail.services.delivery import check_local_recipient, deliver_inbound
+from mail.smtp import replies
+from mail.smtp.handler import BaseHandler, check_data, envelope_address
+from mail.smtp.replies import SMTPReject
+from mail.smtp.server import call_batched, call_service, peer_host
+
+
+def sender_of(envelope) -> str:
+    return "" if envelope.mail_from == "<>" else envelope.mail_from
+
+
+def received_header(*, server, session, envelope) -> bytes:
+    """Return-Path and Received (RFC 5321 section 4.4; protocol names from RFC 3848)."""
+    ssl_info = session.ssl or {}
+    cipher = ssl_info.get("cipher") if hasattr(ssl_info, "get") else None
+    protocol = "ESMTPS" if server.tls_active else ("ESMTP" if session.extended_smtp else "SMTP")
+    helo = (session.host_name or "unknown").encode("utf-8", "surrogateescape").decode("ascii", "replace")
+    lines = [
+        f"Received: from {helo} ([{peer_host(session.peer)}])",
+        f"\tby {server.hostname} (Everlock) with {protocol}",
+    ]
+    if cipher:
+        lines.append(f"\t(version={cipher[1]} cipher={cipher[0]} bits={cipher[2]})")
+    if len(envelope.rcpt_tos) == 1:
+        lines.append(f"\tfor <{envelope.rcpt_tos[0]}>")
+    lines[-1] += f"; {email.utils.formatdate(usegmt=True)}"
+    return_path = f"Return-Path: <{sender_of(envelope)}>\r\n"
+    return (return_path + "\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+class RecipientCache:
+    """Mailbox ids of recently accepted recipients, for `ttl` seconds (positive answers
+    only). Used on the event loop only. A mailbox deleted meanwhile makes delivery answer
+    451 4.2.0, and the client's retry meets the fresh RCPT answer."""
+
+    def __init__(self, *, ttl: float = 5.0, size: int = 10_000):
+        self.ttl = ttl
+        self.size = size
+        self.entries: dict[str, tuple[float, int]] = {}
+
+    def get(self, key: str) -> int | None:
+        entry = self.entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: str, mailbox_id: int) -> None:
+        if len(self.entries) >= self.size:
+            self.entries.clear()
+        self.entries[key] = (time.monotonic() + self.ttl, mailbox_id)
+
+
+class InboundHandler(BaseHandler):
+    def __init__(self, config, committer):
+        super().__init__(config, committer)
+        self.recipients = RecipientCache()
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # "<>" is the null sender of bounces (RFC 5321 section 4.5.5); aiosmtpd needs a
+        # non-empty mail_from, so it is kept as "<>" in the envelope.
+        if address != "<>":
+            try:
+                envelope_address(address, invalid=replies.BAD_SENDER)
+            except SMTPReject as exc:
+                return exc.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.mailbox_ids = []
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS.reply
+        try:
+            parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
+        except SMTPReject as exc:
+            return exc.reply
+        result = self.recipients.get(parsed.key)
+        if result is None:
+            ok, result = await call_service(check_local_recipient, address=parsed)
+            if not ok:
+                return result
+            self.recipients.put(parsed.key, result)
+        if result not in envelope.mailbox_ids:
+            envelope.mailbox_ids.append(result)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server, session, envelope):
+        raw = envelope.original_content
+        try:
+            check_data(raw, max_hops=self.config.max_hops)
+        except SMTPReject as exc:
+            return exc.reply
+        raw = received_header(server=server, session=session, envelope=envelope) + raw
+        ok, result = await call_batched(
+            self.committer,
+            deliver_inbound,
+            raw=raw,
+            envelope_from=sender_of(envelope),
+            mailbox_ids=list(envelope.mailbox_ids),
+        )
+        return replies.ACCEPTED if ok else result

@@ -1,0 +1,383 @@
+"""The SMTP listeners: aiosmtpd protocol objects wired to Django services.
+
+Each SMTP decision (a recipient, a sender, a login, the message) is one call of a
+synchronous service in a worker thread (`call_service`); the ORM never runs on the event
+loop. SMTPReject from a service becomes its reply; any other failure is ours and answers
+451 4.3.0 (logged, never shown to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from base64 import b64decode
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from mail.smtp import replies
+from mail.smtp.group_commit import GroupCommitter, heal_connections
+from mail.smtp.replies import SMTPReject
+from mail.smtp.tls import server_context
+
+log = logging.getLogger("mail.smtp")
+
+# aiosmtpd counts each command per session; only AUTH gets a low budget (brute force), the
+# rest stay effectively unlimited (RCPT is limited by max_recipients per message).
+AUTH_ATTEMPTS_PER_SESSION = 3
+_CALL_LIMITS = {"AUTH": AUTH_ATTEMPTS_PER_SESSION, "*": 1_000_000}
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """What a listener needs from the settings, read once at start."""
+
+    hostname: str
+    tls_context: ssl.SSLContext | None
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 100
+    max_hops: int = 50
+    idle_timeout: float = 300
+    session_timeout: float = 1800
+    max_connections_per_client: int = 20
+    plaintext_auth: bool = False
+    # Loopback clients may use plain-text AUTH without TLS (the product doc's local test).
+    trust_loopback: bool = True
+
+    @classmethod
+    def from_settings(cls) -> SMTPConfig:
+        return cls(
+            hostname=settings.EVERLOCK_HOSTNAME,
+            tls_context=server_context(
+                cert=settings.EVERLOCK_TLS_CERT,
+                key=settings.EVERLOCK_TLS_KEY,
+                data_dir=Path(settings.DATA_DIR),
+                hostname=settings.EVERLOCK_HOSTNAME,
+            ),
+            max_message_size=settings.EVERLOCK_SMTP_MAX_MESSAGE_SIZE,
+            max_recipients=settings.EVERLOCK_SMTP_MAX_RECIPIENTS,
+            max_hops=settings.EVERLOCK_SMTP_MAX_HOPS,
+            idle_timeout=settings.EVERLOCK_SMTP_IDLE_TIMEOUT,
+            session_timeout=settings.EVERLOCK_SMTP_SESSION_TIMEOUT,
+            max_connections_per_client=settings.EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT,
+            plaintext_auth=settings.EVERLOCK_SUBMISSION_PLAINTEXT_AUTH,
+        )
+
+
+def _run_service(func, kwargs):
+    heal_connections()
+    return func(**kwargs)
+
+
+async def call_service(func, /, **kwargs):
+    """Run the sync service `func` in a worker thread.
+
+    Returns (True, result) or (False, reply line): the SMTPReject's reply, or 451 4.3.0 for
+    any other exception (logged with its traceback).
+    """
+    try:
+        return True, await sync_to_async(_run_service, thread_sensitive=False)(func, kwargs)
+    except SMTPReject as exc:
+        return False, exc.reply
+    except Exception:
+        log.exception("SMTP: %s failed", getattr(func, "__name__", func))
+        return False, replies.LOCAL_ERROR
+
+
+async def call_batched(committer: GroupCommitter, func, /, **kwargs):
+    """call_service for a message delivery, run in the group commit (mail.smtp.group_commit)."""
+    try:
+        return True, await committer.call(func, **kwargs)
+    except SMTPReject as exc:
+        return False, exc.reply
+    except Exception:
+        log.exception("SMTP: %s failed", getattr(func, "__name__", func))
+        return False, replies.LOCAL_ERROR
+
+
+class ConnectionCounter:
+    """Open connections per client address, shared by the listeners of one process."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def acquire(self, host: str, limit: int) -> bool:
+        if self.counts[host] >= limit:
+            return False
+        self.counts[host] += 1
+        return True
+
+    def release(self, host: str) -> None:
+        self.counts[host] -= 1
+        if self.counts[host] <= 0:
+            del self.counts[host]
+
+
+def peer_host(peer) -> str:
+    return peer[0] if isinstance(peer, tuple) and peer else str(peer or "")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# aiosmtpd's own texts for limits it enforces, replaced by the standard replies
+# (RFC 5321 section 4.5.3.1, RFC 1870 section 6 for SIZE, RFC 3463 codes).
+_REWRITES = {
+    "552 Error: Too much mail data": replies.MESSAGE_TOO_BIG.reply,
+    "552 Error: message size exceeds fixed maximum message size": replies.MESSAGE_TOO_BIG.reply,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG.reply,
+    "500 Command line too long": "500 5.5.2 Command line too long",
+}
+
+
+class _Session(Session):
+    # aiosmtpd sets the deprecated login_data on every successful AUTH and logs a warning
+    # each time; we use auth_data (the user id) only.
+    @property
+    def login_data(self):
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value) -> None:
+        self._login_data = value
+
+
+class EverlockSMTP(SMTP):
+    """aiosmtpd's protocol with our session rules: connection and session limits, one
+    STARTTLS, AUTH PLAIN/LOGIN checked in a worker thread, and our reply texts."""
+
+    def __init__(self, handler, *, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool):
+        super().__init__(
+            handler,
+            hostname=config.hostname,
+            ident="ESMTP Everlock",
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=config.tls_context,
+            timeout=config.idle_timeout,
+            # MAIL without AUTH is refused by the submission handler with 530 5.7.0.
+            auth_required=False,
+            auth_require_tls=False,
+            command_call_limit=_CALL_LIMITS,
+        )
+        self.config = config
+        self.counter = counter
+        self.offers_auth = offers_auth
+        self._counted_host: str | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
+
+    async def push(self, status):
+        if isinstance(status, str):
+            status = _REWRITES.get(status, status)
+        await super().push(status)
+
+    def _timeout_cb(self):
+        # RFC 5321 section 4.5.3.2: the server may close an idle session; say so with 421.
+        if self.transport is not None:
+            self.transport.write(replies.IDLE_TIMEOUT.reply.encode() + b"\r\n")
+        super()._timeout_cb()
+
+    # -- session limits -------------------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        host = peer_host(self.session.peer)
+        if not self.counter.acquire(host, self.config.max_connections_per_client):
+            log.warning("SMTP: too many connections from %s", host)
+            await self.push(replies.TOO_MANY_CONNECTIONS.reply)
+            self.transport.close()
+            return
+        self._counted_host = host
+        self._session_timer = self.loop.call_later(self.config.session_timeout, self._session_expired)
+        await super()._handle_client()
+
+    def _session_expired(self) -> None:
+        if self.transport is not None:
+            self.transport.write(replies.SESSION_TOO_LONG.reply.encode() + b"\r\n")
+            self.transport.close()
+
+    def connection_lost(self, error) -> None:
+        if self._counted_host is not None:
+            self.counter.release(self._counted_host)
+            self._counted_host = None
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        super().connection_lost(error)
+
+    # -- TLS --------------------------------------------------------------------------------
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str):
+        # RFC 3207 section 4.2: once TLS is up, a second STARTTLS is refused. aiosmtpd
+        # itself drops bytes pipelined after STARTTLS (RFC 3207 section 4.2, CVE-2024-34083).
+        if self._tls_protocol is not None:
+            await self.push(replies.TLS_ACTIVE.reply)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_protocol is not None
+
+    # -- AUTH (RFC 4954) ------------------------------------------------------------------
+
+    def auth_allowed(self) -> bool:
+        """Plain-text mechanisms only over TLS, from loopback, or when the setting allows."""
+        if not self.offers_auth:
+            return False
+        if self.tls_active or self.config.plaintext_auth:
+            return True
+        return self.config.trust_loopback and is_loopback(peer_host(self.session.peer))
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.offers_auth:
+            await self.push(replies.AUTH_NOT_OFFERED.reply)
+            return
+        if not self.auth_allowed():
+            await self.push(replies.AUTH_NEEDS_TLS.reply)
+            return
+        await super().smtp_AUTH(arg)
+
+    async def _verify(self, login: bytes, password: bytes) -> AuthResult:
+        try:
+            login_text, password_text = login.decode("utf-8"), password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID.reply)
+        ok, result = await call_service(
+            self.event_handler.authenticate,
+            login=login_text,
+            password=password_text,
+            client_address=peer_host(self.session.peer),
+        )
+        if not ok:
+            return AuthResult(success=False, handled=False, message=result)
+        if result is None:
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID.reply)
+        return AuthResult(success=True, auth_data=result, message=replies.AUTH_OK)
+
+    async def _decode_initial(self, args: list[str]) -> bytes | None:
+        try:
+            return b64decode(args[1].encode(), validate=True)
+        except Exception:
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    async def auth_PLAIN(self, _, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False)
+        else:
+            blob = await self._decode_initial(args)
+            if blob is None:
+                return AuthResult(success=False, handled=True)
+        # RFC 4616 section 2: [authzid] NUL authcid NUL passwd
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Cannot split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False)
+        else:
+            login = await self._decode_initial(args)
+            if login is None:
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        return await self._verify(login, password)
+
+
+class Listeners:
+    """The running listeners of start_listeners: close() then await wait_closed()."""
+
+    def __init__(self, servers: list[asyncio.Server], committer: GroupCommitter):
+        self.servers = servers
+        self.committer = committer
+
+    @property
+    def sockets(self):
+        return [s for server in self.servers for s in server.sockets]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for server in self.servers:
+            await server.wait_closed()
+        self.committer.stop()
+
+
+async def start_server(
+    *, host: str, port: int, handler, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: EverlockSMTP(handler, config=config, counter=counter, offers_auth=offers_auth),
+        host=host,
+        port=port,
+        reuse_address=True,
+    )
+
+
+def _bound(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Listeners:
+    """Bind the inbound (listens["smtp"]) and submission (listens["submission"]) listeners;
+    either may be None. Logs the startup lines of the product doc on logger mail.smtp."""
+    from mail.smtp.inbound import InboundHandler
+    from mail.smtp.submission import SubmissionHandler
+
+    if config is None:
+        config = await sync_to_async(SMTPConfig.from_settings, thread_sensitive=False)()
+    counter = ConnectionCounter()
+    committer = GroupCommitter()
+    servers = []
+    try:
+        for key, kind, handler, offers_auth in (
+            ("smtp", "inbound", InboundHandler(config, committer), False),
+            ("submission", "submission", SubmissionHandler(config, committer), True),
+        ):
+            address = listens.get(key)
+            if address is None:
+                continue
+            log.info("frontend-smtp: binding %s listener on %s", kind, address)
+            server = await start_server(
+                host=address.host,
+                port=address.port,
+                handler=handler,
+                config=config,
+                counter=counter,
+                offers_auth=offers_auth,
+            )
+            servers.append(server)
+            log.info("SMTP %s listener on %s", kind, address if address.port else _bound(server))
+    except BaseException:
+        for server in servers:
+            server.close()
+        committer.stop()
+        raise
+    return Listeners(servers, committer)

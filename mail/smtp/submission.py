@@ -1,0 +1,78 @@
+"""The submission listener (port 587, RFC 6409): authenticated users sending mail.
+
+AUTH PLAIN and LOGIN (RFC 4954) are required before MAIL; the envelope sender must be an
+address the user may send as; remote recipients are queued, local ones delivered.
+"""
+
+from __future__ import annotations
+
+from accounts.authentication import Throttled, authenticate
+from accounts.models import User
+from mail.services.submission import (
+    Recipients,
+    authorize_sender,
+    check_submission_recipient,
+    commit_submission,
+    prepare_submission,
+)
+from mail.smtp import replies
+from mail.smtp.handler import BaseHandler, check_data
+from mail.smtp.replies import SMTPReject
+from mail.smtp.server import call_batched, call_service
+
+
+def authenticate_login(*, login: str, password: str, client_address: str) -> User | None:
+    """The user `login`/`password` names, or None.
+
+    Raises SMTPReject AUTH_THROTTLED when the login throttle refuses the attempt.
+    """
+    try:
+        user = authenticate(login, password, client_address=client_address, service="smtp")
+    except Throttled:
+        raise replies.AUTH_THROTTLED from None
+    return user
+
+
+class SubmissionHandler(BaseHandler):
+    authenticate = staticmethod(authenticate_login)
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if not session.authenticated:
+            return replies.AUTH_REQUIRED.reply
+        ok, result = await call_service(authorize_sender, user=session.auth_data, envelope_from=address)
+        if not ok:
+            return result
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.sender = result
+        envelope.accepted = Recipients()
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS.reply
+        try:
+            address.encode("utf-8")
+        except UnicodeEncodeError:
+            return replies.BAD_RECIPIENT.reply
+        ok, result = await call_service(check_submission_recipient, recipient=address)
+        if not ok:
+            return result
+        envelope.accepted = envelope.accepted.add(result)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server, session, envelope):
+        raw = envelope.original_content
+        try:
+            check_data(raw, max_hops=self.config.max_hops)
+        except SMTPReject as exc:
+            return exc.reply
+        # Checking and signing run beside other sessions; only the commit is serialised.
+        ok, result = await call_service(
+            prepare_submission, sender=envelope.sender, recipients=envelope.accepted, raw=raw
+        )
+        if ok:
+            ok, result = await call_batched(self.committer, commit_submission, prepared=result)
+        return replies.ACCEPTED if ok else result

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SshAdminConfig(AppConfig):
+    name = "sshadmin"
+    verbose_name = "Admin SSH console"

@@ -1,0 +1,100 @@
+"""The /mail console group: mail domains."""
+
+from __future__ import annotations
+
+from mail.services import domains as services
+from mail.services.domains import DomainError
+from sshadmin.commands import CommandError, command
+
+
+def _on(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def _errors(fn):
+    """Turn a refused domain change into a console error line."""
+
+    def wrapper(ctx, *args):
+        try:
+            return fn(ctx, *args)
+        except DomainError as exc:
+            raise CommandError(str(exc)) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@command("/mail domains create", usage="/mail domains create DOMAIN", summary="add a local mail domain")
+@_errors
+def domains_create(ctx, name: str) -> str:
+    return "\n".join(services.domain_create(name=name).notes)
+
+
+@command(
+    "/mail domains set",
+    usage="/mail domains set DOMAIN KEY=VALUE...",
+    summary="change a domain: submission=on|off auth=on|off dkim=on|off hostname=FQDN enabled=on|off",
+)
+@_errors
+def domains_set(ctx, name: str, *pairs: str) -> str:
+    values = services.parse_settings(list(pairs))
+    return "\n".join(services.domain_set(name=name, values=values).notes)
+
+
+@command("/mail domains list", usage="/mail domains list", summary="list the local mail domains")
+@_errors
+def domains_list(ctx) -> str:
+    rows = [("DOMAIN", "ENABLED", "SUBMISSION", "AUTH", "DKIM", "HOSTNAME")]
+    for d in services.domain_list():
+        rows.append(
+            (
+                d.name,
+                _on(d.enabled),
+                _on(d.submission_enabled),
+                d.submission_auth,
+                _on(d.dkim_enabled),
+                d.outbound_hostname or f"{d.effective_hostname} (default)",
+            )
+        )
+    if len(rows) == 1:
+        return "no mail domains"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
+    )
+
+
+@command(
+    "/mail domains show",
+    usage="/mail domains show DOMAIN",
+    summary="print a domain's config file (private keys left out) and its DKIM records",
+)
+@_errors
+def domains_show(ctx, name: str) -> str:
+    domain = services.get_domain(name)
+    lines = [services.domain_text(domain.name).rstrip("\n")]
+    records = services.dkim_records(domain)
+    if records:
+        lines.append("")
+        lines.append("# DKIM key records")
+        lines.extend(f"# {r.zone_line()}" for r in records)
+    return "\n".join(lines)
+
+
+@command("/mail domains delete", usage="/mail domains delete DOMAIN", summary="remove a local mail domain")
+@_errors
+def domains_delete(ctx, name: str) -> str:
+    normal = services.get_domain(name).name
+    services.domain_delete(name=normal)
+    return f"mail domain {normal} deleted"
+
+
+@command(
+    "/mail domains import",
+    usage="/mail domains import DOMAIN",
+    summary="read an edited everlock-mail/domains/DOMAIN.toml back",
+)
+@_errors
+def domains_import(ctx, name: str) -> str:
+    return "\n".join(services.domain_import(name=name).notes)

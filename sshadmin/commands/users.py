@@ -1,0 +1,100 @@
+"""The /users console group: users, their passwords and their access grants."""
+
+from __future__ import annotations
+
+from accounts import services
+from accounts.grants import GrantError, parse_resource
+from accounts.models import AccessGrant, User
+from accounts.services import AccountError
+from sshadmin.commands import CommandError, Context, command
+
+
+def _errors(fn):
+    """Turn a refused account change into a console error line."""
+
+    def wrapper(ctx, *args):
+        try:
+            return fn(ctx, *args)
+        except (AccountError, GrantError) as exc:
+            raise CommandError(str(exc)) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+@command("/users add", usage="/users add NAME PASSWORD", summary="add a user")
+@_errors
+def users_add(ctx: Context, name: str, password: str) -> str:
+    user, created = services.user_add(name=name, password=password)
+    if not created:
+        return f"user {user.username} already exists (unchanged)"
+    return f"user {user.username} added"
+
+
+@command("/users list", usage="/users list", summary="list the users")
+@_errors
+def users_list(ctx: Context) -> str:
+    rows = [("USER", "ADMIN", "GRANTS")]
+    for user in User.objects.order_by("username").prefetch_related("grants"):
+        admin = "superuser" if user.is_superuser else "no"
+        rows.append((user.username, admin, str(len(user.grants.all()))))
+    if len(rows) == 1:
+        return "no users"
+    return _table(rows)
+
+
+@command("/users passwd", usage="/users passwd NAME PASSWORD", summary="set a user's password")
+@_errors
+def users_passwd(ctx: Context, name: str, password: str) -> str:
+    user = services.user_set_password(name=name, password=password)
+    return f"password of {user.username} changed"
+
+
+@command("/users del", usage="/users del NAME", summary="delete a user and their grants")
+@_errors
+def users_del(ctx: Context, name: str) -> str:
+    user = services.get_user(name)
+    if ctx.user is not None and user.pk == getattr(ctx.user, "pk", None):
+        raise CommandError("you cannot delete the user you are logged in as")
+    services.user_delete(name=user.username)
+    return f"user {user.username} deleted"
+
+
+@command(
+    "/users grant",
+    usage="/users grant NAME RESOURCE ROLE",
+    summary="give a user a role (reader, writer, admin) on a resource (smtp/mail/DOMAIN[:LOCAL], admin)",
+)
+@_errors
+def users_grant(ctx: Context, name: str, resource: str, role: str) -> str:
+    grant = services.grant_add(name=name, resource=resource, role=role)
+    return f"granted {grant.user.username} {grant.role} on {grant.resource}"
+
+
+@command("/users revoke", usage="/users revoke NAME RESOURCE", summary="remove a user's grant on a resource")
+@_errors
+def users_revoke(ctx: Context, name: str, resource: str) -> str:
+    user = services.get_user(name)
+    path = str(parse_resource(resource))
+    if not services.grant_revoke(name=user.username, resource=path):
+        raise CommandError(f"{user.username} has no grant on {path}")
+    return f"revoked {user.username} on {path}"
+
+
+@command("/users grants", usage="/users grants [NAME]", summary="list the grants, of everyone or of one user")
+@_errors
+def users_grants(ctx: Context, name: str | None = None) -> str:
+    grants = AccessGrant.objects.select_related("user").order_by("user__username", "resource")
+    if name is not None:
+        grants = grants.filter(user=services.get_user(name))
+    rows = [("USER", "RESOURCE", "ROLE")]
+    rows.extend((g.user.username, g.resource, g.role) for g in grants)
+    if len(rows) == 1:
+        return "no grants" if name is None else f"no grants for {services.get_user(name).username}"
+    return _table(rows)

@@ -1,0 +1,93 @@
+"""Django admin for mail domains: public DKIM records shown, private keys never."""
+
+import pytest
+
+from accounts.models import User
+from dns_zones.models import Record
+from dns_zones.services import zone_create
+from mail.dkim.keys import txt_value
+from mail.models import MailDomain
+from mail.services.domains import domain_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def admin_client(client, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    settings.EVERLOCK_DNS = True
+    client.force_login(User.objects.create_superuser("root", password="x"))
+    return client
+
+
+def test_change_page_shows_public_records_never_private_keys(admin_client):
+    zone_create(origin="example.com")
+    domain = domain_create(name="example.com").domain
+    page = admin_client.get(f"/mail/maildomain/{domain.pk}/change/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "PRIVATE KEY" not in body
+    assert domain.dkim_rsa_private_key_pem.splitlines()[1] not in body
+    assert 'name="dkim_private_key_pem"' not in body and 'name="dkim_rsa_private_key_pem"' not in body
+    assert (
+        f"default-rsa._domainkey.example.com. 3600 IN TXT &quot;{txt_value(domain.dkim_rsa_private_key_pem)}"
+        in body
+    )
+    assert "Ed25519, RSA (private keys are not shown)" in body
+    listing = admin_client.get("/mail/maildomain/")
+    assert listing.status_code == 200 and "mail.example.com" in listing.content.decode()
+
+
+def test_admin_changes_go_through_the_services(admin_client, tmp_path):
+    zone_create(origin="example.com")
+    domain = domain_create(name="example.com").domain
+    keys = (domain.dkim_private_key_pem, domain.dkim_rsa_private_key_pem)
+    form = {
+        "enabled": "on",
+        "submission_enabled": "on",
+        "submission_auth": "none",
+        "outbound_hostname": "smtp.example.com",
+        # dkim_enabled left unticked: signing off, records withdrawn.
+    }
+    response = admin_client.post(f"/mail/maildomain/{domain.pk}/change/", form)
+    assert response.status_code == 302
+    domain.refresh_from_db()
+    assert (
+        domain.submission_enabled,
+        domain.submission_auth,
+        domain.outbound_hostname,
+        domain.dkim_enabled,
+    ) == (
+        True,
+        "none",
+        "smtp.example.com",
+        False,
+    )
+    assert (domain.dkim_private_key_pem, domain.dkim_rsa_private_key_pem) == keys
+    assert Record.objects.filter(source="mail.dkim:example.com").count() == 0
+    text = (tmp_path / "everlock-mail/domains/example.com.toml").read_text()
+    assert 'hostname = "smtp.example.com"' in text and 'auth = "none"' in text
+
+    response = admin_client.post(f"/mail/maildomain/{domain.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert MailDomain.objects.count() == 0
+    assert not (tmp_path / "everlock-mail/domains/example.com.toml").exists()
+
+
+def test_admin_add_creates_like_the_console(admin_client):
+    zone_create(origin="example.net")
+    form = {
+        "name": "example.net",
+        "enabled": "on",
+        "submission_auth": "authenticated",
+        "outbound_hostname": "",
+    }
+    response = admin_client.post("/mail/maildomain/add/", form)
+    assert response.status_code == 302
+    domain = MailDomain.objects.get()
+    assert (domain.name, domain.dkim_enabled, domain.outbound_hostname) == (
+        "example.net",
+        True,
+        "mail.example.net",
+    )
+    assert Record.objects.filter(source="mail.dkim:example.net").count() == 2

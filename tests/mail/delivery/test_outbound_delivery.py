@@ -1,0 +1,377 @@
+"""Outbound delivery against local aiosmtpd servers standing in for remote MX hosts, with MX
+records served by a local DNS server."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from delivery_world import queue_message, remote_for
+from django.utils import timezone
+
+from mail.addresses import AddressError
+from mail.delivery.attempts import backoff, claim
+from mail.delivery.batch import deliver_claims
+from mail.delivery.client import Connection
+from mail.delivery.mx import LookupFailed, lookup
+from mail.delivery.resolver import make_resolver
+from mail.models import Message, OutboundDelivery, OutboundRecipient
+from mail.services.storage import read_content
+
+RAW = (
+    b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hello\r\n"
+    b"Message-Id: <m1@example.com>\r\n\r\nHello Bob.\r\n.leading dot\r\n"
+)
+
+
+def run(rows, dns, port):
+    deliver_claims(claim(ids=[r.id for r in rows]), remote=remote_for(dns, port))
+
+
+def inbox_dsns():
+    return [
+        read_content(m.content)
+        for m in Message.objects.filter(folder__name="inbox", folder__mailbox__local_part="alice")
+    ]
+
+
+def mx_to(dns, *pairs):
+    for pref, host, address in pairs:
+        dns.zone.add("example.net", "MX", f"{pref} {host}.")
+        dns.zone.add(host, "A", address)
+
+
+def test_success_one_transaction_for_the_domain(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net", "Carol@example.net", "bob@example.net"], raw=RAW)
+    assert len(rows) == 1
+    run(rows, dns_server, remote.port)
+    assert len(remote.received) == 1
+    got = remote.received[0]
+    assert got.mail_from == "alice@example.com"
+    assert got.rcpt_tos == ["bob@example.net", "Carol@example.net"]
+    # Dot-stuffed on the wire, unstuffed by the receiver: the bytes arrive unchanged.
+    assert got.data == RAW
+    assert got.helo == "out.example.com"
+    assert got.tls is False
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts) == ("delivered", 1)
+    assert row.last_reply == "250 2.0.0 queued"
+    assert list(row.recipients.values_list("status", flat=True)) == ["delivered", "delivered"]
+    assert f"delivery #{row.id} to example.net: 2 of 2 recipients accepted by mx.example.net" in caplog.text
+    assert inbox_dsns() == []
+
+
+def test_rows_per_domain(sender, dns_server, sink):
+    rows = queue_message(["a@example.net", "b@example.org", "c@EXAMPLE.net"])
+    assert sorted((r.domain, [x.address for x in r.recipients.all()]) for r in rows) == [
+        ("example.net", ["a@example.net", "c@example.net"]),
+        ("example.org", ["b@example.org"]),
+    ]
+    row = rows[0]
+    assert row.status == "queued" and row.attempts == 0
+    assert row.expires_at - row.next_attempt_at == timedelta(days=5)
+
+
+def test_crlf_in_an_address_cannot_be_queued(sender):
+    with pytest.raises(AddressError):
+        queue_message(["bob@example.net\r\nRCPT TO:<x@example.org>"])
+    assert OutboundDelivery.objects.count() == 0
+
+
+def test_crlf_in_an_address_is_never_sent(dns_server, sink):
+    remote = sink()
+    conn = Connection(
+        host="mx.example.net",
+        address="127.0.0.1",
+        port=remote.port,
+        helo_hostname="out.example.com",
+        tls_verify=False,
+    )
+    replies, _ = conn.send(envelope_from="a@example.com", recipients=["b@example.net\r\nDATA"], data=RAW)
+    conn.close()
+    assert replies == {"b@example.net\r\nDATA": (553, "5.1.3 invalid address")}
+    assert remote.received == []
+
+
+def test_4xx_then_success(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    remote.handler.data_replies = ["451 4.7.1 greylisted, try later"]
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"])
+    before = timezone.now()
+    run(rows, dns_server, remote.port)
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts, row.last_reply) == ("queued", 1, "451 4.7.1 greylisted, try later")
+    assert before + backoff(1) <= row.next_attempt_at <= timezone.now() + backoff(1)
+    assert "replied to bob@example.net: 451 4.7.1 greylisted, try later" in caplog.text
+    # Not due yet: nothing is claimed.
+    assert claim(ids=[row.id]) == []
+    OutboundDelivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now())
+    run(rows, dns_server, remote.port)
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == ("delivered", 2)
+    assert len(remote.received) == 1
+    assert inbox_dsns() == []
+
+
+def test_backoff_schedule():
+    assert [backoff(n) for n in range(1, 9)] == [
+        timedelta(minutes=5),
+        timedelta(minutes=10),
+        timedelta(minutes=20),
+        timedelta(minutes=40),
+        timedelta(minutes=80),
+        timedelta(minutes=160),
+        timedelta(hours=4),
+        timedelta(hours=4),
+    ]
+
+
+def test_5xx_bounces_to_the_sender_inbox(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    remote.handler.rcpt_replies = {"nobody@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net", "nobody@example.net"], raw=RAW)
+    run(rows, dns_server, remote.port)
+    assert [r.rcpt_tos for r in remote.received] == [["bob@example.net"]]
+    row = OutboundDelivery.objects.get()
+    assert row.status == "failed"
+    assert dict(row.recipients.values_list("address", "status")) == {
+        "bob@example.net": "delivered",
+        "nobody@example.net": "failed",
+    }
+    assert OutboundRecipient.objects.get(address="nobody@example.net").reply == "550 5.1.1 no such user"
+    [dsn] = inbox_dsns()
+    assert dsn.startswith(b"Return-Path: <>\r\n")
+    assert b"Content-Type: multipart/report; report-type=delivery-status" in dsn
+    assert b"To: <alice@example.com>\r\n" in dsn
+    assert b"Final-Recipient: rfc822; nobody@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n" in dsn
+    assert b"Remote-MTA: dns; mx.example.net\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n" in dsn
+    assert b"bob@example.net" not in dsn.split(b"message/delivery-status")[1].split(b"rfc822-headers")[0]
+    assert b"Content-Type: text/rfc822-headers\r\n\r\nFrom: alice@example.com\r\n" in dsn
+    assert b"Hello Bob." not in dsn
+    message = Message.objects.get(folder__name="inbox")
+    assert message.envelope_from == ""
+    assert message.subject == "Undelivered Mail Returned to Sender"
+    assert "replied to nobody@example.net: 550 5.1.1 no such user" in caplog.text
+
+
+def test_5xx_on_data_bounces_every_recipient(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.data_replies = ["554 5.7.1 spam"]
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net", "carol@example.net"]), dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "failed"
+    [dsn] = inbox_dsns()
+    assert dsn.count(b"Diagnostic-Code: smtp; 554 5.7.1 spam") == 2
+
+
+def test_no_bounce_to_a_null_sender(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"], envelope_from=""), dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "failed"
+    assert Message.objects.count() == 0
+    assert OutboundDelivery.objects.count() == 1
+
+
+def test_expiry_bounces(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    remote.handler.data_replies = ["452 4.2.2 mailbox full"] * 3
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"])
+    # Near the end of its life: the next retry would fall after expiry.
+    OutboundDelivery.objects.update(expires_at=timezone.now() + timedelta(minutes=1))
+    run(rows, dns_server, remote.port)
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.last_reply == "message expired after 1 attempts; last reply: 452 4.2.2 mailbox full"
+    [dsn] = inbox_dsns()
+    assert b"Action: failed\r\nStatus: 4.2.2\r\n" in dsn
+    assert b"Diagnostic-Code: smtp; 452 4.2.2 mailbox full" in dsn
+    assert f"delivery #{row.id} to example.net expired" in caplog.text
+    assert remote.received == []
+
+
+def test_null_mx_bounces_without_dialling(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    dns_server.zone.add("example.net", "MX", "0 .")
+    dns_server.zone.add("example.net", "A", "127.0.0.1")
+    run(queue_message(["bob@example.net"]), dns_server, remote.port)
+    row = OutboundDelivery.objects.get()
+    assert row.status == "failed"
+    assert remote.handler.connections == 0
+    [dsn] = inbox_dsns()
+    assert b"Diagnostic-Code: smtp; 550 5.1.2 example.net: null MX, the domain accepts no mail" in dsn
+    assert "MX lookup for example.net failed: example.net: null MX" in caplog.text
+
+
+def test_nxdomain_bounces(sender, dns_server, sink):
+    run(queue_message(["bob@example.net"]), dns_server, 9)
+    assert OutboundDelivery.objects.get().status == "failed"
+    [dsn] = inbox_dsns()
+    assert b"550 5.1.2 example.net: no such domain (NXDOMAIN)" in dsn
+
+
+def test_servfail_retries(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    dns_server.zone.add("example.net", "MX", "10 mx.example.net.")
+    dns_server.zone.servfail.add("example.net.")
+    run(queue_message(["bob@example.net"]), dns_server, 9)
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert row.last_reply.startswith("451 4.4.3 example.net MX: NoNameservers")
+    assert "MX lookup for example.net failed: example.net MX: NoNameservers" in caplog.text
+    assert inbox_dsns() == []
+
+
+def test_no_mx_uses_the_domain_address(sender, dns_server, sink):
+    remote = sink()
+    dns_server.zone.add("example.net", "A", "127.0.0.1")
+    run(queue_message(["bob@example.net"]), dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "delivered"
+    assert [r.rcpt_tos for r in remote.received] == [["bob@example.net"]]
+
+
+def test_several_mx_first_down(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    # The preferred host is 127.0.0.2 on the same port, where nothing listens.
+    mx_to(dns_server, (10, "mx1.example.net", "127.0.0.2"), (20, "mx2.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"]), dns_server, remote.port)
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts) == ("delivered", 1)
+    assert len(remote.received) == 1
+    assert f"connect to mx1.example.net failed: mx1.example.net [127.0.0.2]:{remote.port}" in caplog.text
+    assert "accepted by mx2.example.net" in caplog.text
+
+
+def test_each_address_of_a_host_in_turn(sender, dns_server, sink):
+    remote = sink()
+    dns_server.zone.add("example.net", "MX", "10 mx.example.net.")
+    dns_server.zone.add("mx.example.net", "A", "127.0.0.2", "127.0.0.1")
+    run(queue_message(["bob@example.net"]), dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "delivered"
+
+
+def test_all_hosts_down_retries(sender, dns_server, sink, caplog):
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    mx_to(dns_server, (10, "mx1.example.net", "127.0.0.2"))
+    rows = queue_message(["bob@example.net"]) + queue_message(["carol@example.net"])
+    run(rows, dns_server, remote.port)
+    assert list(OutboundDelivery.objects.values_list("status", "attempts")) == [("queued", 1), ("queued", 1)]
+    row = OutboundDelivery.objects.first()
+    assert row.last_reply.startswith(f"451 4.4.1 mx1.example.net [127.0.0.2]:{remote.port}: ")
+    assert OutboundRecipient.objects.get(address="bob@example.net").reply == row.last_reply
+    # One dial for both rows: the second waits without dialling the dead host again.
+    assert caplog.text.count("connect to mx1.example.net failed") == 1
+
+
+def test_starttls_offered(sender, dns_server, sink):
+    remote = sink(tls=True)
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"], raw=RAW), dns_server, remote.port)
+    assert [(r.tls, r.data) for r in remote.received] == [(True, RAW)]
+
+
+def test_starttls_verification_fails_for_a_self_signed_host(sender, dns_server, sink):
+    remote = sink(tls=True)
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"])
+    r = remote_for(dns_server, remote.port)
+    deliver_claims(
+        claim(ids=[x.id for x in rows]), remote=type(r)(resolver=r.resolver, port=r.port, tls_verify=True)
+    )
+    row = OutboundDelivery.objects.get()
+    assert (row.status, remote.received) == ("queued", [])
+    assert "CERTIFICATE_VERIFY_FAILED" in row.last_reply
+
+
+def test_one_connection_per_destination_for_a_batch(sender, dns_server, sink):
+    remote = sink()
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = []
+    for n in range(5):
+        rows += queue_message([f"user{n}@example.net"])
+    run(rows, dns_server, remote.port)
+    assert len(remote.received) == 5
+    assert remote.handler.connections == 1
+    assert set(OutboundDelivery.objects.values_list("status", flat=True)) == {"delivered"}
+
+
+def test_mx_order_and_random_among_equal(dns_server):
+    zone = dns_server.zone
+    zone.add("example.net", "MX", "20 c.example.net.", "10 a.example.net.", "10 b.example.net.")
+    for name in ("a", "b", "c"):
+        zone.add(f"{name}.example.net", "A", "192.0.2.1")
+    zone.add("c.example.net", "AAAA", "2001:db8::1")
+    resolver = make_resolver(dns_server.spec, timeout=2, lifetime=4)
+    orders = {tuple(h.name for h in lookup("example.net", resolver=resolver)) for _ in range(40)}
+    assert orders == {
+        ("a.example.net", "b.example.net", "c.example.net"),
+        ("b.example.net", "a.example.net", "c.example.net"),
+    }
+    hosts = lookup("example.net", resolver=resolver)
+    assert hosts[-1].addresses == ("192.0.2.1", "2001:db8::1")
+
+
+def test_mx_truncated_udp_answer_retried_over_tcp(dns_server):
+    dns_server.zone.add("example.net", "MX", "10 mx.example.net.")
+    dns_server.zone.add("mx.example.net", "A", "192.0.2.7")
+    dns_server.zone.truncate_udp.add("example.net.")
+    hosts = lookup("example.net", resolver=make_resolver(dns_server.spec, timeout=2, lifetime=4))
+    assert [(h.name, h.addresses) for h in hosts] == [("mx.example.net", ("192.0.2.7",))]
+    assert ("udp", "example.net.", "MX") in dns_server.zone.queries
+    assert ("tcp", "example.net.", "MX") in dns_server.zone.queries
+
+
+def test_mx_lookup_failures(dns_server):
+    zone = dns_server.zone
+    resolver = make_resolver(dns_server.spec, timeout=1, lifetime=2)
+    with pytest.raises(LookupFailed) as nx:
+        lookup("example.net", resolver=resolver)
+    assert (nx.value.permanent, str(nx.value)) == (True, "example.net: no such domain (NXDOMAIN)")
+    zone.add("example.org", "MX", "10 gone.example.org.")
+    with pytest.raises(LookupFailed) as gone:
+        lookup("example.org", resolver=resolver)
+    assert gone.value.permanent is True
+    zone.add("example.test", "MX", "10 broken.example.test.")
+    zone.add("broken.example.test", "A", "192.0.2.1")
+    zone.servfail.add("broken.example.test.")
+    with pytest.raises(LookupFailed) as broken:
+        lookup("example.test", resolver=resolver)
+    assert broken.value.permanent is False
+    with pytest.raises(LookupFailed) as timeout:
+        lookup("example.net", resolver=make_resolver("127.0.0.1:9", timeout=0.3, lifetime=0.6))
+    assert timeout.value.permanent is False
+
+
+def test_delay_notice_once(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.data_replies = ["451 4.3.0 try later"] * 2
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"])
+    OutboundDelivery.objects.update(created_at=timezone.now() - timedelta(hours=5))
+    for _ in range(2):
+        OutboundDelivery.objects.update(next_attempt_at=timezone.now())
+        deliver_claims(
+            claim(ids=[r.id for r in rows]),
+            remote=remote_for(dns_server, remote.port),
+            delay_notice_after=timedelta(hours=4),
+        )
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts, row.delay_notified) == ("queued", 2, True)
+    [notice] = inbox_dsns()
+    assert b"Subject: Delivery delayed\r\n" in notice
+    assert b"Final-Recipient: rfc822; bob@example.net\r\nAction: delayed\r\nStatus: 4.0.0\r\n" in notice
+    assert b"Diagnostic-Code: smtp; 451 4.3.0 try later" in notice

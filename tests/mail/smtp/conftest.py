@@ -1,0 +1,104 @@
+"""A real SMTP server (inbound + submission) on 127.0.0.1 ephemeral ports, in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.cache import cache
+
+from accounts.services import grant_add, user_add
+from everlock_site.listen import ListenAddress
+from mail.models import MailDomain, Message, MessageContent, OutboundDelivery
+from mail.smtp.server import SMTPConfig, start_listeners
+from mail.smtp.tls import server_context
+
+HOSTNAME = "mx.example.com"
+
+
+@dataclass
+class RunningServer:
+    inbound_port: int
+    submission_port: int
+    config: SMTPConfig
+
+
+def test_config(**overrides) -> SMTPConfig:
+    from pathlib import Path
+
+    base = SMTPConfig(
+        hostname=HOSTNAME,
+        tls_context=server_context(
+            cert="", key="", data_dir=Path(django_settings.DATA_DIR), hostname=HOSTNAME
+        ),
+        max_message_size=100_000,
+        max_recipients=5,
+        max_hops=10,
+        idle_timeout=30,
+        session_timeout=60,
+        max_connections_per_client=20,
+        plaintext_auth=False,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture
+def start_smtp(transactional_db, settings):
+    """Start a server with SMTPConfig overrides; stopped after the test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The login throttle's counters live in the cache table, which test flushes keep.
+    cache.clear()
+    running = []
+
+    def start(**overrides) -> RunningServer:
+        config = test_config(**overrides)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        listens = {"smtp": ListenAddress("127.0.0.1", 0), "submission": ListenAddress("127.0.0.1", 0)}
+        listeners = asyncio.run_coroutine_threadsafe(
+            start_listeners(listens=listens, config=config), loop
+        ).result(10)
+        running.append((loop, thread, listeners))
+        ports = [s.sockets[0].getsockname()[1] for s in listeners.servers]
+        return RunningServer(inbound_port=ports[0], submission_port=ports[1], config=config)
+
+    yield start
+    for loop, thread, listeners in running:
+
+        async def stop(listeners=listeners):
+            listeners.close()
+            await listeners.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+@pytest.fixture
+def smtp(start_smtp) -> RunningServer:
+    return start_smtp()
+
+
+@pytest.fixture
+def example_com(transactional_db) -> MailDomain:
+    """example.com with submission on, no DKIM; alice (password change-me) may send as
+    alice@example.com; bob@example.com is a mailbox too."""
+    domain = MailDomain.objects.create(name="example.com", submission_enabled=True)
+    user_add(name="alice", password="change-me")
+    grant_add(name="alice", resource="smtp/mail/example.com:alice", role="writer")
+    user_add(name="bob", password="bob-secret")
+    grant_add(name="bob", resource="smtp/mail/example.com:bob", role="writer")
+    return domain
+
+
+def nothing_stored() -> bool:
+    return (
+        not Message.objects.exists()
+        and not MessageContent.objects.exists()
+        and not OutboundDelivery.objects.exists()
+    )

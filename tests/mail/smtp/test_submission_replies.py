@@ -1,0 +1,206 @@
+"""Submission (port 587) replies, with smtplib against the running listener."""
+
+import smtplib
+import ssl
+
+import pytest
+
+from accounts.services import grant_add, user_add
+from mail.models import MailDomain, Message, OutboundDelivery
+from tests.mail.smtp.conftest import nothing_stored
+
+MESSAGE = b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: Hello\r\n\r\nHi Bob\r\n"
+
+
+def client_for(smtp) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10)
+    client.ehlo("client.example.com")
+    return client
+
+
+def tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_ehlo_advertises_auth_plain_login_and_starttls(smtp, example_com):
+    with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10) as client:
+        code, text = client.ehlo("client.example.com")
+        assert code == 250
+        assert text.split(b"\n") == [
+            b"mx.example.com",
+            b"SIZE 100000",
+            b"8BITMIME",
+            b"SMTPUTF8",
+            b"STARTTLS",
+            b"AUTH PLAIN LOGIN",
+            b"HELP",
+        ]
+
+
+@pytest.mark.parametrize("login", ["alice", "alice@example.com"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_auth_succeeds(smtp, example_com, login, mechanism):
+    with client_for(smtp) as client:
+        client.user, client.password = login, "change-me"
+        method = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+        assert client.auth(mechanism, method, initial_response_ok=mechanism == "PLAIN") == (
+            235,
+            b"2.7.0 Authentication successful",
+        )
+
+
+def test_wrong_password_is_535(smtp, example_com):
+    with client_for(smtp) as client, pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+        client.login("alice", "wrong")
+    assert (exc.value.smtp_code, exc.value.smtp_error) == (535, b"5.7.8 Authentication credentials invalid")
+
+
+def test_unknown_user_is_535(smtp, example_com):
+    with client_for(smtp) as client, pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+        client.login("mallory", "change-me")
+    assert exc.value.smtp_code == 535
+
+
+def test_mail_without_auth_is_530(smtp, example_com):
+    with client_for(smtp) as client:
+        assert client.mail("alice@example.com") == (530, b"5.7.0 Authentication required")
+    assert nothing_stored()
+
+
+def test_mail_from_without_grant_is_rejected(smtp, example_com):
+    with client_for(smtp) as client:
+        client.login("alice", "change-me")
+        assert client.mail("bob@example.com") == (553, b"5.7.1 Sender address not allowed for this user")
+        assert client.mail("alice@example.net") == (553, b"5.7.1 Sender address not allowed for this user")
+        assert client.mail("alice@example.com") == (250, b"2.1.0 Sender OK")
+
+
+def test_mail_from_needs_submission_on(smtp, example_com):
+    MailDomain.objects.filter(pk=example_com.pk).update(submission_enabled=False)
+    with client_for(smtp) as client:
+        client.login("alice", "change-me")
+        assert client.mail("alice@example.com") == (553, b"5.7.1 Sender address not allowed for this user")
+
+
+def test_domain_wide_grant_allows_any_mailbox(smtp, example_com):
+    user_add(name="dora", password="dora-secret")
+    grant_add(name="dora", resource="smtp/mail/example.com", role="writer")
+    with client_for(smtp) as client:
+        client.login("dora", "dora-secret")
+        assert client.mail("anything@example.com") == (250, b"2.1.0 Sender OK")
+
+
+def test_reader_grant_is_not_enough(smtp, example_com):
+    user_add(name="rita", password="rita-secret")
+    grant_add(name="rita", resource="smtp/mail/example.com:rita", role="reader")
+    with client_for(smtp) as client:
+        client.login("rita", "rita-secret")
+        assert client.mail("rita@example.com") == (553, b"5.7.1 Sender address not allowed for this user")
+
+
+def send(smtp, data: bytes, *, rcpt="bob@example.com", sender="alice@example.com"):
+    with client_for(smtp) as client:
+        client.login("alice", "change-me")
+        assert client.mail(sender) == (250, b"2.1.0 Sender OK")
+        assert client.rcpt(rcpt)[0] == 250
+        return client.data(data)
+
+
+def test_header_from_must_be_allowed(smtp, example_com):
+    data = MESSAGE.replace(b"From: alice@example.com", b"From: Bob <bob@example.com>")
+    assert send(smtp, data) == (550, b"5.7.1 From header address not allowed for this user")
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize(
+    "from_lines",
+    [
+        b"From: alice@example.com, bob@example.com\r\n",
+        b"From: alice@example.com\r\nFrom: alice@example.com\r\n",
+        b"",
+    ],
+)
+def test_exactly_one_from_address(smtp, example_com, from_lines):
+    data = from_lines + b"Subject: x\r\n\r\nbody\r\n"
+    assert send(smtp, data) == (550, b"5.7.1 Exactly one From address is required")
+    assert nothing_stored()
+
+
+def test_local_recipient_delivered_and_copy_in_sent(smtp, example_com):
+    assert send(smtp, MESSAGE) == (250, b"2.0.0 Accepted")
+    inbox = Message.objects.get(folder__name="inbox")
+    sent = Message.objects.get(folder__name="sent")
+    assert (inbox.folder.mailbox.address, inbox.envelope_from, inbox.subject) == (
+        "bob@example.com",
+        "alice@example.com",
+        "Hello",
+    )
+    assert (sent.folder.mailbox.address, sent.seen) == ("alice@example.com", True)
+    assert inbox.content_id == sent.content_id
+    assert inbox.message_id.startswith("<") and inbox.message_id.endswith("@mail.example.com>")
+    assert inbox.date is not None
+    assert not OutboundDelivery.objects.exists()
+
+
+def test_existing_message_id_and_date_kept(smtp, example_com):
+    data = b"Message-Id: <keep@example.com>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n" + MESSAGE
+    assert send(smtp, data) == (250, b"2.0.0 Accepted")
+    inbox = Message.objects.get(folder__name="inbox")
+    assert inbox.message_id == "<keep@example.com>"
+    assert inbox.date.isoformat() == "2026-11-24T10:00:00+00:00"
+
+
+def test_unknown_local_recipient_is_550(smtp, example_com):
+    with client_for(smtp) as client:
+        client.login("alice", "change-me")
+        client.mail("alice@example.com")
+        assert client.rcpt("nobody@example.com") == (550, b"5.1.1 Mailbox unavailable")
+
+
+def test_starttls_then_auth_when_loopback_is_not_trusted(start_smtp, example_com):
+    smtp = start_smtp(trust_loopback=False)
+    with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        assert "auth" not in client.esmtp_features, client.ehlo_resp
+        assert client.docmd("AUTH", "PLAIN AGFsaWNlAGNoYW5nZS1tZQ==") == (
+            538,
+            b"5.7.11 Encryption required for requested authentication mechanism",
+        )
+        client.starttls(context=tls_context())
+        client.ehlo("client.example.com")
+        assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        assert client.login("alice", "change-me") == (235, b"2.7.0 Authentication successful")
+        assert client.mail("alice@example.com") == (250, b"2.1.0 Sender OK")
+
+
+def test_plaintext_auth_setting_allows_non_loopback(start_smtp, example_com):
+    smtp = start_smtp(trust_loopback=False, plaintext_auth=True)
+    with client_for(smtp) as client:
+        assert client.login("alice", "change-me") == (235, b"2.7.0 Authentication successful")
+
+
+def test_second_auth_is_refused(smtp, example_com):
+    with client_for(smtp) as client:
+        client.login("alice", "change-me")
+        assert client.docmd("AUTH", "PLAIN AGFsaWNlAGNoYW5nZS1tZQ==") == (503, b"Already authenticated")
+
+
+def test_local_and_remote_recipients_in_one_commit(smtp, example_com):
+    with client_for(smtp) as client:
+        client.login("alice@example.com", "change-me")
+        client.mail("alice@example.com")
+        assert client.rcpt("bob@example.com") == (250, b"2.1.5 Recipient OK")
+        assert client.rcpt("dave@example.net") == (250, b"2.1.5 Recipient OK")
+        assert client.rcpt("erin@example.net") == (250, b"2.1.5 Recipient OK")
+        assert client.data(MESSAGE) == (250, b"2.0.0 Accepted")
+    queued = OutboundDelivery.objects.get()
+    assert (queued.domain, queued.envelope_from) == ("example.net", "alice@example.com")
+    assert sorted(r.address for r in queued.recipients.all()) == ["dave@example.net", "erin@example.net"]
+    assert sorted(Message.objects.values_list("folder__mailbox__local_part", "folder__name")) == [
+        ("alice", "sent"),
+        ("bob", "inbox"),
+    ]
+    assert {m.content_id for m in Message.objects.all()} == {queued.content_id}

@@ -1,0 +1,147 @@
+"""The /mail domains console commands, called through the command registry as the console does."""
+
+from __future__ import annotations
+
+import pytest
+
+from dns_zones.models import Record
+from mail.models import MailDomain
+from sshadmin.commands import CommandError, Context, ParsedLine, load_commands
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, settings):
+    settings.DATA_DIR = tmp_path
+    return tmp_path
+
+
+def run(line: str) -> str:
+    """Dispatch `line` like the console: find the command, check arity, call the handler."""
+    registry = load_commands()
+    words = ParsedLine(line).words
+    cmd, n = registry.find(words)
+    assert cmd is not None, line
+    args = words[n:]
+    cmd.check_arity(args)
+    return cmd.handler(Context(user=None), *args)
+
+
+def test_product_doc_walkthrough_with_hosted_dns(settings, data_dir):
+    settings.EVERLOCK_DNS = True
+    run("/dns zones create example.com")
+    assert run("/mail domains create example.com") == (
+        "mail domain example.com created\n"
+        "outbound hostname mail.example.com\n"
+        "DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)\n"
+        "DKIM TXT published in hosted zone example.com: default._domainkey.example.com\n"
+        "DKIM TXT published in hosted zone example.com: default-rsa._domainkey.example.com"
+    )
+    assert (
+        run("/mail domains set example.com submission=on auth=on") == "mail domain example.com: submission=on"
+    )
+    assert run("/mail domains list") == (
+        "DOMAIN       ENABLED  SUBMISSION  AUTH           DKIM  HOSTNAME\n"
+        "example.com  on       on          authenticated  on    mail.example.com"
+    )
+    assert run("/mail domains set example.com dkim=off") == (
+        "mail domain example.com: dkim=off\n"
+        "DKIM off for example.com: signing stopped, DKIM TXT records withdrawn"
+    )
+    assert Record.objects.filter(source="mail.dkim:example.com").count() == 0
+    on = run("/mail domains set example.com dkim=on")
+    assert on.splitlines()[0] == "mail domain example.com: dkim=on"
+    assert Record.objects.filter(source="mail.dkim:example.com").count() == 2
+    assert (
+        run("/mail domains set example.com hostname=mail.example.com") == "mail domain example.com unchanged"
+    )
+
+    d = MailDomain.objects.get()
+    shown = run("/mail domains show example.com")
+    assert "PRIVATE KEY" not in shown
+    assert shown.startswith(
+        "enabled = true\n\n"
+        '[submission]\nenabled = true\nauth = "authenticated"\n\n'
+        '[outbound]\nhostname = "mail.example.com"\n\n'
+        '[outbound.dkim]\nenabled = true\nselector = "default"\nrsa_selector = "default-rsa"\n\n'
+        "# DKIM key records\n"
+        "# default._domainkey.example.com. 3600 IN TXT "
+    )
+    assert shown.endswith(f'# default-rsa._domainkey.example.com. 3600 IN TXT "{_rsa_value(d)}"')
+
+    file_text = (data_dir / "everlock-mail/domains/example.com.toml").read_text()
+    assert f'rsa_private_key_pem = """\n{d.dkim_rsa_private_key_pem}"""\n' in file_text
+
+
+def _rsa_value(d: MailDomain) -> str:
+    from mail.dkim.keys import txt_value
+
+    return txt_value(d.dkim_rsa_private_key_pem)
+
+
+def test_guidance_without_hosted_dns(settings):
+    settings.EVERLOCK_DNS = False
+    out = run("/mail domains create example.com")
+    assert out == (
+        "mail domain example.com created\n"
+        "DKIM off: the DNS backend is not active here (EVERLOCK_DNS)\n"
+        "to host the zone here: /dns zones create example.com (with EVERLOCK_DNS=on), "
+        "then /mail domains set example.com dkim=on\n"
+        "or run /mail domains set example.com dkim=on and publish the TXT records it prints "
+        "with your DNS provider"
+    )
+    assert run("/mail domains list") == (
+        "DOMAIN       ENABLED  SUBMISSION  AUTH           DKIM  HOSTNAME\n"
+        "example.com  on       off         authenticated  off   mail.example.com (default)"
+    )
+    lines = run("/mail domains set example.com dkim=on").splitlines()
+    assert lines[1] == (
+        "the DNS backend is not active here (EVERLOCK_DNS); "
+        "publish these TXT records with the zone's DNS provider:"
+    )
+    assert lines[2].startswith('  default._domainkey.example.com. 3600 IN TXT "v=DKIM1; k=ed25519; p=')
+    assert lines[3].startswith(
+        '  default-rsa._domainkey.example.com. 3600 IN TXT "v=DKIM1; k=rsa; p=MIIBIjAN'
+    )
+
+
+def test_errors_are_one_line_and_change_nothing(settings):
+    settings.EVERLOCK_DNS = False
+    run("/mail domains create example.com")
+    for line, message in [
+        ("/mail domains create bad..name", "invalid domain name 'bad..name'"),
+        ("/mail domains set example.com submission=on colour=blue", "unknown setting 'colour'"),
+        ("/mail domains set example.com submission=on auth=maybe", "auth=maybe: the value must be on or off"),
+        ("/mail domains set example.com submission", "expected key=value, got 'submission'"),
+        ("/mail domains set example.com auth=on auth=off", "auth given twice"),
+        ("/mail domains set example.net submission=on", "no mail domain example.net"),
+        ("/mail domains show example.net", "no mail domain example.net"),
+        ("/mail domains delete example.net", "no mail domain example.net"),
+        ("/mail domains import example.net", "no such file"),
+    ]:
+        with pytest.raises(CommandError) as exc:
+            run(line)
+        assert message in str(exc.value)
+        assert "\n" not in str(exc.value)
+    d = MailDomain.objects.get()
+    assert (d.submission_enabled, d.submission_auth) == (False, "authenticated")
+    with pytest.raises(CommandError, match="missing arguments"):
+        run("/mail domains set example.com")
+
+
+def test_import_and_delete(settings, data_dir):
+    settings.EVERLOCK_DNS = False
+    run("/mail domains create example.com")
+    path = data_dir / "everlock-mail/domains/example.com.toml"
+    path.write_text(path.read_text().replace("[submission]\nenabled = false", "[submission]\nenabled = true"))
+    assert run("/mail domains import example.com") == (
+        f"mail domain example.com imported from {path}\nmail domain example.com: submission=on"
+    )
+    assert MailDomain.objects.get().submission_enabled is True
+    path.write_text("enabled = \n")
+    with pytest.raises(CommandError, match=r"not valid TOML: .*\(at line 1, column 11\)"):
+        run("/mail domains import example.com")
+    assert run("/mail domains delete Example.com") == "mail domain example.com deleted"
+    assert not path.exists()
+    assert run("/mail domains list") == "no mail domains"

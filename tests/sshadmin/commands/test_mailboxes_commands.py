@@ -1,0 +1,32 @@
+import pytest
+
+from mail.models import MailDomain
+from sshadmin.commands import CommandError, Context, load_commands
+
+pytestmark = pytest.mark.django_db
+
+
+def run(line: str) -> str:
+    registry = load_commands()
+    words = line.lstrip("/").split()
+    cmd, n = registry.find(words)
+    assert cmd is not None
+    args = words[n:]
+    cmd.check_arity(args)
+    return cmd.handler(Context(user=None), *args)
+
+
+def test_mailboxes_create_list_delete():
+    MailDomain.objects.create(name="example.com")
+    assert run("/mail mailboxes list") == "no mailboxes"
+    assert run("/mail mailboxes create bob@example.com") == "mailbox bob@example.com created"
+    assert run("/mail mailboxes create bob@example.com") == "mailbox bob@example.com already exists"
+    assert run("/mail mailboxes list") == "MAILBOX          MESSAGES\nbob@example.com  0"
+    assert run("/mail mailboxes list example.com") == "MAILBOX          MESSAGES\nbob@example.com  0"
+    assert run("/mail mailboxes delete bob@example.com") == "mailbox bob@example.com deleted"
+    with pytest.raises(CommandError) as exc:
+        run("/mail mailboxes delete bob@example.com")
+    assert str(exc.value) == "no mailbox bob@example.com"
+    with pytest.raises(CommandError) as exc:
+        run("/mail mailboxes create bob@example.net")
+    assert str(exc.value) == "example.net is not a local mail domain"

@@ -1,0 +1,79 @@
+"""`manage.py runadminssh` as its own process: startup lines, the bootstrap admin, a login."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sshadmin.openssh import ssh_exec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(EVERLOCK_DATA_DIR=str(data_dir), EVERLOCK_LOG="info", PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_runadminssh_serves_the_console(tmp_path):
+    data_dir = tmp_path / "data"
+    env = _env(data_dir)
+    for setup in (["migrate", "--verbosity", "0"], ["createcachetable"]):
+        subprocess.run([sys.executable, "manage.py", *setup], cwd=ROOT, env=env, check=True, timeout=300)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "manage.py", "runadminssh", "--listen", "127.0.0.1:0",
+            "--admin-user", "root", "--admin-password", "pw",
+        ],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(line.rstrip("\n") for line in proc.stdout), daemon=True
+    )
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("SSH admin console listener on" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        bound = next(line for line in lines if "SSH admin console listener on" in line)
+        match = re.fullmatch(r"\[INFO sshadmin\] SSH admin console listener on 127\.0\.0\.1:(\d+)", bound)
+        assert match, bound
+        port = int(match.group(1))
+        assert "[INFO sshadmin] admin user root created" in lines
+        assert "[INFO sshadmin] frontend-ssh: binding admin console listener on 127.0.0.1:0" in lines
+        result = ssh_exec(port, "/users list", tmp=tmp_path, password="pw", user="root")
+        assert (result.returncode, result.stdout) == (0, "USER  ADMIN      GRANTS\nroot  superuser  0\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        reader.join(10)
+    assert lines[-1] == "[INFO sshadmin] stopped"
+
+
+def test_runadminssh_refuses_a_bad_listen_address(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "runadminssh", "--listen", "localhost"],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "CommandError: --listen: expected HOST:PORT, got 'localhost'"
+    )
