@@ -57,6 +57,26 @@ def tool_present(tool: str) -> bool:
     return shutil.which(tool) is not None or Path("/usr/sbin", tool).exists()
 
 
+def run(cmd, **kw):
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_venv(requirements: str) -> None:
+    if not (BIN / "python").exists():
+        run([sys.executable, "-m", "venv", str(VENV)])
+    stamp = VENV / f".installed-{requirements}"
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "requirements-test.txt", "pyproject.toml"):
+        digest.update((ROOT / name).read_bytes())
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    pip = [BIN / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    run([*pip, "-r", ROOT / requirements])
+    run([*pip, "--no-deps", "-e", ROOT])
+    stamp.write_text(digest.hexdigest())
+
+
 def ensure_test_tools() -> None:
     missing = sorted({pkg for tool, pkg in TEST_TOOLS.items() if not tool_present(tool)})
     if not missing:

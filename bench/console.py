@@ -14,14 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-# The project root instead of bench/ (whose dns.py would shadow dnspython).
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
 os.environ["EVERLOCK_DATA_DIR"] = tempfile.mkdtemp(prefix="everlock-bench-")
 os.environ.pop("DATABASE_URL", None)
 os.environ.setdefault("EVERLOCK_LOG", "error")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "everlock_site.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 

@@ -28,9 +28,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/dns.py is beside this file: keep its directory off the import path so `import dns`
-# is dnspython.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
 
 import dns.message  # noqa: E402
 import dns.rdataclass  # noqa: E402

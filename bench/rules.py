@@ -11,11 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# Import from the repository root, not from bench/ (whose modules could shadow packages).
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
 
-from bench.smtp_load import CLIENTS, MESSAGES, _everlock_server, drive, message, prepare, start  # noqa: E402
+from bench.smtp_load import CLIENTS, MESSAGES, _everlock_server, drive, message, prepare, start
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 

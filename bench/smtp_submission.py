@@ -7,11 +7,9 @@ aiosmtpd server that accepts any login and discards.
 import sys
 from pathlib import Path
 
-# Import from the repository root, not from bench/ (whose modules could shadow packages).
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [str(_BENCH.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
 
-from bench.smtp_load import run  # noqa: E402
+from bench.smtp_load import run
 
 if __name__ == "__main__":
     run(submission=True, target=0.60)

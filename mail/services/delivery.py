@@ -138,7 +138,7 @@ def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], lis
 
 
 def plan_recipients(
-    *, mailboxes: list[Mailbox], parsed: ParsedMessage, envelope_from: str, size: int, authenticated: bool
+    *, mailboxes: list[Mailbox], parsed: ParsedMessage, raw: bytes, envelope_from: str, authenticated: bool
 ) -> list[tuple[Mailbox, DeliveryPlan]]:
     """The rules' plan for each mailbox; call inside the delivery's transaction (the rules
     record their memory there). Raises SMTPReject when a rule rejects the message."""
@@ -149,8 +149,9 @@ def plan_recipients(
                 envelope_from=envelope_from,
                 recipient=mailbox.address,
                 headers=parsed.headers,
-                size=size,
+                size=len(raw),
                 authenticated=authenticated,
+                raw=raw,
             )
         )
         if plan.reject is not None:
@@ -241,8 +242,8 @@ def _send_outgoing(outgoing, *, mailbox: Mailbox, files: StoredFiles) -> None:
             planned = plan_recipients(
                 mailboxes=list(boxes.values()),
                 parsed=parsed,
+                raw=outgoing.data,
                 envelope_from=outgoing.envelope_from,
-                size=content.size,
                 authenticated=False,
             )
         except SMTPReject as exc:
@@ -286,8 +287,8 @@ def deliver_inbound(
         planned = plan_recipients(
             mailboxes=mailboxes,
             parsed=parsed,
+            raw=raw,
             envelope_from=envelope_from,
-            size=len(raw),
             authenticated=False,
         )
         if all(not plan.folders() and not plan.outgoing for _, plan in planned):
@@ -317,8 +318,8 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
             plan_recipients(
                 mailboxes=[boxes[i] for i in item["mailbox_ids"] if i in boxes],
                 parsed=facts,
+                raw=item["raw"],
                 envelope_from=item["envelope_from"],
-                size=len(item["raw"]),
                 authenticated=False,
             )
         )

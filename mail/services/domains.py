@@ -22,6 +22,7 @@ from mail.addresses import AddressError, normalize_domain
 from mail.config_files import ConfigFileError, DomainConfig
 from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
 from mail.models import MailDomain
+from mail.services.mailboxes import ensure_mailboxes_for_domain
 
 log = logging.getLogger("mail.domains")
 
@@ -188,6 +189,10 @@ def domain_create(*, name: str) -> DomainChange:
                     " with your DNS provider",
                 ]
             )
+        # Users granted mailboxes of this domain before it existed get them now.
+        boxes = ensure_mailboxes_for_domain(domain=domain)
+        if boxes:
+            notes.append("mailboxes from existing grants: " + ", ".join(b.address for b in boxes))
         _sync_file_on_commit(normal)
     log.info("mail domain %s created", normal)
     return DomainChange(domain, True, notes)

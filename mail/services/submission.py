@@ -161,8 +161,8 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
         planned = plan_recipients(
             mailboxes=list(prepared.recipients.mailboxes),
             parsed=parsed,
+            raw=raw,
             envelope_from=envelope_from,
-            size=len(raw),
             authenticated=True,
         )
         content = store_content(raw, files=files)

@@ -5,7 +5,7 @@ from email import message_from_bytes
 
 import pytest
 
-from mail.models import Message, VacationReply
+from mail.models import Message, OutboundDelivery, VacationReply
 from mail.services.rules import dry_run, set_rules
 from mail.services.storage import read_content
 from tests.mail.smtp.conftest import example_com, nothing_stored, smtp, start_smtp  # noqa: F401
@@ -36,6 +36,13 @@ name = "to bob"
 scope = "alice@example.com"
 match = { header = "Subject", equals = "for bob" }
 redirect = ["bob@example.com"]
+stop = true
+
+[[rule]]
+name = "forward out"
+scope = "alice@example.com"
+match = { header = "Subject", equals = "for dave" }
+redirect = ["dave@example.org"]
 stop = true
 
 [[rule]]
@@ -165,3 +172,31 @@ def test_vacation_once_and_never_to_lists_or_the_null_sender(smtp, rules):  # no
     assert folders_of("bob@example.com")[0] == ("inbox", "Away", False)
     assert Message.objects.filter(folder__name="inbox", folder__mailbox__local_part="bob").count() == 1
     assert folders_of("alice@example.com")[-2:] == [("inbox", "list", False), ("inbox", "second", False)]
+
+
+def test_redirect_to_a_local_mailbox_carries_the_whole_message(smtp, rules):  # noqa: F811
+    send(smtp, "carol@example.net", ["alice@example.com"], message(subject="for bob"))
+    assert folders_of("alice@example.com") == []
+    assert folders_of("bob@example.com") == [("inbox", "for bob", False)]
+    redirected = read_content(Message.objects.get().content)
+    assert redirected.startswith(
+        b"X-Everlock-Redirected: alice@example.com\r\nReturn-Path: <carol@example.net>\r\n"
+    )
+    assert b"\r\nReceived: from mx.example.net" in redirected
+    assert redirected.endswith(message(subject="for bob"))
+    assert Message.objects.get().envelope_from == "carol@example.net"
+
+
+def test_redirect_to_a_remote_address_is_queued_with_the_original_sender(smtp, rules):  # noqa: F811
+    send(smtp, "carol@example.net", ["alice@example.com"], message(subject="for dave"))
+    assert folders_of("alice@example.com") == []
+    delivery = OutboundDelivery.objects.get()
+    assert (delivery.envelope_from, delivery.domain, delivery.helo_hostname) == (
+        "carol@example.net",
+        "example.org",
+        "mail.example.com",
+    )
+    assert list(delivery.recipients.values_list("address", flat=True)) == ["dave@example.org"]
+    data = read_content(delivery.content)
+    assert data.startswith(b"X-Everlock-Redirected: alice@example.com\r\n")
+    assert data.endswith(message(subject="for dave"))

@@ -310,3 +310,18 @@ def test_invalid_names_are_refused(data_dir):
 @override_settings(EVERLOCK_DNS=False)
 def test_idn_domain_is_stored_in_ascii(data_dir):
     assert domain_create(name="bücher.example").domain.name == "xn--bcher-kva.example"
+
+
+def test_create_gives_earlier_grants_their_mailboxes(data_dir, settings):
+    from accounts.services import grant_add, user_add
+    from mail.models import Mailbox
+
+    settings.EVERLOCK_DNS = False
+    user_add(name="alice", password="change-me")
+    grant_add(name="alice", resource="smtp/mail/example.com:Alice", role="writer")
+    grant_add(name="alice", resource="smtp/mail/example.org:carol", role="writer")
+    assert Mailbox.objects.count() == 0
+    result = domain_create(name="example.com")
+    assert result.notes[-1] == "mailboxes from existing grants: alice@example.com"
+    assert [m.address for m in Mailbox.objects.all()] == ["alice@example.com"]
+    assert sorted(Mailbox.objects.get().folders.values_list("name", flat=True)) == ["inbox", "sent"]

@@ -5,7 +5,7 @@ hosted zone (example.com), then runs client processes (separate from the server'
 that each keep many queries in flight on several UDP sockets, for a mix of names: A, MX
 with glue, a NXDOMAIN, a CNAME, the 2048-bit RSA DKIM TXT (split into several strings).
 
-    .venv/bin/python bench/dns.py [--seconds 5] [--clients 1] [--sockets 16] [--window 8] [--unique]
+    .venv/bin/python bench/dns_server.py [--seconds 5] [--clients 1] [--sockets 16] [--window 8] [--unique]
 
 Prints the queries/s answered, with the number of lost queries and wrong answers.
 """
@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# This file is named dns.py: keep its directory off the import path so `import dns` is dnspython.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
 PYTHON = sys.executable
 
 SETUP = """
