@@ -77,3 +77,45 @@ def test_as_a_process_reports_the_line(tmp_path):
         0,
         f"mail domain example.com imported from {directory}/example.com.toml\n",
     )
+
+
+RULES = """
+[[rule]]
+name = "lists"
+match = { header = "List-Id", glob = "*" }
+fileinto = "Lists"
+"""
+
+
+def test_import_reads_rules_toml_too(data_dir):
+    from mail.services.rules import current_text
+
+    rules = data_dir / "everlock-mail/rules.toml"
+    rules.parent.mkdir(parents=True)
+    rules.write_text(RULES)
+    out = io.StringIO()
+    call_command("mailconfig", "import", stdout=out)
+    assert out.getvalue() == (
+        f"no domain files to import\nmail rules imported from {rules} (changed): version 1, 1 rules\n"
+    )
+    assert current_text() == RULES
+
+    out = io.StringIO()
+    call_command("mailconfig", "import", "--rules", stdout=out)
+    assert out.getvalue() == f"mail rules imported from {rules} (unchanged): version 1, 1 rules\n"
+
+    rules.write_text(RULES.replace("fileinto", "filein"))
+    with pytest.raises(CommandError) as exc:
+        call_command("mailconfig", "import", "--rules")
+    assert "filein" in str(exc.value) and str(exc.value).endswith("; nothing changed")
+    assert current_text() == RULES
+
+
+def test_import_of_one_domain_leaves_rules_alone(data_dir):
+    from mail.services.rules import current_text
+
+    domain_create(name="example.com")
+    rules = data_dir / "everlock-mail/rules.toml"
+    rules.write_text(RULES)
+    call_command("mailconfig", "import", "--domain", "example.com", stdout=io.StringIO())
+    assert current_text() == ""
