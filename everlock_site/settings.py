@@ -10,6 +10,7 @@ from pathlib import Path
 
 import environ
 
+from everlock_site.files import write_private_file
 from everlock_site.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -33,13 +34,9 @@ def _secret_key() -> str:
     except FileNotFoundError:
         pass
     key = secrets.token_urlsafe(50)
-    try:
-        # O_EXCL: when two processes start at once, the first one's key wins.
-        with open(path, "x", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as fh:
-            fh.write(key)
-    except FileExistsError:
-        return path.read_text().strip()
-    return key
+    # When several processes start at once, the first one's key wins.
+    write_private_file(path, key.encode(), keep_existing=True)
+    return path.read_text().strip()
 
 
 SECRET_KEY = _secret_key()

@@ -26,14 +26,13 @@ atomically (a temporary file renamed over the old one), so a reader never sees h
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 
+from everlock_site.files import write_private_file
 from mail.addresses import AddressError, normalize_domain
 from mail.dkim.keys import DKIMKeyError, check_ed25519_pem, check_rsa_pem, check_selector
 
@@ -105,18 +104,7 @@ def write(data_dir: Path, config: DomainConfig) -> Path:
     directory = domains_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{config.name}.toml"
-    text = render(config).encode("utf-8")
-    # mkstemp creates the file with mode 0600, so the keys are never readable by others.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{config.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_file(path, render(config).encode("utf-8"))
     return path
 
 

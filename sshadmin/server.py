@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from django.db import close_old_connections
 
 from accounts.authentication import Throttled, authenticate, is_admin, resolve_login
 from accounts.models import User
+from everlock_site.files import write_private_file
 from everlock_site.listen import ListenAddress
 from sshadmin.commands import load_commands
 from sshadmin.session import run_session
@@ -53,19 +52,8 @@ def load_host_key(path: Path) -> asyncssh.SSHKey:
     except FileNotFoundError:
         pass
     key = asyncssh.generate_private_key("ssh-ed25519")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.export_private_key())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-            log.info("generated SSH host key %s", path)
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
+    if write_private_file(path, key.export_private_key(), keep_existing=True):
+        log.info("generated SSH host key %s", path)
     return asyncssh.read_private_key(str(path))
 
 

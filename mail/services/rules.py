@@ -8,8 +8,6 @@ it), so the file always holds the rules in force.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -18,6 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from everlock_site.files import write_private_file
 from mail.addresses import AddressError, parse_address
 from mail.models import Message, RuleSet
 from mail.rules import engine
@@ -103,17 +102,7 @@ def import_rules_file(*, path: Path | None = None, data_dir: Path | None = None)
 
 def write_rules_file(*, text: str, path: Path) -> None:
     """Write `text` to `path` atomically (mode 0600): readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".rules-", suffix=".toml", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_file(path, text.encode("utf-8"))
 
 
 def dry_run(*, recipient: str, raw: bytes | None = None, message_id: int | None = None) -> Evaluation:
