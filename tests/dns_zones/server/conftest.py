@@ -1,79 +1,10 @@
-"""A real DNS server on 127.0.0.1 (ephemeral port) in a thread of the test process."""
+"""Fixtures of the DNS server tests: a real server on 127.0.0.1 started per test."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import subprocess
-import threading
-import time
-
-import dns.message
-import dns.query
 import pytest
 
-from dns_zones.server.listener import start_dns
-from everlock_site.listen import ListenAddress
-
-
-class RunningDNS:
-    """start_dns() on its own event loop in a thread; `port` is the bound UDP and TCP port."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            start_dns(listens={"dns": ListenAddress("127.0.0.1", 0)}, poll_interval=0.2), self.loop
-        )
-        self.server = future.result(timeout=30)
-        self.port = self.server.port
-
-    def stop(self):
-        async def shutdown():
-            self.server.close()
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-    def udp(self, qname, qtype="A", **kw) -> dns.message.Message:
-        query = dns.message.make_query(qname, qtype, **kw)
-        return dns.query.udp(query, "127.0.0.1", port=self.port, timeout=5)
-
-    def tcp(self, qname, qtype="A", **kw) -> dns.message.Message:
-        query = dns.message.make_query(qname, qtype, **kw)
-        return dns.query.tcp(query, "127.0.0.1", port=self.port, timeout=5)
-
-    def raw_udp(self, wire: bytes, timeout: float = 1.0) -> bytes | None:
-        """Send `wire` as one datagram; the reply's bytes, or None when nothing came back."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(timeout)
-            sock.sendto(wire, ("127.0.0.1", self.port))
-            try:
-                return sock.recv(65535)
-            except TimeoutError:
-                return None
-
-    def dig(self, *args: str) -> str:
-        out = subprocess.run(
-            ["dig", "-p", str(self.port), "@127.0.0.1", "+time=3", "+tries=1", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return out.stdout
-
-    def wait_for(self, predicate, timeout: float = 5.0):
-        """Poll `predicate()` until it returns a true value (returned) or `timeout` passes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value or time.monotonic() > deadline:
-                return value
-            time.sleep(0.05)
+from tests.dns_server import RunningDNS
 
 
 @pytest.fixture

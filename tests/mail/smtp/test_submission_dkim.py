@@ -1,20 +1,30 @@
-"""Submitted mail carries DKIM signatures (Ed25519 and RSA) that verify."""
+"""Submitted mail carries DKIM signatures (Ed25519 and RSA) that verify against the keys
+Everlock's own DNS server publishes: with dkimpy, and the RSA one with Perl's Mail::DKIM."""
 
 import smtplib
 
 import dkim
 import pytest
 
-from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_value
-from mail.models import MailDomain, Message
+from dns_zones.services import zone_create
+from mail.models import Message
+from mail.services.domains import domain_set
 from mail.services.storage import read_content
+from tests.dns_server import RunningDNS
 
 
-def test_submitted_message_is_signed_with_both_keys(smtp, example_com):
-    ed_pem, rsa_pem = generate_ed25519_pem(), generate_rsa_pem()
-    MailDomain.objects.filter(pk=example_com.pk).update(
-        dkim_enabled=True, dkim_private_key_pem=ed_pem, dkim_rsa_private_key_pem=rsa_pem
-    )
+@pytest.fixture
+def dns_server(example_com, settings, tmp_path):
+    settings.EVERLOCK_DNS = True
+    settings.DATA_DIR = tmp_path
+    zone_create(origin="example.com")
+    domain_set(name="example.com", values={"dkim": "on"})
+    server = RunningDNS()
+    yield server
+    server.stop()
+
+
+def test_submitted_message_is_signed_with_both_keys(smtp, dns_server):
     with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10) as client:
         client.login("alice", "change-me")
         client.mail("alice@example.com")
@@ -26,17 +36,16 @@ def test_submitted_message_is_signed_with_both_keys(smtp, example_com):
     raw = read_content(Message.objects.get(folder__name="inbox").content)
     assert raw.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;")
     assert raw.count(b"DKIM-Signature:") == 2
-    records = {
-        b"default._domainkey.example.com.": txt_value(ed_pem).encode(),
-        b"default-rsa._domainkey.example.com.": txt_value(rsa_pem).encode(),
-    }
-
-    def dnsfunc(name, timeout=5):
-        return records.get(name if name.endswith(b".") else name + b".")
-
     verifier = dkim.DKIM(raw)
-    assert verifier.verify(idx=0, dnsfunc=dnsfunc) is True
-    assert verifier.verify(idx=1, dnsfunc=dnsfunc) is True
-    # The first signature covers what an attacker would change.
+    assert verifier.verify(idx=0, dnsfunc=dns_server.dnsfunc) is True
+    assert verifier.verify(idx=1, dnsfunc=dns_server.dnsfunc) is True
+    assert dns_server.mail_dkim_verdicts(raw) == [
+        "ed25519-sha256 default invalid",  # Debian's Mail::DKIM has no Ed25519 (RFC 8463)
+        "rsa-sha256 default-rsa pass",
+    ]
+    # The signatures cover what an attacker would change.
     with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
-        dkim.DKIM(raw.replace(b"Hello  Bob", b"Hello Eve")).verify(idx=0, dnsfunc=dnsfunc)
+        dkim.DKIM(raw.replace(b"Hello  Bob", b"Hello Eve")).verify(idx=0, dnsfunc=dns_server.dnsfunc)
+    assert (
+        dns_server.mail_dkim_verdicts(raw.replace(b"Signed", b"Forged"))[1] == "rsa-sha256 default-rsa fail"
+    )
