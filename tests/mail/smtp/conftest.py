@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import threading
 from dataclasses import dataclass
 
@@ -94,6 +95,14 @@ def example_com(transactional_db) -> MailDomain:
     user_add(name="bob", password="bob-secret")
     grant_add(name="bob", resource="smtp/mail/example.com:bob", role="writer")
     return domain
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context for the listeners' self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def nothing_stored() -> bool:

@@ -2,14 +2,13 @@
 
 import smtplib
 import socket
-import ssl
 import time
 
 import pytest
 
 from mail.models import MailDomain, Message
 from mail.services.storage import read_content
-from tests.mail.smtp.conftest import nothing_stored
+from tests.mail.smtp.conftest import nothing_stored, tls_context
 
 MESSAGE = b"From: carol@example.net\r\nTo: bob@example.com\r\nSubject: Hi\r\n\r\nHello Bob\r\n"
 
@@ -18,13 +17,6 @@ def client_for(smtp) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=10)
     client.ehlo("mx.example.net")
     return client
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def test_greeting_and_ehlo_without_auth(smtp, example_com):

@@ -3,11 +3,10 @@ brute force. Each case asserts the exact replies and that nothing was stored or 
 
 import base64
 import socket
-import ssl
 
 import pytest
 
-from tests.mail.smtp.conftest import nothing_stored
+from tests.mail.smtp.conftest import nothing_stored, tls_context
 
 
 class RawClient:
@@ -41,9 +40,7 @@ class RawClient:
         return self.reply()
 
     def starttls(self) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        context = tls_context()
         self.sock = context.wrap_socket(self.sock)
 
     def close(self) -> None:

@@ -1,13 +1,12 @@
 """Submission (port 587) replies, with smtplib against the running listener."""
 
 import smtplib
-import ssl
 
 import pytest
 
 from accounts.services import grant_add, user_add
 from mail.models import MailDomain, Message, OutboundDelivery
-from tests.mail.smtp.conftest import nothing_stored
+from tests.mail.smtp.conftest import nothing_stored, tls_context
 
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: Hello\r\n\r\nHi Bob\r\n"
 
@@ -16,13 +15,6 @@ def client_for(smtp) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10)
     client.ehlo("client.example.com")
     return client
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def test_ehlo_advertises_auth_plain_login_and_starttls(smtp, example_com):
