@@ -6,20 +6,10 @@ import pytest
 
 from dns_zones.models import Record, Zone
 from dns_zones.services import RecordSpec, replace_derived_records
-from sshadmin.commands import CommandError, Context, ParsedLine, load_commands
+from sshadmin.commands import CommandError
+from tests.sshadmin.commands.console import run
 
 pytestmark = pytest.mark.django_db
-
-
-def run(line: str) -> str:
-    """Dispatch `line` like the console: find the command, check arity, call the handler."""
-    registry = load_commands()
-    words = ParsedLine(line).words
-    cmd, n = registry.find(words)
-    assert cmd is not None, line
-    args = words[n:]
-    cmd.check_arity(args)
-    return cmd.handler(Context(user=None), *args)
 
 
 def test_zones_create_list_delete():

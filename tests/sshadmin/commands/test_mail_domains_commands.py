@@ -6,7 +6,8 @@ import pytest
 
 from dns_zones.models import Record
 from mail.models import MailDomain
-from sshadmin.commands import CommandError, Context, ParsedLine, load_commands
+from sshadmin.commands import CommandError
+from tests.sshadmin.commands.console import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -15,17 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def data_dir(tmp_path, settings):
     settings.DATA_DIR = tmp_path
     return tmp_path
-
-
-def run(line: str) -> str:
-    """Dispatch `line` like the console: find the command, check arity, call the handler."""
-    registry = load_commands()
-    words = ParsedLine(line).words
-    cmd, n = registry.find(words)
-    assert cmd is not None, line
-    args = words[n:]
-    cmd.check_arity(args)
-    return cmd.handler(Context(user=None), *args)
 
 
 def test_product_doc_walkthrough_with_hosted_dns(settings, data_dir):

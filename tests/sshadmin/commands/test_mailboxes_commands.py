@@ -1,19 +1,10 @@
 import pytest
 
 from mail.models import MailDomain
-from sshadmin.commands import CommandError, Context, load_commands
+from sshadmin.commands import CommandError
+from tests.sshadmin.commands.console import run
 
 pytestmark = pytest.mark.django_db
-
-
-def run(line: str) -> str:
-    registry = load_commands()
-    words = line.lstrip("/").split()
-    cmd, n = registry.find(words)
-    assert cmd is not None
-    args = words[n:]
-    cmd.check_arity(args)
-    return cmd.handler(Context(user=None), *args)
 
 
 def test_mailboxes_create_list_delete():

@@ -8,19 +8,10 @@ from django.db import transaction
 from mail.models import MailDomain, OutboundDelivery
 from mail.services.enqueue import enqueue_remote
 from mail.services.storage import StoredFiles, store_content
-from sshadmin.commands import CommandError, Context, ParsedLine, load_commands
+from sshadmin.commands import CommandError
+from tests.sshadmin.commands.console import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def run(line: str) -> str:
-    registry = load_commands()
-    words = ParsedLine(line).words
-    cmd, n = registry.find(words)
-    assert cmd is not None, line
-    args = words[n:]
-    cmd.check_arity(args)
-    return cmd.handler(Context(user=None), *args)
 
 
 def queued() -> int:
