@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
+# Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 os.environ["EVERLOCK_DATA_DIR"] = tempfile.mkdtemp(prefix="everlock-bench-")
 os.environ.pop("DATABASE_URL", None)
 os.environ.setdefault("EVERLOCK_LOG", "error")
@@ -22,10 +23,10 @@ import django
 
 django.setup()
 
-from django.core.management import call_command  # noqa: E402
+from django.core.management import call_command
 
-from accounts.authentication import authenticate, verified_credentials  # noqa: E402
-from accounts.services import user_add  # noqa: E402
+from accounts.authentication import authenticate, verified_credentials
+from accounts.services import user_add
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
+# Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 os.environ["EVERLOCK_DATA_DIR"] = tempfile.mkdtemp(prefix="everlock-bench-")
 os.environ.pop("DATABASE_URL", None)
 os.environ.setdefault("EVERLOCK_LOG", "error")
@@ -24,12 +25,12 @@ import django
 
 django.setup()
 
-import asyncssh  # noqa: E402
-from django.core.management import call_command  # noqa: E402
+import asyncssh
+from django.core.management import call_command
 
-from accounts.services import user_add  # noqa: E402
-from everlock_site.listen import ListenAddress  # noqa: E402
-from sshadmin.server import prepare_console, start_console  # noqa: E402
+from accounts.services import user_add
+from everlock_site.listen import ListenAddress
+from sshadmin.server import prepare_console, start_console
 
 
 async def main(logins: int, commands: int) -> None:

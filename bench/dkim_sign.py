@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
+# Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import dkim
 

@@ -28,13 +28,14 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
+# Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import dns.message  # noqa: E402
-import dns.rdataclass  # noqa: E402
-import dns.rdatatype  # noqa: E402
-import dns.rrset  # noqa: E402
-from aiosmtpd.smtp import SMTP  # noqa: E402
+import dns.message
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+from aiosmtpd.smtp import SMTP
 
 QUEUE = """
 from django.db import transaction

@@ -5,7 +5,7 @@ hosted zone (example.com), then runs client processes (separate from the server'
 that each keep many queries in flight on several UDP sockets, for a mix of names: A, MX
 with glue, a NXDOMAIN, a CNAME, the 2048-bit RSA DKIM TXT (split into several strings).
 
-    .venv/bin/python bench/dns_server.py [--seconds 5] [--clients 1] [--sockets 16] [--window 8] [--unique]
+    .venv/bin/python bench/dns.py [--seconds 5] [--clients 1] [--sockets 16] [--window 8] [--unique]
 
 Prints the queries/s answered, with the number of lost queries and wrong answers.
 """
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import from the repository root
+# Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 PYTHON = sys.executable
 
 SETUP = """
