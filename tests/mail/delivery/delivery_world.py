@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import socketserver
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,9 +86,10 @@ class DNSServer:
         return f"127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-def dns_server():
-    zone = Zone()
+@contextlib.contextmanager
+def running_dns_server(zone: Zone | None = None) -> Iterator[DNSServer]:
+    """A DNSServer answering from `zone` (a new empty one by default) until the block ends."""
+    zone = zone if zone is not None else Zone()
 
     class UDPHandler(socketserver.BaseRequestHandler):
         def handle(self):
@@ -124,10 +127,18 @@ def dns_server():
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (udp, tcp)]
     for t in threads:
         t.start()
-    yield DNSServer(zone, port)
-    for s in (udp, tcp):
-        s.shutdown()
-        s.server_close()
+    try:
+        yield DNSServer(zone, port)
+    finally:
+        for s in (udp, tcp):
+            s.shutdown()
+            s.server_close()
+
+
+@pytest.fixture
+def dns_server():
+    with running_dns_server() as server:
+        yield server
 
 
 @dataclass
@@ -183,9 +194,10 @@ class Sink:
         return self.handler.received
 
 
-@pytest.fixture
-def sink():
-    """start(host="127.0.0.1", port=0, tls=False) -> Sink: an aiosmtpd server in a thread."""
+@contextlib.contextmanager
+def running_sinks() -> Iterator[Callable[..., Sink]]:
+    """start(host="127.0.0.1", port=0, tls=False) -> Sink: aiosmtpd servers on one loop in a
+    thread, all stopped when the block ends."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -214,16 +226,25 @@ def sink():
         servers.append(server)
         return Sink(handler, host, server.sockets[0].getsockname()[1])
 
-    yield start
+    try:
+        yield start
+    finally:
+        asyncio.run_coroutine_threadsafe(_stop_servers(servers), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
 
-    async def stop():
-        for server in servers:
-            server.close()
-            await server.wait_closed()
 
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+async def _stop_servers(servers) -> None:
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def sink():
+    """start(host="127.0.0.1", port=0, tls=False) -> Sink: an aiosmtpd server in a thread."""
+    with running_sinks() as start:
+        yield start
 
 
 def remote_for(dns: DNSServer, port: int, **kw) -> Remote:

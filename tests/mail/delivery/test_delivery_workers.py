@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import create_database, drop_database, is_postgres
+
 ROOT = Path(__file__).resolve().parents[3]
 
 QUEUE = """
@@ -46,23 +48,6 @@ print(sorted(set(OutboundDelivery.objects.values_list("status", flat=True))))
 """
 
 
-def _postgres_database(url: str, name: str) -> str:
-    import psycopg
-
-    base = url.rsplit("/", 1)[0]
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
-
-
-def _drop_postgres_database(url: str, name: str) -> None:
-    import psycopg
-
-    base = url.rsplit("/", 1)[0]
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 class Installation:
     """An environment for worker processes, and the processes started in it."""
 
@@ -79,10 +64,10 @@ class Installation:
         )
         self.pg_name = ""
         url = os.environ.get("DATABASE_URL", "")
-        if url.startswith(("postgres://", "postgresql://")):
+        if is_postgres(url):
             self.pg_url = url
             self.pg_name = f"everlock_w{uuid.uuid4().hex[:10]}"
-            self.env["DATABASE_URL"] = _postgres_database(url, self.pg_name)
+            self.env["DATABASE_URL"] = create_database(url, self.pg_name)
         if os.environ.get("EVERLOCK_TEST_BROKER_URL"):
             self.env["CELERY_BROKER_URL"] = os.environ["EVERLOCK_TEST_BROKER_URL"]
         self.workers: list[subprocess.Popen] = []
@@ -130,7 +115,7 @@ class Installation:
         for proc in self.workers:
             self.stop(proc)
         if self.pg_name:
-            _drop_postgres_database(self.pg_url, self.pg_name)
+            drop_database(self.pg_url, self.pg_name)
 
     def purge_broker(self) -> None:
         subprocess.run(

@@ -1,0 +1,143 @@
+"""An Everlock installation for end-to-end tests: `everlock serve` as its own process.
+
+Each installation has its own data dir and its own database (SQLite in the data dir, or a
+new PostgreSQL database when the test run's DATABASE_URL names PostgreSQL), and the embedded
+broker (or EVERLOCK_TEST_BROKER_URL with a queue of its own). Its console is driven with the
+OpenSSH client, its log is read from the process's stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.postgres import create_database, drop_database, is_postgres
+from tests.sshadmin.openssh import ssh_exec
+
+EVERLOCK = Path(sys.executable).parent / "everlock"
+ADMIN_PASSWORD = "change-me"
+
+
+def free_port(*hosts: str) -> int:
+    """A TCP port free on every one of `hosts` (loopback addresses)."""
+    hosts = hosts or ("127.0.0.1",)
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind((hosts[0], 0))
+            port = first.getsockname()[1]
+            try:
+                for host in hosts[1:]:
+                    with socket.socket() as other:
+                        other.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (a DNS listener binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            try:
+                with socket.socket() as tcp:
+                    tcp.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no UDP+TCP port free on {host}")
+
+
+class Everlock:
+    """One installation: `start(flags)` runs `everlock serve`, `console(line)` runs a console
+    command over ssh, `log` is what the process printed so far; close() stops everything and
+    drops the database."""
+
+    def __init__(self, data_dir: Path, **env: str):
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+        }
+        self.env.update(EVERLOCK_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **env)
+        self.pg_url = os.environ.get("DATABASE_URL", "")
+        self.pg_name = ""
+        if is_postgres(self.pg_url):
+            self.pg_name = f"everlock_e2e_{uuid.uuid4().hex[:10]}"
+            self.env["DATABASE_URL"] = create_database(self.pg_url, self.pg_name)
+        if os.environ.get("EVERLOCK_TEST_BROKER_URL"):
+            self.env["CELERY_BROKER_URL"] = os.environ["EVERLOCK_TEST_BROKER_URL"]
+            self.env["EVERLOCK_CELERY_QUEUE"] = f"everlock-e2e-{uuid.uuid4().hex[:12]}"
+        self.log_path = data_dir / "serve.log"
+        self.proc: subprocess.Popen | None = None
+        self.ssh_port = 0
+
+    def start(self, flags: list[str], *, ssh_port: int, ready: str) -> None:
+        """Run `everlock serve FLAGS` in the data dir; returns once the log shows `ready`."""
+        self.ssh_port = ssh_port
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [str(EVERLOCK), "serve", *flags],
+                cwd=self.data_dir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_for_log(ready, timeout=120)
+
+    @property
+    def log(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> str:
+        """The first log line containing `text`, waiting for it up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.log
+            found = next((line for line in lines if text in line), None)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the log:\n" + "\n".join(lines))
+            time.sleep(0.05)
+
+    def console(self, line: str) -> str:
+        """Run one console command through the OpenSSH client; its output (it must succeed)."""
+        result = ssh_exec(self.ssh_port, line, tmp=self.data_dir, password=ADMIN_PASSWORD)
+        assert (result.returncode, result.stderr) == (0, ""), (line, result)
+        return result.stdout
+
+    def manage(self, *args: str) -> str:
+        """Run another `everlock` command against this installation; its output."""
+        return subprocess.run(
+            [str(EVERLOCK), *args],
+            cwd=self.data_dir, env=self.env, check=True, timeout=120, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self.stop()
+        if self.pg_name:
+            drop_database(self.pg_url, self.pg_name)
