@@ -24,6 +24,7 @@ TARGET_ALIASES = {
     "everlock_frontend_smtp": "mail.smtp",
     "everlock_frontend_ssh": "sshadmin",
     "everlock_backend_dns_dns": "dns_zones",
+    "everlock_frontend_http": "everlock_site.http",
 }
 
 
@@ -67,6 +68,7 @@ def logging_config(spec: str) -> dict:
             "mail.log": {"level": modules.pop("mail.log", "WARNING")},
             "celery": {"level": modules.pop("celery", "WARNING")},
             "kombu": {"level": modules.pop("kombu", "WARNING")},
+            "waitress": {"level": modules.pop("waitress", "WARNING")},
             **{name: {"level": level} for name, level in modules.items()},
         },
     }

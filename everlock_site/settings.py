@@ -47,6 +47,20 @@ DEBUG = env.bool("EVERLOCK_DEBUG", default=False)
 # EVERLOCK_ALLOWED_HOSTS: host names the admin web UI answers to (comma separated).
 ALLOWED_HOSTS = env.list("EVERLOCK_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
+# EVERLOCK_CSRF_TRUSTED_ORIGINS: origins the admin web UI accepts forms from when it is reached
+# under another name or scheme than it is served on, e.g. "https://admin.example.com" behind a
+# TLS-terminating reverse proxy (comma separated, scheme included).
+CSRF_TRUSTED_ORIGINS = env.list("EVERLOCK_CSRF_TRUSTED_ORIGINS", default=[])
+
+# EVERLOCK_ADMIN_HTTPS: the admin web UI is reached over HTTPS through a reverse proxy that
+# terminates TLS and sets X-Forwarded-Proto (overwriting any the client sent). Session and
+# CSRF cookies are then sent over HTTPS only.
+EVERLOCK_ADMIN_HTTPS = env.bool("EVERLOCK_ADMIN_HTTPS", default=False)
+if EVERLOCK_ADMIN_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -63,6 +77,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -120,8 +135,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# The admin's CSS and scripts, served by WhiteNoise straight from the installed apps, so a
+# server needs no collectstatic step (everlock_site.http).
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_USE_FINDERS = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -37,6 +37,7 @@ COMPONENTS = (
     Component("backend-mail-smtp", "mail.delivery.worker:start_embedded_worker"),
     Component("frontend-ssh", "sshadmin.server:start_console", needs=("backend-admin-ssh",)),
     Component("frontend-smtp", "mail.smtp.server:start_listeners", needs=("backend-mail-smtp",)),
+    Component("frontend-http", "everlock_site.http:start_http"),
 )
 
 
@@ -64,6 +65,13 @@ class Command(BaseCommand):
             default=None,
             metavar="ADDR",
             help="where the DNS server listens (default 0.0.0.0:53; implies --backend-dns-dns)",
+        )
+        parser.add_argument("--frontend-http", action="store_true", help="the admin web UI (Django admin)")
+        parser.add_argument(
+            "--frontend-http-listen",
+            default="127.0.0.1:8080",
+            metavar="ADDR",
+            help="where the admin web UI listens (default 127.0.0.1:8080: keep it on the admin network)",
         )
         parser.add_argument("--admin-user", default=None, help="create this admin user when missing")
         parser.add_argument("--admin-password", default=None)
@@ -93,6 +101,7 @@ class Command(BaseCommand):
             if opts["frontend_smtp_submission"]
             else None,
             "dns": parse_listen(opts["frontend_dns_listen"] or "0.0.0.0:53", option="--frontend-dns-listen"),
+            "http": parse_listen(opts["frontend_http_listen"], option="--frontend-http-listen"),
         }
         starts = [(c, _load(c)) for c in COMPONENTS if c.name in selected]
 
