@@ -1,4 +1,8 @@
-"""The Django admin of users (their grants inline) and of access grants."""
+"""The Django admin of users (their grants inline) and of access grants.
+
+Users are added and deleted, and grants given and revoked, through accounts.services, so the
+admin follows the console's rules: a grant on a mailbox of a local domain creates the mailbox.
+"""
 
 from django import forms
 from django.contrib import admin
@@ -7,7 +11,7 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
-from accounts.services import AccountError, normalize_login
+from accounts.services import AccountError, grant_add, grant_revoke, normalize_login, user_add, user_delete
 
 
 def _clean_login(form: forms.ModelForm) -> str:
@@ -25,6 +29,9 @@ def _clean_login(form: forms.ModelForm) -> str:
 
 
 class EverlockUserCreationForm(AdminUserCreationForm):
+    # Every Everlock user logs in (SMTP AUTH, the console): a password is required.
+    usable_password = None
+
     class Meta(AdminUserCreationForm.Meta):
         model = User
         fields = ("username",)
@@ -70,16 +77,59 @@ class AccessGrantInline(admin.TabularInline):
     readonly_fields = ["created_at"]
 
 
+def _save_grant(grant: AccessGrant) -> AccessGrant:
+    """Give `grant` through the service; a changed user or resource revokes the old grant."""
+    if grant.pk is not None:
+        old = AccessGrant.objects.select_related("user").filter(pk=grant.pk).first()
+        if old is not None and (old.user_id, old.resource) != (grant.user_id, grant.resource):
+            grant_revoke(name=old.user.username, resource=old.resource)
+    return grant_add(name=grant.user.username, resource=grant.resource, role=grant.role)
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     form = EverlockUserChangeForm
     add_form = EverlockUserCreationForm
     inlines = [AccessGrantInline]
-    list_display = ["username", "is_active", "is_staff", "is_superuser", "last_login"]
+    list_display = ["username", "grant_list", "is_active", "is_staff", "is_superuser", "last_login"]
     fieldsets = (
         *DjangoUserAdmin.fieldsets,
         ("Admin console", {"fields": ["ssh_authorized_keys"]}),
     )
+    add_fieldsets = ((None, {"classes": ["wide"], "fields": ["username", "password1", "password2"]}),)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("grants")
+
+    @admin.display(description="grants")
+    def grant_list(self, obj: User) -> str:
+        return ", ".join(f"{g.resource} {g.role}" for g in obj.grants.all()) or "-"
+
+    def save_model(self, request, obj: User, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        user, _ = user_add(name=obj.username, password=form.cleaned_data["password1"])
+        obj.pk, obj.password, obj.date_joined = user.pk, user.password, user.date_joined
+        obj._state.adding = False
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not AccessGrant:
+            super().save_formset(request, form, formset, change)
+            return
+        grants = formset.save(commit=False)
+        for grant in formset.deleted_objects:
+            grant_revoke(name=form.instance.username, resource=grant.resource)
+        for grant in grants:
+            grant.user = form.instance
+            _save_grant(grant)
+
+    def delete_model(self, request, obj: User):
+        user_delete(name=obj.username)
+
+    def delete_queryset(self, request, queryset):
+        for username in queryset.values_list("username", flat=True):
+            user_delete(name=username)
 
 
 @admin.register(AccessGrant)
@@ -89,3 +139,14 @@ class AccessGrantAdmin(admin.ModelAdmin):
     list_filter = ["role"]
     search_fields = ["user__username", "resource"]
     autocomplete_fields = ["user"]
+    list_select_related = ["user"]
+
+    def save_model(self, request, obj: AccessGrant, form, change):
+        obj.pk = _save_grant(obj).pk
+
+    def delete_model(self, request, obj: AccessGrant):
+        grant_revoke(name=obj.user.username, resource=obj.resource)
+
+    def delete_queryset(self, request, queryset):
+        for grant in queryset.select_related("user"):
+            grant_revoke(name=grant.user.username, resource=grant.resource)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Count
 
 from dns_zones.models import Record, Zone
 from dns_zones.records import RecordError, normalize_name, normalize_zone_origin
@@ -18,6 +19,8 @@ from dns_zones.services import (
     record_delete,
     record_update,
     validate_record,
+    zone_create,
+    zone_delete,
     zone_touch,
 )
 
@@ -82,15 +85,49 @@ class RecordInline(admin.TabularInline):
 @admin.register(Zone)
 class ZoneAdmin(admin.ModelAdmin):
     form = ZoneForm
-    list_display = ["origin", "serial", "primary_ns", "hostmaster", "updated_at"]
-    search_fields = ["origin"]
+    list_display = ["origin", "serial", "primary_ns", "hostmaster", "record_count", "updated_at"]
+    search_fields = ["origin", "primary_ns"]
     readonly_fields = ["serial", "created_at", "updated_at"]
     inlines = [RecordInline]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_records=Count("records"))
+
+    @admin.display(description="records", ordering="n_records")
+    def record_count(self, obj: Zone) -> int:
+        return obj.n_records
+
     def save_model(self, request, obj, form, change):
+        if not change:
+            # Hosted like /dns zones create, then given the form's SOA and NS values.
+            zone, _ = zone_create(origin=obj.origin)
+            obj.pk, obj.serial, obj.created_at = zone.pk, zone.serial, zone.created_at
+            obj._state.adding = False
         super().save_model(request, obj, form, change)
         if change:
             zone_touch(zone_id=obj.id)
+
+    def delete_model(self, request, obj):
+        zone_delete(origin=obj.origin)
+
+    def delete_queryset(self, request, queryset):
+        for origin in queryset.values_list("origin", flat=True):
+            zone_delete(origin=origin)
+
+
+class RecordKindFilter(admin.SimpleListFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return [("admin", "administrator's"), ("derived", "derived (read-only)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "admin":
+            return queryset.filter(source="")
+        if self.value() == "derived":
+            return queryset.exclude(source="")
+        return queryset
 
 
 class RecordForm(forms.ModelForm):
@@ -129,8 +166,9 @@ class RecordForm(forms.ModelForm):
 class RecordAdmin(admin.ModelAdmin):
     form = RecordForm
     list_display = ["name", "rtype", "ttl", "data", "zone", "source"]
-    list_filter = ["zone", "rtype"]
+    list_filter = ["zone", "rtype", RecordKindFilter]
     search_fields = ["name", "data", "source"]
+    list_select_related = ["zone"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.derived:

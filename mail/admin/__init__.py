@@ -2,6 +2,7 @@
 
 from mail.admin import (
     domains,  # noqa: F401
+    mailboxes,  # noqa: F401
     messages,  # noqa: F401
     outbound,  # noqa: F401
     rules,  # noqa: F401

@@ -5,25 +5,53 @@ are shown read-only. Changes made here go through the same services as the conso
 (key generation, publishing the records) and rewrite the domain's TOML file.
 """
 
+from django import forms
 from django.contrib import admin
 from django.utils.html import format_html_join
 
+from mail.addresses import AddressError, normalize_domain
 from mail.models import MailDomain
 from mail.services import domains as services
 
 
+# What an administrator sets; the rest (selectors, keys, records) follows from it.
+EDITABLE = ("name", "enabled", "submission_enabled", "submission_auth", "outbound_hostname", "dkim_enabled")
+
+
+class MailDomainForm(forms.ModelForm):
+    """Names in normal form (IDNA, lower case), checked as the console checks them."""
+
+    class Meta:
+        model = MailDomain
+        fields = EDITABLE
+
+    def clean_name(self) -> str:
+        try:
+            name = normalize_domain(self.cleaned_data["name"].strip())
+        except AddressError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        if MailDomain.objects.filter(name=name).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(f"mail domain {name} exists")
+        return name
+
+    def clean_outbound_hostname(self) -> str:
+        value = self.cleaned_data["outbound_hostname"].strip()
+        if not value:
+            return ""
+        try:
+            return normalize_domain(value)
+        except AddressError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 @admin.register(MailDomain)
 class MailDomainAdmin(admin.ModelAdmin):
+    form = MailDomainForm
     list_display = ("name", "enabled", "submission_enabled", "submission_auth", "dkim_enabled", "hostname")
     list_filter = ("enabled", "submission_enabled", "dkim_enabled")
     search_fields = ("name",)
     fields = (
-        "name",
-        "enabled",
-        "submission_enabled",
-        "submission_auth",
-        "outbound_hostname",
-        "dkim_enabled",
+        *EDITABLE,
         "dkim_selector",
         "dkim_rsa_selector",
         "dkim_keys",

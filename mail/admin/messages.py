@@ -1,4 +1,5 @@
-"""Stored messages in the Django admin: listed with their metadata, shown with their bytes."""
+"""Stored messages in the Django admin: listed with their metadata, shown read-only with their
+headers and raw bytes (escaped: a message is untrusted input)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ("subject", "envelope_from", "envelope_to", "header_from", "message_id")
     list_select_related = ("folder__mailbox__domain",)
     date_hierarchy = "received_at"
-    readonly_fields = (
+    fields = (
         "folder",
-        "content",
         "envelope_from",
         "envelope_to",
         "header_from",
@@ -37,9 +37,13 @@ class MessageAdmin(admin.ModelAdmin):
         "message_id",
         "size",
         "received_at",
+        "seen",
+        "flagged",
+        "content",
+        "headers",
         "raw_message",
     )
-    exclude = ("prepended_headers",)
+    readonly_fields = fields
 
     @admin.display(description="mailbox", ordering="folder__mailbox__local_part")
     def mailbox(self, obj: Message) -> str:
@@ -49,22 +53,56 @@ class MessageAdmin(admin.ModelAdmin):
     def folder_name(self, obj: Message) -> str:
         return obj.folder.name
 
-    @admin.display(description="message")
-    def raw_message(self, obj: Message) -> str:
+    def _raw(self, obj: Message) -> bytes | str:
         try:
-            raw = bytes(obj.prepended_headers) + read_content(obj.content)
+            return bytes(obj.prepended_headers) + read_content(obj.content)
         except OSError as exc:
             return f"(cannot read the stored message: {exc})"
+
+    @admin.display(description="headers")
+    def headers(self, obj: Message) -> str:
+        raw = self._raw(obj)
+        if isinstance(raw, str):
+            return raw
+        # RFC 5322 section 2.1: the header section ends at the first empty line.
+        head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+        return format_html("<pre>{}</pre>", head.decode("utf-8", "replace"))
+
+    @admin.display(description="raw message")
+    def raw_message(self, obj: Message) -> str:
+        raw = self._raw(obj)
+        if isinstance(raw, str):
+            return raw
         return format_html("<pre>{}</pre>", raw.decode("utf-8", "replace"))
 
+    def lookup_allowed(self, lookup, value, request=None) -> bool:
+        # The message counts of mailboxes and folders link here filtered by their id.
+        return lookup in ("folder__id__exact", "folder__mailbox__id__exact") or super().lookup_allowed(
+            lookup, value, request
+        )
+
     def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
 @admin.register(MessageContent)
 class MessageContentAdmin(admin.ModelAdmin):
     list_display = ("storage_name", "size", "created_at")
+    search_fields = ("storage_name",)
     readonly_fields = ("storage_name", "size", "created_at")
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The bytes go with the last message or queue row that refers to them.
         return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 
-from mail.models import RuleSet
+from mail.models import RedirectRecord, RuleSet, VacationReply
 from mail.rules.language import RulesError, parse_rules
 from mail.services.rules import set_rules
 
@@ -53,3 +53,35 @@ class RuleSetAdmin(admin.ModelAdmin):
         obj.version = result.version
         if not result.changed:
             messages.info(request, "The rules are unchanged.")
+
+
+@admin.register(VacationReply)
+class VacationReplyAdmin(admin.ModelAdmin):
+    """When a vacation rule last answered a sender; deleting a row lets it answer again."""
+
+    list_display = ["recipient", "sender", "last_sent_at"]
+    search_fields = ["recipient", "sender"]
+    date_hierarchy = "last_sent_at"
+    readonly_fields = ["recipient", "sender", "last_sent_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(RedirectRecord)
+class RedirectRecordAdmin(admin.ModelAdmin):
+    """The redirects rules made per sender, which cap redirect storms; read-only."""
+
+    list_display = ["sender", "count", "created_at"]
+    search_fields = ["sender"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["sender", "count", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from accounts.authentication import authenticate
 from accounts.models import AccessGrant, User
 from accounts.services import user_add
+from mail.models import Folder, Mailbox, MailDomain
 
 pytestmark = pytest.mark.django_db
 
@@ -86,3 +88,111 @@ def test_user_added_in_the_admin_gets_the_stored_login_form(admin_client):
     assert again.status_code == 200
     assert "user alice@xn--bcher-kva.example already exists" in again.content.decode()
     assert User.objects.count() == 2
+
+
+def grants_inline(*rows, initial: int = 0) -> dict:
+    """The grants inline of the user change page, as the browser posts it."""
+    data = {"grants-TOTAL_FORMS": str(len(rows)), "grants-INITIAL_FORMS": str(initial)}
+    for i, row in enumerate(rows):
+        data.update({f"grants-{i}-{key}": value for key, value in row.items()})
+    return data
+
+
+def change_form(user: User) -> dict:
+    return {
+        "username": user.username,
+        "is_active": "on",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "ssh_authorized_keys": "",
+    }
+
+
+def test_grants_given_in_the_admin_create_the_mailbox_like_the_console(admin_client):
+    MailDomain.objects.create(name="example.com")
+    alice, _ = user_add(name="alice", password="pw")
+    response = admin_client.post(
+        f"/accounts/user/{alice.pk}/change/",
+        {
+            **change_form(alice),
+            **grants_inline(
+                {"resource": "smtp/mail/example.com:alice", "role": "writer", "user": alice.pk},
+            ),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()
+    assert list(alice.grants.values_list("resource", "role")) == [("smtp/mail/example.com:alice", "writer")]
+    assert sorted(Folder.objects.filter(mailbox__local_part="alice").values_list("name", flat=True)) == [
+        "inbox",
+        "sent",
+    ]
+    listing = admin_client.get("/accounts/user/").content.decode()
+    assert "smtp/mail/example.com:alice writer" in listing
+
+    grant = alice.grants.get()
+    response = admin_client.post(
+        f"/accounts/user/{alice.pk}/change/",
+        {
+            **change_form(alice),
+            **grants_inline(
+                {
+                    "id": grant.pk,
+                    "resource": "smtp/mail/example.com:alice",
+                    "role": "writer",
+                    "user": alice.pk,
+                    "DELETE": "on",
+                },
+                initial=1,
+            ),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()
+    assert not alice.grants.exists()
+
+
+def test_grant_admin_changes_and_revokes_through_the_service(admin_client):
+    MailDomain.objects.create(name="example.com")
+    alice, _ = user_add(name="alice", password="pw")
+    response = admin_client.post(
+        "/accounts/accessgrant/add/",
+        {"user": alice.pk, "resource": "smtp/mail/example.com:alice", "role": "reader"},
+    )
+    assert response.status_code == 302
+    assert [m.address for m in Mailbox.objects.all()] == ["alice@example.com"]
+    grant = AccessGrant.objects.get()
+    response = admin_client.post(
+        f"/accounts/accessgrant/{grant.pk}/change/",
+        {"user": alice.pk, "resource": "smtp/mail/example.com:bob", "role": "writer"},
+    )
+    assert response.status_code == 302
+    assert list(AccessGrant.objects.values_list("resource", "role")) == [
+        ("smtp/mail/example.com:bob", "writer")
+    ]
+    assert sorted(m.address for m in Mailbox.objects.all()) == ["alice@example.com", "bob@example.com"]
+    grant = AccessGrant.objects.get()
+    response = admin_client.post(f"/accounts/accessgrant/{grant.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not AccessGrant.objects.exists()
+
+
+def test_user_added_in_the_admin_needs_a_password_and_logs_in(admin_client):
+    form = {"username": "bob", "password1": "", "password2": "", **INLINE_EMPTY}
+    refused = admin_client.post("/accounts/user/add/", form)
+    assert refused.status_code == 200
+    assert "This field is required." in refused.content.decode()
+    assert not User.objects.filter(username="bob").exists()
+    form.update(password1="bob's password", password2="bob's password")
+    response = admin_client.post("/accounts/user/add/", form)
+    assert response.status_code == 302
+    bob = User.objects.get(username="bob")
+    assert not (bob.is_staff or bob.is_superuser)
+    assert authenticate("bob", "bob's password", client_address="127.0.0.1", service="smtp") == bob
+
+
+def test_user_deleted_in_the_admin_loses_its_grants(admin_client):
+    alice, _ = user_add(name="alice", password="pw")
+    AccessGrant.objects.create(user=alice, resource="smtp/mail/example.com:alice", role="writer")
+    response = admin_client.post(f"/accounts/user/{alice.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not User.objects.filter(username="alice").exists()
+    assert not AccessGrant.objects.exists()

@@ -114,3 +114,39 @@ def test_record_form_refuses_a_cname_beside_other_data(admin_client, zone):
     assert response.status_code == 200
     assert "www.example.com already has records; a CNAME must be alone" in response.content.decode()
     assert Record.objects.count() == 1
+
+
+def test_zone_added_and_deleted_through_the_services(admin_client):
+    data = {
+        "origin": "Example.ORG.", "primary_ns": "ns1.example.org", "hostmaster": "hostmaster@example.org",
+        "nameservers": "ns1.example.org\nns2.example.net", "refresh": 3600, "retry": 600,
+        "expire": 1209600, "minimum": 300, "default_ttl": 600,
+        "records-TOTAL_FORMS": 0, "records-INITIAL_FORMS": 0,
+    }  # fmt: skip
+    response = admin_client.post("/dns_zones/zone/add/", data)
+    assert response.status_code == 302, response.content.decode()
+    zone = Zone.objects.get()
+    assert (zone.origin, zone.nameservers, zone.default_ttl, zone.serial) == (
+        "example.org",
+        "ns1.example.org\nns2.example.net",
+        600,
+        1,
+    )
+    record_add(origin="example.org", name="www", rtype="A", data="192.0.2.1")
+    listing = admin_client.get("/dns_zones/zone/?q=example").content.decode()
+    assert '<td class="field-record_count">1</td>' in listing
+    response = admin_client.post(f"/dns_zones/zone/{zone.id}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert (Zone.objects.count(), Record.objects.count()) == (0, 0)
+
+
+def test_records_filter_by_kind(admin_client, zone):
+    record_add(origin="example.com", name="www", rtype="A", data="192.0.2.1")
+    replace_derived_records(
+        source="mail.dkim:example.com",
+        records=[RecordSpec("default._domainkey.example.com", "TXT", 3600, '"v=DKIM1; k=ed25519; p=AAAA"')],
+    )
+    derived = admin_client.get("/dns_zones/record/?kind=derived").content.decode()
+    assert "default._domainkey.example.com" in derived and "192.0.2.1" not in derived
+    mine = admin_client.get("/dns_zones/record/?kind=admin").content.decode()
+    assert "192.0.2.1" in mine and "default._domainkey.example.com" not in mine

@@ -91,3 +91,49 @@ def test_admin_add_creates_like_the_console(admin_client):
         "mail.example.net",
     )
     assert Record.objects.filter(source="mail.dkim:example.net").count() == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "hostname", "error"),
+    [
+        ("exa mple.com", "", "invalid domain name"),
+        ("EXAMPLE.com", "", "mail domain example.com exists"),
+        ("example.org", "bad host!", "hostname"),
+    ],
+)
+def test_admin_add_refuses_bad_input_with_a_form_error(admin_client, name, hostname, error):
+    domain_create(name="example.com")
+    form = {"name": name, "enabled": "on", "submission_auth": "authenticated", "outbound_hostname": hostname}
+    response = admin_client.post("/mail/maildomain/add/", form)
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert list(MailDomain.objects.values_list("name", flat=True)) == ["example.com"]
+
+
+def test_private_keys_stay_out_of_lists_history_and_deletion(admin_client):
+    zone_create(origin="example.com")
+    domain = domain_create(name="example.com").domain
+    form = {
+        "enabled": "on",
+        "submission_enabled": "on",
+        "submission_auth": "authenticated",
+        "outbound_hostname": "mail.example.com",
+        "dkim_enabled": "on",
+    }
+    assert admin_client.post(f"/mail/maildomain/{domain.pk}/change/", form).status_code == 302
+    key_lines = {
+        line
+        for pem in (domain.dkim_private_key_pem, domain.dkim_rsa_private_key_pem)
+        for line in pem.splitlines()[1:-1]
+    }
+    for url in (
+        "/mail/maildomain/",
+        f"/mail/maildomain/{domain.pk}/history/",
+        f"/mail/maildomain/{domain.pk}/delete/",
+        "/",
+    ):
+        body = admin_client.get(url).content.decode()
+        assert "PRIVATE KEY" not in body, url
+        assert not any(line in body for line in key_lines), url
+    history = admin_client.get(f"/mail/maildomain/{domain.pk}/history/").content.decode()
+    assert "Changed Submission enabled." in history
