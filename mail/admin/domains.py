@@ -13,7 +13,6 @@ from mail.addresses import AddressError, normalize_domain
 from mail.models import MailDomain
 from mail.services import domains as services
 
-
 # What an administrator sets; the rest (selectors, keys, records) follows from it.
 EDITABLE = ("name", "enabled", "submission_enabled", "submission_auth", "outbound_hostname", "dkim_enabled")
 
