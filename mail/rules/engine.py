@@ -25,7 +25,7 @@ from mail.rules.plan import DeliveryPlan, MessageFacts
 
 
 @dataclass
-class _Compiled:
+class CurrentRules:
     version: tuple  # (row id, version, updated_at): a deleted and recreated row differs too
     rules: CompiledRules
     by_recipient: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
@@ -40,11 +40,11 @@ class _Compiled:
 
 
 _lock = threading.Lock()
-_cache: _Compiled | None = None
-_EMPTY = _Compiled(version=(), rules=CompiledRules())
+_cache: CurrentRules | None = None
+_EMPTY = CurrentRules(version=(), rules=CompiledRules())
 
 
-def current_rules() -> _Compiled:
+def current_rules() -> CurrentRules:
     """The compiled rules of the current RuleSet version (compiled at most once per version).
 
     The stored text was validated when it was saved; should it still fail to parse (edited
@@ -63,7 +63,7 @@ def current_rules() -> _Compiled:
         row = RuleSet.objects.order_by("id").values_list("id", "version", "updated_at", "text").first()
         if row is None:
             return _EMPTY
-        compiled = _Compiled(version=tuple(row[:3]), rules=parse_rules(row[3]))
+        compiled = CurrentRules(version=tuple(row[:3]), rules=parse_rules(row[3]))
         _cache = compiled
         return compiled
 
@@ -111,12 +111,14 @@ class DatabaseGate:
         return True
 
 
-def plan_delivery(facts: MessageFacts) -> DeliveryPlan:
+def plan_delivery(facts: MessageFacts, *, compiled: CurrentRules | None = None) -> DeliveryPlan:
     """The plan for one recipient of a message; inbox when no rule matches.
 
     Call inside the delivery's transaction: it records vacation replies and redirects sent.
+    `compiled` is current_rules() when the caller plans many deliveries at once.
     """
-    compiled = current_rules()
+    if compiled is None:
+        compiled = current_rules()
     rules = compiled.for_recipient(facts.recipient)
     if not rules:
         return DeliveryPlan()

@@ -22,7 +22,7 @@ from django.db import transaction
 
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
-from mail.rules.engine import plan_delivery
+from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
 from mail.services.enqueue import enqueue_remote
 from mail.services.storage import StoredFiles, store_content, sync_directories, write_content
@@ -138,10 +138,20 @@ def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], lis
 
 
 def plan_recipients(
-    *, mailboxes: list[Mailbox], parsed: ParsedMessage, raw: bytes, envelope_from: str, authenticated: bool
+    *,
+    mailboxes: list[Mailbox],
+    parsed: ParsedMessage,
+    raw: bytes,
+    envelope_from: str,
+    authenticated: bool,
+    rules: CurrentRules | None = None,
 ) -> list[tuple[Mailbox, DeliveryPlan]]:
     """The rules' plan for each mailbox; call inside the delivery's transaction (the rules
-    record their memory there). Raises SMTPReject when a rule rejects the message."""
+    record their memory there). Raises SMTPReject when a rule rejects the message.
+
+    `rules` is current_rules(), read once for all the messages a caller delivers at once."""
+    if rules is None:
+        rules = current_rules()
     planned = []
     for mailbox in mailboxes:
         plan = plan_delivery(
@@ -152,7 +162,8 @@ def plan_recipients(
                 size=len(raw),
                 authenticated=authenticated,
                 raw=raw,
-            )
+            ),
+            compiled=rules,
         )
         if plan.reject is not None:
             r = plan.reject
@@ -312,6 +323,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
     boxes = {m.id: m for m in Mailbox.objects.select_related("domain").filter(id__in=wanted_ids).order_by()}
     if len(boxes) != len(wanted_ids):
         raise replies.MAILBOX_CHANGED
+    rules = current_rules()
     plans = []
     for item, facts in zip(items, parsed, strict=True):
         plans.append(
@@ -321,6 +333,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
                 raw=item["raw"],
                 envelope_from=item["envelope_from"],
                 authenticated=False,
+                rules=rules,
             )
         )
     if any(plan.outgoing for planned in plans for _, plan in planned):

@@ -13,7 +13,7 @@ import secrets
 from datetime import UTC, datetime
 
 from django.core.files.base import ContentFile
-from django.core.files.storage import storages
+from django.core.files.storage import FileSystemStorage, storages
 
 from mail.models import MessageContent
 
@@ -42,15 +42,40 @@ def write_content(raw: bytes, *, sync_directory: bool = True) -> str:
     storage = message_storage()
     now = datetime.now(UTC)
     name = f"{now:%Y/%m/%d}/{now:%H%M%S}-{secrets.token_hex(8)}.eml"
-    saved = storage.save(name, ContentFile(raw))
-    try:
-        path = storage.path(saved)
-    except NotImplementedError:
-        return saved
-    _fsync_path(path)
+    if isinstance(storage, FileSystemStorage):
+        path = storage.path(name)
+        if os.path.isdir(os.path.dirname(path)):
+            _write_new_file(path, raw, mode=storage.file_permissions_mode)
+            saved = name
+        else:
+            # The first file of a directory: the storage creates it with its permissions.
+            saved = storage.save(name, ContentFile(raw))
+            path = storage.path(saved)
+            _fsync_path(path)
+    else:
+        return storage.save(name, ContentFile(raw))
     if sync_directory:
         _fsync_path(os.path.dirname(path))
     return saved
+
+
+def _write_new_file(path: str, raw: bytes, *, mode: int | None) -> None:
+    """Create `path` (never an existing file), write `raw` and fsync it: what
+    FileSystemStorage.save() does for a name known to be free, in four system calls."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+    try:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly `mode`, whatever the umask, as the storage does
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        os.unlink(path)
+        raise
 
 
 def sync_directories(names: list[str]) -> None:

@@ -9,6 +9,8 @@ loop. SMTPReject from a service becomes its reply; any other failure is ours and
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import ipaddress
 import logging
 import ssl
@@ -17,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, _AuthMechAttr, login_always_fail, syntax
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
@@ -81,8 +83,11 @@ async def call_service(func, /, **kwargs):
     Returns (True, result) or (False, reply line): the SMTPReject's reply, or 451 4.3.0 for
     any other exception (logged with its traceback).
     """
+    loop = asyncio.get_running_loop()
     try:
-        return True, await sync_to_async(_run_service, thread_sensitive=False)(func, kwargs)
+        # The loop's executor directly: asgiref's sync_to_async costs several times more
+        # per call, and these calls are short and many (several per message).
+        return True, await loop.run_in_executor(None, _run_service, func, kwargs)
     except SMTPReject as exc:
         return False, exc.reply
     except Exception:
@@ -152,25 +157,89 @@ class _Session(Session):
         self._login_data = value
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """The attribute names behind aiosmtpd's per-connection tables, as SMTP.__init__ finds
+    them: `smtp_*` commands of the protocol, `handle_*` hooks of the handler, and `auth_*`
+    mechanisms of both (the handler's win)."""
+
+    commands: tuple[tuple[str, str], ...]
+    hooks: tuple[tuple[str, str], ...]
+    auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, on the handler)
+    ehlo_hook_version: str | None
+
+    @classmethod
+    @functools.cache
+    def of(cls, protocol: type, handler: type) -> _Tables:
+        auth = {}
+        for on_handler, owner in ((False, protocol), (True, handler)):
+            for name in dir(owner):
+                if name.startswith("auth_"):
+                    method = getattr(owner, name)
+                    mechanism = getattr(method, "__auth_mechanism_name__", name[5:].replace("__", "-"))
+                    auth[mechanism] = (mechanism, name, on_handler)
+        ehlo = getattr(handler, "handle_EHLO", None)
+        # aiosmtpd tells the old 4-argument hook from the 5-argument one by the bound method.
+        ehlo_arguments = None if ehlo is None else len(inspect.signature(ehlo).parameters) - 1
+        return cls(
+            commands=tuple((name[5:], name) for name in dir(protocol) if name.startswith("smtp_")),
+            hooks=tuple((name[7:], name) for name in dir(handler) if name.startswith("handle_")),
+            auth=tuple(auth.values()),
+            ehlo_hook_version={None: None, 4: "old", 5: "new"}[ehlo_arguments],
+        )
+
+
 class EverlockSMTP(SMTP):
     """aiosmtpd's protocol with our session rules: connection and session limits, one
     STARTTLS, AUTH PLAIN/LOGIN checked in a worker thread, and our reply texts."""
 
     def __init__(self, handler, *, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool):
-        super().__init__(
-            handler,
-            hostname=config.hostname,
-            ident="ESMTP Everlock",
-            data_size_limit=config.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            tls_context=config.tls_context,
-            timeout=config.idle_timeout,
-            # MAIL without AUTH is refused by the submission handler with 530 5.7.0.
-            auth_required=False,
-            auth_require_tls=False,
-            command_call_limit=_CALL_LIMITS,
+        # What SMTP.__init__ sets up for these arguments (aiosmtpd 1.4.6), without rebuilding
+        # its tables of commands, hooks and AUTH mechanisms with inspect.getmembers() for
+        # every connection: they depend only on the classes and are found once (_Tables).
+        self.loop = asyncio.get_running_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
         )
+        self.__ident__ = "ESMTP Everlock"
+        self.event_handler = handler
+        self.data_size_limit = config.max_message_size
+        self.enable_SMTPUTF8 = True
+        self._decode_data = False
+        self.command_size_limits.clear()
+        self.hostname = config.hostname
+        self.tls_context = config.tls_context
+        self.require_starttls = False
+        self._timeout_duration = config.idle_timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        # MAIL without AUTH is refused by the submission handler with 530 5.7.0.
+        self._auth_required = False
+        self._auth_require_tls = False
+        self._proxy_timeout = None
+        self._authenticator = None
+        self._auth_callback = login_always_fail
+        tables = _Tables.of(type(self), type(handler))
+        self._auth_methods = {
+            mechanism: _AuthMechAttr(getattr(handler if on_handler else self, name), not on_handler)
+            for mechanism, name, on_handler in tables.auth
+        }
+        self._handle_hooks = {command: getattr(handler, name) for command, name in tables.hooks}
+        self._ehlo_hook_ver = tables.ehlo_hook_version
+        self._smtp_methods = {command: getattr(self, name) for command, name in tables.commands}
+        self._enforce_call_limit = True
+        self._call_limit_base = _CALL_LIMITS
+        self._call_limit_default = _CALL_LIMITS["*"]
+
         self.config = config
         self.counter = counter
         self.offers_auth = offers_auth
