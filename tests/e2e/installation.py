@@ -24,36 +24,27 @@ EVERLOCK = Path(sys.executable).parent / "everlock"
 ADMIN_PASSWORD = "change-me"
 
 
-def free_port(*hosts: str) -> int:
-    """A TCP port free on every one of `hosts` (loopback addresses)."""
+def free_port(*hosts: str, udp: bool = False) -> int:
+    """A TCP port (TCP and UDP with `udp`, as a DNS listener binds) free on every one of
+    `hosts` (loopback addresses; 127.0.0.1 when none is given)."""
     hosts = hosts or ("127.0.0.1",)
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
     for _ in range(50):
-        with socket.socket() as first:
-            first.bind((hosts[0], 0))
-            port = first.getsockname()[1]
-            try:
-                for host in hosts[1:]:
-                    with socket.socket() as other:
-                        other.bind((host, port))
-            except OSError:
-                continue
-        return port
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = probe.getsockname()[1]
+        if all(_bindable(host, port, kind) for host in hosts for kind in kinds):
+            return port
     raise RuntimeError(f"no port free on all of {hosts}")
 
 
-def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` (a DNS listener binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            try:
-                with socket.socket() as tcp:
-                    tcp.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no UDP+TCP port free on {host}")
+def _bindable(host: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class Everlock:

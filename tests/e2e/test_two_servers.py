@@ -1,0 +1,217 @@
+"""Two Everlock installations exchanging mail, each finding the other through its hosted DNS.
+
+The first hosts example.com on 127.0.0.1, the second example.net on 127.0.0.2; each has its
+own data dir, database, DNS zone and resolver setting pointing at the other's DNS server.
+alice@example.com writes to bob@example.net, bob answers; each message arrives with both DKIM
+signatures of its sender's domain, verified against the sender's DNS server.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+import dkim
+import dns.message
+import dns.query
+import pytest
+
+from tests.e2e.installation import Everlock, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Site:
+    """One installation hosting `domain`, its mail host at `address`."""
+
+    domain: str
+    user: str
+    address: str
+    everlock: Everlock
+    dns_port: int
+    submission_port: int
+    console: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def email(self) -> str:
+        return f"{self.user}@{self.domain}"
+
+    def setup_console(self) -> list[str]:
+        """What the admin types: the zone with its MX and A records, the mail domain (DKIM set
+        up by itself), the user and their grant."""
+        d = self.domain
+        return [
+            f"/dns zones create {d}",
+            f"/dns records add {d} @ MX 10 mail.{d}.",
+            f"/dns records add {d} mail A {self.address}",
+            f"/mail domains create {d}",
+            f"/mail domains set {d} submission=on auth=on",
+            f"/users add {self.user} change-me",
+            f"/users grant {self.user} smtp/mail/{d}:{self.user} writer",
+        ]
+
+    def lookup(self, name: str, rdtype: str, timeout: float = 5) -> list:
+        """The records of `name` as this site's DNS server answers them."""
+        query = dns.message.make_query(name, rdtype)
+        response = dns.query.udp(query, self.address, port=self.dns_port, timeout=timeout)
+        return [rdata for rrset in response.answer for rdata in rrset]
+
+    def txt_lookup(self, name: bytes, timeout: float = 5) -> bytes | None:
+        """dkimpy's dnsfunc: the TXT record `name` as this site's DNS server answers it."""
+        records = self.lookup(name.decode(), "TXT", timeout)
+        return b"".join(records[0].strings) if records else None
+
+    def wait_for_dns(self, timeout: float = 10) -> None:
+        """Until the DNS server serves the zone set up through the console (it reloads the
+        zone data on a timer)."""
+        deadline = time.monotonic() + timeout
+        # The DKIM records were the console's last change.
+        while self.txt_lookup(f"default-rsa._domainkey.{self.domain}".encode()) is None:
+            assert time.monotonic() < deadline, f"the zone {self.domain} is not served"
+            time.sleep(0.1)
+        assert [r.to_text() for r in self.lookup(self.domain, "MX")] == [f"10 mail.{self.domain}."]
+
+    def submit(self, message: EmailMessage) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", self.submission_port, timeout=30) as client:
+            client.starttls(context=context)
+            client.login(self.user, "change-me")
+            assert client.send_message(message) == {}
+
+    def wait_for_inbox(self, subject: str, timeout: float = 30) -> bytes:
+        """The raw message with `subject` in the user's inbox, read through the console."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = self.everlock.console(f"/mail messages list {self.email} inbox")
+            row = next((line for line in listing.splitlines() if line.endswith(f"  {subject}")), None)
+            if row is not None:
+                text = self.everlock.console(f"/mail messages show {row.split()[0]}")
+                return text.replace("\n", "\r\n").encode()
+            assert time.monotonic() < deadline, f"{subject!r} not in {self.email}'s inbox: {listing}"
+            time.sleep(0.2)
+
+
+def _start(
+    tmp, *, domain: str, user: str, address: str, smtp_port: int, dns_port: int, resolver: str
+) -> Site:
+    """Start the installation of `domain` and set it up through its console."""
+    ssh, submission = free_port(), free_port()
+    everlock = Everlock(
+        tmp / domain,
+        EVERLOCK_LOG="mail.delivery=info,mail.smtp=info",
+        EVERLOCK_HOSTNAME=f"mail.{domain}",
+        EVERLOCK_RESOLVER=resolver,
+        EVERLOCK_REMOTE_SMTP_PORT=str(smtp_port),
+    )
+    site = Site(domain, user, address, everlock, dns_port, submission)
+    everlock.start(
+        [
+            "--frontend-ssh", "--frontend-ssh-listen", f"127.0.0.1:{ssh}", "--backend-admin-ssh",
+            "--frontend-smtp", "--frontend-smtp-listen", f"{address}:{smtp_port}",
+            "--frontend-smtp-submission", "--frontend-smtp-submission-listen", f"127.0.0.1:{submission}",
+            "--backend-mail-smtp", "--backend-dns-dns", "--frontend-dns-listen", f"{address}:{dns_port}",
+            "--admin-user", "admin", "--admin-password", "change-me",
+        ],
+        ssh_port=ssh,
+        ready=f"SMTP submission listener on 127.0.0.1:{submission}",
+    )  # fmt: skip
+    site.console = {line: everlock.console(line) for line in site.setup_console()}
+    site.wait_for_dns()
+    return site
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("two-servers")
+    # Both inbound listeners on one port number, as MX hosts on the internet share port 25.
+    smtp_port = free_port("127.0.0.1", "127.0.0.2")
+    dns_a, dns_b = free_port("127.0.0.1", udp=True), free_port("127.0.0.2", udp=True)
+    started = []
+    try:
+        first = _start(tmp, domain="example.com", user="alice", address="127.0.0.1",
+                       smtp_port=smtp_port, dns_port=dns_a, resolver=f"127.0.0.2:{dns_b}")  # fmt: skip
+        started.append(first)
+        second = _start(tmp, domain="example.net", user="bob", address="127.0.0.2",
+                        smtp_port=smtp_port, dns_port=dns_b, resolver=f"127.0.0.1:{dns_a}")  # fmt: skip
+        started.append(second)
+        yield first, second
+    finally:
+        for site in started:
+            site.everlock.close()
+
+
+def _verify_dkim(raw: bytes, site: Site) -> list[tuple[bytes, bytes]]:
+    """(algorithm, selector) of each DKIM signature of `raw`, each verified with `site`'s DNS."""
+    checker = dkim.DKIM(raw)
+    signatures = [line for line in raw.split(b"\r\n") if line.lower().startswith(b"dkim-signature:")]
+    verified = []
+    for index in range(len(signatures)):
+        assert checker.verify(idx=index, dnsfunc=site.txt_lookup), (index, raw)
+        verified.append((checker.signature_fields[b"a"], checker.signature_fields[b"s"]))
+    return verified
+
+
+def test_each_domain_gets_its_records_and_dkim_from_the_console(sites):
+    for site in sites:
+        d = site.domain
+        created = site.console[f"/mail domains create {d}"]
+        assert created == (
+            f"mail domain {d} created\n"
+            f"outbound hostname mail.{d}\n"
+            "DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)\n"
+            f"DKIM TXT published in hosted zone {d}: default._domainkey.{d}\n"
+            f"DKIM TXT published in hosted zone {d}: default-rsa._domainkey.{d}\n"
+        ), created
+        assert site.txt_lookup(f"default._domainkey.{d}".encode()).startswith(b"v=DKIM1; k=ed25519; p=")
+
+
+def _letter(sender: str, recipient: str, subject: str, body: str, **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message
+
+
+def _send(sender: Site, recipient: Site, letter: EmailMessage) -> bytes:
+    """Submit `letter` at the sender's installation; the copy in the recipient's inbox, its
+    two DKIM signatures verified against the sender's DNS."""
+    sender.submit(letter)
+    raw = recipient.wait_for_inbox(letter["Subject"])
+    # Found through the recipient domain's MX record, served by the recipient's DNS.
+    sender.everlock.wait_for_log(
+        f"to {recipient.domain}: 1 of 1 recipients accepted by mail.{recipient.domain}"
+    )
+    assert _verify_dkim(raw, sender) == [(b"ed25519-sha256", b"default"), (b"rsa-sha256", b"default-rsa")]
+    # The recipient's server names the sender's EHLO name (its outbound hostname) and itself.
+    received = rf"Received: from mail\.{sender.domain} \(\[127\.0\.0\.1\]\)\r\n\tby mail\.{recipient.domain} "
+    assert re.search(received.encode(), raw), raw
+    # The sender keeps a copy in `sent`.
+    sent = sender.everlock.console(f"/mail messages list {sender.email} sent")
+    assert sent.endswith(f"  {letter['Subject']}\n")
+    return raw
+
+
+def test_alice_writes_to_bob_and_bob_answers(sites):
+    alice, bob = sites
+    raw = _send(alice, bob, _letter(
+        "Alice <alice@example.com>", "Bob <bob@example.net>", "Across the wire",
+        "Hello Bob, this came through your MX.\n", Message_Id="<first@example.com>",
+    ))  # fmt: skip
+    assert b"Hello Bob, this came through your MX." in raw
+
+    raw = _send(bob, alice, _letter(
+        "Bob <bob@example.net>", "Alice <alice@example.com>", "Re: Across the wire",
+        "Got it, Alice.\n", In_Reply_To="<first@example.com>",
+    ))  # fmt: skip
+    assert b"In-Reply-To: <first@example.com>\r\n" in raw and b"Got it, Alice." in raw
