@@ -5,7 +5,8 @@ import pytest
 from mail.models import MailDomain
 from mail.services.delivery import deliver_inbound
 from mail.services.mailboxes import mailbox_create
-from sshadmin.commands import CommandError, Context, load_commands
+from sshadmin.commands import CommandError
+from tests.sshadmin.commands.console import run
 
 pytestmark = pytest.mark.django_db
 
@@ -13,16 +14,6 @@ RAW = (
     b"From: Bob <bob@example.net>\r\nTo: carol@example.com\r\nSubject: Lunch?\r\n"
     b"Message-Id: <m1@example.net>\r\n\r\nAt noon.\r\n"
 )
-
-
-def run(line: str) -> str:
-    registry = load_commands()
-    words = line.lstrip("/").split()
-    cmd, n = registry.find(words)
-    assert cmd is not None
-    args = words[n:]
-    cmd.check_arity(args)
-    return cmd.handler(Context(user=None), *args)
 
 
 def test_messages_list_and_show():
