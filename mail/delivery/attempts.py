@@ -4,10 +4,11 @@ Retry schedule (RFC 5321 section 4.5.4.1 asks for at least 30 minutes between re
 at least 4-5 days before giving up; we start sooner because most temporary failures are
 greylisting, which clears within minutes):
 
-    attempt 1: at once           attempt 5: +80 min after attempt 4
-    attempt 2: +5 min            attempt 6: +160 min
-    attempt 3: +10 min           attempt 7 and later: every 4 hours
-    attempt 4: +20 min           until the row expires, 5 days after it was queued.
+    attempt 1: at once           attempt 5: +40 min after attempt 4
+    attempt 2: +5 min            attempt 6: +80 min
+    attempt 3: +10 min           attempt 7: +160 min
+    attempt 4: +20 min           attempt 8 and later: every 4 hours,
+                                 until the row expires, 5 days after it was queued.
 
 A claim writes attempts+1, last_attempt_at and next_attempt_at = now + backoff in one
 committed UPDATE before anyone dials. A worker that dies mid-delivery therefore leaves a
