@@ -8,10 +8,14 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.models import Group
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from accounts.services import AccountError, grant_add, grant_revoke, normalize_login, user_add, user_delete
+
+# Who may do what is said by access grants (and the superuser flag), not by Django's groups.
+admin.site.unregister(Group)
 
 
 def _clean_login(form: forms.ModelForm) -> str:

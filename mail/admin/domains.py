@@ -23,6 +23,7 @@ class MailDomainForm(forms.ModelForm):
     class Meta:
         model = MailDomain
         fields = EDITABLE
+        labels = {"dkim_enabled": "DKIM signing"}
 
     def clean_name(self) -> str:
         try:
@@ -51,16 +52,14 @@ class MailDomainAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     fields = (
         *EDITABLE,
-        "dkim_selector",
-        "dkim_rsa_selector",
+        "dkim_selectors",
         "dkim_keys",
         "dkim_dns_records",
         "created_at",
         "updated_at",
     )
     readonly_fields = (
-        "dkim_selector",
-        "dkim_rsa_selector",
+        "dkim_selectors",
         "dkim_keys",
         "dkim_dns_records",
         "created_at",
@@ -74,6 +73,10 @@ class MailDomainAdmin(admin.ModelAdmin):
     @admin.display(description="outbound hostname")
     def hostname(self, obj: MailDomain) -> str:
         return obj.effective_hostname
+
+    @admin.display(description="DKIM selectors")
+    def dkim_selectors(self, obj: MailDomain) -> str:
+        return f"{obj.dkim_selector} (Ed25519), {obj.dkim_rsa_selector} (RSA)"
 
     @admin.display(description="DKIM keys")
     def dkim_keys(self, obj: MailDomain) -> str:
@@ -89,13 +92,16 @@ class MailDomainAdmin(admin.ModelAdmin):
         records = services.dkim_records(obj) if obj.pk else []
         if not records:
             return "-"
-        return format_html_join("", "<p><code>{}</code></p>", ((r.zone_line(),) for r in records))
+        return format_html_join(
+            "", '<p><code style="word-break: break-all">{}</code></p>', ((r.zone_line(),) for r in records)
+        )
 
     def save_model(self, request, obj: MailDomain, form, change):
+        notes = []
         if not change:
-            created = services.domain_create(name=obj.name).domain
-            obj.pk = created.pk
-            obj.name = created.name
+            creation = services.domain_create(name=obj.name)
+            obj.pk, obj.name = creation.domain.pk, creation.domain.name
+            notes.extend(creation.notes)
         wanted = {
             "enabled": "on" if form.cleaned_data["enabled"] else "off",
             "submission": "on" if form.cleaned_data["submission_enabled"] else "off",
@@ -113,7 +119,9 @@ class MailDomainAdmin(admin.ModelAdmin):
         obj.__dict__.update(
             {f.attname: getattr(result.domain, f.attname) for f in MailDomain._meta.concrete_fields}
         )
-        for note in result.notes:
+        if change or result.changed:
+            notes.extend(result.notes)
+        for note in notes:
             self.message_user(request, note)
 
     def delete_model(self, request, obj: MailDomain):

@@ -4,6 +4,8 @@ and delete go through mail.delivery.queue like the console's /mail queue command
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.utils.html import format_html
+from django.utils.text import Truncator
 
 from mail.delivery.queue import QueueError, queue_delete, queue_hold, queue_release, queue_retry
 from mail.models import OutboundDelivery, OutboundRecipient
@@ -28,7 +30,8 @@ def _apply(modeladmin, request, queryset, fn, done: str) -> None:
             count += 1
         except QueueError as exc:
             modeladmin.message_user(request, str(exc), messages.WARNING)
-    modeladmin.message_user(request, f"{count} queue entries {done}", messages.SUCCESS)
+    entries = "queue entry" if count == 1 else "queue entries"
+    modeladmin.message_user(request, f"{count} {entries} {done}", messages.SUCCESS)
 
 
 @admin.register(OutboundDelivery)
@@ -41,7 +44,7 @@ class OutboundDeliveryAdmin(admin.ModelAdmin):
         "recipient_list",
         "attempts",
         "next_attempt_at",
-        "last_reply",
+        "last_reply_summary",
     )
     list_filter = ("status", "domain")
     search_fields = ("envelope_from", "domain", "recipients__address", "last_reply")
@@ -62,6 +65,11 @@ class OutboundDeliveryAdmin(admin.ModelAdmin):
     )
     inlines = [OutboundRecipientInline]
     actions = ["retry", "hold", "release", "delete_entries"]
+
+    @admin.display(description="last reply", ordering="last_reply")
+    def last_reply_summary(self, obj: OutboundDelivery) -> str:
+        # The whole reply is on the row's page and in the tooltip.
+        return format_html('<span title="{}">{}</span>', obj.last_reply, Truncator(obj.last_reply).chars(48))
 
     @admin.display(description="recipients")
     def recipient_list(self, obj: OutboundDelivery) -> str:

@@ -94,10 +94,10 @@ def test_admin_lists_and_acts_through_the_queue_service(admin_client):
             "/mail/outbounddelivery/", {"action": action, "_selected_action": [row.id]}, follow=True
         )
 
-    assert "1 queue entries held" in act("hold").content.decode()
+    assert "1 queue entry held" in act("hold").content.decode()
     assert OutboundDelivery.objects.get().status == "held"
-    assert "1 queue entries released" in act("release").content.decode()
+    assert "1 queue entry released" in act("release").content.decode()
     assert OutboundDelivery.objects.get().status == "queued"
-    assert "1 queue entries set to be attempted now" in act("retry").content.decode()
-    assert "1 queue entries deleted" in act("delete_entries").content.decode()
+    assert "1 queue entry set to be attempted now" in act("retry").content.decode()
+    assert "1 queue entry deleted" in act("delete_entries").content.decode()
     assert OutboundDelivery.objects.count() == 0
