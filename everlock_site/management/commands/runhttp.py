@@ -1,7 +1,7 @@
 """`manage.py runhttp`: the admin web UI on its own.
 
-Only wiring: the database must already be migrated (`manage.py migrate` and
-`manage.py createcachetable`, or one start of `everlock serve`).
+Only wiring: the database must already be migrated (`everlock migrate`, or one start of
+`everlock serve`).
 """
 
 from __future__ import annotations
