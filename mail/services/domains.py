@@ -43,7 +43,12 @@ class DkimRecord:
     value: str
 
     def zone_line(self) -> str:
-        return f"{self.name}. {DKIM_TTL} IN TXT {txt_presentation(self.value)}"
+        """The record as a zone-file line to publish with another DNS provider. A
+        character-string holds at most 255 octets (RFC 1035 section 3.3), so a longer value
+        (an RSA key) is written as several strings, which verifiers join (RFC 6376 section
+        3.6.2.2)."""
+        strings = [self.value[i : i + 255] for i in range(0, len(self.value), 255)]
+        return f"{self.name}. {DKIM_TTL} IN TXT " + " ".join(txt_presentation(s) for s in strings)
 
 
 @dataclass

@@ -5,6 +5,9 @@ from __future__ import annotations
 import stat
 import tomllib
 
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 import pytest
 from django.test import override_settings
 
@@ -164,13 +167,20 @@ def test_dkim_on_off_outside_hosted_dns(data_dir, settings):
     domain_create(name="example.com")
     result = domain_set(name="example.com", values={"dkim": "on"})
     d = MailDomain.objects.get()
+    rsa = txt_value(d.dkim_rsa_private_key_pem)
+    assert len(rsa) > 255
     assert result.notes == [
         "mail domain example.com: dkim=on DKIM keys generated",
         "the DNS backend is not active here (EVERLOCK_DNS); "
         "publish these TXT records with the zone's DNS provider:",
         f'  default._domainkey.example.com. 3600 IN TXT "{txt_value(d.dkim_private_key_pem)}"',
-        f'  default-rsa._domainkey.example.com. 3600 IN TXT "{txt_value(d.dkim_rsa_private_key_pem)}"',
+        f'  default-rsa._domainkey.example.com. 3600 IN TXT "{rsa[:255]}" "{rsa[255:]}"',
     ]
+    # Each line is valid zone-file syntax and carries the whole key.
+    for line, value in zip(result.notes[2:], (txt_value(d.dkim_private_key_pem), rsa), strict=True):
+        _, ttl, _, rtype, data = line.split(maxsplit=4)
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, data)
+        assert (ttl, rtype, b"".join(rdata.strings).decode()) == ("3600", "TXT", value)
     assert Record.objects.count() == 0
     keys = (d.dkim_private_key_pem, d.dkim_rsa_private_key_pem)
     off = domain_set(name="example.com", values={"dkim": "off"})
