@@ -336,43 +336,64 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
                 rules=rules,
             )
         )
-    if any(plan.outgoing for planned in plans for _, plan in planned):
+    stored = store_and_file_many(
+        [
+            (item["raw"], facts, item["envelope_from"], planned)
+            for item, facts, planned in zip(items, parsed, plans, strict=True)
+        ],
+        files=files,
+    )
+    return [messages for _, messages in stored]
+
+
+def store_and_file_many(
+    entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], *, files: StoredFiles
+) -> list[tuple[MessageContent, list[Message]]]:
+    """Store many messages and file each by its plans, in the caller's transaction, with a
+    fixed number of queries however many messages: the group commit's fast paths.
+
+    `entries` are (raw, parsed, envelope_from, planned). Returns each message's content row
+    and filed messages. Raises ValueError when a plan sends rule messages (those go the
+    one-by-one way); any other exception leaves the caller to roll back and remove `files`.
+    """
+    if any(plan.outgoing for _, _, _, planned in entries for _, plan in planned):
         raise ValueError("rule messages are sent on the one-by-one path")
     contents = []
-    for item in items:
-        name = write_content(item["raw"], sync_directory=False)
+    for raw, _, _, _ in entries:
+        name = write_content(raw, sync_directory=False)
         files.names.append(name)
-        contents.append(MessageContent(storage_name=name, size=len(item["raw"])))
+        contents.append(MessageContent(storage_name=name, size=len(raw)))
     sync_directories(files.names)
     MessageContent.objects.bulk_create(contents)
     folders = _folder_ids(
-        {(mb.id, f.folder) for planned in plans for mb, plan in planned for f in plan.folders()}
+        {(mb.id, f.folder) for _, _, _, planned in entries for mb, plan in planned for f in plan.folders()}
     )
-    messages: list[list[Message]] = []
-    for item, facts, content, planned in zip(items, parsed, contents, plans, strict=True):
-        messages.append(
-            [
+    stored: list[tuple[MessageContent, list[Message]]] = []
+    for (_, facts, envelope_from, planned), content in zip(entries, contents, strict=True):
+        messages = []
+        for mailbox, plan in planned:
+            prepended = _header_block(plan.add_headers)
+            messages.extend(
                 Message(
                     folder_id=folders[(mailbox.id, filing.folder)],
                     content=content,
-                    prepended_headers=_header_block(plan.add_headers),
-                    envelope_from=item["envelope_from"][:320],
+                    prepended_headers=prepended,
+                    envelope_from=envelope_from[:320],
                     envelope_to=mailbox.address[:320],
                     header_from=facts.header_from,
                     header_to=facts.header_to,
                     subject=facts.subject,
                     date=facts.date,
                     message_id=facts.message_id,
-                    size=content.size + len(_header_block(plan.add_headers)),
+                    size=content.size + len(prepended),
                     seen=filing.seen,
                     flagged=filing.flagged,
                 )
-                for mailbox, plan in planned
                 for filing in plan.folders()
-            ]
-        )
-    Message.objects.bulk_create([m for group in messages for m in group])
-    return messages
+            )
+        stored.append((content, messages))
+    Message.objects.bulk_create([m for _, messages in stored for m in messages])
+    return stored
 
 
 deliver_inbound.many = deliver_inbound_many

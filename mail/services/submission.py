@@ -22,13 +22,16 @@ from mail.addresses import Address, AddressError, parse_address
 from mail.dkim.signing import sign_for_domain
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
+from mail.rules.engine import current_rules
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
     file_planned,
     parse_message,
     plan_recipients,
     resolve_mailboxes,
+    store_and_file_many,
 )
+from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import ensure_mailbox
 from mail.services.storage import StoredFiles, store_content
@@ -61,12 +64,16 @@ def may_send_as(user: User, address: Address) -> MailDomain | None:
 
 
 def authorize_sender(*, user: User, envelope_from: str) -> Sender:
-    """Check MAIL FROM for `user`. Raises SMTPReject (BAD_SENDER, SENDER_NOT_ALLOWED)."""
+    """Check MAIL FROM for `user`. Raises SMTPReject (BAD_SENDER, SENDER_NOT_ALLOWED).
+
+    Starts a mail transaction: the directory's memory is checked against the latest change
+    here, and the RCPT and DATA decisions that follow may answer from it."""
     try:
         address = parse_address(envelope_from)
     except AddressError:
         raise replies.BAD_SENDER from None
-    domain = may_send_as(user, address)
+    directory.refresh()
+    domain = directory.remember(("send-as", user.pk, address.key), lambda: may_send_as(user, address))
     if domain is None:
         raise replies.SENDER_NOT_ALLOWED
     return Sender(user=user, address=address, domain=domain)
@@ -134,14 +141,19 @@ def prepare_submission(*, sender: Sender, recipients: Recipients, raw: bytes) ->
     raw = _complete_headers(raw, parsed, sender.domain)
     # RFC 6376 section 5: sign last, over the completed header (both keys when present).
     raw = sign_for_domain(sender.domain, raw) + raw
-    sender_mailbox = (
+    sender_mailbox = directory.remember(("mailbox", sender.address.key), lambda: _sender_mailbox(sender))
+    return PreparedSubmission(raw=raw, sender=sender, recipients=recipients, sender_mailbox=sender_mailbox)
+
+
+def _sender_mailbox(sender: Sender) -> Mailbox | None:
+    mailbox = (
         Mailbox.objects.filter(domain=sender.domain, local_part=sender.address.local.casefold())
         .order_by()
         .first()
     )
-    if sender_mailbox is not None:
-        sender_mailbox.domain = sender.domain
-    return PreparedSubmission(raw=raw, sender=sender, recipients=recipients, sender_mailbox=sender_mailbox)
+    if mailbox is not None:
+        mailbox.domain = sender.domain
+    return mailbox
 
 
 def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None = None) -> None:
@@ -167,7 +179,7 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
         )
         content = store_content(raw, files=files)
         sender_box = prepared.sender_mailbox or ensure_mailbox(
-            domain=domain, local_part=prepared.sender_local
+            domain=domain, local_part=prepared.sender.address.local
         )
         planned.append((sender_box, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
         file_planned(
@@ -180,6 +192,48 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
                 recipients=list(remote),
                 helo_hostname=domain.effective_hostname,
             )
+
+
+def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[None]:
+    """commit_submission for many messages at once, in the caller's transaction, with a
+    fixed number of queries however many messages: the group commit's fast path.
+
+    `items` are commit_submission keyword arguments. Raises on the first problem of any
+    message (a rule rejection, a sender without a mailbox yet); the caller then rolls back
+    and commits them one by one, so each gets its own answer.
+    """
+    rules = current_rules()
+    entries = []
+    for item in items:
+        prepared: PreparedSubmission = item["prepared"]
+        if prepared.sender_mailbox is None:
+            raise ValueError("a sender's first message creates the mailbox on the one-by-one path")
+        parsed = parse_message(prepared.raw)
+        envelope_from = str(prepared.sender.address)
+        planned = plan_recipients(
+            mailboxes=list(prepared.recipients.mailboxes),
+            parsed=parsed,
+            raw=prepared.raw,
+            envelope_from=envelope_from,
+            authenticated=True,
+            rules=rules,
+        )
+        planned.append((prepared.sender_mailbox, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
+        entries.append((prepared.raw, parsed, envelope_from, planned))
+    stored = store_and_file_many(entries, files=files)
+    for item, (_, _, envelope_from, _), (content, _) in zip(items, entries, stored, strict=True):
+        prepared = item["prepared"]
+        if prepared.recipients.remote:
+            enqueue_remote(
+                content=content,
+                envelope_from=envelope_from,
+                recipients=list(prepared.recipients.remote),
+                helo_hostname=prepared.sender.domain.effective_hostname,
+            )
+    return [None] * len(items)
+
+
+commit_submission.many = commit_submission_many
 
 
 def submit_message(*, user: User, envelope_from: str, recipients: list[str], raw: bytes) -> None:
@@ -202,9 +256,23 @@ def check_submission_recipient(*, recipient: str) -> Mailbox | str:
         address = parse_address(recipient)
     except AddressError:
         raise replies.BAD_RECIPIENT from None
+    accepted = directory.remember(("rcpt", address.key), lambda: _resolve_recipient(address))
+    if accepted is None:
+        raise replies.UNKNOWN_USER
+    return accepted
+
+
+def _resolve_recipient(address: Address) -> Mailbox | str | None:
     boxes, remote = resolve_mailboxes([str(address)])
     if boxes:
         return next(iter(boxes.values()))
-    if remote:
-        return remote[0]
-    raise replies.UNKNOWN_USER
+    return remote[0] if remote else None
+
+
+def remembered_recipient(recipient: str) -> Mailbox | str | None:
+    """What check_submission_recipient answered for `recipient` if the directory still
+    remembers it, else None (then ask it). No I/O: fit for the event loop."""
+    try:
+        return directory.get(("rcpt", parse_address(recipient).key))
+    except AddressError:
+        return None

@@ -14,6 +14,7 @@ from mail.services.submission import (
     check_submission_recipient,
     commit_submission,
     prepare_submission,
+    remembered_recipient,
 )
 from mail.smtp import replies
 from mail.smtp.handler import BaseHandler, check_data
@@ -55,9 +56,12 @@ class SubmissionHandler(BaseHandler):
             address.encode("utf-8")
         except UnicodeEncodeError:
             return replies.BAD_RECIPIENT.reply
-        ok, result = await call_service(check_submission_recipient, recipient=address)
-        if not ok:
-            return result
+        # Answered from the directory's memory when it can (refreshed at MAIL FROM).
+        result = remembered_recipient(address)
+        if result is None:
+            ok, result = await call_service(check_submission_recipient, recipient=address)
+            if not ok:
+                return result
         envelope.accepted = envelope.accepted.add(result)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
