@@ -6,8 +6,9 @@ for a mailbox-style login (`alice@example.com`), the local part before "@".
 Password checks go through the login throttle (accounts.throttle) and, once a password has
 been verified, through an in-process cache of verified credentials: a client that logs in for
 every message pays the deliberately slow password hasher once, not every time. The cache is
-keyed by the stored password hash, read from the user row on every check, so a password
-change or a deleted user makes every process forget the old password at once.
+keyed by the stored password hash, read from the user row on every check (or from a memory of
+the row that every process drops when it changes: the SMTP listeners' directory), so a
+password change or a deleted user makes every process forget the old password at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -96,8 +98,19 @@ def current_throttle() -> Throttle:
     )
 
 
-def authenticate(login: str, password: str, *, client_address: str, service: str) -> User | None:
+def authenticate(
+    login: str,
+    password: str,
+    *,
+    client_address: str,
+    service: str,
+    resolve: Callable[[str], User | None] = resolve_login,
+) -> User | None:
     """The active user for (login, password), or None when they do not match.
+
+    `resolve` finds the user of a login: resolve_login, or a caller's memory of it that
+    forgets a user as soon as the row changes (the password hash keys the verified
+    credentials, so a stale row would keep an old password valid).
 
     Raises Throttled, without checking the password, when `client_address` has failed too
     often recently. May sleep (up to accounts.throttle.LOGIN_DELAY_MAX seconds) when the login
@@ -112,7 +125,7 @@ def authenticate(login: str, password: str, *, client_address: str, service: str
         raise
     if delay:
         time.sleep(delay)
-    user = resolve_login(login)
+    user = resolve(login)
     if user is not None and password:
         if verified_credentials.matches(user, password):
             return user

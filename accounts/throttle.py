@@ -62,7 +62,10 @@ class Throttle:
 
     def _read(self, key: str) -> tuple[int, float]:
         """(failures, start of the window) of a counter; an expired window counts zero."""
-        count, since = cache.get(key, (0, 0.0))
+        return self._current(cache.get(key, (0, 0.0)))
+
+    def _current(self, counter: tuple[int, float]) -> tuple[int, float]:
+        count, since = counter
         if self.clock() - since >= self.window:
             return 0, 0.0
         return count, since
@@ -81,10 +84,12 @@ class Throttle:
 
         Raises Throttled when `client_address` has used up its failures in the window.
         """
-        count, since = self._read(_key("addr", client_address))
+        addr_key, login_key = _key("addr", client_address), _key("login", login.casefold())
+        counters = cache.get_many([addr_key, login_key])  # one query for both
+        count, since = self._current(counters.get(addr_key, (0, 0.0)))
         if count >= self.max_failures:
             raise Throttled(client_address, since + self.window - self.clock())
-        failures, _ = self._read(_key("login", login.casefold()))
+        failures, _ = self._current(counters.get(login_key, (0, 0.0)))
         return login_delay(failures)
 
     def record_failure(self, *, login: str, client_address: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from accounts.authentication import user_allows
+from accounts.authentication import resolve_login, user_allows
 from accounts.grants import mailbox_resource
 from accounts.models import User
 from mail.addresses import Address, AddressError, parse_address
@@ -47,6 +47,13 @@ class Sender:
     user: User
     address: Address
     domain: MailDomain
+
+
+def remembered_login(login: str) -> User | None:
+    """accounts.authentication.resolve_login through the directory's memory, checked
+    against the latest change first (a new password or a deleted user drops it)."""
+    directory.refresh()
+    return directory.remember(("login", login), lambda: resolve_login(login))
 
 
 def may_send_as(user: User, address: Address) -> MailDomain | None:

@@ -14,6 +14,7 @@ from mail.services.submission import (
     check_submission_recipient,
     commit_submission,
     prepare_submission,
+    remembered_login,
     remembered_recipient,
 )
 from mail.smtp import replies
@@ -28,7 +29,9 @@ def authenticate_login(*, login: str, password: str, client_address: str) -> Use
     Raises SMTPReject AUTH_THROTTLED when the login throttle refuses the attempt.
     """
     try:
-        user = authenticate(login, password, client_address=client_address, service="smtp")
+        user = authenticate(
+            login, password, client_address=client_address, service="smtp", resolve=remembered_login
+        )
     except Throttled:
         raise replies.AUTH_THROTTLED from None
     return user
