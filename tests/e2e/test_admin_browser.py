@@ -16,6 +16,7 @@ import os
 import re
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -168,9 +169,15 @@ def test_admin_sets_up_a_domain_and_user_that_work_over_smtp(server, page, tmp_p
     expect(page.locator(".field-folder")).to_contain_text("alice@example.com/sent")
 
     # The copy for example.net waits in the outbound queue (no MX here); the admin holds it.
-    page.goto(base + "/mail/outbounddelivery/")
     queued = page.locator("#result_list tbody tr")
-    expect(queued).to_have_count(1)
+    deadline = time.monotonic() + 30
+    while True:  # until the first attempt is recorded
+        page.goto(base + "/mail/outbounddelivery/")
+        expect(queued).to_have_count(1)
+        if queued.first.locator(".field-attempts").inner_text() == "1" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    expect(queued.first.locator(".field-last_reply_summary")).to_contain_text("451 4.4.3")
     expect(queued.first).to_contain_text("bob@example.net")
     queued.first.locator('input[name="_selected_action"]').check()
     page.select_option('select[name="action"]', "hold")
