@@ -285,6 +285,7 @@ class Migration(migrations.Migration):
                 ("last_sent_at", models.DateTimeField()),
             ],
             options={
+                "verbose_name_plural": "vacation replies",
                 "ordering": ["recipient", "sender"],
                 "constraints": [
                     models.UniqueConstraint(

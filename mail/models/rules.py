@@ -29,6 +29,7 @@ class VacationReply(models.Model):
     last_sent_at = models.DateTimeField()
 
     class Meta:
+        verbose_name_plural = "vacation replies"
         ordering = ["recipient", "sender"]
         constraints = [
             models.UniqueConstraint(fields=["recipient", "sender"], name="one_vacation_reply_per_pair"),
