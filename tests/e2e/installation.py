@@ -109,13 +109,6 @@ class Everlock:
         assert (result.returncode, result.stderr) == (0, ""), (line, result)
         return result.stdout
 
-    def manage(self, *args: str) -> str:
-        """Run another `everlock` command against this installation; its output."""
-        return subprocess.run(
-            [str(EVERLOCK), *args],
-            cwd=self.data_dir, env=self.env, check=True, timeout=120, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-
     def stop(self) -> int:
         if self.proc is None:
             return 0
