@@ -12,6 +12,7 @@ import re
 import smtplib
 import ssl
 import time
+import tomllib
 from email.message import EmailMessage
 
 import pytest
@@ -39,6 +40,7 @@ CONSOLE_STEPS = [
     "/users grant alice smtp/mail/example.com:alice writer",
     "/mail mailboxes create carol@example.com",
     "/mail rules import",
+    "/users add dave change-me",
 ]
 
 
@@ -141,6 +143,14 @@ def test_console_creates_the_domain_the_user_and_the_grant(world):
         ),
         "/mail mailboxes create carol@example.com": "mailbox carol@example.com created\n",
         "/mail rules import": "mail rules imported: version 1, 1 rules\n",
+        "/users add dave change-me": "user dave added\n",
+    }
+    # The stored config, in the product doc's format.
+    config = tomllib.loads((world.everlock.data_dir / "everlock-mail/domains/example.com.toml").read_text())
+    assert config == {
+        "enabled": True,
+        "submission": {"enabled": True, "auth": "authenticated"},
+        "outbound": {"dkim": {"enabled": False, "selector": "default", "rsa_selector": "default-rsa"}},
     }
     assert world.everlock.console("/mail mailboxes list") == (
         "MAILBOX            MESSAGES\nalice@example.com  0\ncarol@example.com  0\n"
@@ -200,6 +210,22 @@ def test_mail_client_delivers_locally_through_rules_and_remotely_through_mx(worl
     assert any(line.endswith(subject) for line in sent.splitlines())
     copy = world.everlock.console(f"/mail messages show {sent.splitlines()[1].split()[0]}")
     assert f"Subject: {subject}" in copy and "Numbers attached in spirit." in copy
+
+
+def test_submission_needs_auth_and_a_grant(world):
+    """Section 4: without AUTH, with a wrong password, or without the grant, nothing is sent."""
+    with smtplib.SMTP("127.0.0.1", world.ports["submission"], timeout=30) as client:
+        client.ehlo("client.example.com")
+        assert client.mail("alice@example.com") == (530, b"5.7.0 Authentication required")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as exc:
+            client.login("alice", "wrong")
+        assert (exc.value.smtp_code, exc.value.smtp_error) == (
+            535,
+            b"5.7.8 Authentication credentials invalid",
+        )
+    with smtplib.SMTP("127.0.0.1", world.ports["submission"], timeout=30) as client:
+        client.login("dave", "change-me")
+        assert client.mail("alice@example.com") == (553, b"5.7.1 Sender address not allowed for this user")
 
 
 def test_delivery_failures_are_logged(world):
