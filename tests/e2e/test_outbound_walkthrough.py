@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import smtplib
-import ssl
 import time
 import tomllib
 from email.message import EmailMessage
 
 import pytest
 
-from tests.e2e.installation import Everlock, free_port
+from tests.e2e.installation import Everlock, free_port, submit
 from tests.mail.delivery.delivery_world import Zone, running_dns_server, running_sinks
 from tests.mail.smtp.test_swaks_walkthrough import assert_transcript, run_swaks
 
@@ -181,14 +180,7 @@ def _client_message(subject: str, to: str) -> EmailMessage:
 
 
 def _submit(world: World, login: str, message: EmailMessage) -> dict:
-    """Send as a mail client set up as the doc's section 5 says: STARTTLS, then AUTH."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP("127.0.0.1", world.ports["submission"], timeout=30) as client:
-        client.starttls(context=context)
-        client.login(login, "change-me")
-        return client.send_message(message)
+    return submit(world.ports["submission"], login, message)
 
 
 @pytest.mark.parametrize("login", ["alice", "alice@example.com"])

@@ -9,18 +9,17 @@ signatures of its sender's domain, verified against the sender's DNS server.
 from __future__ import annotations
 
 import re
-import smtplib
-import ssl
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 
 import dkim
 import dns.message
 import dns.query
 import pytest
 
-from tests.e2e.installation import Everlock, free_port
+from tests.e2e.installation import Everlock, free_port, submit
 
 pytestmark = pytest.mark.e2e
 
@@ -77,13 +76,7 @@ class Site:
         assert [r.to_text() for r in self.lookup(self.domain, "MX")] == [f"10 mail.{self.domain}."]
 
     def submit(self, message: EmailMessage) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with smtplib.SMTP("127.0.0.1", self.submission_port, timeout=30) as client:
-            client.starttls(context=context)
-            client.login(self.user, "change-me")
-            assert client.send_message(message) == {}
+        assert submit(self.submission_port, self.user, message) == {}
 
     def wait_for_inbox(self, subject: str, timeout: float = 30) -> bytes:
         """The raw message with `subject` in the user's inbox, read through the console."""
@@ -98,33 +91,36 @@ class Site:
             time.sleep(0.2)
 
 
-def _start(
-    tmp, *, domain: str, user: str, address: str, smtp_port: int, dns_port: int, resolver: str
+def _site(
+    data_dir: Path, domain: str, user: str, address: str, smtp_port: int, dns_port: int, resolver: str
 ) -> Site:
-    """Start the installation of `domain` and set it up through its console."""
-    ssh, submission = free_port(), free_port()
+    """The installation of `domain`, not started yet."""
     everlock = Everlock(
-        tmp / domain,
+        data_dir,
         EVERLOCK_LOG="mail.delivery=info,mail.smtp=info",
         EVERLOCK_HOSTNAME=f"mail.{domain}",
         EVERLOCK_RESOLVER=resolver,
         EVERLOCK_REMOTE_SMTP_PORT=str(smtp_port),
     )
-    site = Site(domain, user, address, everlock, dns_port, submission)
-    everlock.start(
+    return Site(domain, user, address, everlock, dns_port, submission_port=free_port())
+
+
+def _start(site: Site, smtp_port: int) -> None:
+    """Start the site's `everlock serve` with its DNS backend, then set it up through its console."""
+    ssh, submission, address = free_port(), site.submission_port, site.address
+    site.everlock.start(
         [
             "--frontend-ssh", "--frontend-ssh-listen", f"127.0.0.1:{ssh}", "--backend-admin-ssh",
             "--frontend-smtp", "--frontend-smtp-listen", f"{address}:{smtp_port}",
             "--frontend-smtp-submission", "--frontend-smtp-submission-listen", f"127.0.0.1:{submission}",
-            "--backend-mail-smtp", "--backend-dns-dns", "--frontend-dns-listen", f"{address}:{dns_port}",
+            "--backend-mail-smtp", "--backend-dns-dns", "--frontend-dns-listen", f"{address}:{site.dns_port}",
             "--admin-user", "admin", "--admin-password", "change-me",
         ],
         ssh_port=ssh,
         ready=f"SMTP submission listener on 127.0.0.1:{submission}",
     )  # fmt: skip
-    site.console = {line: everlock.console(line) for line in site.setup_console()}
+    site.console = {line: site.everlock.console(line) for line in site.setup_console()}
     site.wait_for_dns()
-    return site
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +129,20 @@ def sites(tmp_path_factory):
     # Both inbound listeners on one port number, as MX hosts on the internet share port 25.
     smtp_port = free_port("127.0.0.1", "127.0.0.2")
     dns_a, dns_b = free_port("127.0.0.1", udp=True), free_port("127.0.0.2", udp=True)
-    started = []
+    # Each resolves through the other's DNS server.
+    specs = [
+        ("example.com", "alice", "127.0.0.1", dns_a, f"127.0.0.2:{dns_b}"),
+        ("example.net", "bob", "127.0.0.2", dns_b, f"127.0.0.1:{dns_a}"),
+    ]
+    sites: list[Site] = []
     try:
-        first = _start(tmp, domain="example.com", user="alice", address="127.0.0.1",
-                       smtp_port=smtp_port, dns_port=dns_a, resolver=f"127.0.0.2:{dns_b}")  # fmt: skip
-        started.append(first)
-        second = _start(tmp, domain="example.net", user="bob", address="127.0.0.2",
-                        smtp_port=smtp_port, dns_port=dns_b, resolver=f"127.0.0.1:{dns_a}")  # fmt: skip
-        started.append(second)
-        yield first, second
+        for domain, user, address, dns_port, resolver in specs:
+            sites.append(_site(tmp / domain, domain, user, address, smtp_port, dns_port, resolver))
+        for site in sites:
+            _start(site, smtp_port)
+        yield tuple(sites)
     finally:
-        for site in started:
+        for site in sites:
             site.everlock.close()
 
 
