@@ -198,6 +198,10 @@ EVERLOCK_SMTP_IDLE_TIMEOUT = env.int("EVERLOCK_SMTP_IDLE_TIMEOUT", default=300)
 EVERLOCK_SMTP_SESSION_TIMEOUT = env.int("EVERLOCK_SMTP_SESSION_TIMEOUT", default=1800)
 EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT", default=20)
 
+# EVERLOCK_SMTP_WRITER_PROCESS: file accepted messages in a child process of the listeners
+# (mail.smtp.writer), so the SMTP dialogue and the commits use two cores; off: a thread.
+EVERLOCK_SMTP_WRITER_PROCESS = env.bool("EVERLOCK_SMTP_WRITER_PROCESS", default=True)
+
 # Login throttle: per client address, failures in a window before further attempts from that
 # address are refused; per login, failures that slow further guesses (never a lockout).
 EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS", default=10)

@@ -25,7 +25,7 @@ from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
 from mail.services.enqueue import enqueue_remote
-from mail.services.storage import StoredFiles, store_content, sync_directories, write_content
+from mail.services.storage import StoredFiles, store_content, write_contents
 from mail.smtp import replies
 from mail.smtp.replies import SMTPReject
 
@@ -358,12 +358,11 @@ def store_and_file_many(
     """
     if any(plan.outgoing for _, _, _, planned in entries for _, plan in planned):
         raise ValueError("rule messages are sent on the one-by-one path")
-    contents = []
-    for raw, _, _, _ in entries:
-        name = write_content(raw, sync_directory=False)
-        files.names.append(name)
-        contents.append(MessageContent(storage_name=name, size=len(raw)))
-    sync_directories(files.names)
+    names = write_contents([raw for raw, _, _, _ in entries], files=files)
+    contents = [
+        MessageContent(storage_name=name, size=len(raw))
+        for name, (raw, _, _, _) in zip(names, entries, strict=True)
+    ]
     MessageContent.objects.bulk_create(contents)
     folders = _folder_ids(
         {(mb.id, f.folder) for _, _, _, planned in entries for mb, plan in planned for f in plan.folders()}

@@ -10,6 +10,7 @@ client still gets 250 only after its message is durable; what a batch saves is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -47,21 +48,29 @@ MAX_BATCH = 64
 class _Job:
     func: Callable[..., Any]
     kwargs: dict[str, Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
+    settle: Callable[[bool, Any], None]  # (True, result) or (False, exception), once
     files: StoredFiles = field(default_factory=StoredFiles)
 
 
 def _settle(job: _Job, ok: bool, value: Any) -> None:
-    def settle() -> None:
-        if job.future.done():
+    job.settle(ok, value)
+
+
+def future_settler(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable[[bool, Any], None]:
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
             return
         if ok:
-            job.future.set_result(value)
+            future.set_result(value)
         else:
-            job.future.set_exception(value)
+            future.set_exception(value)
 
-    job.loop.call_soon_threadsafe(settle)
+    def settle_soon(ok: bool, value: Any) -> None:
+        # RuntimeError: the loop has closed, so nobody waits for the answer any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    return settle_soon
 
 
 class GroupCommitter:
@@ -88,13 +97,24 @@ class GroupCommitter:
 
     async def call(self, func: Callable[..., Any], /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
-        job = _Job(func=func, kwargs=kwargs, loop=loop, future=loop.create_future())
-        self._ensure_thread()
-        self._queue.put(job)
-        return await job.future
+        future = loop.create_future()
+        self.submit(func, kwargs, settle=future_settler(loop, future))
+        return await future
 
-    def stop(self) -> None:
+    def submit(
+        self, func: Callable[..., Any], kwargs: dict[str, Any], *, settle: Callable[[bool, Any], None]
+    ):
+        """call() without an event loop: `settle(ok, value)` is called from the commit thread
+        once the job's batch is committed (True, result) or has failed (False, exception)."""
+        self._ensure_thread()
+        self._queue.put(_Job(func=func, kwargs=kwargs, settle=settle))
+
+    def stop(self, *, wait: bool = False) -> None:
+        """End the commit thread after the jobs already submitted (`wait`: until it has)."""
         self._queue.put(None)
+        thread = self._thread
+        if wait and thread is not None:
+            thread.join()
 
     def _run(self) -> None:
         while True:

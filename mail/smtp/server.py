@@ -28,6 +28,7 @@ from mail.smtp import replies
 from mail.smtp.group_commit import GroupCommitter, heal_connections
 from mail.smtp.replies import SMTPReject
 from mail.smtp.tls import server_context
+from mail.smtp.writer import WriterProcess
 
 log = logging.getLogger("mail.smtp")
 
@@ -50,6 +51,8 @@ class SMTPConfig:
     session_timeout: float = 1800
     max_connections_per_client: int = 20
     plaintext_auth: bool = False
+    # Commits in a child process (mail.smtp.writer) rather than a thread of this one.
+    writer_process: bool = False
     # Loopback clients may use plain-text AUTH without TLS (the product doc's local test).
     trust_loopback: bool = True
 
@@ -70,6 +73,7 @@ class SMTPConfig:
             session_timeout=settings.EVERLOCK_SMTP_SESSION_TIMEOUT,
             max_connections_per_client=settings.EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT,
             plaintext_auth=settings.EVERLOCK_SUBMISSION_PLAINTEXT_AUTH,
+            writer_process=settings.EVERLOCK_SMTP_WRITER_PROCESS,
         )
 
 
@@ -96,7 +100,7 @@ async def call_service(func, /, **kwargs):
         return False, replies.LOCAL_ERROR
 
 
-async def call_batched(committer: GroupCommitter, func, /, **kwargs):
+async def call_batched(committer: GroupCommitter | WriterProcess, func, /, **kwargs):
     """call_service for a message delivery, run in the group commit (mail.smtp.group_commit)."""
     try:
         return True, await committer.call(func, **kwargs)
@@ -412,7 +416,7 @@ class EverlockSMTP(SMTP):
 class Listeners:
     """The running listeners of start_listeners: close() then await wait_closed()."""
 
-    def __init__(self, servers: list[asyncio.Server], committer: GroupCommitter):
+    def __init__(self, servers: list[asyncio.Server], committer: GroupCommitter | WriterProcess):
         self.servers = servers
         self.committer = committer
 
@@ -456,9 +460,11 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
     if config is None:
         config = await sync_to_async(SMTPConfig.from_settings, thread_sensitive=False)()
     counter = ConnectionCounter()
-    committer = GroupCommitter()
+    committer = WriterProcess() if config.writer_process else GroupCommitter()
     servers = []
     try:
+        if isinstance(committer, WriterProcess):
+            await committer.start()
         for key, kind, handler, offers_auth in (
             ("smtp", "inbound", InboundHandler(config, committer), False),
             ("submission", "submission", SubmissionHandler(config, committer), True),

@@ -1,0 +1,197 @@
+"""The writer process: the group commit (mail.smtp.group_commit) in a process of its own.
+
+Filing a message (parsing its header, writing and syncing its file, the rows) takes about as
+much CPU as the SMTP dialogue around it. In the listener's process both take turns under one
+interpreter lock; with the commits in a child process they run side by side on two cores.
+
+A delivery goes to the writer as the function's import path and its keyword arguments,
+pickled over a pipe; the writer runs it in its GroupCommitter and sends the outcome back.
+The listener still answers 250 only after the writer reported the commit. Should the writer
+die, every delivery in flight answers 451 4.3.0 and the next one starts a new writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from mail.smtp.group_commit import MAX_BATCH, GroupCommitter, future_settler
+from mail.smtp.replies import SMTPReject
+
+log = logging.getLogger("mail.smtp")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# The writer's first frame: loaded and ready to commit. Every other frame starts with the
+# 8-byte id of the delivery it answers.
+_READY = b"ready"
+
+
+class WriterError(Exception):
+    """A delivery failed in the writer process (the text carries its traceback), or the
+    writer ended before it answered."""
+
+
+def _target(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}:{func.__qualname__}"
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _outcome(ok: bool, value: Any) -> tuple:
+    if ok:
+        return (True, None)  # the listeners only need to know that it committed
+    if isinstance(value, SMTPReject):
+        return (False, "reject", value.code, value.enhanced, value.text)
+    return (False, "error", "".join(traceback.format_exception(value)))
+
+
+def _failure(outcome: tuple) -> Exception:
+    if outcome[1] == "reject":
+        return SMTPReject(*outcome[2:])
+    return WriterError(outcome[2])
+
+
+class WriterProcess:
+    """GroupCommitter's call() and stop(), the commits made in a child process."""
+
+    def __init__(self, *, max_batch: int = MAX_BATCH):
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._pending: dict[int, Callable[[bool, Any], None]] = {}
+        self._process: subprocess.Popen | None = None
+        self._outbox: queue.SimpleQueue[bytes | None] | None = None
+        self._ready = threading.Event()
+
+    async def call(self, func: Callable[..., Any], /, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        data = pickle.dumps((_target(func), kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            outbox = self._ensure_process()
+            job_id = next(self._ids)
+            self._pending[job_id] = future_settler(loop, future)
+        outbox.put(job_id.to_bytes(8, "big") + data)
+        return await future
+
+    async def start(self, *, timeout: float = 60) -> None:
+        """Start the writer now and wait until it is ready to commit (or `timeout` passed),
+        so that the first messages do not wait for it to load."""
+        with self._lock:
+            self._ensure_process()
+            ready = self._ready
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait, timeout)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._outbox is not None:
+                self._outbox.put(None)
+            self._outbox = self._process = None
+
+    def _ensure_process(self) -> queue.SimpleQueue:
+        if self._outbox is not None:
+            return self._outbox
+        ours, theirs = socket.socketpair()
+        # A plain child process (not multiprocessing's), so that a listener running in a
+        # daemonic process may start it too; it imports this project as the listener does.
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        with theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "django", "smtpwriter", str(theirs.fileno()), str(self.max_batch)],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                cwd=ROOT,
+            )
+        conn = Connection(ours.detach())
+        outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        ready = threading.Event()
+        # Sending runs in a thread of its own: a big message, or a writer busy with a slow
+        # commit, must never block the event loop on a full pipe.
+        threading.Thread(target=self._send, args=(conn, outbox), name="smtp-writer-send", daemon=True).start()
+        threading.Thread(
+            target=self._receive, args=(conn, outbox, process, ready), name="smtp-writer-receive", daemon=True
+        ).start()
+        self._process, self._outbox, self._ready = process, outbox, ready
+        return outbox
+
+    def _send(self, conn, outbox: queue.SimpleQueue) -> None:
+        while (data := outbox.get()) is not None:
+            try:
+                conn.send_bytes(data)
+            except OSError:
+                return  # the writer is gone; _receive fails what is pending
+        conn.close()  # the writer sees EOF and ends
+
+    def _receive(self, conn, outbox: queue.SimpleQueue, process: subprocess.Popen, ready: threading.Event):
+        try:
+            while True:
+                data = conn.recv_bytes()
+                if data == _READY:
+                    ready.set()
+                    continue
+                job_id, outcome = int.from_bytes(data[:8], "big"), pickle.loads(data[8:])
+                with self._lock:
+                    settle = self._pending.pop(job_id, None)
+                if settle is not None:
+                    settle(True, None) if outcome[0] else settle(False, _failure(outcome))
+        except (EOFError, OSError):
+            pass
+        with self._lock:
+            if self._outbox is outbox:
+                log.error("SMTP: the writer process ended; a new one starts with the next message")
+                self._outbox = self._process = None
+                outbox.put(None)
+            pending, self._pending = self._pending, {}
+        for settle in pending.values():
+            settle(False, WriterError("the writer process ended before the commit was confirmed"))
+        ready.set()
+        conn.close()
+        process.wait()
+
+
+def serve_writer(conn: Connection, max_batch: int) -> None:
+    """The writer process (`manage.py smtpwriter`, started by WriterProcess): run each
+    delivery received on `conn` in a GroupCommitter and answer each; return at EOF."""
+    committer = GroupCommitter(max_batch=max_batch)
+    sending = threading.Lock()
+
+    def answer(job_id: bytes, ok: bool, value: Any) -> None:
+        data = job_id + pickle.dumps(_outcome(ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+        with sending:
+            conn.send_bytes(data)
+
+    conn.send_bytes(_READY)
+    try:
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except EOFError:
+                return
+            target, kwargs = pickle.loads(data[8:])
+            committer.submit(
+                _resolve(target), kwargs, settle=lambda ok, value, i=data[:8]: answer(i, ok, value)
+            )
+    finally:
+        committer.stop(wait=True)
