@@ -130,12 +130,17 @@ class Recipients:
 
 @dataclass(frozen=True)
 class PreparedSubmission:
-    """A submitted message checked, completed and signed, ready to be committed."""
+    """A submitted message checked, completed and signed, ready to be committed: plain
+    values only (it may travel to the writer process, mail.smtp.writer)."""
 
     raw: bytes
-    sender: Sender
-    recipients: Recipients
-    sender_mailbox: Mailbox | None  # None: created at commit
+    envelope_from: str
+    domain_id: int
+    sender_local: str
+    sender_mailbox_id: int | None  # None: created at commit
+    mailbox_ids: tuple[int, ...]  # local recipients
+    remote: tuple[str, ...]
+    helo_hostname: str
 
 
 def prepare_submission(*, sender: Sender, recipients: Recipients, raw: bytes) -> PreparedSubmission:
@@ -149,18 +154,32 @@ def prepare_submission(*, sender: Sender, recipients: Recipients, raw: bytes) ->
     # RFC 6376 section 5: sign last, over the completed header (both keys when present).
     raw = sign_for_domain(sender.domain, raw) + raw
     sender_mailbox = directory.remember(("mailbox", sender.address.key), lambda: _sender_mailbox(sender))
-    return PreparedSubmission(raw=raw, sender=sender, recipients=recipients, sender_mailbox=sender_mailbox)
+    return PreparedSubmission(
+        raw=raw,
+        envelope_from=str(sender.address),
+        domain_id=sender.domain.id,
+        sender_local=sender.address.local,
+        sender_mailbox_id=None if sender_mailbox is None else sender_mailbox.id,
+        mailbox_ids=tuple(m.id for m in recipients.mailboxes),
+        remote=recipients.remote,
+        helo_hostname=sender.domain.effective_hostname,
+    )
 
 
 def _sender_mailbox(sender: Sender) -> Mailbox | None:
-    mailbox = (
+    return (
         Mailbox.objects.filter(domain=sender.domain, local_part=sender.address.local.casefold())
         .order_by()
         .first()
     )
-    if mailbox is not None:
-        mailbox.domain = sender.domain
-    return mailbox
+
+
+def _mailboxes(ids: set[int]) -> dict[int, Mailbox]:
+    """The mailboxes `ids` names. Raises MAILBOX_CHANGED when one was deleted since RCPT."""
+    found = {m.id: m for m in Mailbox.objects.select_related("domain").filter(id__in=ids).order_by()}
+    if len(found) != len(ids):
+        raise replies.MAILBOX_CHANGED
+    return found
 
 
 def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None = None) -> None:
@@ -172,32 +191,34 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
     commit), the caller owns the outer transaction and removes those files if it does not
     commit.
     """
-    domain = prepared.sender.domain
-    raw, envelope_from = prepared.raw, str(prepared.sender.address)
-    remote = prepared.recipients.remote
+    raw, envelope_from = prepared.raw, prepared.envelope_from
     parsed = parse_message(raw)
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
+        wanted = {*prepared.mailbox_ids, *filter(None, [prepared.sender_mailbox_id])}
+        boxes = _mailboxes(wanted)
         planned = plan_recipients(
-            mailboxes=list(prepared.recipients.mailboxes),
+            mailboxes=[boxes[i] for i in prepared.mailbox_ids],
             parsed=parsed,
             raw=raw,
             envelope_from=envelope_from,
             authenticated=True,
         )
         content = store_content(raw, files=files)
-        sender_box = prepared.sender_mailbox or ensure_mailbox(
-            domain=domain, local_part=prepared.sender.address.local
-        )
+        if prepared.sender_mailbox_id is None:
+            domain = MailDomain.objects.get(id=prepared.domain_id)
+            sender_box = ensure_mailbox(domain=domain, local_part=prepared.sender_local)
+        else:
+            sender_box = boxes[prepared.sender_mailbox_id]
         planned.append((sender_box, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
         file_planned(
             content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
         )
-        if remote:
+        if prepared.remote:
             enqueue_remote(
                 content=content,
                 envelope_from=envelope_from,
-                recipients=list(remote),
-                helo_hostname=domain.effective_hostname,
+                recipients=list(prepared.remote),
+                helo_hostname=prepared.helo_hostname,
             )
 
 
@@ -209,33 +230,32 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     message (a rule rejection, a sender without a mailbox yet); the caller then rolls back
     and commits them one by one, so each gets its own answer.
     """
+    batch: list[PreparedSubmission] = [item["prepared"] for item in items]
+    if any(prepared.sender_mailbox_id is None for prepared in batch):
+        raise ValueError("a sender's first message creates the mailbox on the one-by-one path")
+    boxes = _mailboxes({i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id)})
     rules = current_rules()
     entries = []
-    for item in items:
-        prepared: PreparedSubmission = item["prepared"]
-        if prepared.sender_mailbox is None:
-            raise ValueError("a sender's first message creates the mailbox on the one-by-one path")
+    for prepared in batch:
         parsed = parse_message(prepared.raw)
-        envelope_from = str(prepared.sender.address)
         planned = plan_recipients(
-            mailboxes=list(prepared.recipients.mailboxes),
+            mailboxes=[boxes[i] for i in prepared.mailbox_ids],
             parsed=parsed,
             raw=prepared.raw,
-            envelope_from=envelope_from,
+            envelope_from=prepared.envelope_from,
             authenticated=True,
             rules=rules,
         )
-        planned.append((prepared.sender_mailbox, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
-        entries.append((prepared.raw, parsed, envelope_from, planned))
+        planned.append((boxes[prepared.sender_mailbox_id], DeliveryPlan(filings=[Filing(SENT, seen=True)])))
+        entries.append((prepared.raw, parsed, prepared.envelope_from, planned))
     stored = store_and_file_many(entries, files=files)
-    for item, (_, _, envelope_from, _), (content, _) in zip(items, entries, stored, strict=True):
-        prepared = item["prepared"]
-        if prepared.recipients.remote:
+    for prepared, (content, _) in zip(batch, stored, strict=True):
+        if prepared.remote:
             enqueue_remote(
                 content=content,
-                envelope_from=envelope_from,
-                recipients=list(prepared.recipients.remote),
-                helo_hostname=prepared.sender.domain.effective_hostname,
+                envelope_from=prepared.envelope_from,
+                recipients=list(prepared.remote),
+                helo_hostname=prepared.helo_hostname,
             )
     return [None] * len(items)
 
