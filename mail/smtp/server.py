@@ -17,6 +17,7 @@ import re
 import ssl
 from base64 import b64decode
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def peer_host(peer) -> str:
     return peer[0] if isinstance(peer, tuple) and peer else str(peer or "")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -167,14 +169,37 @@ class _Session(Session):
         self._login_data = value
 
 
+class _Bound(Mapping):
+    """aiosmtpd's table of commands or hooks for one connection: name -> the method of
+    `owner` named in `names`, bound when asked for, not for every connection."""
+
+    __slots__ = ("names", "owner")
+
+    def __init__(self, owner, names: dict[str, str]):
+        self.owner = owner
+        self.names = names
+
+    def __getitem__(self, key: str):
+        return getattr(self.owner, self.names[key])
+
+    def __contains__(self, key) -> bool:
+        return key in self.names
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 @dataclass(frozen=True)
 class _Tables:
     """The attribute names behind aiosmtpd's per-connection tables, as SMTP.__init__ finds
     them: `smtp_*` commands of the protocol, `handle_*` hooks of the handler, and `auth_*`
     mechanisms of both (the handler's win)."""
 
-    commands: tuple[tuple[str, str], ...]
-    hooks: tuple[tuple[str, str], ...]
+    commands: dict[str, str]  # command: attribute
+    hooks: dict[str, str]
     auth: tuple[tuple[str, str, bool], ...]  # (mechanism, attribute, on the handler)
     ehlo_hook_version: str | None
 
@@ -192,8 +217,8 @@ class _Tables:
         # aiosmtpd tells the old 4-argument hook from the 5-argument one by the bound method.
         ehlo_arguments = None if ehlo is None else len(inspect.signature(ehlo).parameters) - 1
         return cls(
-            commands=tuple((name[5:], name) for name in dir(protocol) if name.startswith("smtp_")),
-            hooks=tuple((name[7:], name) for name in dir(handler) if name.startswith("handle_")),
+            commands={name[5:]: name for name in dir(protocol) if name.startswith("smtp_")},
+            hooks={name[7:]: name for name in dir(handler) if name.startswith("handle_")},
             auth=tuple(auth.values()),
             ehlo_hook_version={None: None, 4: "old", 5: "new"}[ehlo_arguments],
         )
@@ -244,9 +269,9 @@ class EverlockSMTP(SMTP):
             mechanism: _AuthMechAttr(getattr(handler if on_handler else self, name), not on_handler)
             for mechanism, name, on_handler in tables.auth
         }
-        self._handle_hooks = {command: getattr(handler, name) for command, name in tables.hooks}
+        self._handle_hooks = _Bound(handler, tables.hooks)
         self._ehlo_hook_ver = tables.ehlo_hook_version
-        self._smtp_methods = {command: getattr(self, name) for command, name in tables.commands}
+        self._smtp_methods = _Bound(self, tables.commands)
         self._enforce_call_limit = True
         self._call_limit_base = _CALL_LIMITS
         self._call_limit_default = _CALL_LIMITS["*"]
