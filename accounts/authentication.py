@@ -63,6 +63,7 @@ class VerifiedCredentials:
         self._entries: dict[tuple[int, str], bytes] = {}
         self._lock = threading.Lock()
         self._max_entries = max_entries
+        self._checks = [threading.Lock() for _ in range(64)]
 
     def _mac(self, password: str) -> bytes:
         return hmac.new(self._secret, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
@@ -85,6 +86,12 @@ class VerifiedCredentials:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def checking(self, user: User) -> threading.Lock:
+        """Held while checking a password of `user` with the hasher: concurrent logins of
+        one user (a client sending in parallel) wait for the first check, then find it
+        remembered, instead of each paying the hasher."""
+        return self._checks[user.pk % len(self._checks)]
 
 
 verified_credentials = VerifiedCredentials()
@@ -129,9 +136,12 @@ def authenticate(
     if user is not None and password:
         if verified_credentials.matches(user, password):
             return user
-        if user.check_password(password):
-            verified_credentials.remember(user, password)
-            return user
+        with verified_credentials.checking(user):
+            if verified_credentials.matches(user, password):
+                return user  # verified by a login that held the check before this one
+            if user.check_password(password):
+                verified_credentials.remember(user, password)
+                return user
     addr_failures, login_failures = throttle.record_failure(login=login, client_address=client_address)
     log.warning(
         "%s: authentication failed for %r from %s (%s; %d failures from the address, %d for the login)",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 
 from accounts import authentication
 from accounts.authentication import Throttled, authenticate, resolve_login, verified_credentials
@@ -110,6 +113,31 @@ def test_verified_credentials_skip_the_hasher_and_forget_a_changed_password(monk
     assert calls == ["two", "one", "two"]
     user_delete(name="alice")
     assert authenticate("alice", "two", client_address="192.0.2.1", service="smtp") is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_logins_of_one_user_pay_the_hasher_once(monkeypatch):
+    user_add(name="alice", password="one")
+    calls = []
+    original = User.check_password
+
+    def slow(self, raw):
+        calls.append(raw)
+        time.sleep(0.2)  # the real hasher takes about this long
+        return original(self, raw)
+
+    monkeypatch.setattr(User, "check_password", slow)
+
+    def login(_):
+        try:
+            return authenticate("alice", "one", client_address="192.0.2.1", service="smtp")
+        finally:
+            connection.close()  # this worker thread's own connection
+
+    with ThreadPoolExecutor(5) as pool:
+        users = list(pool.map(login, range(5)))
+    assert [u.username for u in users] == ["alice"] * 5
+    assert calls == ["one"]
 
 
 def test_address_throttle_refuses_then_expires(settings):
