@@ -13,6 +13,7 @@ from django.contrib.auth.models import Group
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from accounts.services import AccountError, grant_add, grant_revoke, normalize_login, user_add, user_delete
+from accounts.ssh_keys import SSHKeyError, parse_authorized_keys
 
 # Who may do what is said by access grants (and the superuser flag), not by Django's groups.
 admin.site.unregister(Group)
@@ -50,6 +51,14 @@ class EverlockUserChangeForm(UserChangeForm):
 
     def clean_username(self):
         return _clean_login(self)
+
+    def clean_ssh_authorized_keys(self):
+        text = self.cleaned_data["ssh_authorized_keys"]
+        try:
+            parse_authorized_keys(text)
+        except SSHKeyError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return text
 
 
 class AccessGrantForm(forms.ModelForm):

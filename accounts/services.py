@@ -8,6 +8,7 @@ from django.db import transaction
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
+from accounts.ssh_keys import AuthorizedKey, SSHKeyError, parse_authorized_keys, parse_key_line
 from mail.addresses import AddressError, normalize_domain
 
 log = logging.getLogger("accounts")
@@ -119,3 +120,59 @@ __all__ = [
     "user_delete",
     "user_set_password",
 ]
+
+
+def ssh_keys(*, name: str) -> list[AuthorizedKey]:
+    """The SSH public keys user `name` may log into the console with, in stored order."""
+    user = get_user(name)
+    try:
+        return parse_authorized_keys(user.ssh_authorized_keys)
+    except SSHKeyError as exc:
+        raise AccountError(f"{user.username}'s stored keys: {exc}") from None
+
+
+def ssh_key_add(*, name: str, key: str) -> tuple[AuthorizedKey, bool]:
+    """Let user `name` log in with the OpenSSH public key line `key`; return (key, added).
+
+    A key already there (same type and body) is left as it is. Raises AccountError for an
+    unknown user or a line that is not a public key.
+    """
+    try:
+        new = parse_key_line(key)
+    except SSHKeyError as exc:
+        raise AccountError(str(exc)) from None
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=get_user(name).pk)
+        if any((k.key_type, k.body) == (new.key_type, new.body) for k in ssh_keys(name=user.username)):
+            return new, False
+        text = user.ssh_authorized_keys
+        user.ssh_authorized_keys = (
+            (text if not text or text.endswith("\n") else text + "\n") + new.line + "\n"
+        )
+        user.save(update_fields=["ssh_authorized_keys"])
+    log.info("ssh key %s added for %s", new.fingerprint, user.username)
+    return new, True
+
+
+def ssh_key_remove(*, name: str, key: str) -> AuthorizedKey:
+    """Remove one of user `name`'s keys, named by its number in ssh_keys() (from 1) or its
+    SHA256 fingerprint; return it. Raises AccountError when there is no such key."""
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=get_user(name).pk)
+        keys = ssh_keys(name=user.username)
+        if key.isdigit() and 1 <= int(key) <= len(keys):
+            gone = keys[int(key) - 1]
+        else:
+            gone = next((k for k in keys if k.fingerprint == key), None)
+            if gone is None:
+                raise AccountError(f"{user.username} has no key {key} (see /users keys list {user.username})")
+        kept = [line for line in user.ssh_authorized_keys.splitlines() if not _is_key_line(line, gone)]
+        user.ssh_authorized_keys = "".join(f"{line}\n" for line in kept)
+        user.save(update_fields=["ssh_authorized_keys"])
+    log.info("ssh key %s removed from %s", gone.fingerprint, user.username)
+    return gone
+
+
+def _is_key_line(line: str, key: AuthorizedKey) -> bool:
+    parts = line.split()
+    return len(parts) >= 2 and (parts[0], parts[1]) == (key.key_type, key.body)

@@ -98,3 +98,40 @@ def users_grants(ctx: Context, name: str | None = None) -> str:
     if len(rows) == 1:
         return "no grants" if name is None else f"no grants for {services.get_user(name).username}"
     return _table(rows)
+
+
+@command(
+    "/users keys list", usage="/users keys list NAME", summary="list the SSH keys a user may log in with"
+)
+@_errors
+def users_keys_list(ctx: Context, name: str) -> str:
+    user = services.get_user(name)
+    keys = services.ssh_keys(name=user.username)
+    if not keys:
+        return f"no SSH keys for {user.username}"
+    rows = [("#", "TYPE", "FINGERPRINT", "COMMENT")]
+    rows.extend((str(n), k.key_type, k.fingerprint, k.comment) for n, k in enumerate(keys, start=1))
+    return _table(rows)
+
+
+@command(
+    "/users keys add",
+    usage="/users keys add NAME TYPE BASE64 [COMMENT...]",
+    summary="let a user log into the console with an SSH public key (a line of id_ed25519.pub)",
+)
+@_errors
+def users_keys_add(ctx: Context, name: str, key_type: str, body: str, *comment: str) -> str:
+    key, added = services.ssh_key_add(name=name, key=" ".join((key_type, body, *comment)))
+    user = services.get_user(name).username
+    return f"key {key.fingerprint} {'added for' if added else 'already allowed for'} {user}"
+
+
+@command(
+    "/users keys del",
+    usage="/users keys del NAME NUMBER|FINGERPRINT",
+    summary="remove one of a user's SSH keys",
+)
+@_errors
+def users_keys_del(ctx: Context, name: str, key: str) -> str:
+    gone = services.ssh_key_remove(name=name, key=key)
+    return f"key {gone.fingerprint} removed from {services.get_user(name).username}"

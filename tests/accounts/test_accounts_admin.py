@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncssh
 import pytest
 
 from accounts.authentication import authenticate
 from accounts.models import AccessGrant, User
-from accounts.services import user_add
+from accounts.services import ssh_keys, user_add
 from mail.models import Folder, Mailbox, MailDomain
 
 pytestmark = pytest.mark.django_db
@@ -196,3 +197,25 @@ def test_user_deleted_in_the_admin_loses_its_grants(admin_client):
     assert response.status_code == 302
     assert not User.objects.filter(username="alice").exists()
     assert not AccessGrant.objects.exists()
+
+
+def test_authorized_keys_are_checked_line_by_line(admin_client):
+    alice, _ = user_add(name="alice", password="pw")
+    good = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    page = f"/accounts/user/{alice.pk}/change/"
+    response = admin_client.post(
+        page,
+        {**change_form(alice), **grants_inline(), "ssh_authorized_keys": f"# laptop\n{good}ssh-rsa AAAA\n"},
+    )
+    assert response.status_code == 200
+    assert "line 3: not a valid ssh-rsa public key" in response.content.decode()
+    alice.refresh_from_db()
+    assert alice.ssh_authorized_keys == ""
+    response = admin_client.post(
+        page, {**change_form(alice), **grants_inline(), "ssh_authorized_keys": f"# laptop\n{good}"}
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert [k.fingerprint for k in ssh_keys(name="alice")] == [
+        asyncssh.import_public_key(good).get_fingerprint()
+    ]

@@ -269,6 +269,44 @@ def test_public_key_login(console):
         asyncio.run(login(key, username="nobody"))
 
 
+def test_keys_added_and_removed_through_the_console(console):
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key().decode().strip()  # "ssh-ed25519 AAAA..."
+    fingerprint = key.get_fingerprint()
+
+    async def key_login():
+        async with asyncssh.connect(
+            "127.0.0.1",
+            console.port,
+            username="admin",
+            client_keys=[key],
+            password=None,
+            known_hosts=None,
+            preferred_auth="publickey",
+        ) as conn:
+            return await conn.run("/users keys list admin")
+
+    assert ok(console, "/users keys list admin") == "no SSH keys for admin\n"
+    assert (
+        ok(console, f"/users keys add admin {public} admin@laptop") == f"key {fingerprint} added for admin\n"
+    )
+    assert ok(console, f"/users keys add ADMIN {public}") == f"key {fingerprint} already allowed for admin\n"
+    listing = f"#  TYPE         FINGERPRINT  COMMENT\n1  ssh-ed25519  {fingerprint}  admin@laptop\n"
+    assert ok(console, "/users keys list admin") == listing.replace(
+        "FINGERPRINT", "FINGERPRINT".ljust(len(fingerprint))
+    )
+    assert asyncio.run(key_login()).stdout == ok(console, "/users keys list admin")
+
+    assert fails(console, "/users keys add admin ssh-ed25519 bm90IGEga2V5") == (
+        "error: not a valid ssh-ed25519 public key\nusage: /users keys add NAME TYPE BASE64 [COMMENT...]\n"
+    )
+    assert fails(console, "/users keys del admin 2").startswith("error: admin has no key 2 ")
+    assert ok(console, f"/users keys del admin {fingerprint}") == f"key {fingerprint} removed from admin\n"
+    assert User.objects.get(username="admin").ssh_authorized_keys == ""
+    with pytest.raises(asyncssh.PermissionDenied):
+        asyncio.run(key_login())
+
+
 def test_no_forwarding_and_no_subsystems(console):
     async def probe():
         async with asyncssh.connect(
