@@ -84,6 +84,10 @@ def test_help_and_quit(console):
         "/users grant NAME RESOURCE ROLE  - give a user a role (reader, writer, admin) on a resource "
         "(smtp/mail/DOMAIN[:LOCAL], admin)",
         "/users grants [NAME]  - list the grants, of everyone or of one user",
+        "/users keys add NAME TYPE BASE64 [COMMENT...]  - let a user log into the console with an SSH "
+        "public key (a line of id_ed25519.pub)",
+        "/users keys del NAME NUMBER|FINGERPRINT  - remove one of a user's SSH keys",
+        "/users keys list NAME  - list the SSH keys a user may log in with",
         "/users list  - list the users",
         "/users passwd NAME PASSWORD  - set a user's password",
         "/users revoke NAME RESOURCE  - remove a user's grant on a resource",
