@@ -183,6 +183,11 @@ EVERLOCK_RESOLVER = env.str("EVERLOCK_RESOLVER", default="")
 # EVERLOCK_REMOTE_SMTP_PORT: the port remote MX hosts are dialled on (25 on the internet).
 EVERLOCK_REMOTE_SMTP_PORT = env.int("EVERLOCK_REMOTE_SMTP_PORT", default=25)
 
+# EVERLOCK_OUTBOUND_SOURCE_ADDRESSES: the local addresses outbound SMTP connections leave from,
+# at most one IPv4 and one IPv6 (e.g. "192.0.2.25,2001:db8::25"), so that remote servers see
+# the address your MX, SPF and reverse DNS records name. Empty: the system chooses.
+EVERLOCK_OUTBOUND_SOURCE_ADDRESSES = env.list("EVERLOCK_OUTBOUND_SOURCE_ADDRESSES", default=[])
+
 # EVERLOCK_SMTP_TLS_VERIFY: verify remote certificates on outbound STARTTLS. Off by default:
 # opportunistic TLS as on the public MX network.
 EVERLOCK_SMTP_TLS_VERIFY = env.bool("EVERLOCK_SMTP_TLS_VERIFY", default=False)

@@ -7,6 +7,7 @@ claimed (committed) before, and each outcome is committed after, its own attempt
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +33,13 @@ class Remote:
     port: int
     tls_verify: bool
     timeout: float = 60.0
+    # Local addresses to connect from, at most one per address family; () lets the system choose.
+    source_addresses: tuple[str, ...] = ()
+
+    def source_for(self, address: str) -> str | None:
+        """The configured local address of `address`'s family, or None."""
+        family = ipaddress.ip_address(address).version
+        return next((a for a in self.source_addresses if ipaddress.ip_address(a).version == family), None)
 
 
 def _read(claim: Claim) -> bytes:
@@ -175,6 +183,7 @@ def _connect(
                         helo_hostname=claim.helo_hostname,
                         tls_verify=remote.tls_verify,
                         timeout=remote.timeout,
+                        source_address=remote.source_for(address),
                     ),
                     index,
                     "",

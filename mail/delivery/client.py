@@ -43,12 +43,17 @@ class Connection:
         helo_hostname: str,
         tls_verify: bool,
         timeout: float = 60.0,
+        source_address: str | None = None,
     ):
         self.host = host
         self.address = address
         self.tls = False
         try:
-            self.smtp = smtplib.SMTP(timeout=timeout, local_hostname=helo_hostname)
+            self.smtp = smtplib.SMTP(
+                timeout=timeout,
+                local_hostname=helo_hostname,
+                source_address=(source_address, 0) if source_address else None,
+            )
             # starttls() sends this as SNI and checks the certificate against it: the MX
             # host's name, not the address we dialled.
             self.smtp._host = host

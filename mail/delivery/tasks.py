@@ -14,6 +14,7 @@ scanning at once only send duplicate kicks, which claim nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from datetime import timedelta
@@ -21,6 +22,7 @@ from datetime import timedelta
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
 
 from mail.delivery.attempts import claim, due_ids
@@ -35,13 +37,30 @@ BATCH = 100
 
 
 def remote_from_settings() -> Remote:
-    """The resolver, remote port and TLS policy from EVERLOCK_RESOLVER,
-    EVERLOCK_REMOTE_SMTP_PORT and EVERLOCK_SMTP_TLS_VERIFY."""
+    """The resolver, remote port, TLS policy and source addresses from EVERLOCK_RESOLVER,
+    EVERLOCK_REMOTE_SMTP_PORT, EVERLOCK_SMTP_TLS_VERIFY and EVERLOCK_OUTBOUND_SOURCE_ADDRESSES.
+
+    Raises ImproperlyConfigured for a source address that is not an IP address, or two of
+    one family.
+    """
     return Remote(
         resolver=make_resolver(settings.EVERLOCK_RESOLVER),
         port=settings.EVERLOCK_REMOTE_SMTP_PORT,
         tls_verify=settings.EVERLOCK_SMTP_TLS_VERIFY,
+        source_addresses=source_addresses(settings.EVERLOCK_OUTBOUND_SOURCE_ADDRESSES),
     )
+
+
+def source_addresses(values: list[str]) -> tuple[str, ...]:
+    try:
+        parsed = [ipaddress.ip_address(v.strip()) for v in values if v.strip()]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"EVERLOCK_OUTBOUND_SOURCE_ADDRESSES: {exc}") from None
+    if len({a.version for a in parsed}) != len(parsed):
+        raise ImproperlyConfigured(
+            "EVERLOCK_OUTBOUND_SOURCE_ADDRESSES: at most one IPv4 and one IPv6 address"
+        )
+    return tuple(str(a) for a in parsed)
 
 
 def _claim(ids: list[int] | None, limit: int):

@@ -148,6 +148,7 @@ class Received:
     data: bytes
     tls: bool
     helo: str
+    peer: str = ""
 
 
 @dataclass
@@ -178,6 +179,7 @@ class SinkHandler:
                 envelope.original_content,
                 session.ssl is not None,
                 session.host_name,
+                session.peer[0],
             )
         )
         return "250 2.0.0 queued"

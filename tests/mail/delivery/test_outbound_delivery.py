@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from delivery_world import queue_message, remote_for
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from mail.addresses import AddressError
@@ -16,6 +17,7 @@ from mail.delivery.batch import deliver_claims
 from mail.delivery.client import Connection
 from mail.delivery.mx import LookupFailed, lookup
 from mail.delivery.resolver import make_resolver
+from mail.delivery.tasks import source_addresses
 from mail.models import Message, OutboundDelivery, OutboundRecipient
 from mail.services.storage import read_content
 
@@ -253,6 +255,26 @@ def test_several_mx_first_down(sender, dns_server, sink, caplog):
     assert len(remote.received) == 1
     assert f"connect to mx1.example.net failed: mx1.example.net [127.0.0.2]:{remote.port}" in caplog.text
     assert "accepted by mx2.example.net" in caplog.text
+
+
+def test_connections_leave_from_the_configured_source_address(sender, dns_server, sink):
+    remote = sink()
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"])
+    # An IPv6 source is ignored for an IPv4 destination.
+    dial = remote_for(dns_server, remote.port, source_addresses=("::1", "127.0.0.3"))
+    deliver_claims(claim(ids=[r.id for r in rows]), remote=dial)
+    assert OutboundDelivery.objects.get().status == "delivered"
+    assert [r.peer for r in remote.received] == ["127.0.0.3"]
+
+
+def test_source_addresses_setting_is_checked():
+    assert source_addresses(["192.0.2.25", " 2001:db8::25 "]) == ("192.0.2.25", "2001:db8::25")
+    assert source_addresses([]) == ()
+    with pytest.raises(ImproperlyConfigured, match="does not appear to be an IPv4 or IPv6 address"):
+        source_addresses(["mail.example.com"])
+    with pytest.raises(ImproperlyConfigured, match="at most one IPv4 and one IPv6 address"):
+        source_addresses(["192.0.2.25", "192.0.2.26"])
 
 
 def test_each_address_of_a_host_in_turn(sender, dns_server, sink):
