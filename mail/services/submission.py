@@ -1,8 +1,9 @@
 """Submission (RFC 6409): what an authenticated user may send, and accepting what they send.
 
 The SMTP adapter (mail.smtp.submission) calls authorize_sender at MAIL FROM,
-check_submission_recipient at RCPT, prepare_submission then commit_submission at DATA (the
-commit in the group commit); each raises mail.smtp.replies.SMTPReject with the reply to give.
+check_submission_recipient at RCPT, and at DATA accept_submission in the group commit (which
+may run in the writer process: prepare_submission checks, completes and signs, then
+commit_submission files); each raises mail.smtp.replies.SMTPReject with the reply to give.
 """
 
 from __future__ import annotations
@@ -129,9 +130,33 @@ class Recipients:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """What a submission session accepted at DATA, as plain values (it may travel to the
+    writer process): the user, the envelope sender authorised at MAIL FROM and its domain,
+    the recipients accepted at RCPT and the message."""
+
+    user_id: int
+    envelope_from: str
+    domain_id: int
+    mailbox_ids: tuple[int, ...]  # local recipients
+    remote: tuple[str, ...]
+    raw: bytes
+
+    @classmethod
+    def of(cls, *, sender: Sender, recipients: Recipients, raw: bytes) -> Submission:
+        return cls(
+            user_id=sender.user.pk,
+            envelope_from=str(sender.address),
+            domain_id=sender.domain.id,
+            mailbox_ids=tuple(m.id for m in recipients.mailboxes),
+            remote=recipients.remote,
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True)
 class PreparedSubmission:
-    """A submitted message checked, completed and signed, ready to be committed: plain
-    values only (it may travel to the writer process, mail.smtp.writer)."""
+    """A submitted message checked, completed and signed, ready to be committed."""
 
     raw: bytes
     envelope_from: str
@@ -143,11 +168,28 @@ class PreparedSubmission:
     helo_hostname: str
 
 
-def prepare_submission(*, sender: Sender, recipients: Recipients, raw: bytes) -> PreparedSubmission:
+def _sender_of(submission: Submission) -> Sender:
+    """The Sender authorised at MAIL FROM, read again (through the directory). Raises
+    SENDER_NOT_ALLOWED when the user or the domain has gone since."""
+    user = directory.remember(
+        ("user", submission.user_id),
+        lambda: User.objects.filter(pk=submission.user_id, is_active=True).first(),
+    )
+    domain = directory.remember(
+        ("domain", submission.domain_id), lambda: MailDomain.objects.filter(pk=submission.domain_id).first()
+    )
+    if user is None or domain is None:
+        raise replies.SENDER_NOT_ALLOWED
+    return Sender(user=user, address=parse_address(submission.envelope_from), domain=domain)
+
+
+def prepare_submission(*, submission: Submission) -> PreparedSubmission:
     """Check the From header, add Message-Id and Date when missing, DKIM-sign. Writes nothing.
 
     Raises SMTPReject for a From header the user may not use or several From addresses.
     """
+    sender = _sender_of(submission)
+    raw = submission.raw
     parsed = parse_message(raw)
     _check_header_from(sender, parsed)
     raw = _complete_headers(raw, parsed, sender.domain)
@@ -156,14 +198,34 @@ def prepare_submission(*, sender: Sender, recipients: Recipients, raw: bytes) ->
     sender_mailbox = directory.remember(("mailbox", sender.address.key), lambda: _sender_mailbox(sender))
     return PreparedSubmission(
         raw=raw,
-        envelope_from=str(sender.address),
+        envelope_from=submission.envelope_from,
         domain_id=sender.domain.id,
         sender_local=sender.address.local,
         sender_mailbox_id=None if sender_mailbox is None else sender_mailbox.id,
-        mailbox_ids=tuple(m.id for m in recipients.mailboxes),
-        remote=recipients.remote,
+        mailbox_ids=submission.mailbox_ids,
+        remote=submission.remote,
         helo_hostname=sender.domain.effective_hostname,
     )
+
+
+def accept_submission(*, submission: Submission, files: StoredFiles | None = None) -> None:
+    """prepare_submission then commit_submission: a submission's DATA, run in the group
+    commit. Raises SMTPReject (the From header, a rule); otherwise nothing is committed when
+    it raises."""
+    directory.refresh()
+    commit_submission(prepared=prepare_submission(submission=submission), files=files)
+
+
+def accept_submission_many(*, items: list[dict], files: StoredFiles) -> list[None]:
+    """accept_submission for many messages at once (the group commit's fast path): each
+    prepared, then all committed with commit_submission_many. Raises on the first problem
+    of any message; the caller then takes them one by one, so each gets its own answer."""
+    directory.refresh()
+    prepared = [prepare_submission(submission=item["submission"]) for item in items]
+    return commit_submission_many(items=[{"prepared": p} for p in prepared], files=files)
+
+
+accept_submission.many = accept_submission_many
 
 
 def _sender_mailbox(sender: Sender) -> Mailbox | None:
@@ -265,12 +327,12 @@ commit_submission.many = commit_submission_many
 
 def submit_message(*, user: User, envelope_from: str, recipients: list[str], raw: bytes) -> None:
     """The whole submission in one call, as the SMTP session makes it decision by decision:
-    authorize_sender, check_submission_recipient per recipient, prepare and commit."""
+    authorize_sender, check_submission_recipient per recipient, accept_submission."""
     sender = authorize_sender(user=user, envelope_from=envelope_from)
     accepted = Recipients()
     for recipient in recipients:
         accepted = accepted.add(check_submission_recipient(recipient=recipient))
-    commit_submission(prepared=prepare_submission(sender=sender, recipients=accepted, raw=raw))
+    accept_submission(submission=Submission.of(sender=sender, recipients=accepted, raw=raw))
 
 
 def check_submission_recipient(*, recipient: str) -> Mailbox | str:

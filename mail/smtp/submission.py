@@ -10,10 +10,10 @@ from accounts.authentication import Throttled, authenticate
 from accounts.models import User
 from mail.services.submission import (
     Recipients,
+    Submission,
+    accept_submission,
     authorize_sender,
     check_submission_recipient,
-    commit_submission,
-    prepare_submission,
     remembered_login,
     remembered_recipient,
 )
@@ -76,10 +76,7 @@ class SubmissionHandler(BaseHandler):
             check_data(raw, max_hops=self.config.max_hops)
         except SMTPReject as exc:
             return exc.reply
-        # Checking and signing run beside other sessions; only the commit is serialised.
-        ok, result = await call_service(
-            prepare_submission, sender=envelope.sender, recipients=envelope.accepted, raw=raw
-        )
-        if ok:
-            ok, result = await call_batched(self.committer, commit_submission, prepared=result)
+        # Checking, signing and filing all run in the group commit (the writer process).
+        submission = Submission.of(sender=envelope.sender, recipients=envelope.accepted, raw=raw)
+        ok, result = await call_batched(self.committer, accept_submission, submission=submission)
         return replies.ACCEPTED if ok else result
