@@ -24,6 +24,7 @@ from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
+from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
 from mail.services.storage import StoredFiles, store_content, write_contents
 from mail.smtp import replies
@@ -197,6 +198,29 @@ def _folder_ids(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
     return found
 
 
+def mailboxes_by_id(ids: set[int]) -> dict[int, Mailbox]:
+    """The mailboxes `ids` names, with their domains, through the directory's memory (call
+    directory.refresh() first). Raises MAILBOX_CHANGED when one was deleted since RCPT."""
+    found = {i: directory.get(("mailbox-id", i)) for i in ids}
+    missing = {i for i, mailbox in found.items() if mailbox is None}
+    if missing:
+        for mailbox in Mailbox.objects.select_related("domain").filter(id__in=missing).order_by():
+            found[mailbox.id] = directory.remember(("mailbox-id", mailbox.id), lambda m=mailbox: m)
+    if any(mailbox is None for mailbox in found.values()):
+        raise replies.MAILBOX_CHANGED
+    return found
+
+
+def _remembered_folder_ids(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """_folder_ids through the directory's memory (a folder goes only with its mailbox)."""
+    found = {key: directory.get(("folder", *key)) for key in wanted}
+    missing = {key for key, folder_id in found.items() if folder_id is None}
+    if missing:
+        for key, folder_id in _folder_ids(missing).items():
+            found[key] = directory.remember(("folder", *key), lambda i=folder_id: i)
+    return found
+
+
 def _header_block(pairs: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{name}: {value}\r\n".encode() for name, value in pairs)
 
@@ -319,10 +343,8 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
     one, so each gets its own answer.
     """
     parsed = [parse_message(item["raw"]) for item in items]
-    wanted_ids = {i for item in items for i in item["mailbox_ids"]}
-    boxes = {m.id: m for m in Mailbox.objects.select_related("domain").filter(id__in=wanted_ids).order_by()}
-    if len(boxes) != len(wanted_ids):
-        raise replies.MAILBOX_CHANGED
+    directory.refresh()
+    boxes = mailboxes_by_id({i for item in items for i in item["mailbox_ids"]})
     rules = current_rules()
     plans = []
     for item, facts in zip(items, parsed, strict=True):
@@ -364,7 +386,7 @@ def store_and_file_many(
         for name, (raw, _, _, _) in zip(names, entries, strict=True)
     ]
     MessageContent.objects.bulk_create(contents)
-    folders = _folder_ids(
+    folders = _remembered_folder_ids(
         {(mb.id, f.folder) for _, _, _, planned in entries for mb, plan in planned for f in plan.folders()}
     )
     stored: list[tuple[MessageContent, list[Message]]] = []

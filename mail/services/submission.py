@@ -27,6 +27,7 @@ from mail.rules.engine import current_rules
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
     file_planned,
+    mailboxes_by_id,
     parse_message,
     plan_recipients,
     resolve_mailboxes,
@@ -236,14 +237,6 @@ def _sender_mailbox(sender: Sender) -> Mailbox | None:
     )
 
 
-def _mailboxes(ids: set[int]) -> dict[int, Mailbox]:
-    """The mailboxes `ids` names. Raises MAILBOX_CHANGED when one was deleted since RCPT."""
-    found = {m.id: m for m in Mailbox.objects.select_related("domain").filter(id__in=ids).order_by()}
-    if len(found) != len(ids):
-        raise replies.MAILBOX_CHANGED
-    return found
-
-
 def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None = None) -> None:
     """In one transaction: store the message, deliver it to local mailboxes, queue remote
     recipients, file a copy in the sender's `sent` folder.
@@ -257,7 +250,7 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
     parsed = parse_message(raw)
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
         wanted = {*prepared.mailbox_ids, *filter(None, [prepared.sender_mailbox_id])}
-        boxes = _mailboxes(wanted)
+        boxes = mailboxes_by_id(wanted)
         planned = plan_recipients(
             mailboxes=[boxes[i] for i in prepared.mailbox_ids],
             parsed=parsed,
@@ -295,7 +288,7 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     batch: list[PreparedSubmission] = [item["prepared"] for item in items]
     if any(prepared.sender_mailbox_id is None for prepared in batch):
         raise ValueError("a sender's first message creates the mailbox on the one-by-one path")
-    boxes = _mailboxes({i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id)})
+    boxes = mailboxes_by_id({i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id)})
     rules = current_rules()
     entries = []
     for prepared in batch:
