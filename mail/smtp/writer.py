@@ -13,6 +13,7 @@ die, every delivery in flight answers 451 4.3.0 and the next one starts a new wr
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import itertools
 import logging
@@ -51,6 +52,7 @@ def _target(func: Callable[..., Any]) -> str:
     return f"{func.__module__}:{func.__qualname__}"
 
 
+@functools.cache
 def _resolve(target: str) -> Callable[..., Any]:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
