@@ -116,6 +116,7 @@ class WriterProcess:
         # A plain child process (not multiprocessing's), so that a listener running in a
         # daemonic process may start it too; it imports this project as the listener does.
         env = {
+            "DJANGO_SETTINGS_MODULE": "everlock_site.settings",
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
@@ -129,13 +130,17 @@ class WriterProcess:
         conn = Connection(ours.detach())
         outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         ready = threading.Event()
+        pending: dict[int, Callable[[bool, Any], None]] = {}  # this writer's deliveries
         # Sending runs in a thread of its own: a big message, or a writer busy with a slow
         # commit, must never block the event loop on a full pipe.
         threading.Thread(target=self._send, args=(conn, outbox), name="smtp-writer-send", daemon=True).start()
         threading.Thread(
-            target=self._receive, args=(conn, outbox, process, ready), name="smtp-writer-receive", daemon=True
+            target=self._receive,
+            args=(conn, outbox, process, ready, pending),
+            name="smtp-writer-receive",
+            daemon=True,
         ).start()
-        self._process, self._outbox, self._ready = process, outbox, ready
+        self._process, self._outbox, self._ready, self._pending = process, outbox, ready, pending
         return outbox
 
     def _send(self, conn, outbox: queue.SimpleQueue) -> None:
@@ -146,7 +151,9 @@ class WriterProcess:
                 return  # the writer is gone; _receive fails what is pending
         conn.close()  # the writer sees EOF and ends
 
-    def _receive(self, conn, outbox: queue.SimpleQueue, process: subprocess.Popen, ready: threading.Event):
+    def _receive(
+        self, conn, outbox, process: subprocess.Popen, ready: threading.Event, pending: dict
+    ) -> None:
         try:
             while True:
                 data = conn.recv_bytes()
@@ -155,7 +162,7 @@ class WriterProcess:
                     continue
                 job_id, outcome = int.from_bytes(data[:8], "big"), pickle.loads(data[8:])
                 with self._lock:
-                    settle = self._pending.pop(job_id, None)
+                    settle = pending.pop(job_id, None)
                 if settle is not None:
                     settle(True, None) if outcome[0] else settle(False, _failure(outcome))
         except (EOFError, OSError):
@@ -165,8 +172,9 @@ class WriterProcess:
                 log.error("SMTP: the writer process ended; a new one starts with the next message")
                 self._outbox = self._process = None
                 outbox.put(None)
-            pending, self._pending = self._pending, {}
-        for settle in pending.values():
+            unanswered = list(pending.values())
+            pending.clear()
+        for settle in unanswered:
             settle(False, WriterError("the writer process ended before the commit was confirmed"))
         ready.set()
         conn.close()
