@@ -136,7 +136,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Job]) -> None:
         many = getattr(batch[0].func, "many", None)
-        same = many is not None and len(batch) > 1 and all(job.func is batch[0].func for job in batch)
+        same = many is not None and all(job.func is batch[0].func for job in batch)
         if same and self._commit_many(batch, many):
             return
         self._commit_each(batch)
