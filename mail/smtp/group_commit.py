@@ -83,8 +83,9 @@ class GroupCommitter:
     exception is raised to the awaiting caller, and its rows and files are undone.
     """
 
-    def __init__(self, *, max_batch: int = MAX_BATCH):
+    def __init__(self, *, max_batch: int = MAX_BATCH, after_batch: Callable[[], None] | None = None):
         self.max_batch = max_batch
+        self.after_batch = after_batch  # called in the commit thread once a batch is settled
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -133,6 +134,8 @@ class GroupCommitter:
                     break
                 batch.append(job)
             self._commit(batch)
+            if self.after_batch is not None:
+                self.after_batch()
 
     def _commit(self, batch: list[_Job]) -> None:
         many = getattr(batch[0].func, "many", None)

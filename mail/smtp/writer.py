@@ -38,8 +38,9 @@ log = logging.getLogger("mail.smtp")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# The writer's first frame: loaded and ready to commit. Every other frame starts with the
-# 8-byte id of the delivery it answers.
+# The writer's first frame: loaded and ready to commit. Then the listener sends frames of
+# deliveries (each its 8-byte id and the pickled call, length-prefixed) and the writer
+# answers a batch at a time (a pickled list of (id, outcome)).
 _READY = b"ready"
 
 
@@ -145,10 +146,16 @@ class WriterProcess:
 
     def _send(self, conn, outbox: queue.SimpleQueue) -> None:
         while (data := outbox.get()) is not None:
+            # Everything queued meanwhile goes in the same frame.
+            frame = [data]
+            while not outbox.empty() and (data := outbox.get()) is not None:
+                frame.append(data)
             try:
-                conn.send_bytes(data)
+                conn.send_bytes(_join(frame))
             except OSError:
                 return  # the writer is gone; _receive fails what is pending
+            if data is None:
+                break
         conn.close()  # the writer sees EOF and ends
 
     def _receive(
@@ -160,11 +167,11 @@ class WriterProcess:
                 if data == _READY:
                     ready.set()
                     continue
-                job_id, outcome = int.from_bytes(data[:8], "big"), pickle.loads(data[8:])
-                with self._lock:
-                    settle = pending.pop(job_id, None)
-                if settle is not None:
-                    settle(True, None) if outcome[0] else settle(False, _failure(outcome))
+                for job_id, outcome in pickle.loads(data):
+                    with self._lock:
+                        settle = pending.pop(job_id, None)
+                    if settle is not None:
+                        settle(True, None) if outcome[0] else settle(False, _failure(outcome))
         except (EOFError, OSError):
             pass
         with self._lock:
@@ -184,24 +191,45 @@ class WriterProcess:
 def serve_writer(conn: Connection, max_batch: int) -> None:
     """The writer process (`manage.py smtpwriter`, started by WriterProcess): run each
     delivery received on `conn` in a GroupCommitter and answer each; return at EOF."""
-    committer = GroupCommitter(max_batch=max_batch)
+    answers: list[tuple[int, tuple]] = []
     sending = threading.Lock()
 
-    def answer(job_id: bytes, ok: bool, value: Any) -> None:
-        data = job_id + pickle.dumps(_outcome(ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+    def answer(job_id: int, ok: bool, value: Any) -> None:
         with sending:
-            conn.send_bytes(data)
+            answers.append((job_id, _outcome(ok, value)))
 
+    def send_answers() -> None:
+        # The answers of a batch go back in one frame.
+        with sending:
+            if answers:
+                conn.send_bytes(pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL))
+                answers.clear()
+
+    committer = GroupCommitter(max_batch=max_batch, after_batch=send_answers)
     conn.send_bytes(_READY)
     try:
         while True:
             try:
-                data = conn.recv_bytes()
+                frame = conn.recv_bytes()
             except EOFError:
                 return
-            target, kwargs = pickle.loads(data[8:])
-            committer.submit(
-                _resolve(target), kwargs, settle=lambda ok, value, i=data[:8]: answer(i, ok, value)
-            )
+            for data in _split(frame):
+                job_id, (target, kwargs) = int.from_bytes(data[:8], "big"), pickle.loads(data[8:])
+                committer.submit(
+                    _resolve(target), kwargs, settle=lambda ok, value, i=job_id: answer(i, ok, value)
+                )
     finally:
         committer.stop(wait=True)
+
+
+def _join(parts: list[bytes]) -> bytes:
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+def _split(frame: bytes) -> list[bytes]:
+    parts, at = [], 0
+    while at < len(frame):
+        size = int.from_bytes(frame[at : at + 4], "big")
+        parts.append(frame[at + 4 : at + 4 + size])
+        at += 4 + size
+    return parts
