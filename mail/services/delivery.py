@@ -26,7 +26,7 @@ from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
-from mail.services.storage import StoredFiles, store_content, write_contents
+from mail.services.storage import ContentWrites, StoredFiles, store_content
 from mail.smtp import replies
 from mail.smtp.replies import SMTPReject
 
@@ -380,7 +380,20 @@ def store_and_file_many(
     """
     if any(plan.outgoing for _, _, _, planned in entries for _, plan in planned):
         raise ValueError("rule messages are sent on the one-by-one path")
-    names = write_contents([raw for raw, _, _, _ in entries], files=files)
+    # The files are written and synced while their rows go in; the commit waits for both.
+    writes = ContentWrites([raw for raw, _, _, _ in entries], files=files)
+    try:
+        stored = _file_many(entries, writes.names)
+    except BaseException:
+        writes.settle()  # nothing still writing when the caller removes the files
+        raise
+    writes.wait()
+    return stored
+
+
+def _file_many(
+    entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], names: list[str]
+) -> list[tuple[MessageContent, list[Message]]]:
     contents = [
         MessageContent(storage_name=name, size=len(raw))
         for name, (raw, _, _, _) in zip(names, entries, strict=True)

@@ -33,6 +33,11 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def _new_name() -> str:
+    now = datetime.now(UTC)
+    return f"{now:%Y/%m/%d}/{now:%H%M%S}-{secrets.token_hex(8)}.eml"
+
+
 def write_content(raw: bytes, *, sync_directory: bool = True) -> str:
     """Write `raw` to a new file of the messages storage and sync it; return its name.
 
@@ -41,8 +46,7 @@ def write_content(raw: bytes, *, sync_directory: bool = True) -> str:
     once save() returns. Raises OSError when storage fails.
     """
     storage = message_storage()
-    now = datetime.now(UTC)
-    name = f"{now:%Y/%m/%d}/{now:%H%M%S}-{secrets.token_hex(8)}.eml"
+    name = _new_name()
     if isinstance(storage, FileSystemStorage):
         path = storage.path(name)
         if os.path.isdir(os.path.dirname(path)):
@@ -79,27 +83,56 @@ def _write_new_file(path: str, raw: bytes, *, mode: int | None) -> None:
         raise
 
 
-# Writers for write_contents: the fsyncs of many files wait side by side, and the filesystem
+# Writers for ContentWrites: the fsyncs of many files wait side by side, and the filesystem
 # makes them durable in one journal commit instead of one after another.
 _file_writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="message-files")
 
 
-def write_contents(raws: list[bytes], *, files: StoredFiles) -> list[str]:
-    """write_content for many messages at once, their directories synced once; returns the
-    names in order. Every file written is added to `files` (removed unless the caller
-    commits), even when another failed: then the first OSError is raised."""
-    pending = [_file_writers.submit(write_content, raw, sync_directory=False) for raw in raws]
-    names, failure = [], None
-    for future in pending:
+class ContentWrites:
+    """Message files written and synced in the background while the caller inserts their
+    rows: the names are known at once, and wait() returns once every file is durable. Call
+    wait() before the commit, or settle() when giving up (then remove `files`).
+
+    Every name is added to `files` at once, so a failed transaction removes them all."""
+
+    def __init__(self, raws: list[bytes], *, files: StoredFiles):
+        storage = message_storage()
+        local = isinstance(storage, FileSystemStorage)
+        self.names: list[str] = []
+        self._pending = []
         try:
-            names.append(future.result())
-        except OSError as exc:
-            failure = failure or exc
-    files.names.extend(names)
-    if failure is not None:
-        raise failure
-    sync_directories(names)
-    return names
+            for raw in raws:
+                name = _new_name()
+                path = storage.path(name) if local else ""
+                if local and os.path.isdir(os.path.dirname(path)):
+                    self._pending.append(
+                        _file_writers.submit(_write_new_file, path, raw, mode=storage.file_permissions_mode)
+                    )
+                else:
+                    name = write_content(raw, sync_directory=False)  # a new directory; a remote storage
+                self.names.append(name)
+                files.names.append(name)
+        except BaseException:
+            self.settle()
+            raise
+
+    def settle(self) -> OSError | None:
+        """Wait for every write to end; return the first failure."""
+        failure = None
+        for future in self._pending:
+            try:
+                future.result()
+            except OSError as exc:
+                failure = failure or exc
+        return failure
+
+    def wait(self) -> None:
+        """Return once every file and its directory entry is durable; raise the first
+        OSError of a write."""
+        failure = self.settle()
+        if failure is not None:
+            raise failure
+        sync_directories(self.names)
 
 
 def sync_directories(names: list[str]) -> None:
