@@ -370,25 +370,28 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
 
 def store_and_file_many(
     entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], *, files: StoredFiles
-) -> list[tuple[MessageContent, list[Message]]]:
+) -> list[tuple[MessageContent | None, list[Message]]]:
     """Store many messages and file each by its plans, in the caller's transaction, with a
     fixed number of queries however many messages: the group commit's fast paths.
 
     `entries` are (raw, parsed, envelope_from, planned). Returns each message's content row
-    and filed messages. Raises ValueError when a plan sends rule messages (those go the
-    one-by-one way); any other exception leaves the caller to roll back and remove `files`.
+    and filed messages ((None, []) for one the rules discard for everyone). Raises
+    ValueError when a plan sends rule messages (those go the one-by-one way); any other
+    exception leaves the caller to roll back and remove `files`.
     """
     if any(plan.outgoing for _, _, _, planned in entries for _, plan in planned):
         raise ValueError("rule messages are sent on the one-by-one path")
+    # A message the rules discard for every recipient is not stored at all.
+    kept = [entry for entry in entries if any(plan.folders() for _, plan in entry[3])]
     # The files are written and synced while their rows go in; the commit waits for both.
-    writes = ContentWrites([raw for raw, _, _, _ in entries], files=files)
+    writes = ContentWrites([raw for raw, _, _, _ in kept], files=files)
     try:
-        stored = _file_many(entries, writes.names)
+        filed = iter(_file_many(kept, writes.names))
     except BaseException:
         writes.settle()  # nothing still writing when the caller removes the files
         raise
     writes.wait()
-    return stored
+    return [next(filed) if any(plan.folders() for _, plan in entry[3]) else (None, []) for entry in entries]
 
 
 def _file_many(
