@@ -1,9 +1,11 @@
 """The SMTP listeners: aiosmtpd protocol objects wired to Django services.
 
-Each SMTP decision (a recipient, a sender, a login, the message) is one call of a
-synchronous service in a worker thread (`call_service`); the ORM never runs on the event
-loop. SMTPReject from a service becomes its reply; any other failure is ours and answers
-451 4.3.0 (logged, never shown to the client).
+Each SMTP decision (a recipient, a sender, a login) is one call of a synchronous service in
+a worker thread (`call_service`), unless the directory's memory already holds the answer
+(mail.services.directory); the message itself goes to the group commit (`call_batched`),
+by default in the writer process (mail.smtp.writer). The ORM never runs on the event loop.
+SMTPReject from a service becomes its reply; any other failure is ours and answers 451 4.3.0
+(logged, never shown to the client).
 """
 
 from __future__ import annotations
