@@ -49,7 +49,7 @@ class BaseHandler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         lines = [r for r in responses if not r.startswith("250-AUTH")]
-        if getattr(server, "offers_auth", False) and server.auth_allowed():
+        if getattr(server, "offers_auth", False) and server.may_offer_auth():
             # The product doc's advertisement, in this order (RFC 4954 section 3).
             lines.insert(len(lines) - 1, "250-AUTH PLAIN LOGIN")
         return lines

@@ -367,7 +367,7 @@ class EverlockSMTP(SMTP):
 
     # -- AUTH (RFC 4954) ------------------------------------------------------------------
 
-    def auth_allowed(self) -> bool:
+    def may_offer_auth(self) -> bool:
         """Plain-text mechanisms only over TLS, from loopback, or when the setting allows."""
         if not self.offers_auth:
             return False
@@ -380,7 +380,7 @@ class EverlockSMTP(SMTP):
         if not self.offers_auth:
             await self.push(replies.AUTH_NOT_OFFERED.reply)
             return
-        if not self.auth_allowed():
+        if not self.may_offer_auth():
             await self.push(replies.AUTH_NEEDS_TLS.reply)
             return
         await super().smtp_AUTH(arg)

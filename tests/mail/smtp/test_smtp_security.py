@@ -165,6 +165,13 @@ def test_auth_brute_force_closes_the_session(raw, smtp):
     assert nothing_stored()
 
 
+@pytest.mark.parametrize("mechanism", [b"ALLOWED", b"CRAM-MD5", b"XOAUTH2", b"MAY-OFFER-AUTH"])
+def test_only_plain_and_login_are_mechanisms(raw, smtp, mechanism):
+    client = raw(smtp.submission_port)
+    assert client.cmd(b"AUTH " + mechanism) == b"504 5.5.4 Unrecognized authentication type"
+    assert client.cmd(b"MAIL FROM:<alice@example.com>") == b"530 5.7.0 Authentication required"
+
+
 def test_auth_with_invalid_utf8_and_nul(raw, smtp):
     client = raw(smtp.submission_port)
     assert client.cmd(b"AUTH PLAIN " + base64.b64encode(b"\0al\xffice\0change-me")) == (
