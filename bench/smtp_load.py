@@ -18,6 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 20
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "1000"))
+# Each server gets the same untimed warm-up (a message per client: connections, caches, the
+# first login's password check), then ROUNDS timed rounds; the best round counts.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def setup_django(data_dir: str) -> None:
@@ -70,11 +73,13 @@ async def one_message(port: int, *, sender: str, rcpt: str, data: bytes, auth: b
         writer.close()
 
 
-async def drive(port: int, *, sender: str, rcpt: str, auth: tuple[str, str] | None) -> float:
-    """Send MESSAGES messages with CLIENTS concurrent clients; return messages per second."""
+async def drive(
+    port: int, *, sender: str, rcpt: str, auth: tuple[str, str] | None, messages: int = MESSAGES
+) -> float:
+    """Send `messages` messages with CLIENTS concurrent clients; return messages per second."""
     data = message()
     blob = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()) if auth else None
-    remaining = MESSAGES
+    remaining = messages
 
     async def client() -> None:
         nonlocal remaining
@@ -84,7 +89,13 @@ async def drive(port: int, *, sender: str, rcpt: str, auth: tuple[str, str] | No
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return MESSAGES / (time.perf_counter() - started)
+    return messages / (time.perf_counter() - started)
+
+
+def measure(port: int, *, sender: str, rcpt: str, auth: tuple[str, str] | None) -> list[float]:
+    """The warm-up, then the msgs/s of each of ROUNDS timed rounds."""
+    asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth, messages=CLIENTS))
+    return [asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth)) for _ in range(ROUNDS)]
 
 
 def _bare_server(ready, auth: bool) -> None:
@@ -161,17 +172,23 @@ def run(*, submission: bool, target: float) -> None:
     auth = ("alice", "change-me") if submission else None
     sender = "alice@example.com" if submission else "carol@example.net"
     bare, bare_port = start(_bare_server, submission)
-    bare_rate = asyncio.run(drive(bare_port, sender=sender, rcpt="bob@example.com", auth=auth))
+    bare_rounds = measure(bare_port, sender=sender, rcpt="bob@example.com", auth=auth)
     bare.terminate()
     ours, ports = start(_everlock_server, data_dir)
     port = ports[1] if submission else ports[0]
-    our_rate = asyncio.run(drive(port, sender=sender, rcpt="bob@example.com", auth=auth))
+    our_rounds = measure(port, sender=sender, rcpt="bob@example.com", auth=auth)
     ours.terminate()
+    bare_rate, our_rate = max(bare_rounds), max(our_rounds)
     from mail.models import Message
 
     kind = "submission (AUTH PLAIN, Ed25519 + RSA DKIM)" if submission else "inbound (durable local delivery)"
     print(f"{kind}: {MESSAGES} messages of 2 KB, {CLIENTS} concurrent clients, one connection each")
-    print(f"bare aiosmtpd (discard): {bare_rate:8.1f} msgs/s")
-    print(f"everlock:                {our_rate:8.1f} msgs/s")
+    print(f"best of {ROUNDS} rounds after a warm-up of {CLIENTS} messages")
+    print(f"bare aiosmtpd (discard): {bare_rate:8.1f} msgs/s  (rounds: {_rounds(bare_rounds)})")
+    print(f"everlock:                {our_rate:8.1f} msgs/s  (rounds: {_rounds(our_rounds)})")
     print(f"ratio:                   {our_rate / bare_rate:8.1%} (target {target:.0%})")
     print(f"messages filed:          {Message.objects.count()}")
+
+
+def _rounds(rates: list[float]) -> str:
+    return ", ".join(f"{r:.1f}" for r in rates)
