@@ -192,6 +192,13 @@ EVERLOCK_OUTBOUND_SOURCE_ADDRESSES = env.list("EVERLOCK_OUTBOUND_SOURCE_ADDRESSE
 # opportunistic TLS as on the public MX network.
 EVERLOCK_SMTP_TLS_VERIFY = env.bool("EVERLOCK_SMTP_TLS_VERIFY", default=False)
 
+# EVERLOCK_SUBMISSION_TRUSTED_NETWORKS: clients that may submit without AUTH, as addresses of
+# a domain set to auth=off (submission auth "none"): programs on this host or your own network
+# (comma separated CIDR networks). Mail from anyone else, and for other domains, needs AUTH.
+EVERLOCK_SUBMISSION_TRUSTED_NETWORKS = env.list(
+    "EVERLOCK_SUBMISSION_TRUSTED_NETWORKS", default=["127.0.0.0/8", "::1/128"]
+)
+
 # EVERLOCK_SUBMISSION_PLAINTEXT_AUTH: allow AUTH without STARTTLS from non-loopback clients.
 EVERLOCK_SUBMISSION_PLAINTEXT_AUTH = env.bool("EVERLOCK_SUBMISSION_PLAINTEXT_AUTH", default=False)
 

@@ -44,9 +44,13 @@ log = logging.getLogger("mail.smtp")
 
 @dataclass(frozen=True)
 class Sender:
-    """An envelope sender the user may use: the user, the address and its local domain."""
+    """An envelope sender the user may use: the user, the address and its local domain.
 
-    user: User
+    `user` is None for a client that did not authenticate: allowed only from a trusted
+    network, for a domain whose submission auth is "none".
+    """
+
+    user: User | None
     address: Address
     domain: MailDomain
 
@@ -62,18 +66,22 @@ def may_send_as(user: User, address: Address) -> MailDomain | None:
     """The domain of `address` when `user` may submit as it, else None.
 
     The domain must be an enabled local domain with submission on, and the user must hold
-    writer on smtp/mail/D:LOCAL or smtp/mail/D.
+    writer on smtp/mail/D:LOCAL or smtp/mail/D. Without a user (no AUTH, from a trusted
+    network) the domain's submission auth must be "none".
     """
     domain = MailDomain.objects.filter(name=address.domain, enabled=True, submission_enabled=True).first()
     if domain is None:
         return None
+    if user is None:
+        return domain if domain.submission_auth == MailDomain.SubmissionAuth.NONE else None
     if not user_allows(user, "writer", mailbox_resource(address.local, address.domain)):
         return None
     return domain
 
 
-def authorize_sender(*, user: User, envelope_from: str) -> Sender:
-    """Check MAIL FROM for `user`. Raises SMTPReject (BAD_SENDER, SENDER_NOT_ALLOWED).
+def authorize_sender(*, user: User | None, envelope_from: str) -> Sender:
+    """Check MAIL FROM for `user` (None: a trusted client without AUTH). Raises SMTPReject
+    (BAD_SENDER, SENDER_NOT_ALLOWED).
 
     Starts a mail transaction: the directory's memory is checked against the latest change
     here, and the RCPT and DATA decisions that follow may answer from it."""
@@ -82,7 +90,8 @@ def authorize_sender(*, user: User, envelope_from: str) -> Sender:
     except AddressError:
         raise replies.BAD_SENDER from None
     directory.refresh()
-    domain = directory.remember(("send-as", user.pk, address.key), lambda: may_send_as(user, address))
+    key = ("send-as", user.pk if user is not None else None, address.key)
+    domain = directory.remember(key, lambda: may_send_as(user, address))
     if domain is None:
         raise replies.SENDER_NOT_ALLOWED
     return Sender(user=user, address=address, domain=domain)
@@ -136,7 +145,7 @@ class Submission:
     writer process): the user, the envelope sender authorised at MAIL FROM and its domain,
     the recipients accepted at RCPT and the message."""
 
-    user_id: int
+    user_id: int | None  # None: a trusted client without AUTH
     envelope_from: str
     domain_id: int
     mailbox_ids: tuple[int, ...]  # local recipients
@@ -146,7 +155,7 @@ class Submission:
     @classmethod
     def of(cls, *, sender: Sender, recipients: Recipients, raw: bytes) -> Submission:
         return cls(
-            user_id=sender.user.pk,
+            user_id=sender.user.pk if sender.user is not None else None,
             envelope_from=str(sender.address),
             domain_id=sender.domain.id,
             mailbox_ids=tuple(m.id for m in recipients.mailboxes),
@@ -163,23 +172,32 @@ class PreparedSubmission:
     envelope_from: str
     domain_id: int
     sender_local: str
-    sender_mailbox_id: int | None  # None: created at commit
+    # None: created at commit for an authenticated user; without AUTH, no sent copy is kept
+    # unless the mailbox exists.
+    sender_mailbox_id: int | None
     mailbox_ids: tuple[int, ...]  # local recipients
     remote: tuple[str, ...]
     helo_hostname: str
+    authenticated: bool = True  # False: a trusted client without AUTH (the rules can tell)
 
 
 def _sender_of(submission: Submission) -> Sender:
     """The Sender authorised at MAIL FROM, read again (through the directory). Raises
     SENDER_NOT_ALLOWED when the user or the domain has gone since."""
+    domain = directory.remember(
+        ("domain", submission.domain_id), lambda: MailDomain.objects.filter(pk=submission.domain_id).first()
+    )
+    if domain is None:
+        raise replies.SENDER_NOT_ALLOWED
+    if submission.user_id is None:
+        if domain.submission_auth != MailDomain.SubmissionAuth.NONE:
+            raise replies.SENDER_NOT_ALLOWED
+        return Sender(user=None, address=parse_address(submission.envelope_from), domain=domain)
     user = directory.remember(
         ("user", submission.user_id),
         lambda: User.objects.filter(pk=submission.user_id, is_active=True).first(),
     )
-    domain = directory.remember(
-        ("domain", submission.domain_id), lambda: MailDomain.objects.filter(pk=submission.domain_id).first()
-    )
-    if user is None or domain is None:
+    if user is None:
         raise replies.SENDER_NOT_ALLOWED
     return Sender(user=user, address=parse_address(submission.envelope_from), domain=domain)
 
@@ -206,6 +224,7 @@ def prepare_submission(*, submission: Submission) -> PreparedSubmission:
         mailbox_ids=submission.mailbox_ids,
         remote=submission.remote,
         helo_hostname=sender.domain.effective_hostname,
+        authenticated=sender.user is not None,
     )
 
 
@@ -256,15 +275,18 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
             parsed=parsed,
             raw=raw,
             envelope_from=envelope_from,
-            authenticated=True,
+            authenticated=prepared.authenticated,
         )
         content = store_content(raw, files=files)
-        if prepared.sender_mailbox_id is None:
+        if prepared.sender_mailbox_id is not None:
+            sender_box = boxes[prepared.sender_mailbox_id]
+        elif prepared.authenticated:
             domain = MailDomain.objects.get(id=prepared.domain_id)
             sender_box = ensure_mailbox(domain=domain, local_part=prepared.sender_local)
         else:
-            sender_box = boxes[prepared.sender_mailbox_id]
-        planned.append((sender_box, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
+            sender_box = None
+        if sender_box is not None:
+            planned.append((sender_box, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
         file_planned(
             content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
         )
@@ -286,9 +308,11 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     and commits them one by one, so each gets its own answer.
     """
     batch: list[PreparedSubmission] = [item["prepared"] for item in items]
-    if any(prepared.sender_mailbox_id is None for prepared in batch):
+    if any(prepared.sender_mailbox_id is None and prepared.authenticated for prepared in batch):
         raise ValueError("a sender's first message creates the mailbox on the one-by-one path")
-    boxes = mailboxes_by_id({i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id)})
+    boxes = mailboxes_by_id(
+        {i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id) if i is not None}
+    )
     rules = current_rules()
     entries = []
     for prepared in batch:
@@ -298,10 +322,12 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
             parsed=parsed,
             raw=prepared.raw,
             envelope_from=prepared.envelope_from,
-            authenticated=True,
+            authenticated=prepared.authenticated,
             rules=rules,
         )
-        planned.append((boxes[prepared.sender_mailbox_id], DeliveryPlan(filings=[Filing(SENT, seen=True)])))
+        if prepared.sender_mailbox_id is not None:
+            sent = DeliveryPlan(filings=[Filing(SENT, seen=True)])
+            planned.append((boxes[prepared.sender_mailbox_id], sent))
         entries.append((prepared.raw, parsed, prepared.envelope_from, planned))
     stored = store_and_file_many(entries, files=files)
     for prepared, (content, _) in zip(batch, stored, strict=True):

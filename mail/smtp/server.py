@@ -26,6 +26,7 @@ from pathlib import Path
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, _AuthMechAttr, login_always_fail, syntax
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from mail.smtp import replies
 from mail.smtp.group_commit import GroupCommitter, heal_connections
@@ -58,6 +59,16 @@ class SMTPConfig:
     writer_process: bool = False
     # Loopback clients may use plain-text AUTH without TLS (the product doc's local test).
     trust_loopback: bool = True
+    # Clients that may submit without AUTH for domains whose submission auth is "none".
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def trusts(self, host: str) -> bool:
+        """Whether the client at `host` is in one of the trusted networks."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
 
     @classmethod
     def from_settings(cls) -> SMTPConfig:
@@ -77,7 +88,16 @@ class SMTPConfig:
             max_connections_per_client=settings.EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT,
             plaintext_auth=settings.EVERLOCK_SUBMISSION_PLAINTEXT_AUTH,
             writer_process=settings.EVERLOCK_SMTP_WRITER_PROCESS,
+            trusted_networks=trusted_networks(settings.EVERLOCK_SUBMISSION_TRUSTED_NETWORKS),
         )
+
+
+def trusted_networks(values: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """EVERLOCK_SUBMISSION_TRUSTED_NETWORKS parsed. Raises ImproperlyConfigured naming a bad one."""
+    try:
+        return tuple(ipaddress.ip_network(v.strip()) for v in values if v.strip())
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"EVERLOCK_SUBMISSION_TRUSTED_NETWORKS: {exc}") from None
 
 
 def _run_service(func, kwargs):

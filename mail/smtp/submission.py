@@ -1,7 +1,8 @@
 """The submission listener (port 587, RFC 6409): authenticated users sending mail.
 
-AUTH PLAIN and LOGIN (RFC 4954) are required before MAIL; the envelope sender must be an
-address the user may send as; remote recipients are queued, local ones delivered.
+AUTH PLAIN and LOGIN (RFC 4954) are required before MAIL, except for clients in
+EVERLOCK_SUBMISSION_TRUSTED_NETWORKS sending as a domain with auth=off; the envelope sender
+must be an address the user may send as; remote recipients are queued, local ones delivered.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mail.services.submission import (
 from mail.smtp import replies
 from mail.smtp.handler import BaseHandler, check_data
 from mail.smtp.replies import SMTPReject
-from mail.smtp.server import call_batched, call_service
+from mail.smtp.server import call_batched, call_service, peer_host
 
 
 def authenticate_login(*, login: str, password: str, client_address: str) -> User | None:
@@ -41,9 +42,15 @@ class SubmissionHandler(BaseHandler):
     authenticate = staticmethod(authenticate_login)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        if not session.authenticated:
+        if session.authenticated:
+            ok, result = await call_service(authorize_sender, user=session.auth_data, envelope_from=address)
+        elif self.config.trusts(peer_host(session.peer)):
+            # A program on a trusted network, without AUTH: only as a domain with auth=off.
+            ok, result = await call_service(authorize_sender, user=None, envelope_from=address)
+            if not ok and result == replies.SENDER_NOT_ALLOWED.reply:
+                return replies.AUTH_REQUIRED.reply
+        else:
             return replies.AUTH_REQUIRED.reply
-        ok, result = await call_service(authorize_sender, user=session.auth_data, envelope_from=address)
         if not ok:
             return result
         envelope.mail_from = address

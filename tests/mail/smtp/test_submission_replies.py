@@ -1,11 +1,14 @@
 """Submission (port 587) replies, with smtplib against the running listener."""
 
+import ipaddress
 import smtplib
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from accounts.services import grant_add, user_add
-from mail.models import MailDomain, Message, OutboundDelivery
+from mail.models import Mailbox, MailDomain, Message, OutboundDelivery
+from mail.smtp.server import trusted_networks
 from tests.mail.smtp.conftest import nothing_stored, tls_context
 
 MESSAGE = b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: Hello\r\n\r\nHi Bob\r\n"
@@ -196,3 +199,56 @@ def test_local_and_remote_recipients_in_one_commit(smtp, example_com):
         ("bob", "inbox"),
     ]
     assert {m.content_id for m in Message.objects.all()} == {queued.content_id}
+
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def test_trusted_client_submits_without_auth_for_a_domain_with_auth_off(start_smtp, example_com):
+    MailDomain.objects.filter(pk=example_com.pk).update(submission_auth=MailDomain.SubmissionAuth.NONE)
+    smtp = start_smtp(trusted_networks=LOOPBACK)
+    with client_for(smtp) as client:
+        assert client.mail("cron@example.com") == (250, b"2.1.0 Sender OK")
+        assert client.rcpt("bob@example.com") == (250, b"2.1.5 Recipient OK")
+        assert client.data(MESSAGE.replace(b"alice@", b"cron@")) == (250, b"2.0.0 Accepted")
+        # The header From must be an address of such a domain too.
+        client.mail("cron@example.com")
+        client.rcpt("bob@example.com")
+        assert client.data(MESSAGE.replace(b"alice@example.com", b"carol@example.net")) == (
+            550,
+            b"5.7.1 From header address not allowed for this user",
+        )
+    # No mailbox is made for an address nobody was granted: no sent copy without one.
+    assert list(Message.objects.values_list("folder__mailbox__local_part", "folder__name")) == [
+        ("bob", "inbox")
+    ]
+    assert not Mailbox.objects.filter(local_part="cron").exists()
+    with client_for(smtp) as client:
+        client.mail("alice@example.com")
+        client.rcpt("bob@example.com")
+        assert client.data(MESSAGE) == (250, b"2.0.0 Accepted")
+    assert Message.objects.filter(folder__mailbox__local_part="alice", folder__name="sent").count() == 1
+
+
+def test_without_auth_only_trusted_clients_and_only_domains_with_auth_off(start_smtp, example_com):
+    MailDomain.objects.create(name="example.org", submission_enabled=True)  # auth on
+    MailDomain.objects.filter(pk=example_com.pk).update(submission_auth=MailDomain.SubmissionAuth.NONE)
+    trusted = start_smtp(trusted_networks=LOOPBACK)
+    with client_for(trusted) as client:
+        assert client.mail("alice@example.org") == (530, b"5.7.0 Authentication required")
+        assert client.mail("alice@example.net") == (530, b"5.7.0 Authentication required")
+    elsewhere = start_smtp(trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),))
+    with client_for(elsewhere) as client:
+        assert client.mail("cron@example.com") == (530, b"5.7.0 Authentication required")
+    assert nothing_stored()
+
+
+def test_trusted_networks_setting_is_checked():
+    assert trusted_networks(["127.0.0.0/8", " ::1/128 "]) == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    with pytest.raises(
+        ImproperlyConfigured, match=r"EVERLOCK_SUBMISSION_TRUSTED_NETWORKS: 10\.0\.0\.1/8 has host bits set"
+    ):
+        trusted_networks(["10.0.0.1/8"])
