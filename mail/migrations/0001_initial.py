@@ -51,7 +51,7 @@ class Migration(migrations.Migration):
                     models.CharField(
                         blank=True,
                         default="",
-                        help_text="EHLO name and Message-Id domain; mail.<domain> when empty",
+                        help_text="EHLO name and Message-Id domain; when empty, mail. followed by the domain name",
                         max_length=253,
                     ),
                 ),

@@ -22,7 +22,7 @@ class MailDomain(models.Model):
         max_length=253,
         blank=True,
         default="",
-        help_text="EHLO name and Message-Id domain; mail.<domain> when empty",
+        help_text="EHLO name and Message-Id domain; when empty, mail. followed by the domain name",
     )
     dkim_enabled = models.BooleanField(default=False)
     dkim_selector = models.CharField(max_length=63, default="default")
