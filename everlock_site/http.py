@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 
 from waitress.server import create_server
 
-from everlock_site.listen import ListenAddress
+from everlock_site.listen import ListenAddress, stop_on_signals
 
 log = logging.getLogger("everlock_site.http")
 
@@ -81,10 +80,7 @@ async def start_http(*, listens: dict) -> HTTPListener:
 async def serve_http(listen: ListenAddress) -> None:
     """Run the admin web UI until SIGINT or SIGTERM (runhttp)."""
     listener = await start_http(listens={"http": listen})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import signal
 from dataclasses import dataclass
 
 from django.core.management.base import CommandError
@@ -35,3 +37,12 @@ def parse_listen(text: str, *, option: str = "listen") -> ListenAddress:
     if not 0 <= port_number <= 65535:
         raise CommandError(f"{option}: port out of range in {text!r}")
     return ListenAddress(host, port_number)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, for a command's loop to wait on before closing."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

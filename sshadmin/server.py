@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from django.db import close_old_connections
 from accounts.authentication import Throttled, authenticate, is_admin, resolve_login
 from accounts.models import User
 from everlock_site.files import write_private_file
-from everlock_site.listen import ListenAddress
+from everlock_site.listen import ListenAddress, stop_on_signals
 from sshadmin.commands import load_commands
 from sshadmin.session import run_session
 
@@ -207,10 +206,7 @@ async def serve_console(listen: ListenAddress) -> None:
     """Run the console listener until SIGINT or SIGTERM (runadminssh)."""
     await prepare_console(listens={"ssh": listen})
     acceptor = await start_console(listens={"ssh": listen})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from django.core.management.base import BaseCommand
 
 from dns_zones.server.listener import start_dns
-from everlock_site.listen import parse_listen
+from everlock_site.listen import parse_listen, stop_on_signals
 
 
 class Command(BaseCommand):
@@ -25,10 +24,7 @@ class Command(BaseCommand):
 
 
 async def _run(listens) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     server = await start_dns(listens=listens)
     try:
         await stop.wait()

@@ -11,14 +11,13 @@ import asyncio
 import importlib
 import logging
 import os
-import signal
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from everlock_site.listen import parse_listen
+from everlock_site.listen import parse_listen, stop_on_signals
 
 log = logging.getLogger("everlock")
 
@@ -132,10 +131,7 @@ def _load(component: Component):
 
 
 async def _run(starts, listens) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     running = []
     try:
         for component, start in starts:

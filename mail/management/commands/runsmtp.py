@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from django.core.management.base import BaseCommand, CommandError
 
-from everlock_site.listen import parse_listen
+from everlock_site.listen import parse_listen, stop_on_signals
 from mail.smtp.server import start_listeners
 
 
@@ -33,10 +32,7 @@ class Command(BaseCommand):
 
 
 async def _serve(listens) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     listeners = await start_listeners(listens=listens)
     try:
         await stop.wait()
