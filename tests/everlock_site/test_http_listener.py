@@ -4,12 +4,12 @@ the Django admin and its static files under waitress, and log their startup line
 import contextlib
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,13 +43,7 @@ def running(args, env):
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        terminate(process)
         process.stderr.close()
 
 

@@ -1,13 +1,13 @@
 """`manage.py runsmtp` binds both listeners and logs the product doc's startup lines."""
 
 import os
-import signal
 import smtplib
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -53,11 +53,5 @@ def test_runsmtp_logs_and_serves(tmp_path):
                 assert client.noop() == (250, b"OK")
         assert (tmp_path / "tls" / "cert.pem").exists()
     finally:
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        terminate(process)
     assert process.returncode == 0

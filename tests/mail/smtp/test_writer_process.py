@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.mail.management.test_runsmtp_command import free_port
+from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[3]
 MESSAGE = b"From: carol@example.net\r\nTo: bob@example.com\r\nSubject: Hi\r\n\r\nHello Bob\r\n"
@@ -70,12 +71,7 @@ class Server:
             return db.execute("SELECT count(*) FROM mail_message").fetchone()[0]
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
 
 
 @pytest.fixture(scope="module")
