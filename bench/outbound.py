@@ -43,6 +43,7 @@ from django.db import transaction
 from mail.models import MailDomain
 from mail.services.mailboxes import mailbox_create
 from mail.services.storage import StoredFiles
+from mail.services.delivery import parse_message
 from mail.services.submission import PreparedSubmission, commit_submission_many
 domain, _ = MailDomain.objects.get_or_create(name="example.com")
 alice, _ = mailbox_create(address="alice@example.com")
@@ -55,7 +56,8 @@ for base in range(start, start + count, chunk):
                f"Message-Id: <b{{n}}@example.com>\\r\\n"
                f"Subject: bench {{n}}\\r\\n\\r\\n" + ("x" * 98 + "\\r\\n") * 10).encode()
         batch.append(PreparedSubmission(
-            raw=raw, envelope_from="alice@example.com", domain_id=domain.id, sender_local="alice",
+            raw=raw, parsed=parse_message(raw), envelope_from="alice@example.com",
+            domain_id=domain.id, sender_local="alice",
             sender_mailbox_id=alice.id, mailbox_ids=(), remote=("bob@example.net",),
             helo_hostname="out.example.com"))
     # As the submission listener's group commit does: the chunk's files, sent copies and

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from django.db import transaction
+from django.utils import timezone
 
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
@@ -26,6 +28,7 @@ from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
+from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
 from mail.smtp import replies
 from mail.smtp.replies import SMTPReject
@@ -51,33 +54,85 @@ class ParsedMessage:
         lname = name.lower()
         return [v for n, v in self.headers if n.lower() == lname]
 
+    def prepend(self, block: bytes) -> ParsedMessage:
+        """The facts of the message with the header lines `block` put before its header:
+        as parse_message(block + raw) tells them, without reading `raw` again."""
+        if not block:
+            return self
+        added = parse_message(block + b"\r\n")
+        names = {name.lower() for name, _ in added.headers}
+        # The first field of a name is the one that counts, as parse_message reads them.
+        return ParsedMessage(
+            headers=added.headers + self.headers,
+            header_from=added.header_from if "from" in names else self.header_from,
+            header_to=added.header_to if "to" in names else self.header_to,
+            subject=added.subject if "subject" in names else self.subject,
+            date=added.date if "date" in names else self.date,
+            message_id=added.message_id if "message-id" in names else self.message_id,
+        )
+
 
 def _text(value: str) -> str:
+    if "=?" not in value:
+        return value[:_MAX_FIELD]  # no encoded words (RFC 2047): the text is the value
     try:
         return str(make_header(decode_header(value)))[:_MAX_FIELD]
     except (UnicodeError, LookupError, ValueError):
         return value[:_MAX_FIELD]
 
 
+# A field name (RFC 5322 section 3.6.8: printable ASCII but the colon).
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+
+
+def _plain_header_fields(raw: bytes) -> tuple[tuple[str, str], ...] | None:
+    """The header fields of `raw` as the email package's compat32 parser gives them, read
+    directly when the header section is plain: ASCII, CRLF line endings, well-formed field
+    names, a blank line after it. None for anything else (the parser then reads it)."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = raw[:end]
+    if not block.isascii() or b"\n" in block.replace(b"\r\n", b"") or b"\r" in block.replace(b"\r\n", b""):
+        return None
+    fields: list[list[str]] = []
+    for line in block.decode("ascii").split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                return None
+            fields[-1].append(line)  # a folded field goes on: kept as the parser keeps it
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            return None
+        fields.append([name, value.lstrip(" \t")])
+    return tuple((field[0], "\r\n".join(field[1:])) for field in fields)
+
+
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse the header section of `raw` (RFC 5322); the body is not read."""
-    msg = _HEADER_PARSER.parsebytes(raw, headersonly=True)
-    headers = tuple((name, str(value)) for name, value in msg.items())
+    headers = _plain_header_fields(raw)
+    if headers is None:
+        msg = _HEADER_PARSER.parsebytes(raw, headersonly=True)
+        headers = tuple((name, str(value)) for name, value in msg.items())
+    first: dict[str, str] = {}
+    for name, value in headers:
+        first.setdefault(name.lower(), value)
     date = None
-    if msg.get("Date"):
+    if first.get("date"):
         try:
-            date = email.utils.parsedate_to_datetime(str(msg["Date"]))
+            date = email.utils.parsedate_to_datetime(first["date"])
             if date.tzinfo is None:
                 date = None
         except (TypeError, ValueError, IndexError):
             date = None
     return ParsedMessage(
         headers=headers,
-        header_from=_text(str(msg.get("From", ""))),
-        header_to=_text(str(msg.get("To", ""))),
-        subject=_text(str(msg.get("Subject", ""))),
+        header_from=_text(first.get("from", "")),
+        header_to=_text(first.get("to", "")),
+        subject=_text(first.get("subject", "")),
         date=date,
-        message_id=str(msg.get("Message-Id", "")).strip()[:_MAX_FIELD],
+        message_id=first.get("message-id", "").strip()[:_MAX_FIELD],
     )
 
 
@@ -334,11 +389,12 @@ def deliver_inbound(
         )
 
 
-def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[Message]]:
+def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[int]]:
     """deliver_inbound for many messages at once, in the caller's transaction, with a
     fixed number of queries however many messages: the group commit's fast path.
 
-    `items` are deliver_inbound keyword arguments. Raises on the first problem of any
+    `items` are deliver_inbound keyword arguments; returns the ids of each message's filed
+    copies. Raises on the first problem of any
     message (a rule rejection included); the caller then rolls back and delivers them one by
     one, so each gets its own answer.
     """
@@ -370,12 +426,12 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
 
 def store_and_file_many(
     entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], *, files: StoredFiles
-) -> list[tuple[MessageContent | None, list[Message]]]:
+) -> list[tuple[MessageContent | None, list[int]]]:
     """Store many messages and file each by its plans, in the caller's transaction, with a
     fixed number of queries however many messages: the group commit's fast paths.
 
     `entries` are (raw, parsed, envelope_from, planned). Returns each message's content row
-    and filed messages ((None, []) for one the rules discard for everyone). Raises
+    and the ids of its filed copies ((None, []) for one the rules discard for everyone). Raises
     ValueError when a plan sends rule messages (those go the one-by-one way); any other
     exception leaves the caller to roll back and remove `files`.
     """
@@ -394,42 +450,68 @@ def store_and_file_many(
     return [next(filed) if any(plan.folders() for _, plan in entry[3]) else (None, []) for entry in entries]
 
 
+_CONTENT_ROWS = RowInserter(MessageContent, ["storage_name", "size", "created_at"])
+_MESSAGE_ROWS = RowInserter(
+    Message,
+    [
+        "folder",
+        "content",
+        "prepended_headers",
+        "envelope_from",
+        "envelope_to",
+        "header_from",
+        "header_to",
+        "subject",
+        "date",
+        "message_id",
+        "size",
+        "received_at",
+        "seen",
+        "flagged",
+    ],
+)
+
+
 def _file_many(
     entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], names: list[str]
-) -> list[tuple[MessageContent, list[Message]]]:
-    contents = [
-        MessageContent(storage_name=name, size=len(raw))
-        for name, (raw, _, _, _) in zip(names, entries, strict=True)
-    ]
-    MessageContent.objects.bulk_create(contents)
+) -> list[tuple[MessageContent, list[int]]]:
+    now = timezone.now()
+    sizes = [len(raw) for raw, _, _, _ in entries]
+    content_ids = _CONTENT_ROWS.insert(
+        [(name, size, now) for name, size in zip(names, sizes, strict=True)], returning_ids=True
+    )
     folders = _remembered_folder_ids(
         {(mb.id, f.folder) for _, _, _, planned in entries for mb, plan in planned for f in plan.folders()}
     )
-    stored: list[tuple[MessageContent, list[Message]]] = []
-    for (_, facts, envelope_from, planned), content in zip(entries, contents, strict=True):
-        messages = []
+    rows = []
+    for (_, facts, envelope_from, planned), content_id, size in zip(entries, content_ids, sizes, strict=True):
         for mailbox, plan in planned:
             prepended = _header_block(plan.add_headers)
-            messages.extend(
-                Message(
-                    folder_id=folders[(mailbox.id, filing.folder)],
-                    content=content,
-                    prepended_headers=prepended,
-                    envelope_from=envelope_from[:320],
-                    envelope_to=mailbox.address[:320],
-                    header_from=facts.header_from,
-                    header_to=facts.header_to,
-                    subject=facts.subject,
-                    date=facts.date,
-                    message_id=facts.message_id,
-                    size=content.size + len(prepended),
-                    seen=filing.seen,
-                    flagged=filing.flagged,
+            rows.extend(
+                (
+                    folders[(mailbox.id, filing.folder)],
+                    content_id,
+                    prepended,
+                    envelope_from[:320],
+                    mailbox.address[:320],
+                    facts.header_from,
+                    facts.header_to,
+                    facts.subject,
+                    facts.date,
+                    facts.message_id,
+                    size + len(prepended),
+                    now,
+                    filing.seen,
+                    filing.flagged,
                 )
                 for filing in plan.folders()
             )
-        stored.append((content, messages))
-    Message.objects.bulk_create([m for _, messages in stored for m in messages])
+    message_ids = iter(_MESSAGE_ROWS.insert(rows, returning_ids=True))
+    stored = []
+    for (_, _, _, planned), name, content_id, size in zip(entries, names, content_ids, sizes, strict=True):
+        content = MessageContent(id=content_id, storage_name=name, size=size, created_at=now)
+        filed = [next(message_ids) for _, plan in planned for _ in plan.folders()]
+        stored.append((content, filed))
     return stored
 
 

@@ -26,6 +26,7 @@ from mail.models.mailboxes import SENT
 from mail.rules.engine import current_rules
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
+    ParsedMessage,
     file_planned,
     mailboxes_by_id,
     parse_message,
@@ -97,6 +98,17 @@ def authorize_sender(*, user: User | None, envelope_from: str) -> Sender:
     return Sender(user=user, address=address, domain=domain)
 
 
+def remembered_sender(user: User, envelope_from: str) -> Sender | None:
+    """What authorize_sender answered for `user` and `envelope_from` if the directory still
+    remembers it, else None (then ask it). No I/O: fit for the event loop."""
+    try:
+        address = parse_address(envelope_from)
+    except AddressError:
+        return None
+    domain = directory.get(("send-as", user.pk, address.key))
+    return None if domain is None else Sender(user=user, address=address, domain=domain)
+
+
 def _check_header_from(sender: Sender, parsed) -> None:
     values = parsed.values("From")
     pairs = email.utils.getaddresses(values)
@@ -112,14 +124,15 @@ def _check_header_from(sender: Sender, parsed) -> None:
         raise replies.FROM_NOT_ALLOWED
 
 
-def _complete_headers(raw: bytes, parsed, domain: MailDomain) -> bytes:
-    # RFC 6409 section 8: a submission server may add Message-Id and Date when missing.
+def _added_headers(parsed: ParsedMessage, domain: MailDomain) -> bytes:
+    """The Message-Id and Date header lines a message lacks (RFC 6409 section 8: a
+    submission server may add them)."""
     added = []
     if not parsed.values("Message-Id"):
         added.append(f"Message-Id: <{secrets.token_hex(16)}@{domain.effective_hostname}>\r\n")
     if not parsed.values("Date"):
         added.append(f"Date: {email.utils.formatdate(localtime=False, usegmt=True)}\r\n")
-    return "".join(added).encode() + raw
+    return "".join(added).encode()
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,7 @@ class PreparedSubmission:
     """A submitted message checked, completed and signed, ready to be committed."""
 
     raw: bytes
+    parsed: ParsedMessage  # of `raw`, as it will be stored
     envelope_from: str
     domain_id: int
     sender_local: str
@@ -211,12 +225,13 @@ def prepare_submission(*, submission: Submission) -> PreparedSubmission:
     raw = submission.raw
     parsed = parse_message(raw)
     _check_header_from(sender, parsed)
-    raw = _complete_headers(raw, parsed, sender.domain)
+    added = _added_headers(parsed, sender.domain)
     # RFC 6376 section 5: sign last, over the completed header (both keys when present).
-    raw = sign_for_domain(sender.domain, raw) + raw
+    signatures = sign_for_domain(sender.domain, added + raw)
     sender_mailbox = directory.remember(("mailbox", sender.address.key), lambda: _sender_mailbox(sender))
     return PreparedSubmission(
-        raw=raw,
+        raw=signatures + added + raw,
+        parsed=parsed.prepend(signatures + added),
         envelope_from=submission.envelope_from,
         domain_id=sender.domain.id,
         sender_local=sender.address.local,
@@ -265,8 +280,7 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
     commit), the caller owns the outer transaction and removes those files if it does not
     commit.
     """
-    raw, envelope_from = prepared.raw, prepared.envelope_from
-    parsed = parse_message(raw)
+    raw, envelope_from, parsed = prepared.raw, prepared.envelope_from, prepared.parsed
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
         wanted = {*prepared.mailbox_ids, *filter(None, [prepared.sender_mailbox_id])}
         boxes = mailboxes_by_id(wanted)
@@ -316,10 +330,9 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     rules = current_rules()
     entries = []
     for prepared in batch:
-        parsed = parse_message(prepared.raw)
         planned = plan_recipients(
             mailboxes=[boxes[i] for i in prepared.mailbox_ids],
-            parsed=parsed,
+            parsed=prepared.parsed,
             raw=prepared.raw,
             envelope_from=prepared.envelope_from,
             authenticated=prepared.authenticated,
@@ -328,7 +341,7 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
         if prepared.sender_mailbox_id is not None:
             sent = DeliveryPlan(filings=[Filing(SENT, seen=True)])
             planned.append((boxes[prepared.sender_mailbox_id], sent))
-        entries.append((prepared.raw, parsed, prepared.envelope_from, planned))
+        entries.append((prepared.raw, prepared.parsed, prepared.envelope_from, planned))
     stored = store_and_file_many(entries, files=files)
     for prepared, (content, _) in zip(batch, stored, strict=True):
         if prepared.remote:

@@ -180,6 +180,10 @@ _SIMPLE_PATH = re.compile(r"<([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]
 
 
 class _Session(Session):
+    # When AUTH succeeded (loop time): its check of the directory holds for the MAIL FROM
+    # that follows at once (mail.smtp.submission.AUTH_CHECK_HOLDS).
+    authenticated_at = float("-inf")
+
     # aiosmtpd sets the deprecated login_data on every successful AUTH and logs a warning
     # each time; we use auth_data (the user id) only.
     @property
@@ -420,6 +424,8 @@ class EverlockSMTP(SMTP):
             return AuthResult(success=False, handled=False, message=result)
         if result is None:
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID.reply)
+        # The login was checked against the directory's latest change just now.
+        self.session.authenticated_at = self.loop.time()
         return AuthResult(success=True, auth_data=result, message=replies.AUTH_OK)
 
     async def _decode_initial(self, args: list[str]) -> bytes | None:

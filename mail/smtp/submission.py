@@ -17,6 +17,7 @@ from mail.services.submission import (
     check_submission_recipient,
     remembered_login,
     remembered_recipient,
+    remembered_sender,
 )
 from mail.smtp import replies
 from mail.smtp.handler import BaseHandler, check_data
@@ -38,12 +39,27 @@ def authenticate_login(*, login: str, password: str, client_address: str) -> Use
     return user
 
 
+# How long after a successful AUTH its check of the directory also answers the MAIL FROM
+# that follows from memory (the client's next command, as a rule). Every later MAIL FROM of
+# the session, and one that comes later than this, checks the directory again.
+AUTH_CHECK_HOLDS = 1.0
+
+
 class SubmissionHandler(BaseHandler):
     authenticate = staticmethod(authenticate_login)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if session.authenticated:
-            ok, result = await call_service(authorize_sender, user=session.auth_data, envelope_from=address)
+            sender = None
+            if server.loop.time() - session.authenticated_at < AUTH_CHECK_HOLDS:
+                sender = remembered_sender(session.auth_data, address)
+            session.authenticated_at = float("-inf")  # the AUTH's check counts once
+            if sender is not None:
+                ok, result = True, sender
+            else:
+                ok, result = await call_service(
+                    authorize_sender, user=session.auth_data, envelope_from=address
+                )
         elif self.config.trusts(peer_host(session.peer)):
             # A program on a trusted network, without AUTH: only as a domain with auth=off.
             ok, result = await call_service(authorize_sender, user=None, envelope_from=address)

@@ -13,14 +13,15 @@ die, every delivery in flight answers 451 4.3.0 and the next one starts a new wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import itertools
 import logging
 import os
 import pickle
-import queue
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from mail.smtp.group_commit import MAX_BATCH, GroupCommitter, future_settler
+from mail.smtp.group_commit import MAX_BATCH, GroupCommitter
 from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.smtp")
@@ -74,45 +75,40 @@ def _failure(outcome: tuple) -> Exception:
 
 
 class WriterProcess:
-    """GroupCommitter's call() and stop(), the commits made in a child process."""
+    """GroupCommitter's call() and stop(), the commits made in a child process.
+
+    The pipe to the writer is an asyncio transport on the listeners' event loop: a delivery
+    is written without blocking (whatever the writer's pace), the deliveries of one turn of
+    the loop go in one frame, and the answers settle their futures on the loop directly.
+    """
 
     def __init__(self, *, max_batch: int = MAX_BATCH):
         self.max_batch = max_batch
-        self._lock = threading.Lock()
-        self._ids = itertools.count()
-        self._pending: dict[int, Callable[[bool, Any], None]] = {}
-        self._process: subprocess.Popen | None = None
-        self._outbox: queue.SimpleQueue[bytes | None] | None = None
-        self._ready = threading.Event()
+        self._link: _WriterLink | None = None
 
     async def call(self, func: Callable[..., Any], /, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
         data = pickle.dumps((_target(func), kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        with self._lock:
-            outbox = self._ensure_process()
-            job_id = next(self._ids)
-            self._pending[job_id] = future_settler(loop, future)
-        outbox.put(job_id.to_bytes(8, "big") + data)
-        return await future
+        link = await self._ensure_link()
+        return await link.call(data)
 
     async def start(self, *, timeout: float = 60) -> None:
         """Start the writer now and wait until it is ready to commit (or `timeout` passed),
         so that the first messages do not wait for it to load."""
-        with self._lock:
-            self._ensure_process()
-            ready = self._ready
-        await asyncio.get_running_loop().run_in_executor(None, ready.wait, timeout)
+        link = await self._ensure_link()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(link.ready), timeout)
 
     def stop(self) -> None:
-        with self._lock:
-            if self._outbox is not None:
-                self._outbox.put(None)
-            self._outbox = self._process = None
+        """Close the pipe: the writer commits what it holds, answers, and ends."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
-    def _ensure_process(self) -> queue.SimpleQueue:
-        if self._outbox is not None:
-            return self._outbox
+    async def _ensure_link(self) -> _WriterLink:
+        link = self._link
+        if link is not None and not link.closed:
+            return link
+        loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         # A plain child process (not multiprocessing's), so that a listener running in a
         # daemonic process may start it too; it imports this project as the listener does.
@@ -128,64 +124,86 @@ class WriterProcess:
                 env=env,
                 cwd=ROOT,
             )
-        conn = Connection(ours.detach())
-        outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        ready = threading.Event()
-        pending: dict[int, Callable[[bool, Any], None]] = {}  # this writer's deliveries
-        # Sending runs in a thread of its own: a big message, or a writer busy with a slow
-        # commit, must never block the event loop on a full pipe.
-        threading.Thread(target=self._send, args=(conn, outbox), name="smtp-writer-send", daemon=True).start()
-        threading.Thread(
-            target=self._receive,
-            args=(conn, outbox, process, ready, pending),
-            name="smtp-writer-receive",
-            daemon=True,
-        ).start()
-        self._process, self._outbox, self._ready, self._pending = process, outbox, ready, pending
-        return outbox
+        link = _WriterLink(loop, process)
+        self._link = link
+        await loop.create_unix_connection(lambda: link, sock=ours)
+        return link
 
-    def _send(self, conn, outbox: queue.SimpleQueue) -> None:
-        while (data := outbox.get()) is not None:
-            # Everything queued meanwhile goes in the same frame.
-            frame = [data]
-            while not outbox.empty() and (data := outbox.get()) is not None:
-                frame.append(data)
-            try:
-                conn.send_bytes(_join(frame))
-            except OSError:
-                return  # the writer is gone; _receive fails what is pending
-            if data is None:
-                break
-        conn.close()  # the writer sees EOF and ends
 
-    def _receive(
-        self, conn, outbox, process: subprocess.Popen, ready: threading.Event, pending: dict
-    ) -> None:
-        try:
-            while True:
-                data = conn.recv_bytes()
-                if data == _READY:
-                    ready.set()
-                    continue
-                for job_id, outcome in pickle.loads(data):
-                    with self._lock:
-                        settle = pending.pop(job_id, None)
-                    if settle is not None:
-                        settle(True, None) if outcome[0] else settle(False, _failure(outcome))
-        except (EOFError, OSError):
-            pass
-        with self._lock:
-            if self._outbox is outbox:
-                log.error("SMTP: the writer process ended; a new one starts with the next message")
-                self._outbox = self._process = None
-                outbox.put(None)
-            unanswered = list(pending.values())
-            pending.clear()
-        for settle in unanswered:
-            settle(False, WriterError("the writer process ended before the commit was confirmed"))
-        ready.set()
-        conn.close()
-        process.wait()
+class _WriterLink(asyncio.Protocol):
+    """One writer process and the deliveries it has not answered yet."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, process: subprocess.Popen):
+        self.loop = loop
+        self.process = process
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed = False
+        self.stopping = False
+        self._transport: asyncio.Transport | None = None
+        self._ids = itertools.count()
+        self._pending: dict[int, asyncio.Future] = {}
+        self._outgoing: list[bytes] = []
+        self._received = bytearray()
+
+    def call(self, data: bytes) -> asyncio.Future:
+        future = self.loop.create_future()
+        if self.closed or self.stopping:
+            future.set_exception(WriterError("the writer process ended before the commit was confirmed"))
+            return future
+        job_id = next(self._ids)
+        self._pending[job_id] = future
+        if not self._outgoing:
+            self.loop.call_soon(self._flush)
+        self._outgoing.append(job_id.to_bytes(8, "big") + data)
+        return future
+
+    def _flush(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return  # not connected yet (connection_made sends them) or gone (they fail)
+        parts, self._outgoing = self._outgoing, []
+        if parts:
+            self._transport.write(_frame(_join(parts)))
+
+    def close(self) -> None:
+        """Send what is queued, then EOF: the writer answers what it holds and ends."""
+        self.stopping = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._flush()
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
+            else:
+                self._transport.close()
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        if self._outgoing:
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        for frame in _frames(self._received):
+            if frame == _READY:
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                continue
+            for job_id, outcome in pickle.loads(frame):
+                future = self._pending.pop(job_id, None)
+                if future is not None and not future.done():
+                    future.set_result(None) if outcome[0] else future.set_exception(_failure(outcome))
+
+    def connection_lost(self, exc) -> None:
+        if not self.stopping:
+            log.error("SMTP: the writer process ended; a new one starts with the next message")
+        self.closed = True
+        unanswered, self._pending = self._pending, {}
+        for future in unanswered.values():
+            if not future.done():
+                future.set_exception(WriterError("the writer process ended before the commit was confirmed"))
+        if not self.ready.done():
+            self.ready.set_result(None)
+        # Reap it (it has ended, or ends now that its pipe is closed).
+        with contextlib.suppress(RuntimeError):  # the loop is closing: nobody is left to wait
+            self.loop.run_in_executor(None, self.process.wait)
 
 
 def serve_writer(conn: Connection, max_batch: int) -> None:
@@ -220,6 +238,33 @@ def serve_writer(conn: Connection, max_batch: int) -> None:
                 )
     finally:
         committer.stop(wait=True)
+
+
+def _frame(payload: bytes) -> bytes:
+    """`payload` framed as multiprocessing.connection.Connection.send_bytes frames it, for
+    the writer's recv_bytes."""
+    if len(payload) > 0x7FFFFFFF:
+        return struct.pack("!i", -1) + struct.pack("!Q", len(payload)) + payload
+    return struct.pack("!i", len(payload)) + payload
+
+
+def _frames(buffer: bytearray) -> list[bytes]:
+    """The complete Connection frames at the start of `buffer`, removed from it."""
+    frames, at = [], 0
+    while len(buffer) - at >= 4:
+        (size,) = struct.unpack_from("!i", buffer, at)
+        start = at + 4
+        if size == -1:
+            if len(buffer) - start < 8:
+                break
+            (size,) = struct.unpack_from("!Q", buffer, start)
+            start += 8
+        if len(buffer) - start < size:
+            break
+        frames.append(bytes(buffer[start : start + size]))
+        at = start + size
+    del buffer[:at]
+    return frames
 
 
 def _join(parts: list[bytes]) -> bytes:

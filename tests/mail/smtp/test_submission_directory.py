@@ -6,7 +6,7 @@ import smtplib
 import pytest
 from django.core.cache import cache
 
-from accounts.services import grant_revoke, user_delete, user_set_password
+from accounts.services import grant_add, grant_revoke, user_delete, user_set_password
 from mail.models import MailDomain
 from mail.services.directory import STAMP_KEY
 from mail.services.mailboxes import mailbox_delete
@@ -30,6 +30,26 @@ def test_a_revoked_grant_refuses_the_next_mail_from(smtp, example_com):
         assert client.mail("alice@example.com") == (250, b"2.1.0 Sender OK")
         assert client.rcpt("bob@example.com") == (250, b"2.1.5 Recipient OK")
         client.rset()
+        assert grant_revoke(name="alice", resource="smtp/mail/example.com:alice")
+        assert client.mail("alice@example.com") == SENDER_REFUSED
+
+
+def test_the_check_at_auth_answers_only_the_mail_from_right_after_it(smtp, example_com, monkeypatch):
+    with logged_in(smtp) as client:  # the directory remembers that alice may send as herself
+        assert client.mail("alice@example.com") == (250, b"2.1.0 Sender OK")
+    # The first MAIL FROM within AUTH_CHECK_HOLDS of the AUTH goes by the directory as the
+    # AUTH found it; the next one asks again.
+    with logged_in(smtp) as client:
+        assert grant_revoke(name="alice", resource="smtp/mail/example.com:alice")
+        assert client.mail("alice@example.com") == (250, b"2.1.0 Sender OK")
+        client.rset()
+        assert client.mail("alice@example.com") == SENDER_REFUSED
+    grant_add(name="alice", resource="smtp/mail/example.com:alice", role="writer")
+    with logged_in(smtp) as client:
+        assert client.mail("alice@example.com") == (250, b"2.1.0 Sender OK")
+    # A MAIL FROM later than that asks as well.
+    monkeypatch.setattr("mail.smtp.submission.AUTH_CHECK_HOLDS", 0.0)
+    with logged_in(smtp) as client:
         assert grant_revoke(name="alice", resource="smtp/mail/example.com:alice")
         assert client.mail("alice@example.com") == SENDER_REFUSED
 

@@ -1,0 +1,67 @@
+"""parse_message: the header facts local delivery records, read directly for plain headers
+and by the email package for everything else, with the same results either way."""
+
+from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+import pytest
+
+from mail.services.delivery import _plain_header_fields, parse_message
+
+PLAIN = [
+    b"From: a@b.example\r\nTo: c@d.example\r\nSubject: hi\r\n\r\nbody\r\n",
+    b"From:a@b.example\r\nSubject:   spaced  \r\n\r\n",
+    b"Subject: folded\r\n  more\r\n\tand more\r\nX: y\r\n\r\nbody",
+    b"Subject:\r\nX-Empty: \r\n\r\n",
+    b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n",
+    b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\td=example.com; s=x;\r\n\tb=abc\r\n def\r\nFrom: x\r\n\r\n",
+    b"Subject: t:with:colons\r\n\r\n",
+    b"subject: lower\r\nSUBJECT: upper\r\n\r\n",
+]
+
+# Not plain: left to the email package.
+UNUSUAL = [
+    b"From someone@example.net Tue Nov 24 10:00:00 2026\r\nSubject: mbox\r\n\r\n",
+    b" leading fold\r\nSubject: x\r\n\r\n",
+    b"Bad Name: x\r\nSubject: after\r\n\r\n",
+    b"Subject: caf\xc3\xa9\r\n\r\n",
+    b"Subject: bare\nTo: lf\r\n\r\n",
+    b"Subject: no body separator\r\n",
+]
+
+
+def email_package(raw: bytes):
+    msg = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    return tuple((name, str(value)) for name, value in msg.items())
+
+
+@pytest.mark.parametrize("raw", PLAIN)
+def test_plain_headers_read_as_the_email_package_reads_them(raw):
+    assert _plain_header_fields(raw) == email_package(raw)
+
+
+@pytest.mark.parametrize("raw", UNUSUAL)
+def test_unusual_headers_go_to_the_email_package(raw):
+    assert _plain_header_fields(raw) is None
+    assert parse_message(raw).headers == email_package(raw)
+
+
+def test_facts_of_a_message():
+    parsed = parse_message(
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: Alice <alice@example.com>\r\nTo: bob@example.com\r\n"
+        b"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-Id:  <m1@example.com> \r\n"
+        b"Subject: second\r\n\r\nbody\r\n"
+    )
+    assert parsed.subject == "caf\u00e9"  # the first Subject, decoded
+    assert parsed.header_from == "Alice <alice@example.com>"
+    assert parsed.header_to == "bob@example.com"
+    assert parsed.date == datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    assert parsed.message_id == "<m1@example.com>"
+    assert parsed.values("subject") == ["=?utf-8?q?caf=C3=A9?=", "second"]
+
+
+def test_prepend_gives_the_facts_of_the_longer_message():
+    raw = b"From: alice@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+    block = b"Message-Id: <new@example.com>\r\nDKIM-Signature: v=1;\r\n\tb=xyz\r\n"
+    assert parse_message(raw).prepend(block) == parse_message(block + raw)
