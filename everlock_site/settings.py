@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from everlock_site.files import write_private_file
 from everlock_site.logging import logging_config
@@ -213,6 +214,14 @@ EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTION
 # EVERLOCK_SMTP_WRITER_PROCESS: file accepted messages in a child process of the listeners
 # (mail.smtp.writer), so the SMTP dialogue and the commits use two cores; off: a thread.
 EVERLOCK_SMTP_WRITER_PROCESS = env.bool("EVERLOCK_SMTP_WRITER_PROCESS", default=True)
+
+# EVERLOCK_MESSAGE_SYNC: how the message files of a batch are made durable before their rows
+# commit. "filesystem": one syncfs(2) of the filesystem holding the data dir's messages, as
+# cheap as one fsync (Linux; elsewhere "file"). "file": an fsync per file and per directory,
+# for a data dir on a filesystem that other busy programs write to as well.
+EVERLOCK_MESSAGE_SYNC = env.str("EVERLOCK_MESSAGE_SYNC", default="filesystem")
+if EVERLOCK_MESSAGE_SYNC not in ("filesystem", "file"):
+    raise ImproperlyConfigured(f'EVERLOCK_MESSAGE_SYNC is "filesystem" or "file": {EVERLOCK_MESSAGE_SYNC!r}')
 
 # Login throttle: per client address, failures in a window before further attempts from that
 # address are refused; per login, failures that slow further guesses (never a lockout).

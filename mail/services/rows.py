@@ -17,7 +17,8 @@ from django.db import connection, models
 
 class RowInserter:
     """INSERT INTO the table of `model` the columns of `fields` (their names, in the order
-    the rows give them)."""
+    the rows give them). No model defaults are applied: `fields` must name every column
+    that may not be NULL, auto_now_add ones included."""
 
     def __init__(self, model: type[models.Model], fields: Sequence[str]):
         self.model = model
@@ -50,7 +51,8 @@ class RowInserter:
             return ids
         converters = self._converters
         per_statement = max(1, connection.ops.bulk_batch_size(self.fields, rows))
-        if returning_ids and not connection.features.can_return_rows_from_bulk_insert:
+        returning = returning_ids and connection.features.can_return_rows_from_bulk_insert
+        if returning_ids and not returning:
             per_statement = 1  # an older SQLite: one row at a time, its id from lastrowid
         with connection.cursor() as cursor:
             for start in range(0, len(rows), per_statement):
@@ -62,7 +64,6 @@ class RowInserter:
                         for i, prepare in converters:
                             row[i] = prepare(row[i], connection)
                     params.extend(row)
-                returning = returning_ids and per_statement > 1
                 cursor.execute(self._statement(connection.vendor, len(chunk), returning), params)
                 if returning:
                     ids.extend(pk for (pk,) in cursor.fetchall())

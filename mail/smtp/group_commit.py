@@ -1,7 +1,8 @@
 """Group commit: the messages of concurrent SMTP sessions filed in one database transaction.
 
-Every DATA of every session hands its delivery to one writer thread (in the writer process,
-mail.smtp.writer, or in the listener's own). The thread takes all deliveries waiting at that
+Every DATA of every session hands its delivery to the writer process (mail.smtp.writer,
+which calls GroupCommitter.commit with all that has arrived) or to a commit thread in the
+listener's own process (GroupCommitter.call). Either takes all deliveries waiting at that
 moment and files them with one set-based call when the delivery has one (`many`), else each
 in its own savepoint (so one failing message does not take the others with it), commits
 once, and only then answers each session. A client still gets 250 only after its message is
@@ -45,6 +46,8 @@ def heal_connections() -> None:
 
 MAX_BATCH = 64
 
+Settle = Callable[[bool, Any], None]  # (True, result) or (False, exception), once
+
 
 @dataclass
 class _Job:
@@ -85,9 +88,8 @@ class GroupCommitter:
     exception is raised to the awaiting caller, and its rows and files are undone.
     """
 
-    def __init__(self, *, max_batch: int = MAX_BATCH, after_batch: Callable[[], None] | None = None):
+    def __init__(self, *, max_batch: int = MAX_BATCH):
         self.max_batch = max_batch
-        self.after_batch = after_batch  # called in the commit thread once a batch is settled
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -136,8 +138,17 @@ class GroupCommitter:
                     break
                 batch.append(job)
             self._commit(batch)
-            if self.after_batch is not None:
-                self.after_batch()
+
+    def commit(self, calls: list[tuple[Callable[..., Any], dict[str, Any], Settle]]) -> None:
+        """Commit `calls` ((func, kwargs, settle) each) now, in this thread (the writer
+        process has no other): the calls of each function in batches of at most max_batch,
+        each batch in one transaction; settle(ok, value) is called for each as in submit()."""
+        by_func: dict[Callable[..., Any], list[_Job]] = {}
+        for func, kwargs, settle in calls:
+            by_func.setdefault(func, []).append(_Job(func=func, kwargs=kwargs, settle=settle))
+        for jobs in by_func.values():
+            for start in range(0, len(jobs), self.max_batch):
+                self._commit(jobs[start : start + self.max_batch])
 
     def _commit(self, batch: list[_Job]) -> None:
         many = getattr(batch[0].func, "many", None)

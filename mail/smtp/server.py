@@ -307,14 +307,24 @@ class EverlockSMTP(SMTP):
         self.offers_auth = offers_auth
         self._counted_host: str | None = None
         self._session_timer: asyncio.TimerHandle | None = None
+        self._reply_lines: list[bytes] = []
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
 
     async def push(self, status):
         if isinstance(status, str):
-            status = _REWRITES.get(status, status)
-        await super().push(status)
+            status = _REWRITES.get(status, status).encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        # The lines of a multi-line reply (RFC 5321 section 4.2.1: "250-...", then "250 ...")
+        # go out in one write with the last one, not in one system call each.
+        if status[3:4] == b"-":
+            self._reply_lines.append(status)
+            return
+        if self._reply_lines:
+            status = b"\r\n".join([*self._reply_lines, status])
+            self._reply_lines.clear()
+        self._writer.write(status + b"\r\n")
+        await self._writer.drain()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd replaces its idle timer at every command. One timer that is moved on only

@@ -100,3 +100,34 @@ def test_failing_on_commit_action_keeps_the_committed_message():
 
 async def run_batch_of(committer, func, raws):
     return await asyncio.gather(*(committer.call(func, raw=raw) for raw in raws))
+
+
+def store_other(*, raw: bytes, files):
+    return "other:" + store_content(raw, files=files).storage_name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_in_the_calling_thread_groups_by_function():
+    # What the writer process does with the deliveries that arrived together: each function's
+    # calls in batches of its own, a failing one alone, every call settled once.
+    committer = GroupCommitter(max_batch=2)
+    outcomes = {}
+
+    def settle_as(key):
+        def settle(ok, value):
+            assert key not in outcomes
+            outcomes[key] = (ok, value)
+
+        return settle
+
+    raws = [b"a", b"bad", b"c", b"d", b"e"]
+    calls = [(store, {"raw": raw}, settle_as(raw)) for raw in raws]
+    calls.insert(2, (store_other, {"raw": b"o"}, settle_as(b"o")))
+    committer.commit(calls)
+    assert outcomes[b"bad"][0] is False and isinstance(outcomes[b"bad"][1], RuntimeError)
+    assert outcomes[b"o"][0] is True and outcomes[b"o"][1].startswith("other:")
+    stored = {raw: value for raw, (ok, value) in outcomes.items() if ok and raw != b"o"}
+    assert sorted(stored) == [b"a", b"c", b"d", b"e"]
+    assert MessageContent.objects.count() == 5
+    storage = message_storage()
+    assert all(storage.open(name).read() == raw for raw, name in stored.items())

@@ -2,6 +2,7 @@
 
 import ipaddress
 import smtplib
+import socket
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -33,6 +34,18 @@ def test_ehlo_advertises_auth_plain_login_and_starttls(smtp, example_com):
             b"AUTH PLAIN LOGIN",
             b"HELP",
         ]
+
+
+def test_a_multiline_reply_is_sent_in_one_write(smtp, example_com):
+    # Its lines go out in one segment: the first receive returns the whole reply (line by
+    # line, it returns as soon as the first line is there).
+    with socket.create_connection(("127.0.0.1", smtp.submission_port), timeout=10) as conn:
+        assert conn.recv(65536).startswith(b"220 ")
+        conn.sendall(b"EHLO client.example.com\r\n")
+        received = conn.recv(65536)
+        assert received.startswith(b"250-mx.example.com\r\n")
+        assert received.endswith(b"250-AUTH PLAIN LOGIN\r\n250 HELP\r\n")
+        assert received.count(b"\r\n") == 7
 
 
 @pytest.mark.parametrize("login", ["alice", "alice@example.com"])
