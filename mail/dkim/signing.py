@@ -11,6 +11,7 @@ import base64
 import hashlib
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
@@ -128,28 +129,19 @@ def _fold_b64(value: str, first: int, *, width: int = 76) -> str:
     return "\r\n".join(chunks)
 
 
-def sign(
-    message: bytes,
-    *,
-    domain: str,
-    selector: str,
-    private_key_pem: str,
-    timestamp: int | None = None,
-    _parsed: tuple[list[tuple[bytes, bytes]], bytes] | None = None,
-    _body_hash: str | None = None,
-) -> bytes:
-    """The DKIM-Signature header field (CRLF-terminated) for `message` with one key.
+@dataclass(frozen=True)
+class _Signed:
+    """What every signature of one message shares: the names of the signed fields (h=),
+    their relaxed form in signing order, and the body hash (bh=)."""
 
-    The algorithm follows the key: ed25519-sha256 (RFC 8463) or rsa-sha256. Relaxed/relaxed
-    canonicalisation; the fields of SIGNED_HEADERS present in the message are signed, From and
-    Subject once more than they occur. `domain` is the d= value (ASCII). Raises DKIMKeyError for
-    an unusable key.
-    """
-    key = load_private_key(private_key_pem)
-    fields, body = _parsed if _parsed is not None else split_message(message)
-    if _body_hash is None:
-        _body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+    names: tuple[str, ...]
+    header_input: bytes
+    body_hash: str
 
+
+def _signed_parts(message: bytes) -> _Signed:
+    fields, body = split_message(message)
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
     by_name: dict[bytes, list[bytes]] = {}
     for name, value in fields:
         by_name.setdefault(name.strip(b" \t").lower(), []).append(value)
@@ -164,7 +156,27 @@ def sign(
         # RFC 6376 section 5.4.2: several instances are signed from the bottom up; a name
         # listed more often than it occurs contributes nothing for the extra entries.
         header_input.extend(relaxed_header(name.encode("ascii"), v) + b"\r\n" for v in reversed(instances))
+    return _Signed(names=tuple(names), header_input=b"".join(header_input), body_hash=body_hash)
 
+
+def sign(
+    message: bytes,
+    *,
+    domain: str,
+    selector: str,
+    private_key_pem: str,
+    timestamp: int | None = None,
+    _signed: _Signed | None = None,
+) -> bytes:
+    """The DKIM-Signature header field (CRLF-terminated) for `message` with one key.
+
+    The algorithm follows the key: ed25519-sha256 (RFC 8463) or rsa-sha256. Relaxed/relaxed
+    canonicalisation; the fields of SIGNED_HEADERS present in the message are signed, From and
+    Subject once more than they occur. `domain` is the d= value (ASCII). Raises DKIMKeyError for
+    an unusable key.
+    """
+    key = load_private_key(private_key_pem)
+    signed = _signed if _signed is not None else _signed_parts(message)
     algorithm = "rsa-sha256" if isinstance(key, rsa.RSAPrivateKey) else "ed25519-sha256"
     tags = [
         "v=1",
@@ -173,16 +185,16 @@ def sign(
         f"d={domain}",
         f"s={selector}",
         f"t={int(time.time()) if timestamp is None else timestamp}",
-        "h=" + ":".join(names),
-        f"bh={_body_hash}",
+        "h=" + ":".join(signed.names),
+        f"bh={signed.body_hash}",
         "b=",
     ]
     unsigned = _fold_tags(tags)
     # RFC 6376 section 3.7: the signature field itself is hashed last, with an empty b= value
     # and without its trailing CRLF.
     name, _, value = unsigned.partition(":")
-    header_input.append(relaxed_header(name.encode("ascii"), value.encode("ascii")))
-    digest = hashlib.sha256(b"".join(header_input)).digest()
+    own = relaxed_header(name.encode("ascii"), value.encode("ascii"))
+    digest = hashlib.sha256(signed.header_input + own).digest()
     if isinstance(key, ed25519.Ed25519PrivateKey):
         # RFC 8463 section 3: Ed25519 signs the SHA-256 hash of the header hash input.
         signature = key.sign(digest)
@@ -209,18 +221,9 @@ def sign_for_domain(domain: MailDomain, message: bytes) -> bytes:
     keys = [(s, pem) for s, pem in keys if pem]
     if not keys:
         return b""
-    parsed = split_message(message)
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(parsed[1])).digest()).decode("ascii")
+    parts = _signed_parts(message)  # canonicalised once for both keys
     now = int(time.time())
     return b"".join(
-        sign(
-            message,
-            domain=domain.name,
-            selector=selector,
-            private_key_pem=pem,
-            timestamp=now,
-            _parsed=parsed,
-            _body_hash=body_hash,
-        )
-        for selector, pem in keys
+        sign(message, domain=domain.name, selector=s, private_key_pem=pem, timestamp=now, _signed=parts)
+        for s, pem in keys
     )

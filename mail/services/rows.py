@@ -58,11 +58,17 @@ class RowInserter:
             for start in range(0, len(rows), per_statement):
                 chunk = rows[start : start + per_statement]
                 params: list[Any] = []
+                last: dict[int, tuple[Any, Any]] = {}  # column: (value, its database form)
                 for row in chunk:
                     if converters:
                         row = list(row)
                         for i, prepare in converters:
-                            row[i] = prepare(row[i], connection)
+                            # Rows of one batch share values (its time): converted once.
+                            value = row[i]
+                            seen = last.get(i)
+                            if seen is None or seen[0] is not value:
+                                seen = last[i] = (value, prepare(value, connection))
+                            row[i] = seen[1]
                     params.extend(row)
                 cursor.execute(self._statement(connection.vendor, len(chunk), returning), params)
                 if returning:

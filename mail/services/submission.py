@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import secrets
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -109,10 +110,25 @@ def remembered_sender(user: User, envelope_from: str) -> Sender | None:
     return None if domain is None else Sender(user=user, address=address, domain=domain)
 
 
+# A From field of one plain address, bare or after a plain display name: read directly. Any
+# other (quotes, comments, groups, several addresses) goes to the email package's parser.
+_PLAIN_FROM = re.compile(
+    r"(?:[A-Za-z0-9 ._'-]*<)?([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>?"
+)
+
+
+def _from_addresses(values: list[str]) -> list[str]:
+    """The addresses of the From fields `values`, as email.utils.getaddresses finds them."""
+    if len(values) == 1:
+        plain = _PLAIN_FROM.fullmatch(values[0].strip())
+        if plain is not None and (("<" in values[0]) == values[0].rstrip().endswith(">")):
+            return [plain[1]]
+    return [a for _, a in email.utils.getaddresses(values) if a]
+
+
 def _check_header_from(sender: Sender, parsed) -> None:
     values = parsed.values("From")
-    pairs = email.utils.getaddresses(values)
-    addrs = [a for _, a in pairs if a]
+    addrs = _from_addresses(values)
     if len(values) != 1 or len(addrs) != 1:
         raise replies.ONE_FROM_REQUIRED
     try:
