@@ -3,12 +3,14 @@ envelope and the DATA bytes that need no database."""
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import re
 
 from mail.addresses import Address, AddressError, parse_address
 from mail.smtp import replies
 from mail.smtp.replies import SMTPReject
+from mail.smtp.server import peer_host
 
 log = logging.getLogger("mail.smtp")
 
@@ -37,6 +39,28 @@ def check_data(raw: bytes, *, max_hops: int) -> None:
     header = raw if end < 0 else raw[: end + 2]
     if len(_RECEIVED.findall(header)) > max_hops:
         raise replies.TOO_MANY_HOPS
+
+
+def received_header(*, server, session, envelope) -> bytes:
+    """The Received trace field (RFC 5321 section 4.4) for a message taken in this session;
+    protocol names from RFC 3848 (ESMTPS with TLS, ESMTPA with AUTH, ESMTPSA with both)."""
+    ssl_info = session.ssl or {}
+    cipher = ssl_info.get("cipher") if hasattr(ssl_info, "get") else None
+    if session.extended_smtp:
+        protocol = "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
+    else:
+        protocol = "SMTP"
+    helo = (session.host_name or "unknown").encode("utf-8", "surrogateescape").decode("ascii", "replace")
+    lines = [
+        f"Received: from {helo} ([{peer_host(session.peer)}])",
+        f"\tby {server.hostname} (Everlock) with {protocol}",
+    ]
+    if cipher:
+        lines.append(f"\t(version={cipher[1]} cipher={cipher[0]} bits={cipher[2]})")
+    if len(envelope.rcpt_tos) == 1:
+        lines.append(f"\tfor <{envelope.rcpt_tos[0]}>")
+    lines[-1] += f"; {email.utils.formatdate(usegmt=True)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
 class BaseHandler:

@@ -6,37 +6,17 @@ else is relaying (RFC 5321 section 3.6.2) and refused.
 
 from __future__ import annotations
 
-import email.utils
 import time
 
 from mail.services.delivery import check_local_recipient, deliver_inbound
 from mail.smtp import replies
-from mail.smtp.handler import BaseHandler, check_data, envelope_address
+from mail.smtp.handler import BaseHandler, check_data, envelope_address, received_header
 from mail.smtp.replies import SMTPReject
-from mail.smtp.server import call_batched, call_service, peer_host
+from mail.smtp.server import call_batched, call_service
 
 
 def sender_of(envelope) -> str:
     return "" if envelope.mail_from == "<>" else envelope.mail_from
-
-
-def received_header(*, server, session, envelope) -> bytes:
-    """Return-Path and Received (RFC 5321 section 4.4; protocol names from RFC 3848)."""
-    ssl_info = session.ssl or {}
-    cipher = ssl_info.get("cipher") if hasattr(ssl_info, "get") else None
-    protocol = "ESMTPS" if server.tls_active else ("ESMTP" if session.extended_smtp else "SMTP")
-    helo = (session.host_name or "unknown").encode("utf-8", "surrogateescape").decode("ascii", "replace")
-    lines = [
-        f"Received: from {helo} ([{peer_host(session.peer)}])",
-        f"\tby {server.hostname} (Everlock) with {protocol}",
-    ]
-    if cipher:
-        lines.append(f"\t(version={cipher[1]} cipher={cipher[0]} bits={cipher[2]})")
-    if len(envelope.rcpt_tos) == 1:
-        lines.append(f"\tfor <{envelope.rcpt_tos[0]}>")
-    lines[-1] += f"; {email.utils.formatdate(usegmt=True)}"
-    return_path = f"Return-Path: <{sender_of(envelope)}>\r\n"
-    return (return_path + "\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
 class RecipientCache:
@@ -104,7 +84,8 @@ class InboundHandler(BaseHandler):
             check_data(raw, max_hops=self.config.max_hops)
         except SMTPReject as exc:
             return exc.reply
-        raw = received_header(server=server, session=session, envelope=envelope) + raw
+        return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
+        raw = return_path + received_header(server=server, session=session, envelope=envelope) + raw
         ok, result = await call_batched(
             self.committer,
             deliver_inbound,

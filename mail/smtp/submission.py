@@ -20,7 +20,7 @@ from mail.services.submission import (
     remembered_sender,
 )
 from mail.smtp import replies
-from mail.smtp.handler import BaseHandler, check_data
+from mail.smtp.handler import BaseHandler, check_data, received_header
 from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service, peer_host
 
@@ -100,6 +100,7 @@ class SubmissionHandler(BaseHandler):
         except SMTPReject as exc:
             return exc.reply
         # Checking, signing and filing all run in the group commit (the writer process).
+        raw = received_header(server=server, session=session, envelope=envelope) + raw
         submission = Submission.of(sender=envelope.sender, recipients=envelope.accepted, raw=raw)
         ok, result = await call_batched(self.committer, accept_submission, submission=submission)
         return replies.ACCEPTED if ok else result

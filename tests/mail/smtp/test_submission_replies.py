@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from accounts.services import grant_add, user_add
 from mail.models import Mailbox, MailDomain, Message, OutboundDelivery
+from mail.services.storage import read_content
 from mail.smtp.server import trusted_networks
 from tests.mail.smtp.conftest import nothing_stored, tls_context
 
@@ -151,6 +152,25 @@ def test_local_recipient_delivered_and_copy_in_sent(smtp, example_com):
     assert inbox.message_id.startswith("<") and inbox.message_id.endswith("@mail.example.com>")
     assert inbox.date is not None
     assert not OutboundDelivery.objects.exists()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_received_trace_field_names_the_client_and_the_protocol(smtp, example_com, tls):
+    with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10) as client:
+        client.ehlo("client.example.com")
+        if tls:
+            client.starttls(context=tls_context())
+            client.ehlo("client.example.com")
+        client.login("alice", "change-me")
+        assert client.sendmail("alice@example.com", ["bob@example.com"], MESSAGE) == {}
+    raw = read_content(Message.objects.get(folder__name="inbox").content)
+    # RFC 5321 section 4.4 (protocol names from RFC 3848); no Return-Path on a message that
+    # may still travel on (section 4.4 again).
+    trace = b"Received: from client.example.com ([127.0.0.1])\r\n\tby mx.example.com (Everlock) with "
+    after = b"ESMTPSA\r\n\t(version=TLSv1.3 cipher=" if tls else b"ESMTPA\r\n\tfor <bob@example.com>; "
+    assert trace + after in raw
+    assert raw.index(b"Received:") < raw.index(b"From: alice@example.com")
+    assert b"Return-Path:" not in raw
 
 
 def test_existing_message_id_and_date_kept(smtp, example_com):
