@@ -494,7 +494,11 @@ class Listeners:
     async def wait_closed(self) -> None:
         for server in self.servers:
             await server.wait_closed()
-        self.committer.stop()
+        if isinstance(self.committer, GroupCommitter):
+            # Its commit thread ends after what it holds (and closes its connections).
+            await asyncio.get_running_loop().run_in_executor(None, lambda: self.committer.stop(wait=True))
+        else:
+            self.committer.stop()
 
 
 async def start_server(

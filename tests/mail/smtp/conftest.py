@@ -76,6 +76,9 @@ def start_smtp(transactional_db, settings):
             await listeners.wait_closed()
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        # As asyncio.run() does at the end of `runsmtp`: the worker threads end, and their
+        # database connections with them.
+        asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
 
