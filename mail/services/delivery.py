@@ -401,7 +401,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
     parsed = [parse_message(item["raw"]) for item in items]
     directory.refresh()
     boxes = mailboxes_by_id({i for item in items for i in item["mailbox_ids"]})
-    rules = current_rules()
+    rules = current_rules(remembered=True)
     plans = []
     for item, facts in zip(items, parsed, strict=True):
         plans.append(

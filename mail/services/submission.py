@@ -343,7 +343,7 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     boxes = mailboxes_by_id(
         {i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id) if i is not None}
     )
-    rules = current_rules()
+    rules = current_rules(remembered=True)  # the caller refreshed the directory
     entries = []
     for prepared in batch:
         planned = plan_recipients(

@@ -114,6 +114,20 @@ def test_filing_into_a_folder_with_a_header_and_seen(smtp, rules):  # noqa: F811
     assert Message.objects.count() == 1
 
 
+def test_new_rules_apply_to_the_next_message(smtp, example_com, settings, tmp_path):  # noqa: F811
+    settings.DATA_DIR = tmp_path
+    send(smtp, "carol@example.net", ["bob@example.com"], message(subject="first", to="bob@example.com"))
+    set_rules(text='[[rule]]\nname = "all"\nmatch = { size_over = 0 }\nfileinto = "Later"\n')
+    send(smtp, "carol@example.net", ["bob@example.com"], message(subject="second", to="bob@example.com"))
+    set_rules(text="")
+    send(smtp, "carol@example.net", ["bob@example.com"], message(subject="third", to="bob@example.com"))
+    assert folders_of("bob@example.com") == [
+        ("Later", "second", False),
+        ("inbox", "first", False),
+        ("inbox", "third", False),
+    ]
+
+
 def test_reject_at_smtp_time_with_the_configured_reply(smtp, rules):  # noqa: F811
     with pytest.raises(smtplib.SMTPDataError) as exc:
         send(smtp, "carol@example.net", ["alice@example.com"], message(subject="buy now"))
