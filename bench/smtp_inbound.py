@@ -1,6 +1,6 @@
 """Inbound SMTP throughput (durable local delivery) against a bare aiosmtpd server that discards.
 
-.venv/bin/python bench/smtp_inbound.py      (BENCH_MESSAGES=1000, BENCH_ROUNDS=3 by default)
+.venv/bin/python bench/smtp_inbound.py      (BENCH_MESSAGES=1000, BENCH_ROUNDS=5 by default)
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Submission throughput (AUTH PLAIN on every connection, Ed25519 + RSA DKIM) against a bare
 aiosmtpd server that accepts any login and discards.
 
-    .venv/bin/python bench/smtp_submission.py      (BENCH_MESSAGES=1000, BENCH_ROUNDS=3 by default)
+    .venv/bin/python bench/smtp_submission.py      (BENCH_MESSAGES=1000, BENCH_ROUNDS=5 by default)
 """
 
 import sys
