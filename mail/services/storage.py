@@ -137,7 +137,7 @@ class ContentWrites:
         whole = local and sync_whole_filesystem()
         self.names: list[str] = []
         self._pending = []
-        self._unsynced: str | None = None  # a path on the filesystem to sync at wait()
+        self._unsynced: str | None = None  # a path on the filesystem to sync
         try:
             for raw in raws:
                 name = _new_name()
@@ -153,6 +153,10 @@ class ContentWrites:
                     name = write_content(raw, sync_directory=False)  # a new directory; a remote storage
                 self.names.append(name)
                 files.names.append(name)
+            if self._unsynced is not None:
+                # Every file is written: the sync of their filesystem runs while the caller
+                # inserts the rows.
+                self._pending.append(_file_writers.submit(sync_filesystem, self._unsynced))
         except BaseException:
             self.settle()
             raise
@@ -173,9 +177,7 @@ class ContentWrites:
         failure = self.settle()
         if failure is not None:
             raise failure
-        if self._unsynced is not None:
-            sync_filesystem(self._unsynced)  # every file and directory entry of the batch
-        else:
+        if self._unsynced is None:  # else the filesystem's sync covered the directories
             sync_directories(self.names)
 
 
