@@ -3,9 +3,8 @@
 plan_delivery() is called by local delivery (mail.services.delivery) inside the transaction
 that files the message, so the vacation and redirect memory it records commits (or rolls
 back) with the delivery itself. Each process keeps the compiled rules keyed by (RuleSet id,
-version, updated_at); one single-row query per call notices a change (for the SMTP group
-commit, the directory's memory, which any RuleSet change drops), so edits made by any process
-apply to the next message without a restart.
+version, updated_at); one single-row query per call notices a change, so edits made by any
+process apply to the next message without a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from mail.rules.evaluate import Evaluation, evaluate
 from mail.rules.language import Rule, parse_rules
 from mail.rules.language import RuleSet as CompiledRules
 from mail.rules.plan import DeliveryPlan, MessageFacts
-from mail.services.directory import directory
 
 
 @dataclass
@@ -46,21 +44,12 @@ _cache: CurrentRules | None = None
 _EMPTY = CurrentRules(version=(), rules=CompiledRules())
 
 
-def current_rules(*, remembered: bool = False) -> CurrentRules:
+def current_rules() -> CurrentRules:
     """The compiled rules of the current RuleSet version (compiled at most once per version).
 
-    With `remembered`, through the SMTP directory's memory (mail.services.directory; call its
-    refresh() first): a RuleSet saved or deleted anywhere drops it, so no query is needed
-    while nothing changed. The stored text was validated when it was saved; should it still
-    fail to parse (edited behind our back in the database), the error propagates and delivery
-    answers 451.
+    The stored text was validated when it was saved; should it still fail to parse (edited
+    behind our back in the database), the error propagates and delivery answers 451.
     """
-    if remembered:
-        return directory.remember(("rules",), _read_current_rules)
-    return _read_current_rules()
-
-
-def _read_current_rules() -> CurrentRules:
     global _cache
     version = RuleSet.objects.order_by("id").values_list("id", "version", "updated_at").first()
     if version is None:

@@ -93,8 +93,11 @@ def _plain_header_fields(raw: bytes) -> tuple[tuple[str, str], ...] | None:
     if end < 0:
         return None
     block = raw[:end]
-    if not block.isascii() or b"\n" in block.replace(b"\r\n", b"") or b"\r" in block.replace(b"\r\n", b""):
+    if not block.isascii():
         return None
+    unfolded = block.replace(b"\r\n", b"")
+    if b"\n" in unfolded or b"\r" in unfolded:
+        return None  # a bare line end
     fields: list[list[str]] = []
     for line in block.decode("ascii").split("\r\n"):
         if line[:1] in (" ", "\t"):
@@ -276,6 +279,13 @@ def _remembered_folder_ids(wanted: set[tuple[int, str]]) -> dict[tuple[int, str]
     return found
 
 
+def remembered_rules() -> CurrentRules:
+    """current_rules() through the directory's memory (call directory.refresh() first): a
+    RuleSet saved or deleted anywhere drops it, so the group commit asks no query for the
+    rules while they stay the same."""
+    return directory.remember(("rules",), current_rules)
+
+
 def _header_block(pairs: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{name}: {value}\r\n".encode() for name, value in pairs)
 
@@ -401,7 +411,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
     parsed = [parse_message(item["raw"]) for item in items]
     directory.refresh()
     boxes = mailboxes_by_id({i for item in items for i in item["mailbox_ids"]})
-    rules = current_rules(remembered=True)
+    rules = remembered_rules()
     plans = []
     for item, facts in zip(items, parsed, strict=True):
         plans.append(

@@ -1,6 +1,6 @@
 """The directory answers SMTP asks for on every message (which domain a user may send as,
-which mailbox an address names), remembered in process memory and dropped as soon as any
-process changes a domain, mailbox, grant or user.
+which mailbox an address names, which rules are in force), remembered in process memory and
+dropped as soon as any process changes a domain, mailbox, folder, grant, user or the rules.
 
 Every change saved or deleted through the ORM stores a new stamp in the shared cache (the
 database cache every process reads), at once and again when its transaction commits. A

@@ -24,7 +24,6 @@ from mail.addresses import Address, AddressError, parse_address
 from mail.dkim.signing import sign_for_domain
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
-from mail.rules.engine import current_rules
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
     ParsedMessage,
@@ -32,6 +31,7 @@ from mail.services.delivery import (
     mailboxes_by_id,
     parse_message,
     plan_recipients,
+    remembered_rules,
     resolve_mailboxes,
     store_and_file_many,
 )
@@ -343,7 +343,7 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     boxes = mailboxes_by_id(
         {i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id) if i is not None}
     )
-    rules = current_rules(remembered=True)  # the caller refreshed the directory
+    rules = remembered_rules()  # the caller refreshed the directory
     entries = []
     for prepared in batch:
         planned = plan_recipients(

@@ -137,23 +137,26 @@ class GroupCommitter:
                     self._queue.put(None)
                     break
                 batch.append(job)
-            self._commit(batch)
+            self._commit_grouped(batch)
 
     def commit(self, calls: list[tuple[Callable[..., Any], dict[str, Any], Settle]]) -> None:
         """Commit `calls` ((func, kwargs, settle) each) now, in this thread (the writer
-        process has no other): the calls of each function in batches of at most max_batch,
-        each batch in one transaction; settle(ok, value) is called for each as in submit()."""
+        process has no other); settle(ok, value) is called for each as in submit()."""
+        self._commit_grouped([_Job(func=f, kwargs=kwargs, settle=settle) for f, kwargs, settle in calls])
+
+    def _commit_grouped(self, jobs: list[_Job]) -> None:
+        """The jobs of each function in batches of at most max_batch, each batch in one
+        transaction (the set-based `many` takes one function's jobs only)."""
         by_func: dict[Callable[..., Any], list[_Job]] = {}
-        for func, kwargs, settle in calls:
-            by_func.setdefault(func, []).append(_Job(func=func, kwargs=kwargs, settle=settle))
-        for jobs in by_func.values():
-            for start in range(0, len(jobs), self.max_batch):
-                self._commit(jobs[start : start + self.max_batch])
+        for job in jobs:
+            by_func.setdefault(job.func, []).append(job)
+        for same in by_func.values():
+            for start in range(0, len(same), self.max_batch):
+                self._commit(same[start : start + self.max_batch])
 
     def _commit(self, batch: list[_Job]) -> None:
-        many = getattr(batch[0].func, "many", None)
-        same = many is not None and all(job.func is batch[0].func for job in batch)
-        if same and self._commit_many(batch, many):
+        many = getattr(batch[0].func, "many", None)  # the batch is one function's jobs
+        if many is not None and self._commit_many(batch, many):
             return
         self._commit_each(batch)
 

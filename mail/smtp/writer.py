@@ -39,9 +39,9 @@ log = logging.getLogger("mail.smtp")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# The writer's first frame: loaded and ready to commit. Then the listener sends frames of
-# deliveries (each its 8-byte id and the pickled call, length-prefixed) and the writer
-# answers a batch at a time (a pickled list of (id, outcome)).
+# The writer's first frame: loaded and ready to commit. Then the listener sends a frame per
+# delivery (its 8-byte id and the pickled call) and the writer answers a round at a time (a
+# pickled list of (id, outcome)). Frames are multiprocessing.connection's.
 _READY = b"ready"
 
 
@@ -79,7 +79,7 @@ class WriterProcess:
 
     The pipe to the writer is an asyncio transport on the listeners' event loop: a delivery
     is written without blocking (whatever the writer's pace), the deliveries of one turn of
-    the loop go in one frame, and the answers settle their futures on the loop directly.
+    the loop go in one write, and the answers settle their futures on the loop directly.
     """
 
     def __init__(self, *, max_batch: int = MAX_BATCH):
@@ -162,7 +162,8 @@ class _WriterLink(asyncio.Protocol):
             return  # not connected yet (connection_made sends them) or gone (they fail)
         parts, self._outgoing = self._outgoing, []
         if parts:
-            self._transport.write(_frame(_join(parts)))
+            # A frame per delivery, all in one write.
+            self._transport.write(b"".join(_frame(part) for part in parts))
 
     def close(self) -> None:
         """Send what is queued, then EOF: the writer answers what it holds and ends."""
@@ -225,7 +226,7 @@ def serve_writer(conn: Connection, max_batch: int) -> None:
             return
         answers: list[tuple[int, tuple]] = []
         calls = []
-        for data in (data for frame in frames for data in _split(frame)):
+        for data in frames:  # a delivery each
             job_id, (target, kwargs) = int.from_bytes(data[:8], "big"), pickle.loads(data[8:])
             calls.append((_resolve(target), kwargs, _answerer(answers, job_id)))
         committer.commit(calls)
@@ -264,16 +265,3 @@ def _frames(buffer: bytearray) -> list[bytes]:
         at = start + size
     del buffer[:at]
     return frames
-
-
-def _join(parts: list[bytes]) -> bytes:
-    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-
-
-def _split(frame: bytes) -> list[bytes]:
-    parts, at = [], 0
-    while at < len(frame):
-        size = int.from_bytes(frame[at : at + 4], "big")
-        parts.append(frame[at + 4 : at + 4 + size])
-        at += 4 + size
-    return parts
