@@ -1,3 +1,5 @@
+import time
+
 from django.db import models
 
 from mail.models.domains import MailDomain
@@ -12,6 +14,8 @@ class Mailbox(models.Model):
     domain = models.ForeignKey(MailDomain, on_delete=models.CASCADE, related_name="mailboxes")
     local_part = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+    # RFC 9208 STORAGE limit in bytes over all folders; None: no limit.
+    quota = models.PositiveBigIntegerField(null=True, blank=True, help_text="Bytes; empty: no limit")
 
     class Meta:
         ordering = ["domain__name", "local_part"]
@@ -27,11 +31,25 @@ class Mailbox(models.Model):
         return f"{self.local_part}@{self.domain.name}"
 
 
+def new_uid_validity() -> int:
+    """A UIDVALIDITY for a new folder (RFC 9051 §2.3.1.1): the creation time in seconds, so a
+    folder deleted and created again under the same name gets a different one."""
+    return int(time.time()) & 0xFFFFFFFF or 1
+
+
 class Folder(models.Model):
-    """A folder of a mailbox: `inbox`, `sent`, or any a rule files into."""
+    """A folder of a mailbox: `inbox`, `sent`, or any a rule or a mail client creates.
+
+    IMAP state lives here: `uid_validity`, `uid_next` (the UID the next message filed here
+    gets) and `highest_modseq`, raised by every change an IMAP session must learn of.
+    """
 
     mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="folders")
     name = models.CharField(max_length=200)
+    uid_validity = models.PositiveBigIntegerField(default=new_uid_validity)
+    uid_next = models.PositiveBigIntegerField(default=1)
+    highest_modseq = models.PositiveBigIntegerField(default=1)
+    subscribed = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["mailbox", "name"]
