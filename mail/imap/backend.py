@@ -124,6 +124,11 @@ class Config(IMAPConfig):
         )
 
     @property
+    def login_capability(self):
+        # pymap announces BINARY (RFC 3516) but cannot answer BINARY.SIZE: not offered.
+        return [cap for cap in super().login_capability if cap != b"BINARY"]
+
+    @property
     def commands(self):
         return self._commands() if self._commands is not None else super().commands
 
@@ -330,6 +335,8 @@ class FolderState:
         self.lock = asyncio.Lock()
         self.changed = asyncio.Event()
         self.gone = False
+        self.claimed_up_to = 0  # uid_next when sessions of this process last claimed \Recent
+        self.keywords: set[str] = set()  # every keyword seen on a message of the folder
 
     def poke(self) -> None:
         """Wake the sessions waiting in IDLE: the folder may have changed."""
@@ -347,6 +354,7 @@ class FolderState:
             changed = {row.uid for row in delta.rows}
             for row in delta.rows:
                 self.messages[row.uid] = Message(row)
+                self.keywords.update(flag for flag in row.flags if not flag.startswith("\\"))
             expunged: set[int] = set()
             if len(self.messages) != delta.count:
                 present = await run(store.all_uids, self.folder_id)
@@ -443,6 +451,10 @@ class MailboxData:
         except MailboxNotFound:
             selected.set_deleted()
             return selected
+        if not selected.readonly and self._info.uid_next > self.state.claimed_up_to:
+            # New mail: the first read-write session to see it gets it as \Recent.
+            self.state.claimed_up_to = self._info.uid_next
+            await self.claim_recent(selected)
         delta = self.state.since(selected.mod_sequence)
         if delta is None:
             selected.set_messages(sorted(self.state.messages.values(), key=lambda m: m.uid))
@@ -542,7 +554,8 @@ class MailboxData:
         self.state.poke()
 
     async def claim_recent(self, selected: SelectedMailbox) -> None:
-        pass
+        for uid in await run(store.claim_recent, self.state.folder_id):
+            selected.session_flags.add_recent(uid)
 
     async def cleanup(self) -> None:
         pass
@@ -557,14 +570,17 @@ class MailboxData:
                 unseen += 1
                 if first_unseen is None:
                     first_unseen = seq
+        # FLAGS and PERMANENTFLAGS name the system flags and the keywords in use; STORE
+        # takes any keyword (self.permanent_flags has \*, for the selected state only).
+        in_use = frozenset(Flag(k.encode()) for k in self.state.keywords)
         return MailboxSnapshot(
             self.mailbox_id,
             self.readonly,
             self.uid_validity,
-            self.permanent_flags,
+            (self.permanent_flags - {Flag(b"\\*")}) | in_use,
             self.session_flags,
             len(messages),
-            0,
+            await run(store.recent_count, self.state.folder_id),
             unseen,
             first_unseen,
             self._info.uid_next,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pymap.imap.state import ConnectionState
 from pymap.parsing import EndLine, Params, Space
 from pymap.parsing.command import CommandAuth, CommandNoArgs, CommandSelect
-from pymap.parsing.commands import Commands
+from pymap.parsing.commands import Commands, InvalidCommand
+from pymap.parsing.exceptions import NotParseable
 from pymap.parsing.response import ResponseNo, ResponseOk, UntaggedResponse
 from pymap.parsing.response.code import ResponseCode
 from pymap.parsing.specials import AString, Mailbox
@@ -137,9 +138,22 @@ EXTRA_COMMANDS = (
 )
 
 
+class EverlockCommands(Commands):
+    """pymap's command parser, answering BAD for a mailbox name that is not valid modified
+    UTF-7 (RFC 3501 §5.1.3) instead of failing the connection."""
+
+    def parse(self, buf: memoryview, params: Params):
+        try:
+            return super().parse(buf, params)
+        except UnicodeError:
+            end = bytes(buf).find(b"\n")
+            rest = buf[end + 1 :] if end >= 0 else buf[len(buf) :]
+            return InvalidCommand(params, NotParseable(buf)), rest
+
+
 def commands() -> Commands:
     """pymap's commands and Everlock's."""
-    registry = Commands()
+    registry = EverlockCommands()
     for command in EXTRA_COMMANDS:
         registry.register(command)
     return registry

@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
-from mail.models.mailboxes import INBOX, SENT
+from mail.models.mailboxes import INBOX, SENT, new_uid_validity
 from mail.services.delivery import parse_message
 from mail.services.storage import StoredFiles, delete_content_file, store_content
 
@@ -207,9 +207,16 @@ def find_folder(access: Access, name: str) -> FolderInfo:
 def create_folder(access: Access, name: str) -> int:
     stored = stored_name(access, name)
     with transaction.atomic():
-        folder, created = Folder.objects.get_or_create(mailbox_id=access.mailbox_id, name=stored)
-    if not created:
-        raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
+        if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
+            raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
+        # A folder created again under an old name must not reuse its UIDVALIDITY, even
+        # within the same second (RFC 9051 §2.3.1.1).
+        newest = (
+            Folder.objects.filter(mailbox_id=access.mailbox_id).aggregate(v=Max("uid_validity"))["v"] or 0
+        )
+        folder = Folder.objects.create(
+            mailbox_id=access.mailbox_id, name=stored, uid_validity=max(new_uid_validity(), newest + 1)
+        )
     return folder.id
 
 
@@ -348,6 +355,22 @@ def changes(folder_id: int, since_modseq: int) -> Changes:
         return Changes(folder, [], count)
     changed = Message.objects.filter(folder_id=folder_id, uid__isnull=False, modseq__gt=since_modseq)
     return Changes(folder, _rows(changed.order_by("uid")), count)
+
+
+def claim_recent(folder_id: int) -> list[int]:
+    """The UIDs still \\Recent in the folder, which stop being recent for anyone else."""
+    with transaction.atomic():
+        folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
+        if folder is None or folder.first_recent_uid >= folder.uid_next:
+            return []
+        uids = list(
+            Message.objects.filter(folder_id=folder_id, uid__gte=folder.first_recent_uid).values_list(
+                "uid", flat=True
+            )
+        )
+        folder.first_recent_uid = folder.uid_next
+        folder.save(update_fields=["first_recent_uid"])
+    return sorted(uids)
 
 
 def all_uids(folder_id: int) -> set[int]:
@@ -569,3 +592,11 @@ def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None]]:
         .values_list("id", "highest_modseq", "newest")
     )
     return {pk: (modseq, newest) for pk, modseq, newest in rows}
+
+
+def recent_count(folder_id: int) -> int:
+    """How many messages of the folder no session has claimed as \\Recent yet."""
+    first = Folder.objects.filter(pk=folder_id).values_list("first_recent_uid", flat=True).first()
+    if first is None:
+        return 0
+    return Message.objects.filter(folder_id=folder_id, uid__gte=first).count()

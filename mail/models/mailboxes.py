@@ -49,6 +49,9 @@ class Folder(models.Model):
     uid_validity = models.PositiveBigIntegerField(default=new_uid_validity)
     uid_next = models.PositiveBigIntegerField(default=1)
     highest_modseq = models.PositiveBigIntegerField(default=1)
+    # Messages from this UID on are \Recent (RFC 3501 §2.3.2): the next read-write session to
+    # look claims them.
+    first_recent_uid = models.PositiveBigIntegerField(default=1)
     subscribed = models.BooleanField(default=True)
 
     class Meta:
