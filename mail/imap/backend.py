@@ -65,7 +65,29 @@ log = logging.getLogger("mail.imap")
 
 T = TypeVar("T")
 
-_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="imap-db")
+
+class DatabaseThreads:
+    """The worker threads IMAP sessions do their database and file work in: started with the
+    listeners, ended with them (so their database connections close)."""
+
+    def __init__(self, workers: int = 4) -> None:
+        self.workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imap-db")
+
+    def stop(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    async def run(self, func: Callable[..., T], *args, **kwargs) -> T:
+        """Run the synchronous `func` in one of the threads."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(_in_thread, func, *args, **kwargs))
 
 
 def _in_thread(func: Callable[..., T], *args, **kwargs) -> T:
@@ -73,10 +95,8 @@ def _in_thread(func: Callable[..., T], *args, **kwargs) -> T:
     return func(*args, **kwargs)
 
 
-async def run(func: Callable[..., T], *args, **kwargs) -> T:
-    """Run the synchronous `func` (database or file work) in the backend's thread pool."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor, partial(_in_thread, func, *args, **kwargs))
+database_threads = DatabaseThreads()
+run = database_threads.run
 
 
 def _refused(exc: StoreError, mailbox: str | None = None) -> MailboxError:
@@ -107,7 +127,7 @@ class Config(IMAPConfig):
             port=0,
             ssl_context=ssl_context,
             tls_enabled=starttls,
-            cpu_subsystem=Subsystem.for_executor(_executor),
+            cpu_subsystem=Subsystem.for_asyncio(),
             invalid_user_sleep=0.0,
             reject_dnsbl=False,
             max_append_len=max_append_len,
@@ -167,12 +187,13 @@ class Login(LoginInterface):
             raise TemporaryFailure("Too many failed logins, try again later.") from None
         if check.user is None:
             raise InvalidAuth()
-        return Identity(check.user, self.config)
+        return Identity(check.user, self.config, login=credentials.authcid)
 
     async def authorize(self, authenticated: IdentityInterface, authzid: str) -> Identity:
-        if authzid and authzid != authenticated.name:
-            raise AuthorizationFailure()
         assert isinstance(authenticated, Identity)
+        # No acting as someone else: the authorization identity, when given, is the login.
+        if authzid and authzid not in (authenticated.name, authenticated.login):
+            raise AuthorizationFailure()
         return authenticated
 
 
@@ -202,9 +223,10 @@ class PasswordCheck:
 
 
 class Identity(IdentityInterface):
-    def __init__(self, user: User, config: IMAPConfig) -> None:
+    def __init__(self, user: User, config: IMAPConfig, *, login: str) -> None:
         self.user = user
         self.config = config
+        self.login = login
 
     @property
     def name(self) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pymap.imap.state import ConnectionState
 from pymap.parsing import EndLine, Params, Space
-from pymap.parsing.command import CommandAuth, CommandNoArgs, CommandSelect
+from pymap.parsing.command import CommandAny, CommandAuth, CommandNoArgs, CommandSelect
 from pymap.parsing.commands import Commands, InvalidCommand
 from pymap.parsing.exceptions import NotParseable
-from pymap.parsing.response import ResponseNo, ResponseOk, UntaggedResponse
+from pymap.parsing.response import ResponseBad, ResponseNo, ResponseOk, UntaggedResponse
 from pymap.parsing.response.code import ResponseCode
 from pymap.parsing.specials import AString, Mailbox
 
@@ -124,6 +124,14 @@ class UnselectCommand(CommandNoArgs, CommandSelect):
     command = b"UNSELECT"
 
 
+# What the listener puts in place of a command line longer than EVERLOCK_IMAP_MAX_LINE.
+TOO_LONG = b"XTOOLONG"
+
+
+class LineTooLongCommand(CommandNoArgs, CommandAny):
+    command = TOO_LONG
+
+
 EXTRA_COMMANDS = (
     NamespaceCommand,
     MyRightsCommand,
@@ -135,6 +143,7 @@ EXTRA_COMMANDS = (
     GetQuotaCommand,
     SetQuotaCommand,
     UnselectCommand,
+    LineTooLongCommand,
 )
 
 
@@ -283,6 +292,9 @@ class EverlockConnectionState(ConnectionState):
                 response.add_untagged(self._quota_line(access.address, usage, limit))
                 return response, None
         return ResponseNo(cmd.tag, b"No such quota root.", ResponseCode.of(b"NONEXISTENT")), None
+
+    async def do_xtoolong(self, cmd: LineTooLongCommand):
+        return ResponseBad(cmd.tag, b"Command line too long.", ResponseCode.of(b"TOOBIG")), None
 
     async def do_unselect(self, cmd: UnselectCommand):
         self._selected = None

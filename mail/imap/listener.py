@@ -5,7 +5,8 @@ Each accepted connection runs pymap's IMAPConnection with Everlock's connection 
 
 - a total connection limit per listener and a per-user limit on sessions, answered with
   `* BYE` / `NO [LIMIT]`;
-- a command line limit: a longer line is read to its end and answered with a tagged BAD;
+- a command line limit: a longer line is read to its end and answered with a tagged BAD
+  [TOOBIG];
 - a literal limit (the APPEND size limit, EVERLOCK_SMTP_MAX_MESSAGE_SIZE): a client announcing
   more is disconnected before anything is read;
 - an idle timeout (RFC 9051 §5.4: at least 30 minutes), IDLE included.
@@ -28,8 +29,8 @@ from proxyprotocol.sock import SocketInfoLocal
 from pymap.context import connection_exit, subsystem
 from pymap.imap import IMAPConnection
 
-from mail.imap.backend import Config, Login
-from mail.imap.commands import CAPABILITIES, EverlockConnectionState, commands
+from mail.imap.backend import Config, Login, database_threads
+from mail.imap.commands import CAPABILITIES, TOO_LONG, EverlockConnectionState, commands
 from mail.imap.notify import watch_folders
 from mail.smtp.tls import server_context
 
@@ -53,20 +54,20 @@ class LimitedReader(asyncio.StreamReader):
 
     async def readline(self) -> bytes:
         try:
-            return await super().readline()
-        except ValueError:
-            # Longer than max_line: drop the rest of the line, keep the tag for the BAD answer.
-            head = bytes(self._buffer[:64])  # what is buffered is not consumed yet
-            tag = _TAG.match(head)
-            with contextlib.suppress(ValueError):
-                while True:
-                    try:
-                        await self.readuntil(b"\n")
-                        break
-                    except asyncio.LimitOverrunError as exc:
-                        await self.readexactly(exc.consumed)
-            name = tag.group() if tag else b"*"
-            return name + b" [TOOBIG] line too long\r\n"
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            # Longer than max_line: read the line to its end, keep its tag for the answer.
+            head = await super().readexactly(exc.consumed)
+            while True:
+                try:
+                    await self.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await super().readexactly(more.consumed)
+        tag = _TAG.match(head)
+        return (tag.group() if tag else b"*") + b" " + TOO_LONG + b"\r\n"
 
     async def readexactly(self, n: int) -> bytes:
         if n > self.max_literal:
@@ -174,6 +175,7 @@ class Listeners:
     async def wait_closed(self) -> None:
         for listener in self.listeners:
             await listener.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, database_threads.stop)
 
 
 async def _sweep(listeners: list[IMAPListener], every: float) -> None:
@@ -199,6 +201,7 @@ async def start_listeners(*, listens) -> Listeners:
         extra_capabilities=CAPABILITIES,
         commands=commands,
     )
+    database_threads.start()
     listeners = []
     for key, starttls in (("imap", True), ("imaps", False)):
         address = listens.get(key)
