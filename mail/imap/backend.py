@@ -38,7 +38,7 @@ from pymap.exceptions import (
     MailboxNotFound,
     MailboxReadOnly,
     NotAllowedError,
-    TemporaryFailure,
+    ResponseError,
 )
 from pymap.flags import FlagOp
 from pymap.interfaces.login import IdentityInterface, LoginInterface
@@ -48,6 +48,7 @@ from pymap.mailbox import MailboxSnapshot
 from pymap.message import BaseLoadedMessage, BaseMessage
 from pymap.mime import MessageContent
 from pymap.parsing.message import AppendMessage
+from pymap.parsing.response import ResponseNo
 from pymap.parsing.response.code import AppendUid, CopyUid, ResponseCode
 from pymap.parsing.specials import FetchRequirement, ObjectId, SequenceSet
 from pymap.parsing.specials.flag import Flag, Seen
@@ -184,7 +185,7 @@ class Login(LoginInterface):
         try:
             await run(credentials.verify, check)
         except Throttled:
-            raise TemporaryFailure("Too many failed logins, try again later.") from None
+            raise LoginThrottled() from None
         if check.user is None:
             raise InvalidAuth()
         return Identity(check.user, self.config, login=credentials.authcid)
@@ -195,6 +196,13 @@ class Login(LoginInterface):
         if authzid and authzid not in (authenticated.name, authenticated.login):
             raise AuthorizationFailure()
         return authenticated
+
+
+class LoginThrottled(ResponseError):
+    """Too many failed logins from the client's address: refused without checking."""
+
+    def get_response(self, tag: bytes) -> ResponseNo:
+        return ResponseNo(tag, b"Too many failed logins, try again later.", ResponseCode.of(b"UNAVAILABLE"))
 
 
 class PasswordCheck:
