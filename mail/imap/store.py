@@ -29,6 +29,7 @@ from accounts.models import AccessGrant, User
 from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
 from mail.models.mailboxes import INBOX, SENT, new_uid_validity
 from mail.services.delivery import parse_message
+from mail.services.mailboxes import mailbox_usage
 from mail.services.storage import StoredFiles, delete_content_file, store_content
 
 log = logging.getLogger("mail.imap")
@@ -420,11 +421,6 @@ def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> 
         modseq = _bump(folder_id)
         for uid, flags in updates:
             Message.objects.filter(folder_id=folder_id, uid=uid).update(modseq=modseq, **_flag_values(flags))
-
-
-def mailbox_usage(mailbox_id: int) -> int:
-    """Bytes stored in all folders of the mailbox (the RFC 9208 STORAGE usage)."""
-    return Message.objects.filter(folder__mailbox_id=mailbox_id).aggregate(total=Sum("size"))["total"] or 0
 
 
 def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
