@@ -17,7 +17,7 @@ import asyncio
 import logging
 import weakref
 from argparse import Namespace
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import close_old_connections
 from proxyprotocol.sock import SocketInfo
 from pymap.backend.session import BaseSession
@@ -205,6 +206,17 @@ class LoginThrottled(ResponseError):
         return ResponseNo(tag, b"Too many failed logins, try again later.", ResponseCode.of(b"UNAVAILABLE"))
 
 
+class TooManySessions(ResponseError):
+    """The user has EVERLOCK_IMAP_MAX_SESSIONS_PER_USER sessions open in this process."""
+
+    def get_response(self, tag: bytes) -> ResponseNo:
+        return ResponseNo(tag, b"Too many sessions open for this user.", ResponseCode.of(b"LIMIT"))
+
+
+# Logged-in sessions of this process, by user id.
+_sessions: Counter[int] = Counter()
+
+
 class PasswordCheck:
     """A pysasl identity that checks the password its credentials carry with
     accounts.authentication (pysasl's seam: the server verifies credentials against an
@@ -246,8 +258,18 @@ class Identity(IdentityInterface):
 
     @asynccontextmanager
     async def new_session(self) -> AsyncIterator[Session]:
+        limit = settings.EVERLOCK_IMAP_MAX_SESSIONS_PER_USER
+        if _sessions[self.user.pk] >= limit:
+            log.warning("imap: session of %s refused: %d sessions open", self.user.username, limit)
+            raise TooManySessions()
         accesses = await run(_open_accesses, self.user)
-        yield Session(self.user.username, MailboxSet(accesses), self.config)
+        _sessions[self.user.pk] += 1
+        try:
+            yield Session(self.user.username, MailboxSet(accesses), self.config)
+        finally:
+            _sessions[self.user.pk] -= 1
+            if not _sessions[self.user.pk]:
+                del _sessions[self.user.pk]
 
     async def new_token(self, *, expiration: datetime | None = None) -> str | None:
         return None

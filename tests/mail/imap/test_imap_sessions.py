@@ -283,3 +283,17 @@ def test_bad_input_gets_tagged_answers(imap, mail_users, settings):
     sock.close()
     assert not Message.objects.exists()
     imap.login().logout()
+
+
+def test_sessions_per_user_are_limited(imap, mail_users, settings):
+    settings.EVERLOCK_IMAP_MAX_SESSIONS_PER_USER = 2
+    first, second = imap.login(), imap.login()
+    third = imaplib.IMAP4("127.0.0.1", imap.port, timeout=10)
+    with pytest.raises(imaplib.IMAP4.error) as refused:
+        third.login("alice", "alice-secret")
+    assert str(refused.value) == "b'[LIMIT] Too many sessions open for this user.'"
+    assert imap.login("bob", "bob-secret").logout()[0] == "BYE"
+    first.logout()
+    assert third.login("alice", "alice-secret")[0] == "OK"
+    for client in (second, third):
+        client.logout()
