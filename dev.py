@@ -7,7 +7,8 @@
 
 It creates .venv, installs the pinned requirements (again only when they change) and, for the
 tests, the Debian tools the tests drive (OpenSSH client, swaks, dig, opendkim-tools, Perl's
-Mail::DKIM, chromium) when they are missing and apt-get is usable.
+Mail::DKIM, chromium, mbsync, neomutt, curl) when they are missing and apt-get is usable;
+the IMAP compliance test builds Dovecot's imaptest with the kit in ../shared/tools/imaptest.
 """
 
 import hashlib
@@ -51,6 +52,10 @@ TEST_TOOLS = {
     "opendkim-testmsg": "opendkim-tools",
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
     "/usr/bin/chromium": "chromium",
+    "mbsync": "isync",
+    "neomutt": "neomutt",
+    "script": "bsdutils",
+    "curl": "curl",
 }
 
 

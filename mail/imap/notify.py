@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from django.db import DatabaseError
+
 from mail.imap import store
 from mail.imap.backend import open_states, run
 
@@ -30,8 +32,9 @@ async def watch_folders(*, interval: float) -> None:
             continue
         try:
             current = await run(store.change_marks, [state.folder_id for state in states])
-        except Exception:
-            log.exception("IMAP: reading folder changes failed")
+        except DatabaseError as exc:
+            # Tried again at the next interval; sessions still see changes on their next command.
+            log.warning("IMAP: reading folder changes failed: %s", exc)
             continue
         for state in states:
             mark = current.get(state.folder_id)

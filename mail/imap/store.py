@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
-from mail.models.mailboxes import INBOX, SENT, new_uid_validity
+from mail.models.mailboxes import INBOX, SENT
 from mail.services.delivery import parse_message
 from mail.services.mailboxes import mailbox_usage
 from mail.services.storage import StoredFiles, delete_content_file, store_content
@@ -210,14 +210,8 @@ def create_folder(access: Access, name: str) -> int:
     with transaction.atomic():
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
-        # A folder created again under an old name must not reuse its UIDVALIDITY, even
-        # within the same second (RFC 9051 §2.3.1.1).
-        newest = (
-            Folder.objects.filter(mailbox_id=access.mailbox_id).aggregate(v=Max("uid_validity"))["v"] or 0
-        )
-        folder = Folder.objects.create(
-            mailbox_id=access.mailbox_id, name=stored, uid_validity=max(new_uid_validity(), newest + 1)
-        )
+        mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
+        folder = Folder.objects.create(mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity())
     return folder.id
 
 
@@ -249,15 +243,18 @@ def rename_folder(access: Access, before: str, after: str) -> None:
             raise StoreError("NONEXISTENT", "No such mailbox.")
         if new in existing:
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
+        mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
         if old == INBOX:
-            target = Folder.objects.create(mailbox_id=access.mailbox_id, name=new)
+            target = Folder.objects.create(
+                mailbox=mailbox, name=new, uid_validity=mailbox.next_uid_validity()
+            )
             moved = Message.objects.filter(folder=existing[INBOX]).order_by("uid", "id")
             _copy_rows(list(moved), target, move=True)
             return
         for name, folder in existing.items():
             if name == old or name.startswith(old + DELIMITER):
                 folder.name = new + name[len(old) :]
-                folder.uid_validity = folder.uid_validity + 1
+                folder.uid_validity = mailbox.next_uid_validity()
                 folder.save(update_fields=["name", "uid_validity"])
 
 

@@ -8,6 +8,12 @@ INBOX = "inbox"
 SENT = "sent"
 
 
+def new_uid_validity() -> int:
+    """A UIDVALIDITY for a new folder (RFC 9051 §2.3.1.1): the creation time in seconds, so a
+    folder deleted and created again under the same name gets a different one."""
+    return int(time.time()) & 0xFFFFFFFF or 1
+
+
 class Mailbox(models.Model):
     """An address in a local domain that mail is delivered to. `local_part` is casefolded."""
 
@@ -16,6 +22,8 @@ class Mailbox(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # RFC 9208 STORAGE limit in bytes over all folders; None: no limit.
     quota = models.PositiveBigIntegerField(null=True, blank=True, help_text="Bytes; empty: no limit")
+    # The greatest UIDVALIDITY given to a folder of this mailbox (see next_uid_validity).
+    last_uid_validity = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["domain__name", "local_part"]
@@ -26,15 +34,17 @@ class Mailbox(models.Model):
     def __str__(self) -> str:
         return f"{self.local_part}@{self.domain.name}"
 
+    def next_uid_validity(self) -> int:
+        """A UIDVALIDITY for a folder (re)created or renamed now: greater than any this mailbox
+        gave before, so a name used again never repeats one (RFC 9051 §2.3.1.1). Call with the
+        row locked; saves it."""
+        self.last_uid_validity = max(new_uid_validity(), self.last_uid_validity + 1)
+        self.save(update_fields=["last_uid_validity"])
+        return self.last_uid_validity
+
     @property
     def address(self) -> str:
         return f"{self.local_part}@{self.domain.name}"
-
-
-def new_uid_validity() -> int:
-    """A UIDVALIDITY for a new folder (RFC 9051 §2.3.1.1): the creation time in seconds, so a
-    folder deleted and created again under the same name gets a different one."""
-    return int(time.time()) & 0xFFFFFFFF or 1
 
 
 class Folder(models.Model):
