@@ -75,6 +75,45 @@ class LimitedReader(asyncio.StreamReader):
         return await super().readexactly(n)
 
 
+class CorkedWriter:
+    """A StreamWriter that sends what was written at drain() in one piece.
+
+    pymap writes a response a token at a time and drains after each response; sent as they
+    come, the tokens leave as many small segments, and a client reading while they arrive sees
+    lines cut in the middle. Everything else is the wrapped writer's."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+
+    def writelines(self, data) -> None:
+        for chunk in data:
+            self._pending += chunk
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write(bytes(self._pending))
+            self._pending.clear()
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    async def start_tls(self, *args, **kwargs) -> None:
+        self._flush()
+        await self._writer.start_tls(*args, **kwargs)
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._writer, name)
+
+
 class IMAPListener:
     """One bound IMAP listener (plain with STARTTLS, or implicit TLS)."""
 
@@ -109,7 +148,8 @@ class IMAPListener:
             self._protocol, host, port, ssl=self.implicit_tls, reuse_address=True
         )
 
-    async def _connected(self, reader: LimitedReader, writer: asyncio.StreamWriter) -> None:
+    async def _connected(self, reader: LimitedReader, stream_writer: asyncio.StreamWriter) -> None:
+        writer = CorkedWriter(stream_writer)
         peer = writer.get_extra_info("peername")
         if len(self.connections) >= self.max_connections:
             log.warning(
