@@ -58,7 +58,9 @@ def send(port: int, subject: str) -> None:
         client.sendmail(
             "zoe@example.net",
             ["carol@example.com"],
-            f"From: zoe@example.net\r\nTo: carol@example.com\r\nSubject: {subject}\r\n\r\nHi Carol.\r\n".encode(),
+            (
+                f"From: zoe@example.net\r\nTo: carol@example.com\r\nSubject: {subject}\r\n\r\nHi Carol.\r\n"
+            ).encode(),
         )
 
 
