@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from proxyprotocol.sock import SocketInfo
 from pymap.backend.session import BaseSession
 from pymap.concurrent import Event, Subsystem
@@ -86,10 +86,24 @@ class DatabaseThreads:
             executor.shutdown(wait=True)
 
     async def run(self, func: Callable[..., T], *args, **kwargs) -> T:
-        """Run the synchronous `func` in one of the threads."""
+        """Run the synchronous `func` in one of the threads.
+
+        Raises ServerTrouble (a `NO [UNAVAILABLE]` answer, the session goes on) when the
+        database or the message storage fails: our own trouble is temporary for the client."""
         self.start()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(_in_thread, func, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, partial(_in_thread, func, *args, **kwargs))
+        except (DatabaseError, OSError) as exc:
+            log.exception("IMAP: %s failed", getattr(func, "__name__", func))
+            raise ServerTrouble() from exc
+
+
+class ServerTrouble(ResponseError):
+    """The database or the message storage failed while answering a command."""
+
+    def get_response(self, tag: bytes) -> ResponseNo:
+        return ResponseNo(tag, b"Temporary server problem, try again later.", ResponseCode.of(b"UNAVAILABLE"))
 
 
 def _in_thread(func: Callable[..., T], *args, **kwargs) -> T:
@@ -322,8 +336,14 @@ class ContentCache:
 contents = ContentCache()
 
 
-def _read(row: Row, header_only: bool) -> MessageContent:
-    with message_storage().open(row.storage_name, "rb") as fh:
+def _read(row: Row, header_only: bool) -> MessageContent | None:
+    """The parsed content (its header only, when `header_only`); None when the file is gone
+    (its last copy was expunged since the session listed it)."""
+    try:
+        fh = message_storage().open(row.storage_name, "rb")
+    except FileNotFoundError:
+        return None
+    with fh:
         if header_only:
             head = b""
             while b"\r\n\r\n" not in head and b"\n\n" not in head:
@@ -356,9 +376,8 @@ class Message(BaseMessage):
         key = (self.row.id, header_only)
         content = contents.get(key) or contents.get((self.row.id, False))
         if content is None:
-            try:
-                content = await run(_read, self.row, header_only)
-            except FileNotFoundError:
+            content = await run(_read, self.row, header_only)
+            if content is None:
                 return LoadedMessage(self, requirement, None)
             contents.put(key, content, self.row.size)
         return LoadedMessage(self, requirement, content)

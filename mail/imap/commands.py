@@ -7,11 +7,12 @@ connection state, pymap's seams for new commands.
 
 from __future__ import annotations
 
+import re
+
 from pymap.imap.state import ConnectionState
 from pymap.parsing import EndLine, Params, Space
 from pymap.parsing.command import CommandAny, CommandAuth, CommandNoArgs, CommandSelect
 from pymap.parsing.commands import Commands, InvalidCommand
-from pymap.parsing.exceptions import NotParseable
 from pymap.parsing.response import ResponseBad, ResponseNo, ResponseOk, UntaggedResponse
 from pymap.parsing.response.code import ResponseCode
 from pymap.parsing.specials import AString, Mailbox
@@ -147,17 +148,52 @@ EXTRA_COMMANDS = (
 )
 
 
+# Commands with mailbox names among their arguments (RFC 9051, 2342, 4314, 9208).
+_MAILBOX_COMMANDS = frozenset(
+    b"SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB STATUS APPEND COPY MOVE "
+    b"GETACL MYRIGHTS LISTRIGHTS SETACL DELETEACL GETQUOTAROOT".split()
+)
+# A "&" that does not start a complete modified-UTF-7 shift sequence ("&...-", RFC 3501 §5.1.3).
+_UNCLOSED_SHIFT = re.compile(rb"&(?![A-Za-z0-9+,]*-)")
+_LITERAL_MAILBOX = re.compile(rb"^\S+ APPEND \{(\d+)\+?\}\r?\n", re.IGNORECASE)
+
+
+def _bad_mailbox_name(buf: bytes) -> bytes | None:
+    """The command name when a mailbox command carries a name pymap's decoder cannot take (it
+    loops for ever on an unclosed shift sequence, so such a line must never reach it)."""
+    words = buf.split(None, 3)
+    name = words[1].upper() if len(words) > 1 else b""
+    command = name
+    if name == b"UID" and len(words) > 2:
+        name = words[2].upper()
+        command = b"UID " + name
+    if name not in _MAILBOX_COMMANDS:
+        return None
+    if name == b"APPEND":
+        # Only the mailbox: the message literal that follows may hold anything.
+        literal = _LITERAL_MAILBOX.match(buf)
+        if literal:
+            start = literal.end()
+            buf = buf[start : start + int(literal.group(1))]
+        else:
+            buf = buf.split(b"\n", 1)[0]
+    return command if _UNCLOSED_SHIFT.search(buf) else None
+
+
 class EverlockCommands(Commands):
     """pymap's command parser, answering BAD for a mailbox name that is not valid modified
-    UTF-7 (RFC 3501 §5.1.3) instead of failing the connection."""
+    UTF-7 (RFC 3501 §5.1.3) instead of failing the connection or, for an unclosed shift
+    sequence, looping for ever."""
 
     def parse(self, buf: memoryview, params: Params):
-        try:
-            return super().parse(buf, params)
-        except UnicodeError:
-            end = bytes(buf).find(b"\n")
-            rest = buf[end + 1 :] if end >= 0 else buf[len(buf) :]
-            return InvalidCommand(params, NotParseable(buf)), rest
+        command = _bad_mailbox_name(bytes(buf))
+        if command is None:
+            try:
+                return super().parse(buf, params)
+            except UnicodeError:
+                command = bytes(buf).split(None, 2)[1].upper()
+        tag = bytes(buf).split(None, 1)[0]
+        return InvalidCommand(params.copy(tag=tag), None, command, self.commands.get(command)), buf[0:0]
 
 
 def commands() -> Commands:

@@ -20,10 +20,10 @@ import asyncio
 import logging
 
 import psycopg
-from django.db import DatabaseError, connection
+from django.db import connection
 
 from mail.imap import store
-from mail.imap.backend import open_states, run
+from mail.imap.backend import ServerTrouble, open_states, run
 
 log = logging.getLogger("mail.imap")
 
@@ -45,18 +45,21 @@ async def watch_folders(*, interval: float) -> None:
 
 async def poll_for_changes(*, interval: float) -> None:
     marks: dict[int, tuple[int, int | None]] = {}
+    pause = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(pause)
         states = open_states()
         if not states:
             marks.clear()
             continue
         try:
             current = await run(store.change_marks, [state.folder_id for state in states])
-        except DatabaseError as exc:
-            # Tried again at the next interval; sessions still see changes on their next command.
-            log.warning("IMAP: reading folder changes failed: %s", exc)
+        except ServerTrouble:
+            # Logged by run(); looked at again later, less often while the trouble lasts.
+            # Sessions still see changes on their next command.
+            pause = min(pause * 2, 30.0)
             continue
+        pause = interval
         for state in states:
             mark = current.get(state.folder_id)
             if mark != marks.get(state.folder_id):
