@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from argparse import Namespace
 from collections import Counter, OrderedDict, deque
@@ -26,7 +27,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from proxyprotocol.sock import SocketInfo
 from pymap.backend.session import BaseSession
 from pymap.concurrent import Event, Subsystem
@@ -107,7 +108,10 @@ class ServerTrouble(ResponseError):
 
 
 def _in_thread(func: Callable[..., T], *args, **kwargs) -> T:
-    close_old_connections()
+    # Each worker thread keeps its connection: SQLite's cost nothing to keep and much to open
+    # (the WAL pragmas); other databases' are closed when CONN_MAX_AGE or an error says so.
+    if connection.vendor != "sqlite":
+        close_old_connections()
     return func(*args, **kwargs)
 
 
@@ -406,16 +410,25 @@ class FolderState:
         self.lock = asyncio.Lock()
         self.changed = asyncio.Event()
         self.gone = False
+        self.stale = True
         self.claimed_up_to = 0  # uid_next when sessions of this process last claimed \Recent
         self.keywords: set[str] = set()  # every keyword seen on a message of the folder
 
     def poke(self) -> None:
-        """Wake the sessions waiting in IDLE: the folder may have changed."""
+        """The folder may have changed: the next refresh asks the database, and the sessions
+        waiting in IDLE wake up."""
+        self.stale = True
         self.changed.set()
         self.changed = asyncio.Event()
 
     async def refresh(self) -> None:
+        """Bring the messages up to date. Asks the database only when the folder may have
+        changed since the last time: every change this process makes pokes it, and
+        mail.imap.notify pokes it for changes made elsewhere."""
         async with self.lock:
+            if not self.stale:
+                return
+            self.stale = False  # a poke while the query runs makes it stale again
             try:
                 delta = await run(store.changes, self.folder_id, self.modseq)
             except FolderGone:
@@ -536,6 +549,8 @@ class MailboxData:
         return selected
 
     async def append(self, append_msg: AppendMessage, *, recent: bool = False) -> Message:
+        """pymap's `recent` is true when no session of the appender has the folder selected:
+        then the message stays \\Recent for whoever looks next."""
         if self.readonly:
             raise MailboxReadOnly(self.name)
         flags = frozenset(str(f) for f in append_msg.flag_set if str(f) != "\\Recent")
@@ -544,10 +559,11 @@ class MailboxData:
             _, uid = await run(
                 store.append,
                 self.state.folder_id,
-                mailbox_id=self.access.mailbox_id,
+                access=self.access,
                 raw=bytes(append_msg.literal),
                 flags=flags,
                 when=when,
+                seen_by_appender=not recent,
             )
         except StoreError as exc:
             raise _refused(exc, self.name) from None
@@ -688,11 +704,16 @@ class MailboxSet:
 
     delimiter = store.DELIMITER
 
+    # How long a session trusts what it learned of a folder name (another session may rename
+    # or delete it; a deleted folder is noticed at once by the refresh of its messages).
+    NAME_MEMORY = 2.0
+
     def __init__(self, accesses: list[Access]) -> None:
         self.accesses = accesses
         # The states of the folders this session has looked at, kept while it lasts: the
         # process forgets a folder's state once no session holds it.
         self._states: dict[int, FolderState] = {}
+        self._known: dict[str, tuple[float, store.FolderInfo]] = {}
 
     def locate(self, name: str) -> tuple[Access, str]:
         """The mailbox and the folder name within it for an IMAP name. Raises KeyError."""
@@ -745,10 +766,16 @@ class MailboxSet:
 
     async def get_mailbox(self, name: str) -> MailboxData:
         access, folder = self.locate(name)
-        try:
-            info = await run(store.find_folder, access, folder)
-        except FolderGone:
-            raise KeyError(name) from None
+        remembered = self._known.get(name)
+        if remembered is not None and time.monotonic() - remembered[0] < self.NAME_MEMORY:
+            info = remembered[1]
+        else:
+            try:
+                info = await run(store.find_folder, access, folder)
+            except FolderGone:
+                self._known.pop(name, None)
+                raise KeyError(name) from None
+            self._known[name] = (time.monotonic(), info)
         state = self._states.get(info.id)
         if state is None:
             state = self._states[info.id] = folder_state(info.id)
@@ -761,6 +788,7 @@ class MailboxSet:
         return access, folder
 
     async def add_mailbox(self, name: str) -> ObjectId:
+        self._known.clear()
         try:
             access, folder = self._writable(name)
         except KeyError:
@@ -776,6 +804,7 @@ class MailboxSet:
         return ObjectId(b"F%d" % folder_id)
 
     async def delete_mailbox(self, name: str) -> None:
+        self._known.clear()
         access, folder = self._writable(name)
         try:
             await run(store.delete_folder, access, folder)
@@ -785,6 +814,7 @@ class MailboxSet:
             raise _refused(exc, name) from None
 
     async def rename_mailbox(self, before: str, after: str) -> None:
+        self._known.clear()
         access, old = self._writable(before)
         target, new = self._writable(after)
         if target != access:
@@ -883,5 +913,11 @@ class Session(BaseSession[Message]):
         mbx = await self._get_mailbox(name, try_create=True)
         if mbx.readonly:
             raise MailboxReadOnly(name)
-        uids = [(await mbx.append(message)).uid for message in messages]
+        dest_selected = self._pick_selected(selected, mbx)
+        uids = []
+        for message in messages:
+            uid = (await mbx.append(message, recent=dest_selected is None)).uid
+            if dest_selected is not None:
+                dest_selected.session_flags.add_recent(uid)
+            uids.append(uid)
         return AppendUid(mbx.uid_validity, uids), await self._load_updates(selected, mbx)

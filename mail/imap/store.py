@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
@@ -312,6 +312,13 @@ def _rows(queryset) -> list[Row]:
     return rows
 
 
+def _save_counters(folder: Folder, *fields: str) -> None:
+    """Store the folder's IMAP counters. Not through save(): a Folder save tells every SMTP
+    listener to forget what it remembers of folders (mail.services.directory), and counters are
+    no part of that."""
+    Folder.objects.filter(pk=folder.pk).update(**{field: getattr(folder, field) for field in fields})
+
+
 def number_new(folder_id: int) -> None:
     """Give the folder's unnumbered messages their UIDs, in id order, and stamp them with a
     new modseq; nothing when there are none."""
@@ -332,7 +339,7 @@ def number_new(folder_id: int) -> None:
             message.modseq = folder.highest_modseq
         Message.objects.bulk_update(pending, ["uid", "modseq"], batch_size=500)
         folder.uid_next += len(pending)
-        folder.save(update_fields=["uid_next", "highest_modseq"])
+        _save_counters(folder, "uid_next", "highest_modseq")
 
 
 def changes(folder_id: int, since_modseq: int) -> Changes:
@@ -357,6 +364,8 @@ def changes(folder_id: int, since_modseq: int) -> Changes:
 
 def claim_recent(folder_id: int) -> list[int]:
     """The UIDs still \\Recent in the folder, which stop being recent for anyone else."""
+    if not Folder.objects.filter(pk=folder_id, first_recent_uid__lt=F("uid_next")).exists():
+        return []  # nothing to claim: no write transaction
     with transaction.atomic():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None or folder.first_recent_uid >= folder.uid_next:
@@ -367,7 +376,7 @@ def claim_recent(folder_id: int) -> list[int]:
             )
         )
         folder.first_recent_uid = folder.uid_next
-        folder.save(update_fields=["first_recent_uid"])
+        _save_counters(folder, "first_recent_uid")
     return sorted(uids)
 
 
@@ -406,7 +415,7 @@ def _bump(folder_id: int) -> int:
     if folder is None:
         raise FolderGone(folder_id)
     folder.highest_modseq += 1
-    folder.save(update_fields=["highest_modseq"])
+    _save_counters(folder, "highest_modseq")
     return folder.highest_modseq
 
 
@@ -427,17 +436,26 @@ def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
 
 
 def _check_quota(mailbox_id: int, adding: int) -> None:
-    usage, limit = mailbox_quota(mailbox_id)
-    if limit is not None and usage + adding > limit:
+    limit = Mailbox.objects.filter(pk=mailbox_id).values_list("quota", flat=True).first()
+    if limit is not None and mailbox_usage(mailbox_id) + adding > limit:
         raise StoreError("OVERQUOTA", "Mailbox is over its quota.")
 
 
 def append(
-    folder_id: int, *, mailbox_id: int, raw: bytes, flags: frozenset[str], when: datetime | None
+    folder_id: int,
+    *,
+    access: Access,
+    raw: bytes,
+    flags: frozenset[str],
+    when: datetime | None,
+    seen_by_appender: bool,
 ) -> tuple[int, int]:
-    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid).
+    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid). With
+    `seen_by_appender` (the appending session has the folder selected) the message is
+    \\Recent for that session only, as if it had claimed it.
 
     Raises StoreError OVERQUOTA when the mailbox has no room for it."""
+    mailbox_id = access.mailbox_id
     parsed = parse_message(raw)
     with StoredFiles() as files, transaction.atomic():
         _check_quota(mailbox_id, len(raw))
@@ -450,7 +468,7 @@ def append(
         Message.objects.create(
             folder=folder,
             content=content,
-            envelope_to=Mailbox.objects.select_related("domain").get(pk=mailbox_id).address,
+            envelope_to=access.address,
             header_from=parsed.header_from,
             header_to=parsed.header_to,
             subject=parsed.subject,
@@ -463,7 +481,9 @@ def append(
             **_flag_values(flags),
         )
         folder.uid_next += 1
-        folder.save(update_fields=["uid_next", "highest_modseq"])
+        if seen_by_appender and folder.first_recent_uid == uid:
+            folder.first_recent_uid = folder.uid_next
+        _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
         # auto_now_add ignores the value given: the internal date of an APPEND is the client's.
         if when is not None:
             Message.objects.filter(folder=folder, uid=uid).update(received_at=when)
@@ -497,7 +517,7 @@ def _copy_rows(messages: list[Message], target: Folder, *, move: bool) -> list[t
             message.received_at = when
         Message.objects.bulk_update(created, ["received_at"], batch_size=500)
     target.uid_next += len(messages)
-    target.save(update_fields=["uid_next", "highest_modseq"])
+    _save_counters(target, "uid_next", "highest_modseq")
     return pairs
 
 
@@ -519,7 +539,7 @@ def copy(
         target = folders[target_id]
         if move and source_id != target_id:
             folders[source_id].highest_modseq += 1
-            folders[source_id].save(update_fields=["highest_modseq"])
+            _save_counters(folders[source_id], "highest_modseq")
         pairs = _copy_rows(messages, target, move=move)
     return target.uid_validity, pairs
 
@@ -576,15 +596,16 @@ def acl(mailbox_id: int) -> list[tuple[str, bool]]:
     return [(name, rank >= writer) for name, rank in sorted(best.items())]
 
 
-def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None]]:
-    """(highest_modseq, newest message id) of each folder: either moves when the folder
-    changes, whoever changed it (an IMAP session raises the modseq, filing adds rows)."""
+def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None, int]]:
+    """(highest_modseq, newest message id, messages) of each folder: one of them moves when
+    the folder changes, whoever changed it (an IMAP session raises the modseq, filing adds
+    rows, the console or the admin removes some)."""
     rows = (
         Folder.objects.filter(pk__in=folder_ids)
-        .annotate(newest=Max("messages__id"))
-        .values_list("id", "highest_modseq", "newest")
+        .annotate(newest=Max("messages__id"), count=Count("messages"))
+        .values_list("id", "highest_modseq", "newest", "count")
     )
-    return {pk: (modseq, newest) for pk, modseq, newest in rows}
+    return {pk: (modseq, newest, count) for pk, modseq, newest, count in rows}
 
 
 def recent_count(folder_id: int) -> int:
