@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
@@ -312,6 +313,25 @@ def _rows(queryset) -> list[Row]:
     return rows
 
 
+@contextmanager
+def metadata_change():
+    """A transaction that changes only IMAP state (flags, UIDs, \\Recent). On
+    SQLite it commits without waiting for the disk (synchronous=NORMAL in WAL mode: a crash of
+    the process loses nothing, a power failure at most the last moments of such changes, never
+    a message); mail itself (APPEND, delivery) is committed with a sync as ever."""
+    relax = connection.vendor == "sqlite"
+    if relax:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with transaction.atomic():
+            yield
+    finally:
+        if relax:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA synchronous=FULL")
+
+
 def _save_counters(folder: Folder, *fields: str) -> None:
     """Store the folder's IMAP counters. Not through save(): a Folder save tells every SMTP
     listener to forget what it remembers of folders (mail.services.directory), and counters are
@@ -324,7 +344,7 @@ def number_new(folder_id: int) -> None:
     new modseq; nothing when there are none."""
     if not Message.objects.filter(folder_id=folder_id, uid__isnull=True).exists():
         return
-    with transaction.atomic():
+    with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None:
             return
@@ -366,7 +386,7 @@ def claim_recent(folder_id: int) -> list[int]:
     """The UIDs still \\Recent in the folder, which stop being recent for anyone else."""
     if not Folder.objects.filter(pk=folder_id, first_recent_uid__lt=F("uid_next")).exists():
         return []  # nothing to claim: no write transaction
-    with transaction.atomic():
+    with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None or folder.first_recent_uid >= folder.uid_next:
             return []
@@ -423,7 +443,7 @@ def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> 
     """Give each (uid, flags) its flags: the complete new set."""
     if not updates:
         return
-    with transaction.atomic():
+    with metadata_change():
         modseq = _bump(folder_id)
         for uid, flags in updates:
             Message.objects.filter(folder_id=folder_id, uid=uid).update(modseq=modseq, **_flag_values(flags))
