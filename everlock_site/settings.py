@@ -210,6 +210,10 @@ EVERLOCK_SMTP_MAX_HOPS = env.int("EVERLOCK_SMTP_MAX_HOPS", default=50)
 EVERLOCK_SMTP_IDLE_TIMEOUT = env.int("EVERLOCK_SMTP_IDLE_TIMEOUT", default=300)
 EVERLOCK_SMTP_SESSION_TIMEOUT = env.int("EVERLOCK_SMTP_SESSION_TIMEOUT", default=1800)
 EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT", default=20)
+# EVERLOCK_SMTP_MAX_CONNECTIONS: open connections per SMTP listener; one more is answered
+# "421 4.7.0 Too many connections, try again later" and closed. Lowered at start (with a
+# warning) when the process's open file limit, raised to its hard limit, cannot hold it.
+EVERLOCK_SMTP_MAX_CONNECTIONS = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS", default=2000)
 
 # EVERLOCK_SMTP_WRITER_PROCESS: file accepted messages in a child process of the listeners
 # (mail.smtp.writer), so the SMTP dialogue and the commits use two cores; off: a thread.

@@ -22,16 +22,16 @@ from email.policy import compat32
 from django.db import transaction
 from django.utils import timezone
 
+from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
+from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
-from mail.smtp import replies
-from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.smtp")
 
@@ -160,8 +160,8 @@ def check_local_recipient(address: Address) -> int:
     if found:
         return found[0]
     if MailDomain.objects.filter(name=address.domain, enabled=True).exists():
-        raise replies.UNKNOWN_USER
-    raise replies.RELAY_DENIED
+        raise SMTPReject(replies.UNKNOWN_USER)
+    raise SMTPReject(replies.RELAY_DENIED)
 
 
 def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], list[str]]:
@@ -226,7 +226,7 @@ def plan_recipients(
         )
         if plan.reject is not None:
             r = plan.reject
-            raise SMTPReject(r.code, r.enhanced, r.text)
+            raise SMTPReject(Reply(r.code, r.enhanced, r.text))
         planned.append((mailbox, plan))
     return planned
 
@@ -265,7 +265,7 @@ def mailboxes_by_id(ids: set[int]) -> dict[int, Mailbox]:
         for mailbox in Mailbox.objects.select_related("domain").filter(id__in=missing).order_by():
             found[mailbox.id] = directory.remember(("mailbox-id", mailbox.id), lambda m=mailbox: m)
     if any(mailbox is None for mailbox in found.values()):
-        raise replies.MAILBOX_CHANGED
+        raise SMTPReject(replies.MAILBOX_CHANGED)
     return found
 
 
@@ -380,7 +380,7 @@ def deliver_inbound(
     mailboxes = list(Mailbox.objects.select_related("domain").filter(id__in=mailbox_ids).order_by())
     if len(mailboxes) != len(set(mailbox_ids)):
         # Deleted since RCPT: the client retries, and RCPT then answers for the mailbox.
-        raise replies.MAILBOX_CHANGED
+        raise SMTPReject(replies.MAILBOX_CHANGED)
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
         # The rules run inside the transaction: what they remember (vacation replies sent,
         # redirects made) commits or rolls back with the delivery.
