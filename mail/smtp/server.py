@@ -20,7 +20,7 @@ import re
 import ssl
 import time
 from base64 import b64decode
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +72,9 @@ class SMTPConfig:
     max_connections_per_client: int = 20
     # Open connections per listener; more are answered 421 (see fitted_to_open_files).
     max_connections: int = 2000
+    # When a listener is full, a connection silent this long gives its place to a new one
+    # (as Postfix shortens its timeouts to 10 s under stress).
+    evict_silent_after: float = 10.0
     plaintext_auth: bool = False
     # Commits in a child process (mail.smtp.writer) rather than a thread of this one.
     writer_process: bool = False
@@ -207,29 +210,49 @@ class _Refusal(asyncio.Protocol):
 
 class SMTPProtocolFactory:
     """The protocol factory of one listener (loop.create_server): an EverlockSMTP per
-    connection while fewer than `config.max_connections` are open, else a _Refusal."""
+    connection while fewer than `config.max_connections` are open. When the listener is
+    full, the connection that has been silent longest makes room if it has been silent for
+    `config.evict_silent_after` seconds (it is told 421 4.4.2, RFC 5321 section 4.5.3.2); otherwise
+    the new one gets a _Refusal. So idle connections cannot keep out clients that talk."""
 
     def __init__(self, handler, *, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool):
         self.handler = handler
         self.config = config
         self.counter = counter
         self.offers_auth = offers_auth
-        self.open = 0
+        # The open connections, the one that received something longest ago first.
+        self.connections: OrderedDict[EverlockSMTP, None] = OrderedDict()
         self._refused_logged_at = float("-inf")
         self._refused = 0
 
+    @property
+    def open(self) -> int:
+        return len(self.connections)
+
     def __call__(self) -> asyncio.Protocol:
-        if self.open >= self.config.max_connections:
+        if len(self.connections) >= self.config.max_connections and not self._evict_silent():
             self._log_refusal()
             return _Refusal(replies.SERVER_BUSY)
-        self.open += 1
-        return EverlockSMTP(
+        protocol = EverlockSMTP(
             self.handler, config=self.config, counter=self.counter, offers_auth=self.offers_auth, factory=self
         )
+        self.connections[protocol] = None
+        return protocol
 
-    def closed(self) -> None:
-        """An EverlockSMTP of this listener gave up its place."""
-        self.open -= 1
+    def heard(self, protocol: EverlockSMTP) -> None:
+        """`protocol` received or sent something just now."""
+        self.connections.move_to_end(protocol)
+
+    def closed(self, protocol: EverlockSMTP) -> None:
+        """`protocol` gave up its place."""
+        self.connections.pop(protocol, None)
+
+    def _evict_silent(self) -> bool:
+        oldest = next(iter(self.connections))
+        if oldest.loop.time() - oldest.heard_at < self.config.evict_silent_after:
+            return False
+        oldest.evict()
+        return True
 
     def _log_refusal(self) -> None:
         # At most one line a second, however fast connections are refused.
@@ -416,6 +439,7 @@ class EverlockSMTP(SMTP):
         self.offers_auth = offers_auth
         # The listener whose total counts this connection (see _free_slot).
         self._factory = factory
+        self.heard_at = self.loop.time()
         self._counted_host: str | None = None
         self._session_timer: asyncio.TimerHandle | None = None
         self._reply_lines: list[bytes] = []
@@ -434,6 +458,7 @@ class EverlockSMTP(SMTP):
         if self._reply_lines:
             status = b"\r\n".join([*self._reply_lines, status])
             self._reply_lines.clear()
+        self._heard()  # our replies count as activity too
         self._writer.write(status + b"\r\n")
         await self._writer.drain()
 
@@ -490,7 +515,7 @@ class EverlockSMTP(SMTP):
         """Give up this connection's places in the listener's total and the client's count
         (once, whichever comes first: we end the session, or the connection is lost)."""
         if self._factory is not None:
-            self._factory.closed()
+            self._factory.closed(self)
             self._factory = None
         if self._counted_host is not None:
             self.counter.release(self._counted_host)
@@ -509,6 +534,22 @@ class EverlockSMTP(SMTP):
             if transport is not None:
                 transport.close()
                 self.loop.call_later(CLOSE_GRACE, transport.abort)
+
+    def _heard(self) -> None:
+        if self._factory is not None:
+            self.heard_at = self.loop.time()
+            self._factory.heard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._heard()
+        super().data_received(data)
+
+    def evict(self) -> None:
+        """Make room on a full listener: this silent connection is closed with 421."""
+        log.debug("SMTP: silent connection from %s closed for a new one", self._counted_host)
+        if self.transport is not None:
+            self.transport.write(wire(replies.IDLE_TIMEOUT) + b"\r\n")
+        self.end_connection()
 
     def _session_expired(self) -> None:
         if self.transport is not None:

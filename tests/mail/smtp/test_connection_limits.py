@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 from tests.mail.management.test_runsmtp_command import ROOT, free_port
 from tests.mail.smtp.conftest import tls_context
@@ -33,7 +34,7 @@ def leave(sock: socket.socket) -> None:
 
 
 def test_total_limit_per_listener(start_smtp, example_com):
-    smtp = start_smtp(max_connections=3, max_connections_per_client=20)
+    smtp = start_smtp(max_connections=3, max_connections_per_client=20, evict_silent_after=60)
     # From three addresses, so that only the listener's total is in play.
     held = [greeted(smtp.inbound_port, f"127.0.0.{n}") for n in (2, 3, 4)]
     try:
@@ -52,6 +53,28 @@ def test_total_limit_per_listener(start_smtp, example_com):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_full_listener_closes_the_longest_silent_connection(start_smtp, example_com):
+    smtp = start_smtp(max_connections=2, evict_silent_after=0.5)
+    silent = greeted(smtp.inbound_port)
+    talking = greeted(smtp.inbound_port)
+    try:
+        time.sleep(0.6)
+        talking.sendall(b"NOOP\r\n")
+        assert talking.recv(100) == b"250 OK\r\n"
+        # The listener is full: the new client takes the place of the one silent for 0.6 s.
+        with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=5) as client:
+            assert client.ehlo("mx.example.net")[0] == 250
+            assert read_all(silent, 5) == b"421 4.4.2 Idle timeout, closing\r\n"
+            # The talking one was heard 0 s ago: another newcomer is refused.
+            with socket.create_connection(("127.0.0.1", smtp.inbound_port)) as over:
+                assert read_all(over, 5) == BUSY
+        talking.sendall(b"NOOP\r\n")
+        assert talking.recv(100) == b"250 OK\r\n"
+    finally:
+        silent.close()
+        talking.close()
 
 
 def test_tls_sessions_free_their_slot_when_they_end(start_smtp, example_com):
