@@ -176,6 +176,12 @@ EVERLOCK_TLS_KEY = env.str("EVERLOCK_TLS_KEY", default="")
 # the console, the workers) reads this one setting; `everlock serve --backend-dns-dns` sets it
 # for its own process.
 EVERLOCK_DNS = env.bool("EVERLOCK_DNS", default=False)
+# TCP connections the DNS server holds open (RFC 7766): in all, and from one client address.
+# When all are taken, the one that made progress longest ago is closed for a new client.
+EVERLOCK_DNS_TCP_MAX_CONNECTIONS = env.int("EVERLOCK_DNS_TCP_MAX_CONNECTIONS", default=256)
+EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT = env.int(
+    "EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", default=8
+)
 
 # EVERLOCK_RESOLVER: nameservers for outbound MX lookups as "host:port,host:port"; empty
 # means the system's resolver (/etc/resolv.conf).
