@@ -34,8 +34,11 @@ class SMTPReject(Exception):
     """Refuse a command with `reply`. Raise a new one per refusal: `raise SMTPReject(X)`."""
 
     def __init__(self, reply: Reply):
-        super().__init__(str(reply))
+        super().__init__(reply)
         self.reply = reply
+
+    def __str__(self) -> str:
+        return str(self.reply)
 
 
 # Successes.

@@ -530,10 +530,13 @@ class EverlockSMTP(SMTP):
         the client's (RFC 8446 section 6.1 allows it); a socket whose client does not read
         what is left to send is aborted after CLOSE_GRACE seconds."""
         self._free_slot()
-        for transport in (self.transport, self._original_transport):
-            if transport is not None:
-                transport.close()
-                self.loop.call_later(CLOSE_GRACE, transport.abort)
+        socket_transport = self._original_transport or self.transport
+        if self.transport is not None:
+            self.transport.close()
+        if socket_transport is not None:
+            socket_transport.close()
+            if socket_transport.get_write_buffer_size():
+                self.loop.call_later(CLOSE_GRACE, socket_transport.abort)
 
     def _heard(self) -> None:
         if self._factory is not None:
