@@ -421,12 +421,12 @@ class FolderState:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, force: bool = False) -> None:
         """Bring the messages up to date. Asks the database only when the folder may have
-        changed since the last time: every change this process makes pokes it, and
-        mail.imap.notify pokes it for changes made elsewhere."""
+        changed since the last time (every change this process makes pokes it, and
+        mail.imap.notify pokes it for changes made elsewhere), or when `force`d."""
         async with self.lock:
-            if not self.stale:
+            if not (self.stale or force):
                 return
             self.stale = False  # a poke while the query runs makes it stale again
             try:
@@ -517,9 +517,9 @@ class MailboxData:
     def selected_set(self) -> SelectedSet:
         return self.state.selected_set
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, force: bool = False) -> None:
         try:
-            await self.state.refresh()
+            await self.state.refresh(force=force)
         except FolderGone:
             raise MailboxNotFound(self.name) from None
         assert self.state.info is not None
@@ -648,7 +648,8 @@ class MailboxData:
         pass
 
     async def snapshot(self) -> MailboxSnapshot:
-        await self._refresh()
+        # SELECT, EXAMINE and STATUS: what the database holds now, whatever the watcher knows.
+        await self._refresh(force=True)
         messages = sorted(self.state.messages.values(), key=lambda m: m.uid)
         unseen = 0
         first_unseen = None
@@ -728,7 +729,9 @@ class MailboxSet:
             return self.accesses[0], name
         raise KeyError(name)
 
-    async def _names(self) -> list[tuple[str, bool, str | None]]:
+    async def folder_names(self) -> list[tuple[str, bool, str | None]]:
+        """(IMAP name, subscribed, special use) of every folder the user sees."""
+
         def names():
             result = []
             for access in self.accesses:
@@ -741,13 +744,13 @@ class MailboxSet:
         return await run(names)
 
     async def _tree(self, *, subscribed_only: bool) -> ListTree:
-        names = await self._names()
+        names = await self.folder_names()
         tree = ListTree(self.delimiter)
         tree.update(*(name for name, subscribed, _ in names if subscribed or not subscribed_only))
         return tree
 
     async def special_uses(self) -> dict[str, str]:
-        return {name: use for name, _, use in await self._names() if use}
+        return {name: use for name, _, use in await self.folder_names() if use}
 
     async def set_subscribed(self, name: str, subscribed: bool) -> None:
         try:

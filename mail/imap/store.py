@@ -207,12 +207,18 @@ def find_folder(access: Access, name: str) -> FolderInfo:
 
 
 def create_folder(access: Access, name: str) -> int:
-    stored = stored_name(access, name)
+    """Create a folder, not subscribed (RFC 9051 §6.3.4: clients subscribe what they create).
+    A trailing hierarchy delimiter only says that the name is a parent: it is not kept."""
+    stored = stored_name(access, name.rstrip(DELIMITER))
+    if not stored:
+        raise StoreError("CANNOT", "Invalid mailbox name.")
     with transaction.atomic():
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
         mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
-        folder = Folder.objects.create(mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity())
+        folder = Folder.objects.create(
+            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=False
+        )
     return folder.id
 
 
