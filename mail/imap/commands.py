@@ -23,7 +23,8 @@ from pymap.parsing.response.specials import ListResponse, StatusResponse
 from pymap.parsing.specials import AString, Mailbox, StatusAttribute
 
 from mail.imap import store
-from mail.imap.backend import MailboxSet, run
+from mail.imap.session import MailboxSet
+from mail.imap.threads import run
 
 CAPABILITIES = (
     b"LIST-EXTENDED",

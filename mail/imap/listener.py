@@ -29,9 +29,11 @@ from proxyprotocol.sock import SocketInfoLocal
 from pymap.context import connection_exit, subsystem
 from pymap.imap import IMAPConnection
 
-from mail.imap.backend import Config, Login, database_threads
 from mail.imap.commands import CAPABILITIES, TOO_LONG, EverlockConnectionState, commands
+from mail.imap.config import Config
+from mail.imap.login import Login
 from mail.imap.notify import watch_folders
+from mail.imap.threads import database_threads
 from mail.smtp.tls import server_context
 
 log = logging.getLogger("mail.imap")

@@ -1,5 +1,6 @@
 """What an IMAP session reads and changes, over the mail models: synchronous, one transaction
-per call, run by the backend (mail.imap.backend) in worker threads.
+per call, run in worker threads (mail.imap.threads) by the pymap backend (mail.imap.login,
+session, folders, messages).
 
 Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
@@ -118,9 +119,6 @@ class Changes:
     folder: FolderInfo
     rows: list[Row]
     count: int
-
-
-# --- who sees what ---------------------------------------------------------------------------
 
 
 def accesses(user: User) -> list[Access]:
@@ -271,9 +269,6 @@ def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
     )
     if not updated and subscribed:
         raise StoreError("NONEXISTENT", "No such mailbox.")
-
-
-# --- messages --------------------------------------------------------------------------------
 
 
 def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[str]:
