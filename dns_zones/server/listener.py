@@ -19,6 +19,7 @@ from django.db import close_old_connections, connection
 
 from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import data_version, load_snapshot
+from everlock_site.listen import binding
 
 log = logging.getLogger("dns_zones")
 
@@ -175,7 +176,8 @@ async def start_dns(*, listens, poll_interval: float = POLL_INTERVAL) -> DNSServ
     listen = listens["dns"]
     log.info("backend-dns-dns: binding DNS listener on %s", listen)
     server = DNSServer(poll_interval=poll_interval)
-    await server.start(listen.host, listen.port)
+    with binding(listen):
+        await server.start(listen.host, listen.port)
     bound = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
     log.info("DNS listener on %s (udp, tcp)", bound)
     return server
