@@ -74,7 +74,8 @@ class Everlock:
         self.env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+            if k
+            not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE", "EVERLOCK_LOG", "RUST_LOG")
         }
         self.env.update(EVERLOCK_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **env)
         self.pg_url = os.environ.get("DATABASE_URL", "")

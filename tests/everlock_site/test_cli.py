@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -130,3 +131,11 @@ def test_dev_serve_flags_change_only_what_they_name():
     # "--flag=value" names the flag too; a flag outside the defaults adds to them.
     added = _serve_options(dev.serve_flags(["--admin-password=s3cret", "--backend-dns-dns"]))
     assert added == {**defaults, "admin_password": "s3cret", "backend_dns_dns": True}
+
+
+def test_readme_shows_what_dev_serve_runs():
+    readme = (ROOT / "README.md").read_text()
+    intro = readme[readme.index("`python3 dev.py serve` runs") :]
+    block = intro[intro.index("```sh\n") + 6 :]
+    block = block[: block.index("\n```")]
+    assert shlex.split(block.replace("\\\n", " ")) == ["everlock", "serve", *_dev().serve_flags([])]
