@@ -63,7 +63,7 @@ if EVERLOCK_ADMIN_HTTPS:
     CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "everlock_site.apps.EverlockAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -92,7 +92,8 @@ ROOT_URLCONF = "everlock_site.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Everlock's admin templates (base_site.html) come before django.contrib.admin's.
+        "DIRS": [BASE_DIR / "everlock_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

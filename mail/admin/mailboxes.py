@@ -92,6 +92,10 @@ class MailboxAdmin(admin.ModelAdmin):
     def messages(self, obj: Mailbox) -> str:
         return _messages_link(obj.n_messages, folder__mailbox__id__exact=obj.pk)
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # A mailbox page shows what it holds; nothing on it is edited (no Save button).
+        return obj is None and super().has_change_permission(request)
+
     def save_model(self, request, obj: Mailbox, form, change):
         if not change:
             mailbox, _ = mailbox_create(address=form.cleaned_data["address"])
@@ -108,6 +112,8 @@ class MailboxAdmin(admin.ModelAdmin):
 
 @admin.register(Folder)
 class FolderAdmin(admin.ModelAdmin):
+    """Reached from a mailbox's page; not a top-level entry."""
+
     list_display = ("name", "mailbox", "messages")
     list_filter = ("name", "mailbox__domain")
     search_fields = ("name", "mailbox__local_part", "mailbox__domain__name")
@@ -121,6 +127,9 @@ class FolderAdmin(admin.ModelAdmin):
     @admin.display(description="messages", ordering="n_messages")
     def messages(self, obj: Folder) -> str:
         return _messages_link(obj.n_messages, folder__id__exact=obj.pk)
+
+    def has_module_permission(self, request) -> bool:
+        return False
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -14,6 +14,7 @@ class Mailbox(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name_plural = "mailboxes"
         ordering = ["domain__name", "local_part"]
         constraints = [
             models.UniqueConstraint(fields=["domain", "local_part"], name="one_mailbox_per_address"),
