@@ -63,6 +63,16 @@ def submit(port: int, login: str, message: EmailMessage, password: str = "change
         return client.send_message(message)
 
 
+def message_from_alice(subject: str, to: str) -> EmailMessage:
+    """A message as alice@example.com's mail client writes it."""
+    message = EmailMessage()
+    message["From"] = "Alice <alice@example.com>"
+    message["To"] = to
+    message["Subject"] = subject
+    message.set_content("Numbers attached in spirit.\n")
+    return message
+
+
 class Everlock:
     """One installation: `start(flags)` runs `everlock serve`, `console(line)` runs a console
     command over ssh, `log` is what the process printed so far; close() stops everything and

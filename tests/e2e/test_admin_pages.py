@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from django.contrib import admin
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.e2e.installation import ADMIN_PASSWORD, Everlock, free_port, submit
+from tests.e2e.installation import ADMIN_PASSWORD, Everlock, free_port, message_from_alice, submit
 
 pytestmark = pytest.mark.e2e
 
@@ -68,15 +67,6 @@ CONSOLE = [
 ]
 
 
-def _message(to: str, subject: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "Alice Example <alice@example.com>"
-    message["To"] = to
-    message["Subject"] = subject
-    message.set_content("The numbers for the quarter are attached in spirit.\n")
-    return message
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A running installation filled through the console and submission; its admin URL."""
@@ -113,7 +103,7 @@ def site(tmp_path_factory):
             ("erin@example.com", "Lunch on Friday?"),
             ("someone.with.a.long.address@subsidiary.example.net", "Invoice 2026-0042"),
         ]:
-            assert submit(submission, "alice", _message(to, subject)) == {}
+            assert submit(submission, "alice", message_from_alice(subject, to)) == {}
         # The remote rows have their first attempt (a DNS failure) recorded.
         deadline = time.monotonic() + 60
         while "attempts=1" not in everlock.console("/mail queue list") and time.monotonic() < deadline:

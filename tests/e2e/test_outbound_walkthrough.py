@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.installation import Everlock, free_port, submit
+from tests.e2e.installation import Everlock, free_port, message_from_alice, submit
 from tests.mail.delivery.delivery_world import Zone, running_dns_server, running_sinks
 from tests.mail.smtp.test_swaks_walkthrough import assert_transcript, run_swaks
 from tests.sshadmin.openssh import SSH_OPTIONS, askpass_env
@@ -237,15 +237,6 @@ def test_swaks_submission_reaches_the_remote_mx(world, auth_user):
     assert b"\r\n\r\nHello from Everlock submission" in received.data
 
 
-def _client_message(subject: str, to: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = "Alice <alice@example.com>"
-    message["To"] = to
-    message["Subject"] = subject
-    message.set_content("Numbers attached in spirit.\n")
-    return message
-
-
 def _submit(world: World, login: str, message: EmailMessage) -> dict:
     return submit(world.ports["submission"], login, message)
 
@@ -253,7 +244,7 @@ def _submit(world: World, login: str, message: EmailMessage) -> dict:
 @pytest.mark.parametrize("login", ["alice", "alice@example.com"])
 def test_mail_client_delivers_locally_through_rules_and_remotely_through_mx(world, login):
     subject = f"Quarterly report ({login})"
-    refused = _submit(world, login, _client_message(subject, "carol@example.com, bob@example.net"))
+    refused = _submit(world, login, message_from_alice(subject, "carol@example.com, bob@example.net"))
     assert refused == {}
     received = world.wait_for_mx(subject)[0]
     assert received.rcpt_tos == ["bob@example.net"]
@@ -289,7 +280,9 @@ def test_submission_needs_auth_and_a_grant(world):
 
 def test_delivery_failures_are_logged(world):
     everlock = world.everlock
-    message = _client_message("Failures", "x@lost.test, x@refused.test, busy@example.net, nobody@example.net")
+    message = message_from_alice(
+        "Failures", "x@lost.test, x@refused.test, busy@example.net, nobody@example.net"
+    )
     assert _submit(world, "alice", message) == {}
 
     mx_failure = everlock.wait_for_log("MX lookup for lost.test failed")
@@ -324,12 +317,12 @@ def test_local_storage_failure_answers_451_after_data(world):
     messages.write_text("not a directory")
     try:
         with pytest.raises(smtplib.SMTPDataError) as exc:
-            _submit(world, "alice", _client_message("Disk trouble", "bob@example.net"))
+            _submit(world, "alice", message_from_alice("Disk trouble", "bob@example.net"))
     finally:
         messages.unlink()
         moved.rename(messages)
     assert (exc.value.smtp_code, exc.value.smtp_error) == (451, b"4.3.0 Temporary local problem")
     assert world.everlock.wait_for_log("[ERROR mail.smtp] SMTP:").startswith("[ERROR mail.smtp] SMTP: ")
     # Afterwards the same submission goes through.
-    assert _submit(world, "alice", _client_message("Disk fine again", "bob@example.net")) == {}
+    assert _submit(world, "alice", message_from_alice("Disk fine again", "bob@example.net")) == {}
     world.wait_for_mx("Disk fine again")
