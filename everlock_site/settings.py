@@ -251,7 +251,7 @@ if CELERY_BROKER_URL == "filesystem://":
 # several share a Redis database).
 CELERY_TASK_DEFAULT_QUEUE = env.str("EVERLOCK_CELERY_QUEUE", default="everlock-delivery")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes.
+# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes (see also everlock_site.celery).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
 # The tasks are plain kicks: no remote control or events needed (the embedded broker has
