@@ -64,10 +64,10 @@ def walkthrough_blocks() -> list[Block]:
 
 
 def localize(text: str, ports: dict[int, int]) -> str:
-    """The README's text with its ports (2222, 2525, 2587) moved to the test's free ports and
-    its wildcard address to loopback."""
+    """The README's text with its ports (2222, 2525, 2587, 1143, 1993) moved to the test's free
+    ports and its wildcard address to loopback."""
     text = text.replace("0.0.0.0:", "127.0.0.1:")
-    return re.sub(r"\b(2222|2525|2587)\b", lambda m: str(ports[int(m[1])]), text)
+    return re.sub(r"\b(2222|2525|2587|1143|1993)\b", lambda m: str(ports[int(m[1])]), text)
 
 
 def ssh_wrapper(directory: Path) -> Path:
@@ -80,6 +80,12 @@ def ssh_wrapper(directory: Path) -> Path:
     )
     wrapper.chmod(0o755)
     return directory
+
+
+def readme_ports(ports: dict[str, int]) -> dict[int, int]:
+    """The README's port numbers -> the test's."""
+    readme = {"ssh": 2222, "smtp": 2525, "submission": 2587, "imap": 1143, "imaps": 1993}
+    return {readme[name]: port for name, port in ports.items()}
 
 
 @dataclass
@@ -96,6 +102,7 @@ class World:
         self.everlock = everlock
         self.mx = mx
         self.ports = ports
+        self.readme_ports = readme_ports(ports)
         self.ran = ran
         self.serve = serve
 
@@ -121,8 +128,7 @@ def world(tmp_path_factory):
     zone.add("mx.refused.test", "A", "127.0.0.3")
     zone.servfail.add("lost.test.")
     remote_port = free_port("127.0.0.2", "127.0.0.3")
-    ports = {"ssh": free_port(), "smtp": free_port(), "submission": free_port()}
-    readme_ports = {2222: ports["ssh"], 2525: ports["smtp"], 2587: ports["submission"]}
+    ports = {name: free_port() for name in ("ssh", "smtp", "submission", "imap", "imaps")}
     serve, *steps = walkthrough_blocks()
     assert serve.info == "sh" and serve.text.startswith("everlock serve "), serve
     with running_dns_server(zone) as dns, running_sinks() as start_sink:
@@ -133,7 +139,7 @@ def world(tmp_path_factory):
             tmp / "var", EVERLOCK_RESOLVER=dns.spec, EVERLOCK_REMOTE_SMTP_PORT=str(remote_port)
         )
         try:
-            flags = shlex.split(localize(serve.text, readme_ports).replace("\\\n", " "))[2:]
+            flags = shlex.split(localize(serve.text, readme_ports(ports)).replace("\\\n", " "))[2:]
             everlock.start(
                 [*flags, "--frontend-ssh-listen", f"127.0.0.1:{ports['ssh']}"],
                 ssh_port=ports["ssh"],
@@ -145,7 +151,7 @@ def world(tmp_path_factory):
             for block in steps:
                 if block.info != "sh":
                     continue
-                command = localize(block.text, readme_ports)
+                command = localize(block.text, readme_ports(ports))
                 result = subprocess.run(
                     ["bash", "-e", "-c", command],
                     cwd=tmp,
@@ -163,8 +169,8 @@ def world(tmp_path_factory):
 
 
 def test_readme_commands_print_what_the_readme_shows(world):
-    # Steps 2, 3, 4 and 6 (the first block, step 1, started the server).
-    assert len(world.ran) == 4, [r.command for r in world.ran]
+    # Steps 2, 3, 4, 6 and 7 (the first block, step 1, started the server).
+    assert len(world.ran) == 5, [r.command for r in world.ran]
     for ran in world.ran:
         assert (ran.result.returncode, ran.result.stderr) == (0, ""), (ran.command, ran.result)
         if ran.block.output is None:
@@ -179,18 +185,19 @@ def test_readme_commands_print_what_the_readme_shows(world):
 
 def test_readme_rule_files_carols_report(world):
     """Step 6 ends showing the rule at work: carol's report is in Reports."""
-    last = world.ran[-1]
+    last = world.ran[3]
     assert last.block.text.rstrip().endswith("'/mail messages list carol@example.com'")
     lines = last.result.stdout.splitlines()
     rows = lines[lines.index(next(line for line in lines if line.startswith("ID "))) :]
-    assert rows[0].split() == ["ID", "FOLDER", "FROM", "SUBJECT"]
-    assert [row.split()[1:] for row in rows[1:]] == [["Reports", "alice@example.com", "Monthly", "report"]]
+    assert rows[0].split() == ["ID", "FOLDER", "FLAGS", "FROM", "SUBJECT"]
+    assert [row.split()[1:] for row in rows[1:]] == [
+        ["Reports", "-", "alice@example.com", "Monthly", "report"]
+    ]
     assert "mail rules imported: version 1, 1 rules" in lines
 
 
 def test_startup_log_has_the_documented_shape(world):
-    readme_ports = {2222: world.ports["ssh"], 2525: world.ports["smtp"], 2587: world.ports["submission"]}
-    expected = localize(world.serve.output.text, readme_ports).splitlines()
+    expected = localize(world.serve.output.text, world.readme_ports).splitlines()
     assert expected[0] == "[INFO everlock] starting backend-mail-smtp"
     assert [line for line in world.everlock.log if line in expected] == expected
     # At the default log level the Celery worker's banner and warnings stay out of the log.
@@ -252,9 +259,9 @@ def test_mail_client_delivers_locally_through_rules_and_remotely_through_mx(worl
 
     # carol@example.com is local: the rule filed it into Reports instead of the inbox.
     listing = world.everlock.console("/mail messages list carol@example.com").splitlines()
-    assert listing[0].split() == ["ID", "FOLDER", "FROM", "SUBJECT"]
+    assert listing[0].split() == ["ID", "FOLDER", "FLAGS", "FROM", "SUBJECT"]
     row = next(line for line in listing if line.endswith(subject))
-    assert re.fullmatch(rf"\d+ +Reports +Alice <alice@example\.com> +{re.escape(subject)}", row), listing
+    assert re.fullmatch(rf"\d+ +Reports +- +Alice <alice@example\.com> +{re.escape(subject)}", row), listing
     # The sender keeps a copy in `sent`.
     sent = world.everlock.console("/mail messages list alice@example.com sent")
     assert any(line.endswith(subject) for line in sent.splitlines())
