@@ -14,10 +14,11 @@ testuser1..20 and `bulk`, runs `manage.py runimap` on 127.0.0.1, and a private D
    (delivered to Everlock over inbound SMTP, appended to Dovecot with MULTIAPPEND; then all
    seen, 1 in 10 flagged on both): seconds from sending SELECT to the FETCH's tagged OK,
    the best round of each server.
-3. --idle-clients clients logged in (spread over testuser1..20), INBOX selected, in IDLE: the
-   resident memory of the Everlock IMAP process tree, measured in a freshly started process
-   (its memory at the end of the load rounds is printed too). A message appended meanwhile
-   must reach the idling sessions of its user.
+3. --idle-clients clients logged in (spread over testuser1..20), INBOX selected (imaptest's
+   leftovers plus --idle-messages delivered to each), in IDLE: the resident memory of the
+   Everlock IMAP process tree, measured in a freshly started process (its memory after the
+   earlier steps is printed too). A message appended meanwhile must reach the idling sessions
+   of its user.
 
 Prints a table with each figure, its target, and whether it is met. The servers' logs are kept
 next to imaptest's (IMAPTEST_HOME/logs); everything else is removed at the end. Dovecot runs as
@@ -188,7 +189,7 @@ for name in {users!r}:
 class Everlock:
     """A throw-away installation in a temp dir with `manage.py runimap` on 127.0.0.1."""
 
-    def __init__(self, users: list[str], idle_clients: int) -> None:
+    def __init__(self, idle_clients: int) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="everlock-bench-imap-"))
         self.env = {
             k: v
@@ -203,12 +204,15 @@ class Everlock:
             EVERLOCK_IMAP_MAX_SESSIONS_PER_USER=str(max(50, idle_clients // USERS + 1)),
         )
         self.manage = [sys.executable, str(ROOT / "manage.py")]
-        subprocess.run([*self.manage, "migrate", "-v0"], env=self.env, check=True, cwd=ROOT)
-        setup = SETUP.format(users=users, password=PASSWORD)
-        subprocess.run([*self.manage, "shell", "-v0", "-c", setup], env=self.env, check=True, cwd=ROOT)
         self.port = free_port()
         self.log_path = LOGS / f"everlock-imap-{time.strftime('%Y%m%d-%H%M%S')}.log"
         self.process: subprocess.Popen | None = None
+
+    def prepare(self, users: list[str]) -> None:
+        """Migrate the database; add example.com and `users`, each with a mailbox."""
+        subprocess.run([*self.manage, "migrate", "-v0"], env=self.env, check=True, cwd=ROOT)
+        setup = SETUP.format(users=users, password=PASSWORD)
+        subprocess.run([*self.manage, "shell", "-v0", "-c", setup], env=self.env, check=True, cwd=ROOT)
 
     async def start(self) -> None:
         with open(self.log_path, "a") as log:
@@ -221,9 +225,10 @@ class Everlock:
             )
         await wait_for_port(self.port, b"* OK", lambda: self.process.poll() is None, "everlock runimap")
 
-    async def fill(self, user: str, count: int) -> None:
-        """Deliver `count` messages to user's INBOX over inbound SMTP (`manage.py runsmtp`, its
-        group commit), the quick way in: Everlock stores an APPEND in a transaction of its own."""
+    async def fill(self, users: list[str], count: int) -> None:
+        """Deliver `count` messages to the INBOX of each of `users` over inbound SMTP
+        (`manage.py runsmtp`, its group commit), the quick way in: Everlock stores each APPEND
+        in a transaction of its own."""
         port = free_port()
         with open(self.log_path, "a") as log:
             smtp = subprocess.Popen(
@@ -235,10 +240,10 @@ class Everlock:
             )
         try:
             await wait_for_port(port, b"220", lambda: smtp.poll() is None, "everlock runsmtp")
-            numbers = iter(range(count))
+            messages = iter([(user, n) for n in range(count) for user in users])
 
             async def client() -> None:
-                for n in numbers:
+                for user, n in messages:
                     await one_message(
                         port,
                         sender="sender@example.net",
@@ -302,8 +307,9 @@ class Dovecot:
         subprocess.run(["dovecot", "-c", str(self.conf)], check=True)
         await wait_for_port(self.port, b"* OK", lambda: True, "dovecot")
 
-    async def fill(self, user: str, count: int) -> None:
-        await append(self.port, user, [bulk_message(n) for n in range(count)])
+    async def fill(self, users: list[str], count: int) -> None:
+        for user in users:
+            await append(self.port, user, [bulk_message(n) for n in range(count)])
 
     def stop(self) -> None:
         subprocess.run(["doveadm", "-c", str(self.conf), "stop"], check=False, stderr=subprocess.DEVNULL)
@@ -485,6 +491,7 @@ class IdleResult:
     rss_idle: int
     idling: int
     failures: list[str] = field(default_factory=list)
+    inbox_sizes: dict[int, int] = field(default_factory=dict)  # user number -> messages
     pushed: int = 0
     push_targets: int = 0
     push_seconds: float = 0.0
@@ -495,19 +502,24 @@ async def idle_clients(server: Everlock, count: int) -> IdleResult:
     """`count` clients of testuser1..20 in IDLE on their INBOX; the server's RSS meanwhile."""
     gate = asyncio.Semaphore(50)  # logins in flight at once
 
+    sizes: dict[int, int] = {}
+
     async def one(n: int) -> tuple[int, Client, bytes]:
+        user = n % USERS + 1
         async with gate:
             client = await Client.connect(server.port)
-            await client.login(f"testuser{n % USERS + 1}")
-            await client.ok(b"SELECT INBOX")
-            return n % USERS + 1, client, await client.idle()
+            await client.login(f"testuser{user}")
+            for line in await client.ok(b"SELECT INBOX"):
+                if line.endswith(b" EXISTS\r\n"):
+                    sizes[user] = int(line.split()[1])
+            return user, client, await client.idle()
 
     rss_before = server.rss()
     outcomes = await asyncio.gather(*(one(n) for n in range(count)), return_exceptions=True)
     sessions = [o for o in outcomes if not isinstance(o, BaseException)]
     failures = [repr(o) for o in outcomes if isinstance(o, BaseException)]
     await asyncio.sleep(3)  # let the server settle (buffers, collections) before measuring
-    result = IdleResult(rss_before, max(server.rss() for _ in range(3)), len(sessions), failures)
+    result = IdleResult(rss_before, max(server.rss() for _ in range(3)), len(sessions), failures, sizes)
 
     # Liveness: a message appended to testuser1's INBOX reaches its idling sessions.
     watchers = [(client, tag) for user, client, tag in sessions if user == 1]
@@ -572,18 +584,19 @@ async def run(args) -> None:
         subprocess.run([str(TOOLS / "imaptest" / "build.sh")], check=True, stdout=subprocess.DEVNULL)
     users = [f"testuser{n}" for n in range(1, USERS + 1)] + [BULK]
     print("setting up Everlock and Dovecot ...", flush=True)
-    everlock = Everlock(users, args.idle_clients)
+    everlock = Everlock(args.idle_clients)
     dovecot = Dovecot(users)
     servers = {"everlock": everlock, "dovecot": dovecot}
     table = []
     try:
+        everlock.prepare(users)
         await everlock.start()
         await dovecot.start()
         print(f"everlock runimap on 127.0.0.1:{everlock.port}, data dir {everlock.data_dir}")
         print(f"dovecot on 127.0.0.1:{dovecot.port}, base {dovecot.base}")
         await asyncio.gather(*(warm_up(s.port, users) for s in servers.values()))
         started = time.perf_counter()
-        await asyncio.gather(*(s.fill(BULK, args.messages) for s in servers.values()))
+        await asyncio.gather(*(s.fill([BULK], args.messages) for s in servers.values()))
         await asyncio.gather(*(set_flags(s.port, BULK, args.messages) for s in servers.values()))
         print(
             f"logged every user in once (warm-up); filled {BULK}'s INBOX with {args.messages} "
@@ -603,7 +616,12 @@ async def run(args) -> None:
             loads[label] = load_rounds(servers, secs=args.secs, rounds=args.rounds, extra=extra)
         rss_after_load = everlock.rss()
 
-        print(f"{args.idle_clients} clients in IDLE (Everlock, freshly started runimap):", flush=True)
+        print(
+            f"{args.idle_clients} clients in IDLE (Everlock, freshly started runimap, "
+            f"{args.idle_messages} more messages in each user's INBOX):",
+            flush=True,
+        )
+        await everlock.fill(users[:USERS], args.idle_messages)
         everlock.stop()
         await everlock.start()
         idle = await idle_clients(everlock, args.idle_clients)
@@ -690,6 +708,12 @@ async def run(args) -> None:
         f"IDLE push: an APPEND reached {idle.pushed}/{idle.push_targets} idling sessions of its user "
         f"within {idle.push_seconds:.2f} s; DONE answered OK by {idle.done_ok}/{idle.idling}"
     )
+    if idle.inbox_sizes:
+        sizes = idle.inbox_sizes.values()
+        print(
+            f"IDLE: the INBOXes selected (imaptest's leftovers plus {args.idle_messages} each) held "
+            f"{min(sizes)} to {max(sizes)} messages, {sum(sizes)} in all"
+        )
     for failure in idle.failures[:3]:
         print(f"  IDLE client failure: {failure}")
     problems = everlock.problems()
@@ -704,6 +728,9 @@ def main() -> None:
     parser.add_argument("--secs", type=int, default=20, help="seconds of each imaptest round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server and figure")
     parser.add_argument("--idle-clients", type=int, default=1000)
+    parser.add_argument(
+        "--idle-messages", type=int, default=100, help="messages added to each INBOX before the IDLE step"
+    )
     parser.add_argument("--messages", type=int, default=10_000, help="messages of the big folder")
     asyncio.run(run(parser.parse_args()))
 
