@@ -155,20 +155,39 @@ class Client:
 # --- the servers ------------------------------------------------------------------------------
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of process `pid` and all its descendants."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (the first is the state)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> set[int]:
+    """Process `pid` and all its descendants."""
     parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
     tree, todo = set(), [pid]
     while todo:
         current = todo.pop()
         tree.add(current)
         todo.extend(child for child, parent in parents.items() if parent == current and child not in tree)
+    return tree
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used by the process tree of `pid`, its reaped children included."""
+    ticks = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            ticks += sum(int(value) for value in _stat(member)[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process `pid` and all its descendants."""
     total = 0
-    for member in tree:
+    for member in process_tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -257,8 +276,11 @@ class Everlock:
             smtp.terminate()
             smtp.wait(timeout=30)
 
+    def pid(self) -> int:
+        return self.process.pid
+
     def rss(self) -> int:
-        return tree_rss(self.process.pid)
+        return tree_rss(self.pid())
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -311,6 +333,9 @@ class Dovecot:
         for user in users:
             await append(self.port, user, [bulk_message(n) for n in range(count)])
 
+    def pid(self) -> int:
+        return int((self.base / "run" / "master.pid").read_text())
+
     def stop(self) -> None:
         subprocess.run(["doveadm", "-c", str(self.conf), "stop"], check=False, stderr=subprocess.DEVNULL)
         log = self.base / "log" / "dovecot.log"
@@ -341,23 +366,26 @@ async def warm_up(port: int, users: list[str]) -> None:
 @dataclass
 class LoadRound:
     rate: float  # commands/s, all commands
+    cpu: float  # CPU seconds the server used during the round
     commands: dict[str, float]
     errors: int
     error_lines: list[str]
     log: str
 
 
-def imaptest(port: int, secs: int, extra: list[str]) -> LoadRound:
+def imaptest(server, secs: int, extra: list[str]) -> LoadRound:
     env = dict(
         os.environ, USERS=str(USERS), CLIENTS=str(CLIENTS), SECS=str(secs), IMAPTEST_HOME=str(IMAPTEST_HOME)
     )
     script = TOOLS / "imaptest" / "run-bench.sh"
+    cpu = tree_cpu(server.pid())
     out = subprocess.run(
-        [str(script), "127.0.0.1", str(port), "testuser%d", PASSWORD, *extra],
+        [str(script), "127.0.0.1", str(server.port), "testuser%d", PASSWORD, *extra],
         env=env,
         capture_output=True,
         text=True,
     ).stdout
+    cpu = tree_cpu(server.pid()) - cpu
     lines = out.splitlines()
     log = next((line.split()[1] for line in lines if line.startswith("log: ")), "?")
     commands = {}
@@ -369,17 +397,17 @@ def imaptest(port: int, secs: int, extra: list[str]) -> LoadRound:
         raise RuntimeError(f"imaptest gave no totals (log {log}):\n{out}")
     errors = next(int(line.rsplit(":", 1)[1]) for line in lines if line.startswith("errors reported"))
     error_lines = [line.strip() for line in lines if line.startswith("  ")]
-    return LoadRound(commands.pop("ALL"), commands, errors, error_lines, log)
+    return LoadRound(commands.pop("ALL"), cpu, commands, errors, error_lines, log)
 
 
 def load_rounds(servers: dict, *, secs: int, rounds: int, extra: list[str]) -> dict[str, list[LoadRound]]:
     results: dict[str, list[LoadRound]] = {name: [] for name in servers}
     for number in range(1, rounds + 1):
         for name, server in servers.items():
-            result = imaptest(server.port, secs, extra)
+            result = imaptest(server, secs, extra)
             results[name].append(result)
             print(
-                f"  round {number} {name:8} {result.rate:8.1f} commands/s"
+                f"  round {number} {name:8} {result.rate:8.1f} commands/s, server CPU {result.cpu:5.1f} s"
                 f"  ({result.errors} errors, {result.log})",
                 flush=True,
             )
