@@ -1,6 +1,7 @@
 """Everlock's IMAP server against a private Dovecot (Debian dovecot-imapd, maildir), same run.
 
-    .venv/bin/python bench/imap.py [--secs 20] [--rounds 3] [--idle-clients 1000] [--messages 10000]
+    .venv/bin/python bench/imap.py [--secs 20] [--rounds 3] [--messages 10000]
+                                   [--idle-clients 1000] [--idle-messages 100]
 
 Sets up a throw-away Everlock installation (its own data dir, SQLite) with users
 testuser1..20 and `bulk`, runs `manage.py runimap` on 127.0.0.1, and a private Dovecot
@@ -8,8 +9,8 @@ testuser1..20 and `bulk`, runs `manage.py runimap` on 127.0.0.1, and a private D
 
 1. imaptest's load mode (../shared/tools/imaptest/run-bench.sh, 20 users, 20 clients) with its
    default login/logout mix and with logout=0: commands/s, the two servers' rounds taking
-   turns; the best round of each counts. A round in which imaptest reports errors is shown
-   with its error count and log.
+   turns (after an untimed login of every user); the best round of each counts. Each round
+   shows the CPU seconds the server used, and imaptest's error count and log.
 2. SELECT + FETCH 1:* (FLAGS ENVELOPE) on bulk's INBOX of --messages messages of a few KB
    (delivered to Everlock over inbound SMTP, appended to Dovecot with MULTIAPPEND; then all
    seen, 1 in 10 flagged on both): seconds from sending SELECT to the FETCH's tagged OK,
@@ -20,9 +21,9 @@ testuser1..20 and `bulk`, runs `manage.py runimap` on 127.0.0.1, and a private D
    earlier steps is printed too). A message appended meanwhile must reach the idling sessions
    of its user.
 
-Prints a table with each figure, its target, and whether it is met. The servers' logs are kept
-next to imaptest's (IMAPTEST_HOME/logs); everything else is removed at the end. Dovecot runs as
-root here (the kit's configuration); its mail processes run as `nobody`.
+Prints a table with each figure, its target, and whether it is met (a load figure only with no
+imaptest errors). The servers' logs are kept next to imaptest's (IMAPTEST_HOME/logs); the
+rest is removed at the end. Run as root, Dovecot's mail processes run as `nobody`.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 # Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path[0] = str(ROOT)
 
 from bench.smtp_load import one_message
 
-ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT.parent / "shared" / "tools"
 IMAPTEST_HOME = Path(os.environ.get("IMAPTEST_HOME", "/tmp/imaptest"))
 LOGS = IMAPTEST_HOME / "logs"
