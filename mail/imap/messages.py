@@ -16,7 +16,10 @@ from mail.services.storage import message_storage
 
 
 class ContentCache:
-    """Parsed message contents, least recently used first out, bounded in bytes."""
+    """Parsed message contents, least recently used first out, bounded in bytes.
+
+    A parsed content takes far more memory than its bytes (measured with pymap 0.36: about
+    14 KiB and 7 times the bytes parsed), so an entry is weighed as that."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._entries: OrderedDict[tuple[int, bool], tuple[MessageContent, int]] = OrderedDict()
@@ -30,7 +33,12 @@ class ContentCache:
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: tuple[int, bool], content: MessageContent, size: int) -> None:
+    @staticmethod
+    def weight(parsed_bytes: int) -> int:
+        return 16 * 1024 + 8 * parsed_bytes
+
+    def put(self, key: tuple[int, bool], content: MessageContent, parsed_bytes: int) -> None:
+        size = self.weight(parsed_bytes)
         if size > self._max // 4 or key in self._entries:
             return
         self._entries[key] = (content, size)
@@ -43,9 +51,9 @@ class ContentCache:
 contents = ContentCache()
 
 
-def _read(row: Row, header_only: bool) -> MessageContent | None:
-    """The parsed content (its header only, when `header_only`); None when the file is gone
-    (its last copy was expunged since the session listed it)."""
+def _read(row: Row, header_only: bool) -> tuple[MessageContent, int] | None:
+    """The parsed content (its header only, when `header_only`) and the bytes parsed; None
+    when the file is gone (its last copy was expunged since the session listed it)."""
     try:
         fh = message_storage().open(row.storage_name, "rb")
     except FileNotFoundError:
@@ -62,7 +70,8 @@ def _read(row: Row, header_only: bool) -> MessageContent | None:
             raw = head[: end + 4] if end >= 0 else head
         else:
             raw = fh.read()
-    return MessageContent.parse(row.prepended + raw)
+    raw = row.prepended + raw
+    return MessageContent.parse(raw), len(raw)
 
 
 class Message(BaseMessage):
@@ -83,10 +92,11 @@ class Message(BaseMessage):
         key = (self.row.id, header_only)
         content = contents.get(key) or contents.get((self.row.id, False))
         if content is None:
-            content = await run(_read, self.row, header_only)
-            if content is None:
+            read = await run(_read, self.row, header_only)
+            if read is None:
                 return LoadedMessage(self, requirement, None)
-            contents.put(key, content, self.row.size)
+            content, parsed_bytes = read
+            contents.put(key, content, parsed_bytes)
         return LoadedMessage(self, requirement, content)
 
 
