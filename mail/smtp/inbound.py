@@ -10,7 +10,7 @@ import time
 
 from mail.services.delivery import check_local_recipient, deliver_inbound
 from mail.smtp import replies
-from mail.smtp.handler import BaseHandler, check_data, envelope_address, received_header
+from mail.smtp.handler import BaseHandler, check_data, mail_params, envelope_address, received_header
 from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service
 
@@ -81,7 +81,7 @@ class InboundHandler(BaseHandler):
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content
         try:
-            check_data(raw, max_hops=self.config.max_hops)
+            check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()

@@ -20,7 +20,7 @@ from mail.services.submission import (
     remembered_sender,
 )
 from mail.smtp import replies
-from mail.smtp.handler import BaseHandler, check_data, received_header
+from mail.smtp.handler import BaseHandler, check_data, mail_params, received_header
 from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service, peer_host
 
@@ -96,7 +96,7 @@ class SubmissionHandler(BaseHandler):
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content
         try:
-            check_data(raw, max_hops=self.config.max_hops)
+            check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
         # Checking, signing and filing all run in the group commit (the writer process).

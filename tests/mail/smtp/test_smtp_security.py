@@ -114,7 +114,7 @@ def test_starttls_injection_is_not_executed(raw):
     client.starttls()
     assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 Error: send HELO first"
     assert client.cmd(b"EHLO mx.example.net").endswith(b"250 HELP")
-    assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 Error: need MAIL command"
+    assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 5.5.1 Need MAIL command"
     assert client.cmd(b"STARTTLS") == b"503 5.5.1 TLS already active"
     assert nothing_stored()
 
