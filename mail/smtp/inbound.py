@@ -10,7 +10,7 @@ import time
 
 from mail.services.delivery import check_local_recipient, deliver_inbound
 from mail.smtp import replies
-from mail.smtp.handler import BaseHandler, check_data, mail_params, envelope_address, received_header
+from mail.smtp.handler import BaseHandler, check_data, envelope_address, mail_params, received_header
 from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service
 

@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from mail.smtp.server import MAX_LINE_LENGTH
-
 from mail.models import MailDomain, Message
 from mail.services.storage import read_content
+from mail.smtp.server import MAX_LINE_LENGTH
 from tests.mail.smtp.conftest import nothing_stored, tls_context
 
 MESSAGE = b"From: carol@example.net\r\nTo: bob@example.com\r\nSubject: Hi\r\n\r\nHello Bob\r\n"
