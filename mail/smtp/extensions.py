@@ -13,7 +13,7 @@ aiosmtpd reads the rest, and keeps the values on the envelope.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mail.smtp.replies import SMTPReject
 
@@ -139,3 +139,22 @@ def take_rcpt_params(arg: str) -> tuple[str, RcptParams]:
         else:
             kept.append(param)
     return " ".join([path, *kept]), RcptParams(notify=notify or frozenset(), orcpt=orcpt or "")
+
+
+@dataclass(frozen=True)
+class EnvelopeParams:
+    """What a transaction's MAIL and RCPT parameters asked, carried with the message to
+    the queue rows and DSNs: the MAIL parameters and, for the recipients that gave any,
+    (RCPT address as given, its parameters). `delivered_here` are the recipients filed into
+    local mailboxes in this transaction (they get a success DSN when they asked for one)."""
+
+    mail: MailParams = field(default_factory=MailParams)
+    recipients: tuple[tuple[str, RcptParams], ...] = ()
+    delivered_here: tuple[str, ...] = ()
+
+    def rcpt(self, address: str) -> RcptParams:
+        return next((p for a, p in self.recipients if a == address), RcptParams())
+
+    def success_wanted(self) -> list[str]:
+        """The recipients filed here that asked for a success DSN (NOTIFY=SUCCESS)."""
+        return [a for a in self.delivered_here if "SUCCESS" in self.rcpt(a).notify]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from mail.addresses import Address, AddressError, parse_address
 from mail.smtp import replies
-from mail.smtp.extensions import MailParams, RcptParams
+from mail.smtp.extensions import EnvelopeParams, MailParams, RcptParams
 from mail.smtp.replies import SMTPReject
 from mail.smtp.server import peer_host
 
@@ -38,6 +38,16 @@ def mail_params(envelope) -> MailParams:
 def rcpt_params(envelope, address: str) -> RcptParams:
     """The RCPT parameters of mail.smtp.extensions given with `address`."""
     return (getattr(envelope, "rcpt_params", None) or {}).get(address) or RcptParams()
+
+
+def envelope_params(envelope, *, delivered_here: list[str]) -> EnvelopeParams:
+    """The transaction's parameters as one value, for the services (see EnvelopeParams)."""
+    given = getattr(envelope, "rcpt_params", None) or {}
+    return EnvelopeParams(
+        mail=mail_params(envelope),
+        recipients=tuple((a, p) for a, p in given.items() if p != RcptParams()),
+        delivered_here=tuple(delivered_here),
+    )
 
 
 def check_data(raw: bytes, *, max_hops: int, binary: bool = False) -> None:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import time
 
-from mail.services.delivery import check_local_recipient, deliver_inbound
+from mail.services.delivery import check_local_recipient, deliver_inbound, deliver_inbound_reporting
 from mail.smtp import replies
-from mail.smtp.handler import BaseHandler, check_data, envelope_address, mail_params, received_header
+from mail.smtp.handler import (
+    BaseHandler,
+    check_data,
+    envelope_address,
+    envelope_params,
+    mail_params,
+    received_header,
+)
 from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service
 
@@ -86,6 +93,18 @@ class InboundHandler(BaseHandler):
             return exc.reply
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
         raw = return_path + received_header(server=server, session=session, envelope=envelope) + raw
+        params = envelope_params(envelope, delivered_here=envelope.rcpt_tos)
+        if params.success_wanted():
+            ok, result = await call_batched(
+                self.committer,
+                deliver_inbound_reporting,
+                raw=raw,
+                envelope_from=sender_of(envelope),
+                mailbox_ids=list(envelope.mailbox_ids),
+                params=params,
+                reporting_host=self.config.hostname,
+            )
+            return replies.ACCEPTED if ok else result
         ok, result = await call_batched(
             self.committer,
             deliver_inbound,
