@@ -33,6 +33,9 @@ DEFAULT_SERVE_FLAGS = [
     "--frontend-smtp-submission",
     "--frontend-smtp-submission-listen",
     "127.0.0.1:2587",
+    "--frontend-smtp-submissions",
+    "--frontend-smtp-submissions-listen",
+    "127.0.0.1:2465",
     "--backend-mail-smtp",
     "--frontend-http",
     "--frontend-http-listen",
@@ -51,6 +54,7 @@ TEST_TOOLS = {
     "opendkim-testmsg": "opendkim-tools",
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
     "/usr/bin/chromium": "chromium",
+    "postfix": "postfix",
 }
 
 

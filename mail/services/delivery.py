@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 
 from django.db import transaction
@@ -36,7 +36,7 @@ from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.smtp")
 
-_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_HEADER_PARSER = HeaderParser(policy=compat32)
 _MAX_FIELD = 998
 
 
@@ -117,7 +117,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse the header section of `raw` (RFC 5322); the body is not read."""
     headers = _plain_header_fields(raw)
     if headers is None:
-        msg = _HEADER_PARSER.parsebytes(raw, headersonly=True)
+        # Read as UTF-8 (RFC 6532: raw UTF-8 in fields, as SMTPUTF8 mail has), so that a
+        # field is its text; bytes that are not UTF-8 stay undecodable (shown replaced).
+        msg = _HEADER_PARSER.parsestr(raw.decode("utf-8", "surrogateescape"), headersonly=True)
         headers = tuple((name, str(value)) for name, value in msg.items())
     first: dict[str, str] = {}
     for name, value in headers:

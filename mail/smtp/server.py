@@ -180,6 +180,36 @@ _REWRITES = {
     "552 Error: message size exceeds fixed maximum message size": replies.MESSAGE_TOO_BIG.reply,
     "500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG.reply,
     "500 Command line too long": "500 5.5.2 Command line too long",
+    # RFC 2034 section 3: with ENHANCEDSTATUSCODES every reply but the greeting and EHLO's
+    # carries one; aiosmtpd's own texts get theirs here.
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "252 Cannot VRFY user, but will accept message and attempt delivery": (
+        "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+    ),
+    "500 Error: bad syntax": "500 5.5.2 Syntax error",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "501 Syntax: DATA": "501 5.5.4 Syntax: DATA",
+    "501 Syntax: RSET": "501 5.5.4 Syntax: RSET",
+    "501 Syntax: QUIT": "501 5.5.4 Syntax: QUIT",
+    "501 Syntax: STARTTLS": "501 5.5.4 Syntax: STARTTLS",
+    "501 Syntax: EHLO hostname": "501 5.5.4 Syntax: EHLO hostname",
+    "501 Syntax: HELO hostname": "501 5.5.4 Syntax: HELO hostname",
+    "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": "501 5.5.4 Syntax: MAIL FROM:<address>",
+    "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": "501 5.5.4 Syntax: RCPT TO:<address>",
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
+    "555 MAIL FROM parameters not recognized or not implemented": (
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+    ),
+    "555 RCPT TO parameters not recognized or not implemented": (
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented"
+    ),
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": "501 5.5.4 BODY must be 7BIT, 8BITMIME, BINARYMIME",
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
     "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
     "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
@@ -345,7 +375,10 @@ class EverlockSMTP(SMTP):
 
     async def push(self, status):
         if isinstance(status, str):
-            status = _REWRITES.get(status, status).encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            status = _REWRITES.get(status, status)
+            if status.startswith("500 Error: command "):
+                status = "500 5.5.2 Command " + status[19:].replace(" not recognized", " unrecognized")
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         # The lines of a multi-line reply (RFC 5321 section 4.2.1: "250-...", then "250 ...")
         # go out in one write with the last one, not in one system call each.
         if status[3:4] == b"-":
@@ -421,7 +454,7 @@ class EverlockSMTP(SMTP):
     async def smtp_STARTTLS(self, arg: str):
         # RFC 3207 section 4.2: once TLS is up, a second STARTTLS is refused. aiosmtpd
         # itself drops bytes pipelined after STARTTLS (RFC 3207 section 4.2, CVE-2024-34083).
-        if self._tls_protocol is not None:
+        if self.tls_active:
             await self.push(replies.TLS_ACTIVE.reply)
             return
         await super().smtp_STARTTLS(arg)

@@ -119,7 +119,7 @@ def test_size_advertised_and_enforced(smtp, example_com):
         client.rcpt("bob@example.com")
         big = MESSAGE + (b"x" * 900 + b"\r\n") * 120
         assert client.data(big) == (552, b"5.3.4 Message too big")
-        assert client.noop() == (250, b"OK")
+        assert client.noop() == (250, b"2.0.0 OK")
     assert nothing_stored()
 
 
@@ -189,8 +189,8 @@ def test_session_timeout(start_smtp, example_com):
                 break
             time.sleep(0.25)
         replies = read_all(sock, 5)
-        assert replies.endswith(b"250 OK\r\n421 4.4.2 Session time limit exceeded, closing\r\n")
-        assert set(replies.split(b"\r\n")[:-2]) == {b"250 OK"}
+        assert replies.endswith(b"250 2.0.0 OK\r\n421 4.4.2 Session time limit exceeded, closing\r\n")
+        assert set(replies.split(b"\r\n")[:-2]) == {b"250 2.0.0 OK"}
 
 
 def test_connections_per_client(start_smtp, example_com):

@@ -218,7 +218,7 @@ def test_plaintext_auth_setting_allows_non_loopback(start_smtp, example_com):
 def test_second_auth_is_refused(smtp, example_com):
     with client_for(smtp) as client:
         client.login("alice", "change-me")
-        assert client.docmd("AUTH", "PLAIN AGFsaWNlAGNoYW5nZS1tZQ==") == (503, b"Already authenticated")
+        assert client.docmd("AUTH", "PLAIN AGFsaWNlAGNoYW5nZS1tZQ==") == (503, b"5.5.1 Already authenticated")
 
 
 def test_local_and_remote_recipients_in_one_commit(smtp, example_com):
