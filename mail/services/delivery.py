@@ -22,6 +22,7 @@ from email.policy import compat32
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import User
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
@@ -162,9 +163,58 @@ def check_local_recipient(address: Address) -> int:
     )
     if found:
         return found[0]
-    if MailDomain.objects.filter(name=address.domain, enabled=True).exists():
-        raise replies.UNKNOWN_USER
-    raise replies.RELAY_DENIED
+    domain = MailDomain.objects.filter(name=address.domain, enabled=True).first()
+    if domain is None:
+        raise replies.RELAY_DENIED
+    if address.local.casefold() == POSTMASTER:
+        return check_postmaster(domain=domain)
+    raise replies.UNKNOWN_USER
+
+
+# RFC 5321 section 4.5.1: postmaster@ every domain we take mail for, and the bare
+# <Postmaster>, must be accepted.
+POSTMASTER = "postmaster"
+
+
+def check_postmaster(*, domain: MailDomain | None = None) -> int:
+    """The id of the mailbox that takes postmaster mail: for `domain`, its `postmaster`
+    mailbox when set, else its postmaster mailbox; otherwise (and for the bare <Postmaster>)
+    the first admin's mailbox (the one named by an address login, else the first mailbox
+    the admin holds a grant on).
+
+    Raises SMTPReject UNKNOWN_USER when there is none.
+    """
+    if domain is not None:
+        found = (
+            Mailbox.objects.filter(domain=domain, local_part=domain.postmaster or POSTMASTER)
+            .order_by()
+            .values_list("id", flat=True)
+            .first()
+        )
+        if found is not None:
+            return found
+    admin = User.objects.filter(is_superuser=True, is_active=True).order_by("id").first()
+    candidates: list[tuple[str, str]] = []
+    if admin is not None:
+        if "@" in admin.username:
+            local, _, domain_name = admin.username.rpartition("@")
+            candidates.append((domain_name, local))
+        for resource in admin.grants.order_by("id").values_list("resource", flat=True):
+            path, _, local = resource.partition(":")
+            if local and path.startswith("smtp/mail/"):
+                candidates.append((path.removeprefix("smtp/mail/"), local))
+    for domain_name, local in candidates:
+        found = (
+            Mailbox.objects.filter(
+                domain__name=domain_name, domain__enabled=True, local_part=local.casefold()
+            )
+            .order_by()
+            .values_list("id", flat=True)
+            .first()
+        )
+        if found is not None:
+            return found
+    raise replies.UNKNOWN_USER
 
 
 def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], list[str]]:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import time
 
-from mail.services.delivery import check_local_recipient, deliver_inbound, deliver_inbound_reporting
+from mail.services.delivery import (
+    POSTMASTER,
+    check_local_recipient,
+    check_postmaster,
+    deliver_inbound,
+    deliver_inbound_reporting,
+)
 from mail.smtp import replies
 from mail.smtp.handler import (
     BaseHandler,
@@ -69,16 +75,22 @@ class InboundHandler(BaseHandler):
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return replies.TOO_MANY_RECIPIENTS.reply
-        try:
-            parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
-        except SMTPReject as exc:
-            return exc.reply
-        result = self.recipients.get(parsed.key)
-        if result is None:
-            ok, result = await call_service(check_local_recipient, address=parsed)
+        if address.casefold() == POSTMASTER:
+            # The bare <Postmaster> (RFC 5321 section 4.5.1), without a domain.
+            ok, result = await call_service(check_postmaster)
             if not ok:
                 return result
-            self.recipients.put(parsed.key, result)
+        else:
+            try:
+                parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
+            except SMTPReject as exc:
+                return exc.reply
+            result = self.recipients.get(parsed.key)
+            if result is None:
+                ok, result = await call_service(check_local_recipient, address=parsed)
+                if not ok:
+                    return result
+                self.recipients.put(parsed.key, result)
         if result not in envelope.mailbox_ids:
             envelope.mailbox_ids.append(result)
         envelope.rcpt_tos.append(address)

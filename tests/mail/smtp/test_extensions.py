@@ -354,3 +354,35 @@ def test_received_and_date_use_plus_0000(smtp, example_com):
         b" +0000"
     )
     assert b"GMT" not in header
+
+
+def test_postmaster_is_accepted_with_and_without_a_domain(smtp, example_com):
+    # RFC 5321 section 4.5.1: without a postmaster mailbox or setting, the first admin's.
+    from accounts.services import grant_add, user_add
+    from mail.services.domains import domain_set
+    from mail.services.mailboxes import mailbox_create
+
+    client = RawClient(smtp.inbound_port)
+    client.reply()
+    ehlo(client)
+    client.cmd(b"MAIL FROM:<carol@example.net>")
+    # No admin with a mailbox yet: nobody takes it.
+    assert client.cmd(b"RCPT TO:<Postmaster>") == b"550 5.1.1 Mailbox unavailable"
+    user_add(name="root", password="x", is_admin=True)
+    grant_add(name="root", resource="smtp/mail/example.com:hostmaster", role="writer")
+    mailbox_create(address="hostmaster@example.com")
+    assert client.cmd(b"RCPT TO:<Postmaster>") == b"250 2.1.5 Recipient OK"
+    assert client.cmd(b"RCPT TO:<postmaster@example.org>") == b"554 5.7.1 Relaying denied"
+    client.send(b"DATA\r\n")
+    assert client.reply().startswith(b"354 ")
+    assert client.cmd(MESSAGE + b".") == b"250 2.0.0 Accepted"
+    assert Message.objects.get().folder.mailbox.address == "hostmaster@example.com"
+    # One named for the domain takes postmaster@ the domain.
+    domain_set(name="example.com", values={"postmaster": "bob"})
+    client.cmd(b"MAIL FROM:<carol@example.net>")
+    assert client.cmd(b"RCPT TO:<POSTMASTER@example.com>") == b"250 2.1.5 Recipient OK"
+    client.send(b"DATA\r\n")
+    client.reply()
+    assert client.cmd(MESSAGE + b".") == b"250 2.0.0 Accepted"
+    assert Message.objects.latest("id").folder.mailbox.address == "bob@example.com"
+    client.close()
