@@ -20,6 +20,7 @@ from mail.delivery.resolver import make_resolver
 from mail.delivery.tasks import source_addresses
 from mail.models import Message, OutboundDelivery, OutboundRecipient
 from mail.services.storage import read_content
+from mail.smtp.extensions import EnvelopeParams, MailParams, RcptParams
 
 RAW = (
     b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -397,3 +398,58 @@ def test_delay_notice_once(sender, dns_server, sink):
     assert b"Subject: Delivery delayed\r\n" in notice
     assert b"Final-Recipient: rfc822; bob@example.net\r\nAction: delayed\r\nStatus: 4.0.0\r\n" in notice
     assert b"Diagnostic-Code: smtp; 451 4.3.0 try later" in notice
+
+
+def test_size_is_announced_so_a_smaller_peer_refuses_before_the_data(sender, dns_server, sink):
+    # RFC 1870 section 6: SIZE= on MAIL; the peer refuses there, the message is never sent.
+    remote = sink(size_limit=1000)
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    raw = RAW + b"x" * 2000 + b"\r\n"
+    run(queue_message(["bob@example.net"], raw=raw), dns_server, remote.port)
+    assert remote.received == []
+    assert (
+        OutboundRecipient.objects.get().reply == "552 Error: message size exceeds fixed maximum message size"
+    )
+    assert b"Action: failed" in inbox_dsns()[0]
+
+
+def test_requiretls_bounces_without_verified_tls(sender, dns_server, sink):
+    # RFC 8689 section 4.2: not sent over TLS we cannot verify, to a host without REQUIRETLS.
+    remote = sink(tls=True)
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    params = EnvelopeParams(mail=MailParams(requiretls=True))
+    run(queue_message(["bob@example.net"], raw=RAW, params=params), dns_server, remote.port)
+    assert remote.received == []
+    assert OutboundRecipient.objects.get().reply == "550 5.7.30 REQUIRETLS support required"
+    assert b"Status: 5.7.30" in inbox_dsns()[0]
+
+
+def test_notify_decides_which_dsns_are_sent(sender, dns_server, sink):
+    # RFC 3461 section 4.1: NEVER gets no failure DSN; SUCCESS to a host without DSN gets
+    # ours (Action: relayed), with the ENVID and ORCPT the sender gave.
+    remote = sink()
+    remote.handler.rcpt_replies["never@example.net"] = "550 5.1.1 no such user"
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    params = EnvelopeParams(
+        mail=MailParams(envid="env 7"),
+        recipients=(
+            ("never@example.net", RcptParams(notify=frozenset({"NEVER"}))),
+            ("bob@example.net", RcptParams(notify=frozenset({"SUCCESS"}), orcpt="rfc822;Bob@example.net")),
+        ),
+    )
+    run(
+        queue_message(["never@example.net", "bob@example.net"], raw=RAW, params=params),
+        dns_server,
+        remote.port,
+    )
+    assert [r.rcpt_tos for r in remote.received] == [["bob@example.net"]]
+    [dsn] = inbox_dsns()
+    for line in (
+        b"Subject: Successful Mail Delivery Report",
+        b"Original-Envelope-Id: env+207",
+        b"Original-Recipient: rfc822; Bob@example.net",
+        b"Final-Recipient: rfc822; bob@example.net",
+        b"Action: relayed",
+    ):
+        assert line in dsn, line
+    assert b"never@example.net" not in dsn
