@@ -65,6 +65,8 @@ smtpd_tls_security_level = may
 smtpd_tls_loglevel = 1
 smtp_tls_security_level = may
 smtp_tls_loglevel = 1
+# Lines longer than 998 go out as they came (by default the client folds them).
+smtp_line_length_limit = 0
 debug_peer_list = 127.0.0.1
 debug_peer_level = 2
 smtp_host_lookup = native
