@@ -3,7 +3,7 @@
 Debian's postfix, run with a configuration directory of its own (`postfix -c DIR`): its own
 queue, data and log directories under `base`, one smtpd on 127.0.0.1:`port`, so it runs
 beside a system installation without touching it. It delivers the virtual domain
-`example.net` into one Maildir (`maildir`) and relays what `transport` names (domain ->
+`example.net` (or `virtual_domain`) into one Maildir (`maildir`) and relays what `transport` names (domain ->
 "[127.0.0.1]:port"). `debug_peer_list` makes it log every SMTP command and reply it sends or
 receives for loopback peers: the transcript the tests read (`log()`).
 """
@@ -47,7 +47,7 @@ transport_maps = {transport_maps}
 alias_maps =
 alias_database =
 local_recipient_maps =
-virtual_mailbox_domains = example.net
+virtual_mailbox_domains = {virtual_domain}
 virtual_mailbox_base = {base}/vmail
 virtual_mailbox_maps = static:box/
 virtual_uid_maps = static:{vmail}
@@ -123,11 +123,24 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def running_postfix(
-    *, cert: Path, key: Path, transport: dict[str, str] | None = None, port: int | None = None
+    *,
+    cert: Path,
+    key: Path,
+    transport: dict[str, str] | None = None,
+    port: int | None = None,
+    virtual_domain: str = "example.net",
+    settings: dict[str, str] | None = None,
+    prepare=None,
+    chroot: bool = False,
 ) -> Iterator[Postfix]:
     """Start a private Postfix in a new directory and stop it (and remove the directory)
     when the block ends. The directory is under the system's temporary directory and open
-    to other users: Postfix's daemons and the delivery agent run as other users."""
+    to other users: Postfix's daemons and the delivery agent run as other users.
+
+    `settings` are main.cf lines added at the end ("{base}" in a value is the instance's
+    directory); `prepare(base)` runs before Postfix starts (SASL databases and the like);
+    with `chroot` the smtpd runs chrooted into the queue directory (`base`/spool).
+    """
     transport = transport or {}
     port = port or free_port()
     base = Path(tempfile.mkdtemp(prefix="everlock-postfix-"))
@@ -145,10 +158,14 @@ def running_postfix(
             key=key,
             relay_domains=", ".join(transport),
             transport_maps=f"inline:{{{entries}}}" if entries else "",
+            virtual_domain=virtual_domain,
         )
+        + "".join(f"{name} = {value.format(base=base)}\n" for name, value in (settings or {}).items())
     )
+    if prepare is not None:
+        prepare(base)
     master = (Path(__file__).parent / "postfix-master.cf").read_text()
-    (etc / "master.cf").write_text(f"127.0.0.1:{port} inet n - n - - smtpd\n" + master)
+    (etc / "master.cf").write_text(f"127.0.0.1:{port} inet n - {'y' if chroot else 'n'} - - smtpd\n" + master)
     instance = Postfix(base=base, port=port)
     subprocess.run([POSTFIX, "-c", str(etc), "set-permissions"], check=True, capture_output=True)
     subprocess.run([POSTFIX, "-c", str(etc), "start"], check=True, capture_output=True)
