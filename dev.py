@@ -55,6 +55,7 @@ TEST_TOOLS = {
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
     "/usr/bin/chromium": "chromium",
     "postfix": "postfix",
+    "msmtp": "msmtp",
 }
 
 

@@ -3,6 +3,7 @@ socket: the EHLO transcript per listener, PIPELINING, ENHANCEDSTATUSCODES, CHUNK
 BINARYMIME, DSN, REQUIRETLS, SMTPUTF8 and submission over implicit TLS."""
 
 import smtplib
+import subprocess
 
 import pytest
 
@@ -386,3 +387,28 @@ def test_postmaster_is_accepted_with_and_without_a_domain(smtp, example_com):
     assert client.cmd(MESSAGE + b".") == b"250 2.0.0 Accepted"
     assert Message.objects.latest("id").folder.mailbox.address == "bob@example.com"
     client.close()
+
+
+def test_msmtp_submits_over_implicit_tls(smtp, example_com, tmp_path):
+    # msmtp with TLS from the first byte (tls_starttls off), as a mail client on port 465 is.
+    config = tmp_path / "msmtprc"
+    config.write_text(
+        f"account default\nhost 127.0.0.1\nport {smtp.submissions_port}\nfrom alice@example.com\n"
+        "auth plain\nuser alice\npassword change-me\ntls on\ntls_starttls off\ntls_certcheck off\n"
+        f"logfile {tmp_path / 'msmtp.log'}\n"
+    )
+    config.chmod(0o600)
+    result = subprocess.run(
+        ["msmtp", "-C", str(config), "-d", "bob@example.com"],
+        input=b"From: alice@example.com\r\nTo: bob@example.com\r\nSubject: via 465\r\n\r\nHi Bob\r\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    transcript = result.stdout.decode() + result.stderr.decode()
+    assert "<-- 220 mx.example.com ESMTP Everlock" in transcript
+    assert "--> STARTTLS" not in transcript
+    assert "<-- 235 2.7.0 Authentication successful" in transcript
+    assert "<-- 250 2.0.0 Accepted" in transcript
+    message = Message.objects.get(folder__name="inbox")
+    assert (message.subject, message.folder.mailbox.address) == ("via 465", "bob@example.com")
