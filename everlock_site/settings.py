@@ -166,6 +166,18 @@ CACHES = {
 # EVERLOCK_HOSTNAME: the name this server gives in SMTP greetings and Received headers.
 EVERLOCK_HOSTNAME = env.str("EVERLOCK_HOSTNAME", default="localhost")
 
+# EVERLOCK_IMAP_MAX_CONNECTIONS: open connections per IMAP listener; more are answered
+# `* BYE [LIMIT]`. EVERLOCK_IMAP_MAX_SESSIONS_PER_USER: logged-in sessions of one user per
+# IMAP process. EVERLOCK_IMAP_IDLE_TIMEOUT: seconds a connection may stay silent, IDLE included
+# (RFC 9051 asks for at least 30 minutes). EVERLOCK_IMAP_MAX_LINE: bytes of one command line
+# (literals aside). EVERLOCK_IMAP_NOTIFY_INTERVAL: seconds between looks for changes other
+# processes made to open folders (how soon IDLE hears of new mail).
+EVERLOCK_IMAP_MAX_CONNECTIONS = env.int("EVERLOCK_IMAP_MAX_CONNECTIONS", default=4000)
+EVERLOCK_IMAP_MAX_SESSIONS_PER_USER = env.int("EVERLOCK_IMAP_MAX_SESSIONS_PER_USER", default=50)
+EVERLOCK_IMAP_IDLE_TIMEOUT = env.float("EVERLOCK_IMAP_IDLE_TIMEOUT", default=30 * 60)
+EVERLOCK_IMAP_MAX_LINE = env.int("EVERLOCK_IMAP_MAX_LINE", default=64 * 1024)
+EVERLOCK_IMAP_NOTIFY_INTERVAL = env.float("EVERLOCK_IMAP_NOTIFY_INTERVAL", default=0.25)
+
 # EVERLOCK_TLS_CERT / EVERLOCK_TLS_KEY: PEM files for STARTTLS. When unset, a self-signed
 # pair for EVERLOCK_HOSTNAME is generated once in the data dir (tls/).
 EVERLOCK_TLS_CERT = env.str("EVERLOCK_TLS_CERT", default="")
@@ -176,6 +188,12 @@ EVERLOCK_TLS_KEY = env.str("EVERLOCK_TLS_KEY", default="")
 # the console, the workers) reads this one setting; `everlock serve --backend-dns-dns` sets it
 # for its own process.
 EVERLOCK_DNS = env.bool("EVERLOCK_DNS", default=False)
+# TCP connections the DNS server holds open (RFC 7766): in all, and from one client address.
+# When all are taken, the one that made progress longest ago is closed for a new client.
+EVERLOCK_DNS_TCP_MAX_CONNECTIONS = env.int("EVERLOCK_DNS_TCP_MAX_CONNECTIONS", default=256)
+EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT = env.int(
+    "EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", default=8
+)
 
 # EVERLOCK_RESOLVER: nameservers for outbound MX lookups as "host:port,host:port"; empty
 # means the system's resolver (/etc/resolv.conf).
@@ -210,6 +228,10 @@ EVERLOCK_SMTP_MAX_HOPS = env.int("EVERLOCK_SMTP_MAX_HOPS", default=50)
 EVERLOCK_SMTP_IDLE_TIMEOUT = env.int("EVERLOCK_SMTP_IDLE_TIMEOUT", default=300)
 EVERLOCK_SMTP_SESSION_TIMEOUT = env.int("EVERLOCK_SMTP_SESSION_TIMEOUT", default=1800)
 EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT", default=20)
+# EVERLOCK_SMTP_MAX_CONNECTIONS: open connections per SMTP listener; one more is answered
+# "421 4.7.0 Too many connections, try again later" and closed. Lowered at start (with a
+# warning) when the process's open file limit, raised to its hard limit, cannot hold it.
+EVERLOCK_SMTP_MAX_CONNECTIONS = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS", default=2000)
 
 # EVERLOCK_SMTP_WRITER_PROCESS: file accepted messages in a child process of the listeners
 # (mail.smtp.writer), so the SMTP dialogue and the commits use two cores; off: a thread.

@@ -14,8 +14,8 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from mail.replies import SMTPReject
 from mail.smtp.extensions import EnvelopeParams, xtext_encode
-from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.delivery")
 

@@ -23,17 +23,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
+from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
+from mail.services.mailboxes import mailbox_usage
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
-from mail.smtp import replies
 from mail.smtp.extensions import EnvelopeParams
-from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.smtp")
 
@@ -148,27 +149,37 @@ def local_domain(name: str) -> MailDomain | None:
     return MailDomain.objects.filter(name=name, enabled=True).first()
 
 
-def check_local_recipient(address: Address) -> int:
-    """The id of the mailbox `address` is delivered to.
+def check_room(*, mailbox_id: int, quota: int | None) -> None:
+    """Raises SMTPReject 452 4.2.2 when the mailbox has reached its quota (bytes; None: no
+    limit). A message accepted below the quota is delivered whole, even past it."""
+    if quota is not None and mailbox_usage(mailbox_id) >= quota:
+        raise SMTPReject(replies.MAILBOX_FULL)
+
+
+def check_local_recipient(address: Address) -> tuple[int, int | None]:
+    """The id and quota of the mailbox `address` is delivered to.
 
     Raises SMTPReject: RELAY_DENIED when the domain is not an enabled local domain,
-    UNKNOWN_USER when it is but has no such mailbox.
+    UNKNOWN_USER when it is but has no such mailbox, 452 4.2.2 when the mailbox has reached its
+    quota.
     """
     found = list(
         Mailbox.objects.filter(
             domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
         )
         .order_by()
-        .values_list("id", flat=True)[:1]
+        .values_list("id", "quota")[:1]
     )
     if found:
-        return found[0]
+        mailbox_id, quota = found[0]
+        check_room(mailbox_id=mailbox_id, quota=quota)
+        return mailbox_id, quota
     domain = MailDomain.objects.filter(name=address.domain, enabled=True).first()
     if domain is None:
-        raise replies.RELAY_DENIED
+        raise SMTPReject(replies.RELAY_DENIED)
     if address.local.casefold() == POSTMASTER:
         return check_postmaster(domain=domain)
-    raise replies.UNKNOWN_USER
+    raise SMTPReject(replies.UNKNOWN_USER)
 
 
 # RFC 5321 section 4.5.1: postmaster@ every domain we take mail for, and the bare
@@ -176,22 +187,23 @@ def check_local_recipient(address: Address) -> int:
 POSTMASTER = "postmaster"
 
 
-def check_postmaster(*, domain: MailDomain | None = None) -> int:
-    """The id of the mailbox that takes postmaster mail: for `domain`, its `postmaster`
+def check_postmaster(*, domain: MailDomain | None = None) -> tuple[int, int | None]:
+    """The id and quota of the mailbox that takes postmaster mail: for `domain`, its `postmaster`
     mailbox when set, else its postmaster mailbox; otherwise (and for the bare <Postmaster>)
     the first admin's mailbox (the one named by an address login, else the first mailbox
     the admin holds a grant on).
 
-    Raises SMTPReject UNKNOWN_USER when there is none.
+    Raises SMTPReject UNKNOWN_USER when there is none, 452 4.2.2 when it is at its quota.
     """
     if domain is not None:
         found = (
             Mailbox.objects.filter(domain=domain, local_part=domain.postmaster or POSTMASTER)
             .order_by()
-            .values_list("id", flat=True)
+            .values_list("id", "quota")
             .first()
         )
         if found is not None:
+            check_room(mailbox_id=found[0], quota=found[1])
             return found
     admin = User.objects.filter(is_superuser=True, is_active=True).order_by("id").first()
     candidates: list[tuple[str, str]] = []
@@ -209,12 +221,13 @@ def check_postmaster(*, domain: MailDomain | None = None) -> int:
                 domain__name=domain_name, domain__enabled=True, local_part=local.casefold()
             )
             .order_by()
-            .values_list("id", flat=True)
+            .values_list("id", "quota")
             .first()
         )
         if found is not None:
+            check_room(mailbox_id=found[0], quota=found[1])
             return found
-    raise replies.UNKNOWN_USER
+    raise SMTPReject(replies.UNKNOWN_USER)
 
 
 def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], list[str]]:
@@ -279,7 +292,7 @@ def plan_recipients(
         )
         if plan.reject is not None:
             r = plan.reject
-            raise SMTPReject(r.code, r.enhanced, r.text)
+            raise SMTPReject(Reply(r.code, r.enhanced, r.text))
         planned.append((mailbox, plan))
     return planned
 
@@ -318,7 +331,7 @@ def mailboxes_by_id(ids: set[int]) -> dict[int, Mailbox]:
         for mailbox in Mailbox.objects.select_related("domain").filter(id__in=missing).order_by():
             found[mailbox.id] = directory.remember(("mailbox-id", mailbox.id), lambda m=mailbox: m)
     if any(mailbox is None for mailbox in found.values()):
-        raise replies.MAILBOX_CHANGED
+        raise SMTPReject(replies.MAILBOX_CHANGED)
     return found
 
 
@@ -433,7 +446,7 @@ def deliver_inbound(
     mailboxes = list(Mailbox.objects.select_related("domain").filter(id__in=mailbox_ids).order_by())
     if len(mailboxes) != len(set(mailbox_ids)):
         # Deleted since RCPT: the client retries, and RCPT then answers for the mailbox.
-        raise replies.MAILBOX_CHANGED
+        raise SMTPReject(replies.MAILBOX_CHANGED)
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
         # The rules run inside the transaction: what they remember (vacation replies sent,
         # redirects made) commits or rolls back with the delivery.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mail.smtp.replies import SMTPReject
+from mail.replies import Reply, SMTPReject
 
 # RFC 3461 section 4: xtext is printable ASCII but "+" and "=", with "+HH" for the others.
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
@@ -26,7 +26,7 @@ MAX_ORCPT = 500
 
 
 def _syntax(text: str) -> SMTPReject:
-    return SMTPReject(501, "5.5.4", text)
+    return SMTPReject(Reply(501, "5.5.4", text))
 
 
 def xtext_decode(value: str) -> str:
@@ -95,7 +95,7 @@ def take_mail_params(arg: str, *, tls: bool) -> tuple[str, MailParams]:
             if eq:
                 raise _syntax("REQUIRETLS takes no value")
             if not tls:
-                raise SMTPReject(530, "5.7.10", "REQUIRETLS needs a TLS session")
+                raise SMTPReject(Reply(530, "5.7.10", "REQUIRETLS needs a TLS session"))
             parsed = True
         else:
             kept.append(param)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 
+from mail import replies
+from mail.replies import SMTPReject
 from mail.services.delivery import (
     POSTMASTER,
     check_local_recipient,
     check_postmaster,
+    check_room,
     deliver_inbound,
     deliver_inbound_reporting,
 )
-from mail.smtp import replies
 from mail.smtp.handler import (
     BaseHandler,
     check_data,
@@ -24,7 +26,6 @@ from mail.smtp.handler import (
     mail_params,
     received_header,
 )
-from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service
 
 
@@ -74,7 +75,7 @@ class InboundHandler(BaseHandler):
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS.reply
+            return replies.TOO_MANY_RECIPIENTS
         if address.casefold() == POSTMASTER:
             # The bare <Postmaster> (RFC 5321 section 4.5.1), without a domain.
             ok, result = await call_service(check_postmaster)
@@ -91,8 +92,13 @@ class InboundHandler(BaseHandler):
                 if not ok:
                     return result
                 self.recipients.put(parsed.key, result)
-        if result not in envelope.mailbox_ids:
-            envelope.mailbox_ids.append(result)
+            elif result[1] is not None:
+                ok, full = await call_service(check_room, mailbox_id=result[0], quota=result[1])
+                if not ok:
+                    return full
+        mailbox_id = result[0]
+        if mailbox_id not in envelope.mailbox_ids:
+            envelope.mailbox_ids.append(mailbox_id)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
