@@ -63,7 +63,7 @@ if EVERLOCK_ADMIN_HTTPS:
     CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "everlock_site.apps.EverlockAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -92,7 +92,8 @@ ROOT_URLCONF = "everlock_site.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Everlock's admin templates (base_site.html) come before django.contrib.admin's.
+        "DIRS": [BASE_DIR / "everlock_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -272,7 +273,7 @@ if CELERY_BROKER_URL == "filesystem://":
 # several share a Redis database).
 CELERY_TASK_DEFAULT_QUEUE = env.str("EVERLOCK_CELERY_QUEUE", default="everlock-delivery")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes.
+# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes (see also everlock_site.celery).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
 # The tasks are plain kicks: no remote control or events needed (the embedded broker has

@@ -31,7 +31,7 @@ from django.db import close_old_connections, connection
 from dns_zones import changes
 from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import data_version, load_snapshot
-from everlock_site.listen import AcceptErrorLog, raise_open_file_limit
+from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 
 log = logging.getLogger("dns_zones")
 
@@ -270,7 +270,8 @@ async def start_dns(*, listens, poll_interval: float = POLL_INTERVAL) -> DNSServ
         tcp_connections=settings.EVERLOCK_DNS_TCP_MAX_CONNECTIONS,
         tcp_per_client=settings.EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT,
     )
-    await server.start(listen.host, listen.port)
+    with binding(listen):
+        await server.start(listen.host, listen.port)
     bound = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
     log.info("DNS listener on %s (udp, tcp)", bound)
     return server

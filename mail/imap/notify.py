@@ -26,7 +26,8 @@ import psycopg
 from django.db import connection
 
 from mail.imap import store
-from mail.imap.backend import ServerTrouble, open_states, run
+from mail.imap.folders import open_states
+from mail.imap.threads import ServerTrouble, run
 
 log = logging.getLogger("mail.imap")
 

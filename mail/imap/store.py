@@ -1,5 +1,6 @@
 """What an IMAP session reads and changes, over the mail models: synchronous, one transaction
-per call, run by the backend (mail.imap.backend) in worker threads.
+per call, run in worker threads (mail.imap.threads) by the pymap backend (mail.imap.login,
+session, folders, messages).
 
 Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
@@ -120,9 +121,6 @@ class Changes:
     count: int
 
 
-# --- who sees what ---------------------------------------------------------------------------
-
-
 def accesses(user: User) -> list[Access]:
     """The mailboxes `user` may open, own mailbox first.
 
@@ -207,12 +205,18 @@ def find_folder(access: Access, name: str) -> FolderInfo:
 
 
 def create_folder(access: Access, name: str) -> int:
-    stored = stored_name(access, name)
+    """Create a folder, not subscribed (RFC 9051 §6.3.4: clients subscribe what they create).
+    A trailing hierarchy delimiter only says that the name is a parent: it is not kept."""
+    stored = stored_name(access, name.rstrip(DELIMITER))
+    if not stored:
+        raise StoreError("CANNOT", "Invalid mailbox name.")
     with transaction.atomic():
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
         mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
-        folder = Folder.objects.create(mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity())
+        folder = Folder.objects.create(
+            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=False
+        )
     return folder.id
 
 
@@ -265,9 +269,6 @@ def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
     )
     if not updated and subscribed:
         raise StoreError("NONEXISTENT", "No such mailbox.")
-
-
-# --- messages --------------------------------------------------------------------------------
 
 
 def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[str]:

@@ -40,7 +40,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from everlock_site.listen import AcceptErrorLog, raise_open_file_limit
+from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 from mail import replies
 from mail.replies import Reply, SMTPReject
 from mail.smtp.extensions import MailParams, RcptParams, take_mail_params, take_rcpt_params
@@ -923,15 +923,16 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
             if address is None:
                 continue
             log.info("frontend-smtp: binding %s listener on %s", kind, address)
-            server = await start_server(
-                host=address.host,
-                port=address.port,
-                handler=handler,
-                config=config,
-                counter=counter,
-                offers_auth=offers_auth,
-                implicit_tls=implicit_tls,
-            )
+            with binding(address):
+                server = await start_server(
+                    host=address.host,
+                    port=address.port,
+                    handler=handler,
+                    config=config,
+                    counter=counter,
+                    offers_auth=offers_auth,
+                    implicit_tls=implicit_tls,
+                )
             servers.append(server)
             log.info("SMTP %s listener on %s", kind, address if address.port else _bound(server))
     except BaseException:

@@ -77,7 +77,7 @@ def test_help_and_quit(console):
     out = ok(console, "/help")
     assert "/users add NAME PASSWORD  - add a user\n" in out
     assert "/help [GROUP]  - list the commands, or those of one group (/help users)\n" in out
-    assert "/quit  - end the session\n" in out
+    assert "/quit  - end the session (exit and quit do too)\n" in out
     assert ok(console, "/help users").splitlines() == [
         "/users add NAME PASSWORD  - add a user",
         "/users del NAME  - delete a user and their grants",
@@ -173,8 +173,8 @@ def test_interactive_pty_session(console):
             process = await conn.create_process(term_type="xterm", term_size=(120, 40))
             out = await process.stdout.readuntil("everlock> ")
             assert (
-                out
-                == "Everlock admin console. /help lists the commands, /quit ends the session.\r\neverlock> "
+                out == "Everlock admin console. /help lists the commands, tab completes them,"
+                " /quit ends the session.\r\neverlock> "
             )
             process.stdin.write("/users add dave pw\r")
             out = await process.stdout.readuntil("everlock> ")
