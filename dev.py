@@ -34,6 +34,8 @@ DEFAULT_SERVE_FLAGS: dict[str, str | None] = {
     "--frontend-smtp-listen": "127.0.0.1:2525",
     "--frontend-smtp-submission": None,
     "--frontend-smtp-submission-listen": "127.0.0.1:2587",
+    "--frontend-smtp-submissions": None,
+    "--frontend-smtp-submissions-listen": "127.0.0.1:2465",
     "--backend-mail-smtp": None,
     "--frontend-http": None,
     "--frontend-http-listen": "127.0.0.1:8080",
@@ -67,6 +69,8 @@ TEST_TOOLS = {
     "neomutt": "neomutt",
     "script": "bsdutils",
     "curl": "curl",
+    "postfix": "postfix",
+    "msmtp": "msmtp",
 }
 
 

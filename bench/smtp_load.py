@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import multiprocessing
 import os
+import ssl
 import sys
 import tempfile
 import time
@@ -52,12 +54,30 @@ async def _expect(reader: asyncio.StreamReader, code: bytes) -> None:
             return
 
 
-async def one_message(port: int, *, sender: str, rcpt: str, data: bytes, auth: bytes | None) -> None:
+@functools.cache
+def _client_tls() -> ssl.SSLContext:
+    # The servers under test have self-signed certificates: encrypt, do not verify. One
+    # context for all connections (making one loads the system's CA list).
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def one_message(
+    port: int, *, sender: str, rcpt: str, data: bytes, auth: bytes | None, starttls: bool = False
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         await _expect(reader, b"220")
         writer.write(b"EHLO bench.example.net\r\n")
         await _expect(reader, b"250")
+        if starttls:
+            writer.write(b"STARTTLS\r\n")
+            await _expect(reader, b"220")
+            await writer.start_tls(_client_tls())
+            writer.write(b"EHLO bench.example.net\r\n")
+            await _expect(reader, b"250")
         if auth is not None:
             writer.write(b"AUTH PLAIN " + auth + b"\r\n")
             await _expect(reader, b"235")
@@ -76,9 +96,16 @@ async def one_message(port: int, *, sender: str, rcpt: str, data: bytes, auth: b
 
 
 async def drive(
-    port: int, *, sender: str, rcpt: str, auth: tuple[str, str] | None, messages: int = MESSAGES
+    port: int,
+    *,
+    sender: str,
+    rcpt: str,
+    auth: tuple[str, str] | None,
+    messages: int = MESSAGES,
+    starttls: bool = False,
 ) -> float:
-    """Send `messages` messages with CLIENTS concurrent clients; return messages per second."""
+    """Send `messages` messages with CLIENTS concurrent clients (each with STARTTLS when
+    `starttls`); return messages per second."""
     data = message()
     blob = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()) if auth else None
     remaining = messages
@@ -87,27 +114,35 @@ async def drive(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await one_message(port, sender=sender, rcpt=rcpt, data=data, auth=blob)
+            await one_message(port, sender=sender, rcpt=rcpt, data=data, auth=blob, starttls=starttls)
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
     return messages / (time.perf_counter() - started)
 
 
-def measure(ports: list[int], *, sender: str, rcpt: str, auth: tuple[str, str] | None) -> list[list[float]]:
+def measure(
+    ports: list[int], *, sender: str, rcpt: str, auth: tuple[str, str] | None, starttls: bool = False
+) -> list[list[float]]:
     """The warm-up of each server, then ROUNDS timed rounds taking turns: the msgs/s of each
     round, per server."""
     for port in ports:
-        asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth, messages=CLIENTS))
+        asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth, messages=CLIENTS, starttls=starttls))
     rates: list[list[float]] = [[] for _ in ports]
     for _ in range(ROUNDS):
         for port, rounds in zip(ports, rates, strict=True):
-            rounds.append(asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth)))
+            rounds.append(asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth, starttls=starttls)))
     return rates
 
 
-def _bare_server(ready, auth: bool) -> None:
+def _bare_server(ready, auth: bool, cert: str = "", key: str = "") -> None:
+    """aiosmtpd accepting everything (any login with `auth`), STARTTLS with `cert`/`key`."""
     from aiosmtpd.smtp import SMTP, AuthResult
+
+    context = None
+    if cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
 
     class Discard:
         async def handle_DATA(self, server, session, envelope):
@@ -119,7 +154,12 @@ def _bare_server(ready, auth: bool) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: SMTP(Discard(), auth_require_tls=False, authenticator=authenticator if auth else None),
+            lambda: SMTP(
+                Discard(),
+                auth_require_tls=False,
+                authenticator=authenticator if auth else None,
+                tls_context=context,
+            ),
             "127.0.0.1",
             0,
         )

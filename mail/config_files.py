@@ -33,7 +33,7 @@ from pathlib import Path
 import tomli_w
 
 from everlock_site.files import write_private_file
-from mail.addresses import AddressError, normalize_domain
+from mail.addresses import AddressError, is_valid_local_part, normalize_domain
 from mail.dkim.keys import DKIMKeyError, check_ed25519_pem, check_rsa_pem, check_selector
 
 SUBDIR = Path("everlock-mail") / "domains"
@@ -53,6 +53,7 @@ class DomainConfig:
     submission_enabled: bool = False
     submission_auth: str = "authenticated"
     outbound_hostname: str = ""
+    postmaster: str = ""
     dkim_enabled: bool = False
     dkim_selector: str = "default"
     dkim_private_key_pem: str = ""
@@ -85,8 +86,10 @@ def render(config: DomainConfig, *, private_keys: bool = True) -> str:
     if private_keys and config.dkim_rsa_private_key_pem:
         dkim["rsa_private_key_pem"] = _pem_text(config.dkim_rsa_private_key_pem)
     outbound["dkim"] = dkim
-    doc = {
-        "enabled": config.enabled,
+    doc: dict = {"enabled": config.enabled}
+    if config.postmaster:
+        doc["postmaster"] = config.postmaster
+    doc |= {
         "submission": {"enabled": config.submission_enabled, "auth": config.submission_auth},
         "outbound": outbound,
     }
@@ -149,6 +152,9 @@ def parse(text: str, *, name: str) -> DomainConfig:
 
     reader = _Reader(doc)
     enabled = reader.boolean("enabled", default=True)
+    postmaster = reader.string("postmaster", default="")
+    if postmaster and not is_valid_local_part(postmaster):
+        raise ConfigFileError(f"postmaster: invalid local part {postmaster!r}")
     submission = reader.table("submission")
     outbound = reader.table("outbound")
     reader.done()
@@ -199,6 +205,7 @@ def parse(text: str, *, name: str) -> DomainConfig:
         submission_enabled=submission_enabled,
         submission_auth=auth,
         outbound_hostname=hostname,
+        postmaster=postmaster.casefold(),
         dkim_enabled=dkim_enabled,
         dkim_selector=selector,
         dkim_private_key_pem=pem + "\n" if pem else "",

@@ -54,6 +54,17 @@ class Claim:
     next_attempt_at: datetime
     # (recipient id, address) of the recipients still pending.
     recipients: list[tuple[int, str]] = field(default_factory=list)
+    # The sender's requests stored with the row (mail.models.OutboundDelivery).
+    dsn_ret: str = ""
+    dsn_envid: str = ""
+    requiretls: bool = False
+    binarymime: bool = False
+    # Recipient id: its NOTIFY and ORCPT (RFC 3461), for those that gave them.
+    notify: dict[int, str] = field(default_factory=dict)
+    orcpt: dict[int, str] = field(default_factory=dict)
+    # Recipients accepted by a host without DSN that asked for NOTIFY=SUCCESS (set while
+    # delivering): we send the success DSN (Action: relayed).
+    relayed: list[int] = field(default_factory=list)
 
 
 def _due() -> Q:
@@ -126,13 +137,21 @@ def claim(
                 content_id=row.content_id,
                 expires_at=row.expires_at,
                 next_attempt_at=row.next_attempt_at,
+                dsn_ret=row.dsn_ret,
+                dsn_envid=row.dsn_envid,
+                requiretls=row.requiretls,
+                binarymime=row.binarymime,
             )
             for row in rows.values()
         }
-        for rid, did, address in OutboundRecipient.objects.filter(
+        for rid, did, address, notify, orcpt in OutboundRecipient.objects.filter(
             delivery_id__in=claimed, status=OutboundRecipient.Status.PENDING
-        ).values_list("id", "delivery_id", "address"):
+        ).values_list("id", "delivery_id", "address", "notify", "orcpt"):
             claims[did].recipients.append((rid, address))
+            if notify:
+                claims[did].notify[rid] = notify
+            if orcpt:
+                claims[did].orcpt[rid] = orcpt
     return sorted(claims.values(), key=lambda c: c.id)
 
 

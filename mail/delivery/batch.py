@@ -16,8 +16,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from mail.delivery.attempts import Claim, Reply, record_outcome
-from mail.delivery.bounces import send_dsn
-from mail.delivery.client import ConnectFailed, Connection
+from mail.delivery.bounces import send_dsn, wants
+from mail.delivery.client import ConnectFailed, Connection, SendOptions
 from mail.delivery.mx import Host, LookupFailed, lookup
 from mail.models import OutboundDelivery, OutboundRecipient
 from mail.services.storage import message_storage
@@ -74,6 +74,9 @@ class Outcomes:
                 _record(claim, replies, temporary=temporary, mta=mta)
                 if self.delay_notice_after is not None:
                     _delay_notice(claim, self.delay_notice_after, mta=mta)
+            for claim, replies, _temporary, mta in items:
+                if claim.relayed:
+                    _relayed_notice(claim, replies, mta=mta)
 
 
 def _record_delivered(items):
@@ -129,39 +132,74 @@ def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
         or timezone.now() - row.created_at < after
     ):
         return
-    waiting = list(
-        row.recipients.filter(status=OutboundRecipient.Status.PENDING).values_list("address", "reply")
-    )
+    waiting = [
+        (address, reply, orcpt)
+        for address, reply, notify, orcpt in row.recipients.filter(
+            status=OutboundRecipient.Status.PENDING
+        ).values_list("address", "reply", "notify", "orcpt")
+        if wants(notify, "DELAY")
+    ]
     send_dsn(
         reporting_host=claim.helo_hostname,
         envelope_from=claim.envelope_from,
         original=_read(claim),
-        failed=[(address, mta, reply or row.last_reply) for address, reply in waiting],
+        failed=[(address, mta, reply or row.last_reply) for address, reply, _ in waiting],
         arrival=row.created_at,
         delayed=True,
+        ret=row.dsn_ret,
+        envid=row.dsn_envid,
+        orcpts={address: orcpt for address, _, orcpt in waiting if orcpt},
     )
     OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
     log.info("delivery #%s to %s delayed; notice sent to %s", row.id, row.domain, claim.envelope_from or "<>")
+
+
+def _relayed_notice(claim: Claim, replies: dict[int, Reply], *, mta: str) -> None:
+    """The success DSN (Action: relayed) for recipients that asked for NOTIFY=SUCCESS and
+    went to a host that does not offer DSN."""
+    addresses = dict(claim.recipients)
+    send_dsn(
+        reporting_host=claim.helo_hostname,
+        envelope_from=claim.envelope_from,
+        original=_read(claim),
+        failed=[(addresses[rid], mta, replies[rid].line) for rid in claim.relayed],
+        arrival=OutboundDelivery.objects.values_list("created_at", flat=True).get(id=claim.id),
+        action="relayed",
+        ret=claim.dsn_ret,
+        envid=claim.dsn_envid,
+        orcpts={addresses[rid]: claim.orcpt[rid] for rid in claim.relayed if rid in claim.orcpt},
+    )
 
 
 def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str) -> None:
     failed = record_outcome(claim=claim, replies=replies, temporary=temporary)
     if not failed:
         return
-    rows = list(OutboundRecipient.objects.filter(id__in=failed).values_list("address", "reply"))
+    # RFC 3461 section 4.1: only the recipients whose NOTIFY asks for failures (all of
+    # them when the sender gave no NOTIFY).
+    rows = [
+        (address, reply, orcpt)
+        for address, reply, notify, orcpt in OutboundRecipient.objects.filter(id__in=failed).values_list(
+            "address", "reply", "notify", "orcpt"
+        )
+        if wants(notify, "FAILURE")
+    ]
     row = OutboundDelivery.objects.get(id=claim.id)
-    sent = send_dsn(
+    sent = rows and send_dsn(
         reporting_host=claim.helo_hostname,
         envelope_from=claim.envelope_from,
         original=_read(claim),
-        failed=[(address, mta, reply or temporary) for address, reply in rows],
+        failed=[(address, mta, reply or temporary) for address, reply, _ in rows],
         arrival=row.created_at,
+        ret=row.dsn_ret,
+        envid=row.dsn_envid,
+        orcpts={address: orcpt for address, _, orcpt in rows if orcpt},
     )
     log.info(
         "delivery #%s to %s failed for %s; DSN %s",
         claim.id,
         claim.domain,
-        ", ".join(a for a, _ in rows),
+        ", ".join(a for a, _, _ in rows) or "recipients without NOTIFY=FAILURE",
         f"sent to {claim.envelope_from}" if sent else "not sent",
     )
 
@@ -194,12 +232,34 @@ def _connect(
     return None, len(hosts), error
 
 
+def _send_options(claim: Claim) -> SendOptions:
+    addresses = dict(claim.recipients)
+    return SendOptions(
+        ret=claim.dsn_ret,
+        envid=claim.dsn_envid,
+        requiretls=claim.requiretls,
+        binarymime=claim.binarymime,
+        notify={addresses[rid]: value for rid, value in claim.notify.items() if rid in addresses},
+        orcpt={addresses[rid]: value for rid, value in claim.orcpt.items() if rid in addresses},
+    )
+
+
 def _send_one(conn: Connection, claim: Claim, data: bytes) -> tuple[dict[int, Reply], bool]:
     ids = {address: rid for rid, address in claim.recipients}
     answers, reusable = conn.send(
-        envelope_from=claim.envelope_from, recipients=[a for _, a in claim.recipients], data=data
+        envelope_from=claim.envelope_from,
+        recipients=[a for _, a in claim.recipients],
+        data=data,
+        options=_send_options(claim),
     )
     replies = {ids[a]: Reply(code, text) for a, (code, text) in answers.items()}
+    if not conn.offers_dsn:
+        # RFC 3461 section 4.1: a host without DSN reports nothing; we say "relayed".
+        claim.relayed.extend(
+            rid
+            for rid, reply in replies.items()
+            if reply.code < 300 and wants(claim.notify.get(rid, ""), "SUCCESS")
+        )
     for rid, reply in replies.items():
         if reply.code >= 400:
             log.info(

@@ -12,8 +12,10 @@ import logging
 from datetime import datetime
 
 from django.db import transaction
+from django.utils import timezone
 
 from mail.replies import SMTPReject
+from mail.smtp.extensions import EnvelopeParams, xtext_encode
 
 log = logging.getLogger("mail.delivery")
 
@@ -26,6 +28,16 @@ def _status(reply: str) -> str:
     return "5.0.0" if reply[:1] == "5" else "4.0.0"
 
 
+# RFC 3464 section 2.3.3 actions: the text that opens the report, and its subject.
+_ACTIONS = {
+    "failed": ("could not be delivered.", "Undelivered Mail Returned to Sender"),
+    "delayed": ("has not been delivered yet; delivery will be retried.", "Delivery delayed"),
+    "delivered": ("was delivered.", "Successful Mail Delivery Report"),
+    # RFC 3461 section 4.1: relayed to a host that does not offer DSN, so no later report.
+    "relayed": ("was relayed to a server that sends no delivery reports.", "Successful Mail Delivery Report"),
+}
+
+
 def build_dsn(
     *,
     reporting_host: str,
@@ -34,40 +46,51 @@ def build_dsn(
     failed: list[tuple[str, str, str]],
     arrival: datetime,
     delayed: bool = False,
+    action: str = "",
+    ret: str = "",
+    envid: str = "",
+    orcpts: dict[str, str] | None = None,
 ) -> bytes:
     """The bytes of a multipart/report DSN (RFC 3464 section 2) for `failed`, a list of
-    (recipient, remote MTA or "", last reply). With `delayed`, a delay notice (Action:
-    delayed) instead of a failure. The original message's header is returned with it.
+    (recipient, remote MTA or "", last reply). `action` is one of RFC 3464's (failed by
+    default; `delayed` is delayed). The original message's header is returned with it, or
+    the whole message with `ret` FULL (RFC 3461 section 4.3); `envid` and `orcpts`
+    (recipient: "rfc822;address") are the sender's ENVID and ORCPT, echoed back (RFC 3464
+    sections 2.2.1, 2.3.1).
     """
+    action = action or ("delayed" if delayed else "failed")
+    opening, subject = _ACTIONS[action]
+    orcpts = orcpts or {}
     boundary = email.utils.make_msgid(domain=reporting_host).strip("<>").replace("@", ".")
-    action = "delayed" if delayed else "failed"
-    subject = "Delivery delayed" if delayed else "Undelivered Mail Returned to Sender"
-    lines = [
-        f"The message you sent to {', '.join(r for r, _, _ in failed)} "
-        + ("has not been delivered yet; delivery will be retried." if delayed else "could not be delivered."),
-        "",
-    ]
+    lines = [f"The message you sent to {', '.join(r for r, _, _ in failed)} " + opening, ""]
     for rcpt, mta, reply in failed:
         lines.append(f"<{rcpt}>: {reply}" + (f" (from {mta})" if mta else ""))
     human = "\r\n".join(lines) + "\r\n"
-    status = [
-        f"Reporting-MTA: dns; {reporting_host}",
-        f"Arrival-Date: {email.utils.format_datetime(arrival)}",
-        "",
-    ]
+    status = [f"Reporting-MTA: dns; {reporting_host}"]
+    if envid:
+        status.append(f"Original-Envelope-Id: {xtext_encode(envid)}")
+    status += [f"Arrival-Date: {email.utils.format_datetime(arrival)}", ""]
     for rcpt, mta, reply in failed:
+        if rcpt in orcpts:
+            addr_type, _, address = orcpts[rcpt].partition(";")
+            status.append(f"Original-Recipient: {addr_type}; {xtext_encode(address)}")
         status += [
             f"Final-Recipient: rfc822; {rcpt}",
             f"Action: {action}",
-            f"Status: {_status(reply) if not delayed else '4.0.0'}",
+            f"Status: {_ACTION_STATUS.get(action) or _status(reply)}",
         ]
         if mta:
             status.append(f"Remote-MTA: dns; {mta}")
-        if reply[:1] in "45" and reply[:3].isdigit():
+        if reply[:1] in "245" and reply[:3].isdigit():
             status.append(f"Diagnostic-Code: smtp; {reply}")
         status.append("")
-    header_end = original.find(b"\r\n\r\n")
-    original_header = original if header_end < 0 else original[: header_end + 2]
+    if ret == "FULL":
+        returned = b"Content-Type: message/rfc822\r\n\r\n" + original
+    else:
+        header_end = original.find(b"\r\n\r\n")
+        returned = b"Content-Type: text/rfc822-headers\r\n\r\n" + (
+            original if header_end < 0 else original[: header_end + 2]
+        )
     head = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_host}>",
         f"To: <{envelope_from}>",
@@ -92,11 +115,15 @@ def build_dsn(
         + f"\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n".encode()
         + "\r\n".join(status).encode()
         + b"\r\n"
-        + f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
-        + original_header
+        + f"--{boundary}\r\n".encode()
+        + returned
         + f"\r\n--{boundary}--\r\n".encode()
     )
     return parts
+
+
+# Statuses that do not come from a reply (RFC 3463): delayed, and the two successes.
+_ACTION_STATUS = {"delayed": "4.0.0", "delivered": "2.0.0", "relayed": "2.0.0"}
 
 
 def send_dsn(
@@ -107,9 +134,14 @@ def send_dsn(
     failed: list[tuple[str, str, str]],
     arrival: datetime,
     delayed: bool = False,
+    action: str = "",
+    ret: str = "",
+    envid: str = "",
+    orcpts: dict[str, str] | None = None,
 ) -> bool:
-    """Deliver a DSN to `envelope_from` in the caller's transaction. Returns whether one was
-    filed or queued (False for a null sender or a local sender without a mailbox)."""
+    """Deliver a DSN (build_dsn's arguments) to `envelope_from` in the caller's transaction.
+    Returns whether one was filed or queued (False for a null sender or a local sender
+    without a mailbox)."""
     from mail.services.delivery import deliver_inbound, resolve_mailboxes
     from mail.services.enqueue import enqueue_remote
     from mail.services.storage import StoredFiles, store_content
@@ -123,6 +155,10 @@ def send_dsn(
         failed=failed,
         arrival=arrival,
         delayed=delayed,
+        action=action,
+        ret=ret,
+        envid=envid,
+        orcpts=orcpts,
     )
     raw = b"Return-Path: <>\r\n" + raw
     boxes, remote = resolve_mailboxes([envelope_from])
@@ -141,3 +177,37 @@ def send_dsn(
         return True
     log.info("no mailbox for the sender %s: DSN dropped", envelope_from)
     return False
+
+
+def wants(notify: str, event: str) -> bool:
+    """Whether a recipient's stored NOTIFY (RFC 3461 section 4.1) asks for a DSN on `event`
+    (SUCCESS, FAILURE or DELAY): without NOTIFY, failures and delays are reported."""
+    if not notify:
+        return event in ("FAILURE", "DELAY")
+    return event in notify.split(",")
+
+
+def notify_success(
+    *,
+    reporting_host: str,
+    envelope_from: str,
+    original: bytes,
+    recipients: list[str],
+    params: EnvelopeParams,
+    action: str = "delivered",
+    mta: str = "",
+    reply: str = "250 2.0.0 Delivered",
+) -> bool:
+    """A success DSN (RFC 3461 section 4.1 NOTIFY=SUCCESS) for `recipients`, in the caller's
+    transaction: `delivered` into a local mailbox, or `relayed` to a host without DSN."""
+    return send_dsn(
+        reporting_host=reporting_host,
+        envelope_from=envelope_from,
+        original=original,
+        failed=[(r, mta, reply) for r in recipients],
+        arrival=timezone.now(),
+        action=action,
+        ret=params.mail.ret,
+        envid=params.mail.envid,
+        orcpts={r: params.rcpt(r).orcpt for r in recipients if params.rcpt(r).orcpt},
+    )

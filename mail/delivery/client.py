@@ -11,6 +11,9 @@ import contextlib
 import logging
 import smtplib
 import ssl
+from dataclasses import dataclass, field
+
+from mail.smtp.extensions import xtext_encode
 
 log = logging.getLogger("mail.delivery")
 
@@ -31,6 +34,20 @@ def _safe(address: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SendOptions:
+    """The sender's requests a queue row carries (mail.models.OutboundDelivery): RET and
+    ENVID (RFC 3461), REQUIRETLS (RFC 8689), BODY=BINARYMIME (RFC 3030), and per recipient
+    address its NOTIFY and ORCPT ("addr-type;address")."""
+
+    ret: str = ""
+    envid: str = ""
+    requiretls: bool = False
+    binarymime: bool = False
+    notify: dict[str, str] = field(default_factory=dict)
+    orcpt: dict[str, str] = field(default_factory=dict)
+
+
 class Connection:
     """An SMTP session with one remote host, EHLO done and STARTTLS used when offered."""
 
@@ -48,6 +65,7 @@ class Connection:
         self.host = host
         self.address = address
         self.tls = False
+        self.tls_verified = False
         try:
             self.smtp = smtplib.SMTP(
                 timeout=timeout,
@@ -78,6 +96,7 @@ class Connection:
                 if code != 220:
                     raise ConnectFailed(f"{host} [{address}]: STARTTLS {code} {msg.decode(errors='replace')}")
                 self.tls = True
+                self.tls_verified = tls_verify
                 self.smtp.ehlo()
         except ConnectFailed:
             self.close()
@@ -86,45 +105,115 @@ class Connection:
             self.close()
             raise ConnectFailed(f"{host} [{address}]: {exc}") from None
 
+    @property
+    def offers_dsn(self) -> bool:
+        """Whether the host takes DSN parameters (RFC 3461): it reports on them itself."""
+        return self.smtp.has_extn("dsn")
+
+    def _reply(self) -> tuple[int, str]:
+        code, msg = self.smtp.getreply()
+        return code, msg.decode(errors="replace")
+
+    def _mail_options(self, data: bytes, addresses: list[str], options: SendOptions) -> list[str] | tuple:
+        """The MAIL FROM parameters for this host, or (code, text) when it cannot take the
+        message as it is."""
+        has = self.smtp.has_extn
+        params = []
+        if has("size"):
+            # RFC 1870 section 6: a host with a smaller limit refuses at MAIL, before the data.
+            params.append(f"SIZE={len(data)}")
+        if options.binarymime:
+            if not (has("chunking") and has("binarymime")):
+                # RFC 3030 section 3: binary data cannot go to a host without BINARYMIME.
+                return (554, "5.6.3 Remote host does not accept BINARYMIME")
+            params.append("BODY=BINARYMIME")
+        elif has("8bitmime"):
+            params.append("BODY=8BITMIME")
+        header_end = data.find(b"\r\n\r\n")
+        if any(not a.isascii() for a in addresses) or not data[: max(header_end, 0)].isascii():
+            # RFC 6531 section 3.4: UTF-8 in an address or the header needs SMTPUTF8. Only
+            # addresses cannot travel without it; a UTF-8 header goes as is (as Postfix does).
+            if has("smtputf8"):
+                params.append("SMTPUTF8")
+            elif any(not a.isascii() for a in addresses):
+                return (553, "5.6.7 Remote host does not support SMTPUTF8")
+        if options.requiretls:
+            # RFC 8689 section 4.2: only over TLS with a verified certificate to a host that
+            # offers REQUIRETLS, which then passes the requirement on.
+            if not (self.tls_verified and has("requiretls")):
+                return (550, "5.7.30 REQUIRETLS support required")
+            params.append("REQUIRETLS")
+        if has("dsn"):
+            if options.ret:
+                params.append(f"RET={options.ret}")
+            if options.envid:
+                params.append(f"ENVID={xtext_encode(options.envid)}")
+        return params
+
+    def _rcpt_options(self, address: str, options: SendOptions) -> str:
+        if not self.smtp.has_extn("dsn"):
+            return ""
+        params = ""
+        if options.notify.get(address):
+            params += f" NOTIFY={options.notify[address]}"
+        if options.orcpt.get(address):
+            addr_type, _, original = options.orcpt[address].partition(";")
+            params += f" ORCPT={addr_type};{xtext_encode(original)}"
+        return params
+
     def send(
-        self, *, envelope_from: str, recipients: list[str], data: bytes
+        self, *, envelope_from: str, recipients: list[str], data: bytes, options: SendOptions | None = None
     ) -> tuple[dict[str, tuple[int, str]], bool]:
-        """One transaction: MAIL, RCPT for each recipient, DATA when one was accepted.
+        """One transaction: MAIL, RCPT for each recipient, then the data (BDAT when the host
+        offers CHUNKING, RFC 3030; else DATA) when one was accepted. MAIL and the RCPTs go
+        in one write when the host offers PIPELINING (RFC 2920). SIZE, BODY, SMTPUTF8,
+        REQUIRETLS and the DSN parameters (`options`) go along when the host takes them.
 
         Returns (reply per recipient, reusable): the RCPT reply for a refused recipient, the
-        DATA reply for accepted ones. Raises ConnectFailed when the session broke mid-way
+        data reply for accepted ones. Raises ConnectFailed when the session broke mid-way
         (recipients without a reply are then left to a retry).
         """
+        options = options or SendOptions()
         replies: dict[str, tuple[int, str]] = {}
         try:
-            options = []
-            if self.smtp.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")
-            if any(not a.isascii() for a in [envelope_from, *recipients]):
-                if not self.smtp.has_extn("smtputf8"):
-                    # RFC 6531 section 3.4: no SMTPUTF8, no UTF-8 addresses.
-                    return {a: (553, "5.6.7 remote host does not support SMTPUTF8") for a in recipients}, True
-                options.append("SMTPUTF8")
             for a in [envelope_from, *recipients]:
                 if a and not _safe(a):
                     return {r: (553, "5.1.3 invalid address") for r in recipients}, True
-            code, msg = self.smtp.mail(envelope_from, options)
+            mail_options = self._mail_options(data, [envelope_from, *recipients], options)
+            if isinstance(mail_options, tuple):
+                return {a: mail_options for a in recipients}, True
+            commands = [f"MAIL FROM:<{envelope_from}>" + "".join(f" {p}" for p in mail_options)]
+            commands += [f"RCPT TO:<{a}>{self._rcpt_options(a, options)}" for a in recipients]
+            if self.smtp.has_extn("pipelining"):
+                self.smtp.send("".join(f"{c}\r\n" for c in commands).encode())
+                answers = [self._reply() for _ in commands]
+            else:
+                answers = []
+                for command in commands:
+                    self.smtp.send(f"{command}\r\n".encode())
+                    answers.append(self._reply())
+                    if answers[0][0] != 250:
+                        break
+            code, text = answers[0]
             if code != 250:
-                text = msg.decode(errors="replace")
                 self.smtp.rset()
                 return {a: (code, text) for a in recipients}, True
             accepted = []
-            for a in recipients:
-                code, msg = self.smtp.rcpt(a)
+            for a, (code, text) in zip(recipients, answers[1:], strict=True):
                 if code in (250, 251):
                     accepted.append(a)
                 else:
-                    replies[a] = (code, msg.decode(errors="replace"))
+                    replies[a] = (code, text)
             if not accepted:
                 self.smtp.rset()
                 return replies, True
-            code, msg = self.smtp.data(data)
-            text = msg.decode(errors="replace")
+            if self.smtp.has_extn("chunking"):
+                # One chunk: the stored message is already CRLF-terminated, no dot-stuffing.
+                self.smtp.send(b"BDAT %d LAST\r\n" % len(data) + data)
+                code, text = self._reply()
+            else:
+                code, msg = self.smtp.data(data)
+                text = msg.decode(errors="replace")
             for a in accepted:
                 replies[a] = (code, text)
             return replies, True

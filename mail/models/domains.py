@@ -24,6 +24,13 @@ class MailDomain(models.Model):
         default="",
         help_text="EHLO name and Message-Id domain; when empty, mail. followed by the domain name",
     )
+    postmaster = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Local part of the mailbox that takes postmaster@ this domain when it has no "
+        "postmaster mailbox (RFC 5321 section 4.5.1); when empty, the first admin's mailbox",
+    )
     dkim_enabled = models.BooleanField(default=False)
     dkim_selector = models.CharField(max_length=63, default="default")
     dkim_private_key_pem = models.TextField(blank=True, default="")

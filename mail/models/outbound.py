@@ -29,6 +29,12 @@ class OutboundDelivery(models.Model):
     last_reply = models.TextField(blank=True)
     expires_at = models.DateTimeField()
     delay_notified = models.BooleanField(default=False)
+    # The sender's requests (RFC 3461 section 4.3 RET, 4.4 ENVID; RFC 8689 REQUIRETLS;
+    # RFC 3030 BODY=BINARYMIME), passed on to the next hop and honoured in our DSNs.
+    dsn_ret = models.CharField(max_length=4, blank=True)
+    dsn_envid = models.CharField(max_length=100, blank=True)
+    requiretls = models.BooleanField(default=False)
+    binarymime = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -53,6 +59,10 @@ class OutboundRecipient(models.Model):
     address = models.CharField(max_length=320)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     reply = models.TextField(blank=True)
+    # RFC 3461 section 4.1 NOTIFY ("NEVER" or some of "SUCCESS,FAILURE,DELAY"; blank when
+    # the sender gave none) and section 4.2 ORCPT ("rfc822;address").
+    notify = models.CharField(max_length=32, blank=True)
+    orcpt = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["delivery", "id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 
@@ -77,7 +78,9 @@ def reply(
     msg["From"] = vacation.sender or facts.recipient
     msg["To"] = facts.envelope_from
     msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(now() if now else time.time(), localtime=False)
+    # RFC 5322 section 3.3: UTC as +0000 ("-0000" would say the zone is unknown).
+    moment = datetime.fromtimestamp(now() if now else time.time(), UTC)
+    msg["Date"] = email.utils.format_datetime(moment)
     msg["Message-ID"] = email.utils.make_msgid(domain=domain)
     original_id = (header("message-id") or [""])[0].strip()
     if original_id:

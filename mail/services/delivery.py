@@ -16,12 +16,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
@@ -33,10 +34,11 @@ from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_usage
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
+from mail.smtp.extensions import EnvelopeParams
 
 log = logging.getLogger("mail.smtp")
 
-_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_HEADER_PARSER = HeaderParser(policy=compat32)
 _MAX_FIELD = 998
 
 
@@ -117,7 +119,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse the header section of `raw` (RFC 5322); the body is not read."""
     headers = _plain_header_fields(raw)
     if headers is None:
-        msg = _HEADER_PARSER.parsebytes(raw, headersonly=True)
+        # Read as UTF-8 (RFC 6532: raw UTF-8 in fields, as SMTPUTF8 mail has), so that a
+        # field is its text; bytes that are not UTF-8 stay undecodable (shown replaced).
+        msg = _HEADER_PARSER.parsestr(raw.decode("utf-8", "surrogateescape"), headersonly=True)
         headers = tuple((name, str(value)) for name, value in msg.items())
     first: dict[str, str] = {}
     for name, value in headers:
@@ -170,9 +174,60 @@ def check_local_recipient(address: Address) -> tuple[int, int | None]:
         mailbox_id, quota = found[0]
         check_room(mailbox_id=mailbox_id, quota=quota)
         return mailbox_id, quota
-    if MailDomain.objects.filter(name=address.domain, enabled=True).exists():
-        raise SMTPReject(replies.UNKNOWN_USER)
-    raise SMTPReject(replies.RELAY_DENIED)
+    domain = MailDomain.objects.filter(name=address.domain, enabled=True).first()
+    if domain is None:
+        raise SMTPReject(replies.RELAY_DENIED)
+    if address.local.casefold() == POSTMASTER:
+        return check_postmaster(domain=domain)
+    raise SMTPReject(replies.UNKNOWN_USER)
+
+
+# RFC 5321 section 4.5.1: postmaster@ every domain we take mail for, and the bare
+# <Postmaster>, must be accepted.
+POSTMASTER = "postmaster"
+
+
+def check_postmaster(*, domain: MailDomain | None = None) -> tuple[int, int | None]:
+    """The id and quota of the mailbox that takes postmaster mail: for `domain`, its `postmaster`
+    mailbox when set, else its postmaster mailbox; otherwise (and for the bare <Postmaster>)
+    the first admin's mailbox (the one named by an address login, else the first mailbox
+    the admin holds a grant on).
+
+    Raises SMTPReject UNKNOWN_USER when there is none, 452 4.2.2 when it is at its quota.
+    """
+    if domain is not None:
+        found = (
+            Mailbox.objects.filter(domain=domain, local_part=domain.postmaster or POSTMASTER)
+            .order_by()
+            .values_list("id", "quota")
+            .first()
+        )
+        if found is not None:
+            check_room(mailbox_id=found[0], quota=found[1])
+            return found
+    admin = User.objects.filter(is_superuser=True, is_active=True).order_by("id").first()
+    candidates: list[tuple[str, str]] = []
+    if admin is not None:
+        if "@" in admin.username:
+            local, _, domain_name = admin.username.rpartition("@")
+            candidates.append((domain_name, local))
+        for resource in admin.grants.order_by("id").values_list("resource", flat=True):
+            path, _, local = resource.partition(":")
+            if local and path.startswith("smtp/mail/"):
+                candidates.append((path.removeprefix("smtp/mail/"), local))
+    for domain_name, local in candidates:
+        found = (
+            Mailbox.objects.filter(
+                domain__name=domain_name, domain__enabled=True, local_part=local.casefold()
+            )
+            .order_by()
+            .values_list("id", "quota")
+            .first()
+        )
+        if found is not None:
+            check_room(mailbox_id=found[0], quota=found[1])
+            return found
+    raise SMTPReject(replies.UNKNOWN_USER)
 
 
 def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], list[str]]:
@@ -408,6 +463,31 @@ def deliver_inbound(
         return file_planned(
             content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
         )
+
+
+def deliver_inbound_reporting(
+    *,
+    raw: bytes,
+    envelope_from: str,
+    mailbox_ids: list[int],
+    params: EnvelopeParams,
+    reporting_host: str,
+    files: StoredFiles | None = None,
+) -> list[Message]:
+    """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
+    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for."""
+    from mail.delivery.bounces import notify_success
+
+    with transaction.atomic():
+        messages = deliver_inbound(raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files)
+        notify_success(
+            reporting_host=reporting_host,
+            envelope_from=envelope_from,
+            original=raw,
+            recipients=params.success_wanted(),
+            params=params,
+        )
+    return messages
 
 
 def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[int]]:

@@ -18,7 +18,7 @@ from django.db import transaction
 
 from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
 from mail import config_files
-from mail.addresses import AddressError, normalize_domain
+from mail.addresses import AddressError, is_valid_local_part, normalize_domain
 from mail.config_files import ConfigFileError, DomainConfig
 from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
 from mail.models import MailDomain
@@ -27,7 +27,7 @@ from mail.services.mailboxes import ensure_mailboxes_for_domain
 log = logging.getLogger("mail.domains")
 
 DKIM_TTL = 3600
-SETTING_KEYS = ("submission", "auth", "dkim", "hostname", "enabled")
+SETTING_KEYS = ("submission", "auth", "dkim", "hostname", "enabled", "postmaster")
 _ON_OFF = {"on": True, "off": False}
 
 
@@ -229,6 +229,11 @@ def _check_settings(values: Mapping[str, str]) -> dict[str, object]:
                 checked[key] = normalize_domain(value)
             except AddressError as exc:
                 raise DomainError(f"hostname: {exc}") from None
+        elif key == "postmaster":
+            # A local part of this domain; empty: the first admin's mailbox.
+            if value and not is_valid_local_part(value):
+                raise DomainError(f"postmaster: invalid local part {value!r}")
+            checked[key] = value.casefold()
         elif value.lower() in _ON_OFF:
             checked[key] = _ON_OFF[value.lower()]
         else:
@@ -240,7 +245,8 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
     """Apply settings to domain `name`, all together or none.
 
     Keys: submission=on|off, auth=on|off (submission auth "authenticated" or "none"),
-    dkim=on|off, hostname=FQDN, enabled=on|off. dkim=on generates missing keys and publishes
+    dkim=on|off, hostname=FQDN, enabled=on|off, postmaster=LOCAL (the mailbox of this domain
+    that takes postmaster@ mail; empty: the first admin's). dkim=on generates missing keys and publishes
     the TXT records (or says what to publish elsewhere); dkim=off stops signing and withdraws
     them. Idempotent. Raises DomainError for an unknown domain, key or value (nothing changes).
     """
@@ -262,6 +268,8 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
             domain.enabled = checked["enabled"]
         if "hostname" in checked:
             domain.outbound_hostname = checked["hostname"]
+        if "postmaster" in checked:
+            domain.postmaster = checked["postmaster"]
         if checked.get("dkim") is True:
             _enable_dkim(domain, keys)
         elif checked.get("dkim") is False:
@@ -295,6 +303,8 @@ def _change_line(name: str, before: DomainConfig, after: DomainConfig) -> str:
         parts.append(f"auth={_on(after.submission_auth == 'authenticated')}")
     if before.outbound_hostname != after.outbound_hostname:
         parts.append(f"hostname={after.outbound_hostname}")
+    if before.postmaster != after.postmaster:
+        parts.append(f"postmaster={after.postmaster}")
     if before.dkim_enabled != after.dkim_enabled:
         parts.append(f"dkim={_on(after.dkim_enabled)}")
     if (before.dkim_private_key_pem, before.dkim_rsa_private_key_pem) != (

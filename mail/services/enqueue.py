@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from mail.addresses import parse_address
 from mail.models import MessageContent, OutboundDelivery, OutboundRecipient
+from mail.smtp.extensions import EnvelopeParams, RcptParams
 
 # How long a message may wait in the queue before it bounces (RFC 5321 section 4.5.4.1
 # suggests at least 4-5 days).
@@ -24,16 +25,24 @@ def _kick(ids: list[int]) -> None:
 
 
 def enqueue_remote(
-    *, content: MessageContent, envelope_from: str, recipients: list[str], helo_hostname: str
+    *,
+    content: MessageContent,
+    envelope_from: str,
+    recipients: list[str],
+    helo_hostname: str,
+    params: EnvelopeParams | None = None,
 ) -> list[OutboundDelivery]:
     """Queue `content` for `recipients`: one OutboundDelivery per destination domain, with an
-    OutboundRecipient per distinct address, due now and expiring after QUEUE_LIFETIME.
+    OutboundRecipient per distinct address, due now and expiring after QUEUE_LIFETIME. The
+    sender's DSN, REQUIRETLS and BINARYMIME requests (`params`) go on the rows.
 
     Runs in the caller's transaction (or its own when there is none); the delivery task is
     kicked with the new row ids after the outermost commit. Raises
     mail.addresses.AddressError for an invalid recipient address. Returns the new rows.
     """
+    params = params or EnvelopeParams()
     by_domain: dict[str, list[str]] = {}
+    given: dict[str, RcptParams] = {}
     seen: set[str] = set()
     for text in recipients:
         address = parse_address(text)
@@ -41,6 +50,7 @@ def enqueue_remote(
             continue
         seen.add(address.key)
         by_domain.setdefault(address.domain, []).append(str(address))
+        given[str(address)] = params.rcpt(text)
     if not by_domain:
         return []
     now = timezone.now()
@@ -54,13 +64,22 @@ def enqueue_remote(
                     helo_hostname=helo_hostname,
                     next_attempt_at=now,
                     expires_at=now + QUEUE_LIFETIME,
+                    dsn_ret=params.mail.ret,
+                    dsn_envid=params.mail.envid,
+                    requiretls=params.mail.requiretls,
+                    binarymime=params.mail.binarymime,
                 )
                 for domain in by_domain
             ]
         )
         OutboundRecipient.objects.bulk_create(
             [
-                OutboundRecipient(delivery=row, address=address)
+                OutboundRecipient(
+                    delivery=row,
+                    address=address,
+                    notify=",".join(sorted(given[address].notify)),
+                    orcpt=given[address].orcpt,
+                )
                 for row in rows
                 for address in by_domain[row.domain]
             ]

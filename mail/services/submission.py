@@ -13,7 +13,8 @@ import logging
 import re
 import secrets
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from django.db import transaction
 
@@ -22,6 +23,7 @@ from accounts.grants import mailbox_resource
 from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
+from mail.delivery.bounces import notify_success
 from mail.dkim.signing import sign_for_domain
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
@@ -41,6 +43,7 @@ from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import ensure_mailbox
 from mail.services.storage import StoredFiles, store_content
+from mail.smtp.extensions import EnvelopeParams
 
 log = logging.getLogger("mail.smtp")
 
@@ -141,6 +144,14 @@ def _check_header_from(sender: Sender, parsed) -> None:
         raise SMTPReject(replies.FROM_NOT_ALLOWED)
 
 
+def _first_field_end(raw: bytes) -> int:
+    """Where the first header field of `raw` ends (after its folded lines and their CRLF)."""
+    end = raw.find(b"\r\n")
+    while end >= 0 and raw[end + 2 : end + 3] in (b" ", b"\t"):
+        end = raw.find(b"\r\n", end + 2)
+    return len(raw) if end < 0 else end + 2
+
+
 def _added_headers(parsed: ParsedMessage, domain: MailDomain) -> bytes:
     """The Message-Id and Date header lines a message lacks (RFC 6409 section 8: a
     submission server may add them)."""
@@ -148,7 +159,8 @@ def _added_headers(parsed: ParsedMessage, domain: MailDomain) -> bytes:
     if not parsed.values("Message-Id"):
         added.append(f"Message-Id: <{secrets.token_hex(16)}@{domain.effective_hostname}>\r\n")
     if not parsed.values("Date"):
-        added.append(f"Date: {email.utils.formatdate(localtime=False, usegmt=True)}\r\n")
+        # RFC 5322 section 3.3: +0000, not the obsolete "GMT".
+        added.append(f"Date: {email.utils.format_datetime(datetime.now(UTC))}\r\n")
     return "".join(added).encode()
 
 
@@ -181,9 +193,12 @@ class Submission:
     mailbox_ids: tuple[int, ...]  # local recipients
     remote: tuple[str, ...]
     raw: bytes
+    params: EnvelopeParams = field(default_factory=EnvelopeParams)
 
     @classmethod
-    def of(cls, *, sender: Sender, recipients: Recipients, raw: bytes) -> Submission:
+    def of(
+        cls, *, sender: Sender, recipients: Recipients, raw: bytes, params: EnvelopeParams | None = None
+    ) -> Submission:
         return cls(
             user_id=sender.user.pk if sender.user is not None else None,
             envelope_from=str(sender.address),
@@ -191,6 +206,7 @@ class Submission:
             mailbox_ids=tuple(m.id for m in recipients.mailboxes),
             remote=recipients.remote,
             raw=raw,
+            params=params or EnvelopeParams(),
         )
 
 
@@ -210,6 +226,7 @@ class PreparedSubmission:
     remote: tuple[str, ...]
     helo_hostname: str
     authenticated: bool = True  # False: a trusted client without AUTH (the rules can tell)
+    params: EnvelopeParams = field(default_factory=EnvelopeParams)
 
 
 def _sender_of(submission: Submission) -> Sender:
@@ -246,8 +263,11 @@ def prepare_submission(*, submission: Submission) -> PreparedSubmission:
     # RFC 6376 section 5: sign last, over the completed header (both keys when present).
     signatures = sign_for_domain(sender.domain, added + raw)
     sender_mailbox = directory.remember(("mailbox", sender.address.key), lambda: _sender_mailbox(sender))
+    # Below our own Received field, which the listener put first: a trace field stays on
+    # top of what this hop adds (RFC 5321 section 4.4).
+    trace = _first_field_end(raw) if raw[:9].lower() == b"received:" else 0
     return PreparedSubmission(
-        raw=signatures + added + raw,
+        raw=raw[:trace] + signatures + added + raw[trace:],
         parsed=parsed.prepend(signatures + added),
         envelope_from=submission.envelope_from,
         domain_id=sender.domain.id,
@@ -257,6 +277,7 @@ def prepare_submission(*, submission: Submission) -> PreparedSubmission:
         remote=submission.remote,
         helo_hostname=sender.domain.effective_hostname,
         authenticated=sender.user is not None,
+        params=submission.params,
     )
 
 
@@ -327,6 +348,15 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
                 envelope_from=envelope_from,
                 recipients=list(prepared.remote),
                 helo_hostname=prepared.helo_hostname,
+                params=prepared.params,
+            )
+        if prepared.params.success_wanted():
+            notify_success(
+                reporting_host=prepared.helo_hostname,
+                envelope_from=envelope_from,
+                original=raw,
+                recipients=prepared.params.success_wanted(),
+                params=prepared.params,
             )
 
 
@@ -341,6 +371,8 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
     batch: list[PreparedSubmission] = [item["prepared"] for item in items]
     if any(prepared.sender_mailbox_id is None and prepared.authenticated for prepared in batch):
         raise ValueError("a sender's first message creates the mailbox on the one-by-one path")
+    if any(prepared.params.success_wanted() for prepared in batch):
+        raise ValueError("a success DSN is filed on the one-by-one path")
     boxes = mailboxes_by_id(
         {i for p in batch for i in (*p.mailbox_ids, p.sender_mailbox_id) if i is not None}
     )
@@ -367,6 +399,7 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
                 envelope_from=prepared.envelope_from,
                 recipients=list(prepared.remote),
                 helo_hostname=prepared.helo_hostname,
+                params=prepared.params,
             )
     return [None] * len(items)
 

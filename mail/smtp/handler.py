@@ -6,10 +6,12 @@ from __future__ import annotations
 import email.utils
 import logging
 import re
+from datetime import UTC, datetime
 
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.replies import Reply, SMTPReject
+from mail.smtp.extensions import EnvelopeParams, MailParams, RcptParams
 from mail.smtp.server import peer_host
 
 log = logging.getLogger("mail.smtp")
@@ -28,26 +30,53 @@ def envelope_address(text: str, *, invalid: Reply) -> Address:
         raise SMTPReject(invalid) from None
 
 
-def check_data(raw: bytes, *, max_hops: int) -> None:
+def mail_params(envelope) -> MailParams:
+    """The MAIL parameters of mail.smtp.extensions the envelope was given."""
+    return getattr(envelope, "mail_params", None) or MailParams()
+
+
+def rcpt_params(envelope, address: str) -> RcptParams:
+    """The RCPT parameters of mail.smtp.extensions given with `address`."""
+    return (getattr(envelope, "rcpt_params", None) or {}).get(address) or RcptParams()
+
+
+def envelope_params(envelope, *, delivered_here: list[str]) -> EnvelopeParams:
+    """The transaction's parameters as one value, for the services (see EnvelopeParams)."""
+    given = getattr(envelope, "rcpt_params", None) or {}
+    return EnvelopeParams(
+        mail=mail_params(envelope),
+        recipients=tuple((a, p) for a, p in given.items() if p != RcptParams()),
+        delivered_here=tuple(delivered_here),
+    )
+
+
+def check_data(raw: bytes, *, max_hops: int, binary: bool = False) -> None:
     """Refuse DATA with a bare CR or LF (RFC 5321 section 2.3.8: only CRLF ends a line, so
     nothing can hide a second message) or more Received headers than `max_hops` (RFC 5321
-    section 6.3, a mail loop)."""
-    stripped = raw.replace(b"\r\n", b"")
-    if b"\r" in stripped or b"\n" in stripped:
-        raise SMTPReject(replies.BARE_LINE_ENDING)
+    section 6.3, a mail loop). A `binary` body (BODY=BINARYMIME, RFC 3030 section 3) may hold
+    any bytes: only its header section is checked for line endings."""
     end = raw.find(b"\r\n\r\n")
     header = raw if end < 0 else raw[: end + 2]
+    stripped = (header if binary else raw).replace(b"\r\n", b"")
+    if b"\r" in stripped or b"\n" in stripped:
+        raise SMTPReject(replies.BARE_LINE_ENDING)
     if len(_RECEIVED.findall(header)) > max_hops:
         raise SMTPReject(replies.TOO_MANY_HOPS)
 
 
 def received_header(*, server, session, envelope) -> bytes:
     """The Received trace field (RFC 5321 section 4.4) for a message taken in this session;
-    protocol names from RFC 3848 (ESMTPS with TLS, ESMTPA with AUTH, ESMTPSA with both)."""
+    protocol names from RFC 3848 (ESMTPS with TLS, ESMTPA with AUTH, ESMTPSA with both) and
+    RFC 6531 section 3.7.3 (UTF8SMTP, UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA with SMTPUTF8); the
+    date in UTC as +0000 (RFC 5322 section 3.3: "GMT" is obsolete)."""
     ssl_info = session.ssl or {}
     cipher = ssl_info.get("cipher") if hasattr(ssl_info, "get") else None
     if session.extended_smtp:
-        protocol = "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
+        protocol = (
+            ("UTF8SMTP" if envelope.smtp_utf8 else "ESMTP")
+            + ("S" if server.tls_active else "")
+            + ("A" if session.authenticated else "")
+        )
     else:
         protocol = "SMTP"
     helo = (session.host_name or "unknown").encode("utf-8", "surrogateescape").decode("ascii", "replace")
@@ -59,7 +88,7 @@ def received_header(*, server, session, envelope) -> bytes:
         lines.append(f"\t(version={cipher[1]} cipher={cipher[0]} bits={cipher[2]})")
     if len(envelope.rcpt_tos) == 1:
         lines.append(f"\tfor <{envelope.rcpt_tos[0]}>")
-    lines[-1] += f"; {email.utils.formatdate(usegmt=True)}"
+    lines[-1] += f"; {email.utils.format_datetime(datetime.now(UTC))}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
@@ -71,12 +100,21 @@ class BaseHandler:
         self.committer = committer
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        """The EHLO keywords, in Postfix's order: aiosmtpd's SIZE, 8BITMIME, SMTPUTF8 and
+        STARTTLS, our AUTH, and the extensions the protocol (mail.smtp.server) implements:
+        PIPELINING (RFC 2920), ENHANCEDSTATUSCODES (RFC 2034), BINARYMIME and CHUNKING
+        (RFC 3030), DSN (RFC 3461), REQUIRETLS (RFC 8689, offered over TLS only)."""
         session.host_name = hostname
-        lines = [r for r in responses if not r.startswith("250-AUTH")]
+        given = {r[4:].split(" ")[0]: r[4:] for r in responses[1:]}
+        keywords = ["PIPELINING", *([given["SIZE"]] if "SIZE" in given else [])]
+        if "STARTTLS" in given:
+            keywords.append("STARTTLS")
         if getattr(server, "offers_auth", False) and server.may_offer_auth():
-            # The product doc's advertisement, in this order (RFC 4954 section 3).
-            lines.insert(len(lines) - 1, "250-AUTH PLAIN LOGIN")
-        return lines
+            keywords.append("AUTH PLAIN LOGIN")  # RFC 4954 section 3
+        keywords += ["ENHANCEDSTATUSCODES", "8BITMIME", "BINARYMIME", "DSN", "SMTPUTF8", "CHUNKING"]
+        if server.tls_active:
+            keywords.append("REQUIRETLS")
+        return [responses[0], *(f"250-{k}" for k in keywords), "250 HELP"]
 
     async def handle_exception(self, error):
         """An exception in aiosmtpd's own command handling: ours, so 451 and a log line."""

@@ -10,8 +10,22 @@ import time
 
 from mail import replies
 from mail.replies import SMTPReject
-from mail.services.delivery import check_local_recipient, check_room, deliver_inbound
-from mail.smtp.handler import BaseHandler, check_data, envelope_address, received_header
+from mail.services.delivery import (
+    POSTMASTER,
+    check_local_recipient,
+    check_postmaster,
+    check_room,
+    deliver_inbound,
+    deliver_inbound_reporting,
+)
+from mail.smtp.handler import (
+    BaseHandler,
+    check_data,
+    envelope_address,
+    envelope_params,
+    mail_params,
+    received_header,
+)
 from mail.smtp.server import call_batched, call_service
 
 
@@ -62,20 +76,26 @@ class InboundHandler(BaseHandler):
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
-        try:
-            parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
-        except SMTPReject as exc:
-            return exc.reply
-        result = self.recipients.get(parsed.key)
-        if result is None:
-            ok, result = await call_service(check_local_recipient, address=parsed)
+        if address.casefold() == POSTMASTER:
+            # The bare <Postmaster> (RFC 5321 section 4.5.1), without a domain.
+            ok, result = await call_service(check_postmaster)
             if not ok:
                 return result
-            self.recipients.put(parsed.key, result)
-        elif result[1] is not None:
-            ok, full = await call_service(check_room, mailbox_id=result[0], quota=result[1])
-            if not ok:
-                return full
+        else:
+            try:
+                parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
+            except SMTPReject as exc:
+                return exc.reply
+            result = self.recipients.get(parsed.key)
+            if result is None:
+                ok, result = await call_service(check_local_recipient, address=parsed)
+                if not ok:
+                    return result
+                self.recipients.put(parsed.key, result)
+            elif result[1] is not None:
+                ok, full = await call_service(check_room, mailbox_id=result[0], quota=result[1])
+                if not ok:
+                    return full
         mailbox_id = result[0]
         if mailbox_id not in envelope.mailbox_ids:
             envelope.mailbox_ids.append(mailbox_id)
@@ -86,11 +106,23 @@ class InboundHandler(BaseHandler):
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content
         try:
-            check_data(raw, max_hops=self.config.max_hops)
+            check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
         raw = return_path + received_header(server=server, session=session, envelope=envelope) + raw
+        params = envelope_params(envelope, delivered_here=envelope.rcpt_tos)
+        if params.success_wanted():
+            ok, result = await call_batched(
+                self.committer,
+                deliver_inbound_reporting,
+                raw=raw,
+                envelope_from=sender_of(envelope),
+                mailbox_ids=list(envelope.mailbox_ids),
+                params=params,
+                reporting_host=self.config.hostname,
+            )
+            return replies.ACCEPTED if ok else result
         ok, result = await call_batched(
             self.committer,
             deliver_inbound,

@@ -11,6 +11,7 @@ SMTPReject from a service becomes its reply; any other failure is ours and answe
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import inspect
@@ -42,6 +43,7 @@ from django.core.exceptions import ImproperlyConfigured
 from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 from mail import replies
 from mail.replies import Reply, SMTPReject
+from mail.smtp.extensions import MailParams, RcptParams, take_mail_params, take_rcpt_params
 from mail.smtp.group_commit import GroupCommitter, heal_connections
 from mail.smtp.tls import server_context
 from mail.smtp.writer import WriterProcess
@@ -53,6 +55,12 @@ log = logging.getLogger("mail.smtp")
 AUTH_ATTEMPTS_PER_SESSION = 3
 _CALL_LIMITS = {"AUTH": AUTH_ATTEMPTS_PER_SESSION, "*": 1_000_000}
 
+# The longest line of message data kept, not counting its CRLF: longer lines are refused
+# with 500 5.5.6. RFC 5321 section 4.5.3.1.6 asks for 1,000 at least; mail with longer lines
+# is common, and Postfix takes 2,048 before it folds. Lines are kept byte for byte.
+MAX_LINE_LENGTH = 8192
+# RFC 3030 section 2: BDAT chunks are read in pieces of this size, whatever their length.
+_BDAT_PIECE = 64 * 1024
 # How long a connection we closed may still take to send its last bytes to a client that
 # does not read them, before the socket is aborted.
 CLOSE_GRACE = 5.0
@@ -215,11 +223,20 @@ class SMTPProtocolFactory:
     `config.evict_silent_after` seconds (it is told 421 4.4.2, RFC 5321 section 4.5.3.2); otherwise
     the new one gets a _Refusal. So idle connections cannot keep out clients that talk."""
 
-    def __init__(self, handler, *, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool):
+    def __init__(
+        self,
+        handler,
+        *,
+        config: SMTPConfig,
+        counter: ConnectionCounter,
+        offers_auth: bool,
+        implicit_tls: bool = False,
+    ):
         self.handler = handler
         self.config = config
         self.counter = counter
         self.offers_auth = offers_auth
+        self.implicit_tls = implicit_tls
         # The open connections, the one that received something longest ago first.
         self.connections: OrderedDict[EverlockSMTP, None] = OrderedDict()
         self._refused_logged_at = float("-inf")
@@ -234,7 +251,12 @@ class SMTPProtocolFactory:
             self._log_refusal()
             return _Refusal(replies.SERVER_BUSY)
         protocol = EverlockSMTP(
-            self.handler, config=self.config, counter=self.counter, offers_auth=self.offers_auth, factory=self
+            self.handler,
+            config=self.config,
+            counter=self.counter,
+            offers_auth=self.offers_auth,
+            factory=self,
+            implicit_tls=self.implicit_tls,
         )
         self.connections[protocol] = None
         return protocol
@@ -287,6 +309,39 @@ _REWRITES = {
     "552 Error: message size exceeds fixed maximum message size": replies.MESSAGE_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG,
     "500 Command line too long": replies.COMMAND_TOO_LONG,
+    # RFC 2034 section 3: with ENHANCEDSTATUSCODES every reply but the greeting and EHLO's
+    # carries one; aiosmtpd's own texts get theirs here.
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "252 Cannot VRFY user, but will accept message and attempt delivery": (
+        "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+    ),
+    "500 Error: bad syntax": "500 5.5.2 Syntax error",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "501 Syntax: DATA": "501 5.5.4 Syntax: DATA",
+    "501 Syntax: RSET": "501 5.5.4 Syntax: RSET",
+    "501 Syntax: QUIT": "501 5.5.4 Syntax: QUIT",
+    "501 Syntax: STARTTLS": "501 5.5.4 Syntax: STARTTLS",
+    "501 Syntax: EHLO hostname": "501 5.5.4 Syntax: EHLO hostname",
+    "501 Syntax: HELO hostname": "501 5.5.4 Syntax: HELO hostname",
+    "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]": "501 5.5.4 Syntax: MAIL FROM:<address>",
+    "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": "501 5.5.4 Syntax: RCPT TO:<address>",
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no arguments",
+    "555 MAIL FROM parameters not recognized or not implemented": (
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
+    ),
+    "555 RCPT TO parameters not recognized or not implemented": (
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented"
+    ),
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": "501 5.5.4 BODY must be 7BIT, 8BITMIME, BINARYMIME",
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
 }
 
 
@@ -295,6 +350,8 @@ def wire(reply: Reply | str) -> bytes:
     aiosmtpd's own texts, some rewritten to the standard replies (_REWRITES)."""
     if isinstance(reply, str):
         reply = _REWRITES.get(reply, reply)
+        if isinstance(reply, str) and reply.startswith("500 Error: command "):
+            reply = "500 5.5.2 Command " + reply[19:].replace(" not recognized", " unrecognized")
     return str(reply).encode("utf-8")
 
 
@@ -376,7 +433,11 @@ class _Tables:
 
 class EverlockSMTP(SMTP):
     """aiosmtpd's protocol with our session rules: connection and session limits, one
-    STARTTLS, AUTH PLAIN/LOGIN checked in a worker thread, and our reply texts."""
+    STARTTLS (or TLS from the first byte, RFC 8314), AUTH PLAIN/LOGIN checked in a worker
+    thread, our reply texts, and the extensions aiosmtpd lacks: BDAT (RFC 3030) and the
+    MAIL/RCPT parameters of mail.smtp.extensions (DSN, REQUIRETLS, BODY=BINARYMIME)."""
+
+    line_length_limit = MAX_LINE_LENGTH + 2
 
     def __init__(
         self,
@@ -385,6 +446,7 @@ class EverlockSMTP(SMTP):
         config: SMTPConfig,
         counter: ConnectionCounter,
         offers_auth: bool,
+        implicit_tls: bool = False,
         factory: SMTPProtocolFactory | None = None,
     ):
         # What SMTP.__init__ sets up for these arguments (aiosmtpd 1.4.6), without rebuilding
@@ -402,9 +464,16 @@ class EverlockSMTP(SMTP):
         self.data_size_limit = config.max_message_size
         self.enable_SMTPUTF8 = True
         self._decode_data = False
-        self.command_size_limits.clear()
+        # RFC 5321 section 4.5.3.1.4 (512) plus what the extensions add: RFC 3461 section 5
+        # (100 on MAIL, 500 on RCPT), RFC 8689 and RFC 3030 (their MAIL keywords). aiosmtpd
+        # adds SIZE and SMTPUTF8 at EHLO.
+        self.command_size_limits = collections.defaultdict(
+            lambda: 512, {"MAIL": 512 + 100 + 11 + 16, "RCPT": 512 + 500}
+        )
         self.hostname = config.hostname
-        self.tls_context = config.tls_context
+        # With TLS from the first byte there is no STARTTLS to offer.
+        self.tls_context = None if implicit_tls else config.tls_context
+        self.implicit_tls = implicit_tls
         self.require_starttls = False
         self._timeout_duration = config.idle_timeout
         self._timeout_handle = None
@@ -510,6 +579,12 @@ class EverlockSMTP(SMTP):
             self._counted_host = host
             self._session_timer = self.loop.call_later(self.config.session_timeout, self._session_expired)
         super().connection_made(transport)
+        if self.implicit_tls and not self.session.ssl:
+            # What aiosmtpd records after STARTTLS, for the Received field.
+            self.session.ssl = {
+                "cipher": transport.get_extra_info("cipher"),
+                "peercert": transport.get_extra_info("peercert"),
+            }
 
     def _free_slot(self) -> None:
         """Give up this connection's places in the listener's total and the client's count
@@ -583,14 +658,112 @@ class EverlockSMTP(SMTP):
     async def smtp_STARTTLS(self, arg: str):
         # RFC 3207 section 4.2: once TLS is up, a second STARTTLS is refused. aiosmtpd
         # itself drops bytes pipelined after STARTTLS (RFC 3207 section 4.2, CVE-2024-34083).
-        if self._tls_protocol is not None:
+        if self.tls_active:
             await self.push(replies.TLS_ACTIVE)
             return
         await super().smtp_STARTTLS(arg)
 
     @property
     def tls_active(self) -> bool:
-        return self._tls_protocol is not None
+        return self.implicit_tls or self._tls_protocol is not None
+
+    # -- MAIL and RCPT parameters, BDAT (RFC 3461, RFC 8689, RFC 3030) ---------------------
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # Our parameters come off the argument; aiosmtpd reads the rest (and refuses what
+        # neither knows with 555). The values go on the envelope once MAIL is accepted.
+        params = MailParams()
+        if arg is not None and self.session.extended_smtp:
+            try:
+                arg, params = take_mail_params(arg, tls=self.tls_active)
+            except SMTPReject as exc:
+                await self.push(exc.reply)
+                return
+        had_sender = bool(self.envelope.mail_from)
+        await super().smtp_MAIL(arg)
+        if not had_sender and self.envelope.mail_from:
+            self.envelope.mail_params = params
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        params = RcptParams()
+        if arg is not None and self.session.extended_smtp:
+            try:
+                arg, params = take_rcpt_params(arg)
+            except SMTPReject as exc:
+                await self.push(exc.reply)
+                return
+        count = len(self.envelope.rcpt_tos)
+        await super().smtp_RCPT(arg)
+        if len(self.envelope.rcpt_tos) > count:
+            rcpt_params = getattr(self.envelope, "rcpt_params", None)
+            if rcpt_params is None:
+                rcpt_params = self.envelope.rcpt_params = {}
+            rcpt_params[self.envelope.rcpt_tos[-1]] = params
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        # RFC 3030 section 3: BODY=BINARYMIME comes with BDAT only; section 2: no DATA
+        # once BDAT has begun.
+        if getattr(self.envelope, "mail_params", MailParams()).binarymime:
+            await self.push("503 5.5.1 BODY=BINARYMIME requires BDAT")
+            return
+        if getattr(self.envelope, "chunks", None) is not None:
+            await self.push("503 5.5.1 DATA after BDAT")
+            return
+        await super().smtp_DATA(arg)
+
+    @syntax("BDAT <chunk-size> [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        words = (arg or "").split()
+        if (
+            not 1 <= len(words) <= 2
+            or not words[0].isdigit()
+            or [w.upper() for w in words[1:]] not in ([], ["LAST"])
+        ):
+            # Without a size, nothing tells where the chunk ends: what follows is read as
+            # commands, as Postfix does.
+            await self.push("501 5.5.4 Syntax: BDAT <chunk-size> [LAST]")
+            return
+        size, last = int(words[0]), len(words) == 2
+        envelope = self.envelope
+        failure = getattr(envelope, "bdat_failure", None)
+        if failure is None and not self.session.host_name:
+            failure = "503 5.5.1 Send EHLO first"
+        elif failure is None and not envelope.mail_from:
+            failure = "503 5.5.1 Need MAIL command"
+        elif failure is None and not envelope.rcpt_tos:
+            failure = "503 5.5.1 Need RCPT command"
+        chunks = getattr(envelope, "chunks", None)
+        if chunks is None:
+            chunks = envelope.chunks = bytearray()
+        if failure is None and len(chunks) + size > self.data_size_limit:
+            failure = replies.MESSAGE_TOO_BIG
+            chunks.clear()
+        # The chunk is read whatever the answer: its bytes are not commands.
+        remaining = size
+        while remaining:
+            piece = await self._reader.readexactly(min(remaining, _BDAT_PIECE))
+            remaining -= len(piece)
+            if failure is None:
+                chunks += piece
+            self._reset_timeout()
+        if failure is not None:
+            if envelope.mail_from:
+                envelope.bdat_failure = failure  # for the chunks that follow, until LAST
+            if last or not envelope.mail_from:
+                self._set_post_data_state()
+            await self.push(failure)
+            return
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        envelope.original_content = envelope.content = bytes(chunks)
+        chunks.clear()
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     # -- AUTH (RFC 4954) ------------------------------------------------------------------
 
@@ -695,14 +868,25 @@ class Listeners:
 
 
 async def start_server(
-    *, host: str, port: int, handler, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool
+    *,
+    host: str,
+    port: int,
+    handler,
+    config: SMTPConfig,
+    counter: ConnectionCounter,
+    offers_auth: bool,
+    implicit_tls: bool = False,
 ) -> asyncio.Server:
+    """A listener; with `implicit_tls`, TLS from the first byte (RFC 8314 section 3.3)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        SMTPProtocolFactory(handler, config=config, counter=counter, offers_auth=offers_auth),
+        SMTPProtocolFactory(
+            handler, config=config, counter=counter, offers_auth=offers_auth, implicit_tls=implicit_tls
+        ),
         host=host,
         port=port,
         reuse_address=True,
+        ssl=config.tls_context if implicit_tls else None,
     )
 
 
@@ -712,14 +896,15 @@ def _bound(server: asyncio.Server) -> str:
 
 
 async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Listeners:
-    """Bind the inbound (listens["smtp"]) and submission (listens["submission"]) listeners;
-    either may be None. Logs the startup lines of the product doc on logger mail.smtp."""
+    """Bind the inbound (listens["smtp"]), submission (listens["submission"]) and implicit
+    TLS submission (listens["submissions"], RFC 8314) listeners; any may be None or absent.
+    Logs the startup lines of the product doc on logger mail.smtp."""
     from mail.smtp.inbound import InboundHandler
     from mail.smtp.submission import SubmissionHandler
 
     if config is None:
         config = await sync_to_async(SMTPConfig.from_settings, thread_sensitive=False)()
-    listeners = sum(1 for key in ("smtp", "submission") if listens.get(key) is not None)
+    listeners = sum(1 for key in ("smtp", "submission", "submissions") if listens.get(key) is not None)
     config = fitted_to_open_files(config, listeners=listeners, open_files=raise_open_file_limit())
     AcceptErrorLog.install(asyncio.get_running_loop())
     counter = ConnectionCounter()
@@ -728,9 +913,11 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
     try:
         if isinstance(committer, WriterProcess):
             await committer.start()
-        for key, kind, handler, offers_auth in (
-            ("smtp", "inbound", InboundHandler(config, committer), False),
-            ("submission", "submission", SubmissionHandler(config, committer), True),
+        submission = SubmissionHandler(config, committer)
+        for key, kind, handler, offers_auth, implicit_tls in (
+            ("smtp", "inbound", InboundHandler(config, committer), False, False),
+            ("submission", "submission", submission, True, False),
+            ("submissions", "implicit TLS submission", submission, True, True),
         ):
             address = listens.get(key)
             if address is None:
@@ -744,6 +931,7 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
                     config=config,
                     counter=counter,
                     offers_auth=offers_auth,
+                    implicit_tls=implicit_tls,
                 )
             servers.append(server)
             log.info("SMTP %s listener on %s", kind, address if address.port else _bound(server))

@@ -21,7 +21,7 @@ from mail.services.submission import (
     remembered_recipient,
     remembered_sender,
 )
-from mail.smtp.handler import BaseHandler, check_data, received_header
+from mail.smtp.handler import BaseHandler, check_data, envelope_params, mail_params, received_header
 from mail.smtp.server import call_batched, call_service, peer_host
 
 
@@ -73,6 +73,7 @@ class SubmissionHandler(BaseHandler):
         envelope.mail_options.extend(mail_options)
         envelope.sender = result
         envelope.accepted = Recipients()
+        envelope.local_rcpts = []
         return replies.SENDER_OK
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -89,6 +90,8 @@ class SubmissionHandler(BaseHandler):
             if not ok:
                 return result
         envelope.accepted = envelope.accepted.add(result)
+        if not isinstance(result, str):
+            envelope.local_rcpts.append(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
@@ -96,11 +99,16 @@ class SubmissionHandler(BaseHandler):
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content
         try:
-            check_data(raw, max_hops=self.config.max_hops)
+            check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
         # Checking, signing and filing all run in the group commit (the writer process).
         raw = received_header(server=server, session=session, envelope=envelope) + raw
-        submission = Submission.of(sender=envelope.sender, recipients=envelope.accepted, raw=raw)
+        submission = Submission.of(
+            sender=envelope.sender,
+            recipients=envelope.accepted,
+            raw=raw,
+            params=envelope_params(envelope, delivered_here=envelope.local_rcpts),
+        )
         ok, result = await call_batched(self.committer, accept_submission, submission=submission)
         return replies.ACCEPTED if ok else result

@@ -34,7 +34,8 @@ def domains_create(ctx, name: str) -> str:
 @command(
     "/mail domains set",
     usage="/mail domains set DOMAIN KEY=VALUE...",
-    summary="change a domain: submission=on|off auth=on|off dkim=on|off hostname=FQDN enabled=on|off",
+    summary="change a domain: submission=on|off auth=on|off dkim=on|off hostname=FQDN enabled=on|off "
+    "postmaster=LOCAL",
 )
 @_errors
 def domains_set(ctx, name: str, *pairs: str) -> str:

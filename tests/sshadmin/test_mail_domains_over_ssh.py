@@ -143,7 +143,7 @@ def test_product_doc_domain_commands(console, tmp_path):
     bad = console("/mail domains set example.com submission=off colour=blue\n")
     assert bad.returncode == 1
     assert bad.stderr == (
-        "error: unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled)\n"
+        "error: unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster)\n"
         "usage: /mail domains set DOMAIN KEY=VALUE...\n"
     )
     assert MailDomain.objects.get().submission_enabled is True

@@ -55,6 +55,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--frontend-smtp-submission-listen", default="0.0.0.0:587", metavar="ADDR")
         parser.add_argument(
+            "--frontend-smtp-submissions",
+            action="store_true",
+            help="submission over implicit TLS (RFC 8314)",
+        )
+        parser.add_argument("--frontend-smtp-submissions-listen", default="0.0.0.0:465", metavar="ADDR")
+        parser.add_argument(
             "--backend-mail-smtp",
             action="store_true",
             help="mail delivery: local delivery and the outbound workers",
@@ -98,7 +104,7 @@ class Command(BaseCommand):
         if any(imap_listens):
             opts["frontend_imap"] = True
         selected = {c.name for c in COMPONENTS if opts[c.name.replace("-", "_")]}
-        if opts["frontend_smtp_submission"]:
+        if opts["frontend_smtp_submission"] or opts["frontend_smtp_submissions"]:
             selected.add("frontend-smtp")
         if not selected:
             raise CommandError("no component selected (see everlock serve --help)")
@@ -117,6 +123,11 @@ class Command(BaseCommand):
                 opts["frontend_smtp_submission_listen"], option="--frontend-smtp-submission-listen"
             )
             if opts["frontend_smtp_submission"]
+            else None,
+            "submissions": parse_listen(
+                opts["frontend_smtp_submissions_listen"], option="--frontend-smtp-submissions-listen"
+            )
+            if opts["frontend_smtp_submissions"]
             else None,
             "dns": parse_listen(opts["frontend_dns_listen"] or "0.0.0.0:53", option="--frontend-dns-listen"),
             "http": parse_listen(opts["frontend_http_listen"], option="--frontend-http-listen"),

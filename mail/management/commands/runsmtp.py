@@ -1,4 +1,4 @@
-"""`manage.py runsmtp`: the inbound and submission SMTP listeners, nothing else."""
+"""`manage.py runsmtp`: the inbound and submission SMTP listeners (also over implicit TLS)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--submission-listen", default=None, metavar="ADDR", help="submission, e.g. 0.0.0.0:587"
         )
+        parser.add_argument(
+            "--submissions-listen",
+            default=None,
+            metavar="ADDR",
+            help="submission over implicit TLS (RFC 8314), e.g. 0.0.0.0:465",
+        )
 
     def handle(self, *args, **opts):
         listens = {
@@ -25,9 +31,12 @@ class Command(BaseCommand):
             "submission": parse_listen(opts["submission_listen"], option="--submission-listen")
             if opts["submission_listen"]
             else None,
+            "submissions": parse_listen(opts["submissions_listen"], option="--submissions-listen")
+            if opts["submissions_listen"]
+            else None,
         }
         if not any(listens.values()):
-            raise CommandError("give --listen and/or --submission-listen")
+            raise CommandError("give --listen, --submission-listen and/or --submissions-listen")
         asyncio.run(_serve(listens))
 
 

@@ -208,7 +208,7 @@ def running_sinks() -> Iterator[Callable[..., Sink]]:
         cert="", key="", data_dir=Path(django_settings.DATA_DIR), hostname="mx.example.net"
     )
 
-    def start(host: str = "127.0.0.1", port: int = 0, tls: bool = False) -> Sink:
+    def start(host: str = "127.0.0.1", port: int = 0, tls: bool = False, size_limit: int = 33554432) -> Sink:
         handler = SinkHandler()
 
         def factory():
@@ -219,6 +219,7 @@ def running_sinks() -> Iterator[Callable[..., Sink]]:
                 tls_context=context if tls else None,
                 require_starttls=False,
                 decode_data=False,
+                data_size_limit=size_limit,
             )
 
         async def create():
@@ -261,7 +262,9 @@ def sender(transactional_db):
     return mailbox
 
 
-def queue_message(recipients: list[str], *, raw: bytes | None = None, envelope_from="alice@example.com"):
+def queue_message(
+    recipients: list[str], *, raw: bytes | None = None, envelope_from="alice@example.com", params=None
+):
     """Store a message and queue it for `recipients`; returns the queue rows."""
     raw = raw or (
         b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -274,4 +277,5 @@ def queue_message(recipients: list[str], *, raw: bytes | None = None, envelope_f
             envelope_from=envelope_from,
             recipients=recipients,
             helo_hostname="out.example.com",
+            params=params,
         )

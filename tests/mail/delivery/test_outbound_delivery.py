@@ -4,6 +4,8 @@ records served by a local DNS server."""
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from datetime import timedelta
 
 import pytest
@@ -14,12 +16,13 @@ from django.utils import timezone
 from mail.addresses import AddressError
 from mail.delivery.attempts import backoff, claim
 from mail.delivery.batch import deliver_claims
-from mail.delivery.client import Connection
+from mail.delivery.client import Connection, SendOptions
 from mail.delivery.mx import LookupFailed, lookup
 from mail.delivery.resolver import make_resolver
 from mail.delivery.tasks import source_addresses
 from mail.models import Message, OutboundDelivery, OutboundRecipient
 from mail.services.storage import read_content
+from mail.smtp.extensions import EnvelopeParams, MailParams, RcptParams
 
 RAW = (
     b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -397,3 +400,152 @@ def test_delay_notice_once(sender, dns_server, sink):
     assert b"Subject: Delivery delayed\r\n" in notice
     assert b"Final-Recipient: rfc822; bob@example.net\r\nAction: delayed\r\nStatus: 4.0.0\r\n" in notice
     assert b"Diagnostic-Code: smtp; 451 4.3.0 try later" in notice
+
+
+def test_size_is_announced_so_a_smaller_peer_refuses_before_the_data(sender, dns_server, sink):
+    # RFC 1870 section 6: SIZE= on MAIL; the peer refuses there, the message is never sent.
+    remote = sink(size_limit=1000)
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    raw = RAW + b"x" * 2000 + b"\r\n"
+    run(queue_message(["bob@example.net"], raw=raw), dns_server, remote.port)
+    assert remote.received == []
+    assert (
+        OutboundRecipient.objects.get().reply == "552 Error: message size exceeds fixed maximum message size"
+    )
+    assert b"Action: failed" in inbox_dsns()[0]
+
+
+def test_requiretls_bounces_without_verified_tls(sender, dns_server, sink):
+    # RFC 8689 section 4.2: not sent over TLS we cannot verify, to a host without REQUIRETLS.
+    remote = sink(tls=True)
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    params = EnvelopeParams(mail=MailParams(requiretls=True))
+    run(queue_message(["bob@example.net"], raw=RAW, params=params), dns_server, remote.port)
+    assert remote.received == []
+    assert OutboundRecipient.objects.get().reply == "550 5.7.30 REQUIRETLS support required"
+    assert b"Status: 5.7.30" in inbox_dsns()[0]
+
+
+def test_notify_decides_which_dsns_are_sent(sender, dns_server, sink):
+    # RFC 3461 section 4.1: NEVER gets no failure DSN; SUCCESS to a host without DSN gets
+    # ours (Action: relayed), with the ENVID and ORCPT the sender gave.
+    remote = sink()
+    remote.handler.rcpt_replies["never@example.net"] = "550 5.1.1 no such user"
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    params = EnvelopeParams(
+        mail=MailParams(envid="env 7"),
+        recipients=(
+            ("never@example.net", RcptParams(notify=frozenset({"NEVER"}))),
+            ("bob@example.net", RcptParams(notify=frozenset({"SUCCESS"}), orcpt="rfc822;Bob@example.net")),
+        ),
+    )
+    run(
+        queue_message(["never@example.net", "bob@example.net"], raw=RAW, params=params),
+        dns_server,
+        remote.port,
+    )
+    assert [r.rcpt_tos for r in remote.received] == [["bob@example.net"]]
+    [dsn] = inbox_dsns()
+    for line in (
+        b"Subject: Successful Mail Delivery Report",
+        b"Original-Envelope-Id: env+207",
+        b"Original-Recipient: rfc822; Bob@example.net",
+        b"Final-Recipient: rfc822; bob@example.net",
+        b"Action: relayed",
+    ):
+        assert line in dsn, line
+    assert b"never@example.net" not in dsn
+
+
+class ScriptedPeer:
+    """A raw SMTP server on 127.0.0.1 offering PIPELINING, CHUNKING, DSN and SMTPUTF8: it
+    answers one session and records each chunk of bytes as it arrived."""
+
+    EHLO = (
+        b"250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250-DSN\r\n"
+        b"250-SMTPUTF8\r\n250 CHUNKING\r\n"
+    )
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.reads: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.sendall(b"220 mx.example.net ESMTP\r\n")
+            buffer = b""
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                self.reads.append(data)
+                buffer += data
+                while b"\r\n" in buffer:
+                    line, _, rest = buffer.partition(b"\r\n")
+                    verb = line.split(b" ")[0].upper()
+                    if verb == b"BDAT":
+                        size = int(line.split()[1])
+                        while len(rest) < size:
+                            more = conn.recv(65536)
+                            self.reads.append(more)
+                            rest += more
+                        rest = rest[size:]
+                        conn.sendall(b"250 2.0.0 queued\r\n")
+                    elif verb == b"EHLO":
+                        conn.sendall(self.EHLO)
+                    elif verb == b"QUIT":
+                        conn.sendall(b"221 2.0.0 Bye\r\n")
+                        return
+                    else:
+                        conn.sendall(b"250 2.0.0 OK\r\n")
+                    buffer = rest
+
+
+def test_pipelining_chunking_dsn_and_smtputf8_with_a_peer_that_offers_them():
+    peer = ScriptedPeer()
+    conn = Connection(
+        host="mx.example.net",
+        address="127.0.0.1",
+        port=peer.port,
+        helo_hostname="out.example.com",
+        tls_verify=False,
+    )
+    raw = "From: alice@example.com\r\nSubject: Grüße\r\n\r\nHello\r\n".encode()
+    options = SendOptions(
+        ret="HDRS",
+        envid="e 1",
+        notify={"b@example.net": "SUCCESS"},
+        orcpt={"b@example.net": "rfc822;B@example.net"},
+    )
+    replies, _ = conn.send(
+        envelope_from="alice@example.com",
+        recipients=["a@example.net", "b@example.net"],
+        data=raw,
+        options=options,
+    )
+    conn.close()
+    peer.thread.join(10)
+    assert replies == {"a@example.net": (250, "2.0.0 queued"), "b@example.net": (250, "2.0.0 queued")}
+    # MAIL and both RCPTs in one write (RFC 2920); the message in one BDAT with its command.
+    assert (
+        b"MAIL FROM:<alice@example.com> SIZE=%d SMTPUTF8 RET=HDRS ENVID=e+201\r\n"
+        b"RCPT TO:<a@example.net>\r\n"
+        b"RCPT TO:<b@example.net> NOTIFY=SUCCESS ORCPT=rfc822;B@example.net\r\n" % len(raw)
+    ) in peer.reads
+    assert b"BDAT %d LAST\r\n" % len(raw) + raw in b"".join(peer.reads)
+    assert b"DATA" not in b"".join(peer.reads)
+
+
+def test_binarymime_needs_a_peer_with_binarymime(sender, dns_server, sink):
+    # RFC 3030 section 3: binary data cannot be converted; it bounces with 5.6.3.
+    remote = sink()
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    params = EnvelopeParams(mail=MailParams(binarymime=True))
+    run(queue_message(["bob@example.net"], raw=RAW, params=params), dns_server, remote.port)
+    assert remote.received == []
+    assert OutboundRecipient.objects.get().reply == "554 5.6.3 Remote host does not accept BINARYMIME"

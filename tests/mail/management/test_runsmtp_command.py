@@ -50,7 +50,7 @@ def test_runsmtp_logs_and_serves(tmp_path):
         ]
         for port in (inbound, submission):
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                assert client.noop() == (250, b"OK")
+                assert client.noop() == (250, b"2.0.0 OK")
         assert (tmp_path / "tls" / "cert.pem").exists()
     finally:
         terminate(process)

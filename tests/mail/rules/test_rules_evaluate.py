@@ -275,6 +275,7 @@ def test_vacation_reply_follows_rfc_3834():
     assert msg["In-Reply-To"] == "<m1@example.net>"
     assert msg["References"] == "<m0@example.net> <m1@example.net>"
     assert msg["Message-ID"].endswith("@example.com>")
+    assert msg["Date"].endswith(" +0000")  # RFC 5322 section 3.3
     assert msg.get_payload(decode=True) == b"I am away.\r\n"
 
 

@@ -130,7 +130,7 @@ def test_set_applies_together_or_not_at_all(data_dir, settings):
     for values, error in [
         (
             {"submission": "on", "colour": "blue"},
-            "unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled)",
+            "unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster)",
         ),
         ({"submission": "on", "auth": "maybe"}, "auth=maybe: the value must be on or off"),
         (
@@ -138,7 +138,7 @@ def test_set_applies_together_or_not_at_all(data_dir, settings):
             "hostname: invalid domain name 'bad..host': encoding with 'idna' codec failed "
             "(UnicodeError: label empty or too long)",
         ),
-        ({}, "nothing to set (keys: submission, auth, dkim, hostname, enabled)"),
+        ({}, "nothing to set (keys: submission, auth, dkim, hostname, enabled, postmaster)"),
     ]:
         with pytest.raises(DomainError) as exc:
             domain_set(name="example.com", values=values)
@@ -277,6 +277,10 @@ def test_import_reads_an_edited_file_back(data_dir, settings):
             lambda t: t.replace('hostname = "mail.example.com"', "hostname = 5"),
             "outbound.hostname: must be a string",
         ),
+        (
+            lambda t: t.replace("enabled = true", 'enabled = true\npostmaster = "a b"', 1),
+            "postmaster: invalid local part 'a b'",
+        ),
         (lambda t: t.replace("MC4C", "XXXX", 1), "outbound.dkim.private_key_pem: not a PEM private key"),
         (
             lambda t: t.replace('selector = "default"', 'selector = "bad selector"'),
@@ -335,3 +339,16 @@ def test_create_gives_earlier_grants_their_mailboxes(data_dir, settings):
     assert result.notes[-1] == "mailboxes from existing grants: alice@example.com"
     assert [m.address for m in Mailbox.objects.all()] == ["alice@example.com"]
     assert sorted(Mailbox.objects.get().folders.values_list("name", flat=True)) == ["inbox", "sent"]
+
+
+def test_postmaster_setting_is_a_local_part(data_dir):
+    domain_create(name="example.com")
+    result = domain_set(name="example.com", values={"postmaster": "HostMaster"})
+    assert tomllib.loads(path_of(data_dir, "example.com").read_text())["postmaster"] == "hostmaster"
+    assert (result.domain.postmaster, result.notes) == (
+        "hostmaster",
+        ["mail domain example.com: postmaster=hostmaster"],
+    )
+    with pytest.raises(DomainError, match="postmaster: invalid local part 'a b'"):
+        domain_set(name="example.com", values={"postmaster": "a b"})
+    assert domain_set(name="example.com", values={"postmaster": ""}).domain.postmaster == ""

@@ -2,7 +2,7 @@
 and by the email package for everything else, with the same results either way."""
 
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 
 import pytest
@@ -32,8 +32,16 @@ UNUSUAL = [
 
 
 def email_package(raw: bytes):
-    msg = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    # The header read as UTF-8 text (RFC 6532), undecodable bytes kept as surrogates.
+    msg = HeaderParser(policy=compat32).parsestr(raw.decode("utf-8", "surrogateescape"), headersonly=True)
     return tuple((name, str(value)) for name, value in msg.items())
+
+
+def test_raw_utf8_fields_are_text():
+    parsed = parse_message(b"Subject: Gr\xc3\xbc\xc3\x9fe\r\nFrom: J\xc3\xbcrgen <j@example.com>\r\n\r\n")
+    assert (parsed.subject, parsed.header_from) == ("Grüße", "Jürgen <j@example.com>")
+    # Bytes that are not UTF-8 cannot be told: shown replaced, the rest kept.
+    assert parse_message(b"Subject: caf\xe9 ok\r\n\r\n").subject == "caf\ufffd ok"
 
 
 @pytest.mark.parametrize("raw", PLAIN)

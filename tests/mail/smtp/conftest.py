@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class RunningServer:
     inbound_port: int
     submission_port: int
     config: SMTPConfig
+    submissions_port: int = 0  # implicit TLS (RFC 8314)
 
 
 def test_config(**overrides) -> SMTPConfig:
@@ -60,13 +62,19 @@ def start_smtp(transactional_db, settings):
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
-        listens = {"smtp": ListenAddress("127.0.0.1", 0), "submission": ListenAddress("127.0.0.1", 0)}
+        listens = {
+            "smtp": ListenAddress("127.0.0.1", 0),
+            "submission": ListenAddress("127.0.0.1", 0),
+            "submissions": ListenAddress("127.0.0.1", 0),
+        }
         listeners = asyncio.run_coroutine_threadsafe(
             start_listeners(listens=listens, config=config), loop
         ).result(10)
         running.append((loop, thread, listeners))
         ports = [s.sockets[0].getsockname()[1] for s in listeners.servers]
-        return RunningServer(inbound_port=ports[0], submission_port=ports[1], config=config)
+        return RunningServer(
+            inbound_port=ports[0], submission_port=ports[1], submissions_port=ports[2], config=config
+        )
 
     yield start
     for loop, thread, listeners in running:
@@ -114,3 +122,43 @@ def nothing_stored() -> bool:
         and not MessageContent.objects.exists()
         and not OutboundDelivery.objects.exists()
     )
+
+
+class RawClient:
+    """A line-level SMTP client over a plain socket, to send what smtplib never would."""
+
+    def __init__(self, port: int, *, implicit_tls: bool = False):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if implicit_tls:
+            self.sock = tls_context().wrap_socket(self.sock)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"closed; pending {self.buffer!r}")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def reply(self) -> bytes:
+        """One complete (possibly multi-line) reply, lines joined by CRLF."""
+        lines = [self.line()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self.line())
+        return b"\r\n".join(lines)
+
+    def cmd(self, text: bytes) -> bytes:
+        self.send(text + b"\r\n")
+        return self.reply()
+
+    def starttls(self) -> None:
+        context = tls_context()
+        self.sock = context.wrap_socket(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()

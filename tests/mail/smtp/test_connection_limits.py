@@ -29,7 +29,7 @@ def greeted(port: int, source: str = "127.0.0.1") -> socket.socket:
 def leave(sock: socket.socket) -> None:
     """QUIT and wait for the server to close: its slot is free by then."""
     sock.sendall(b"QUIT\r\n")
-    assert read_all(sock, 5) == b"221 Bye\r\n"
+    assert read_all(sock, 5) == b"221 2.0.0 Bye\r\n"
     sock.close()
 
 
@@ -44,7 +44,7 @@ def test_total_limit_per_listener(start_smtp, example_com):
             assert read_all(over, 5) == BUSY
         # The other listener has places of its own.
         with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=5) as client:
-            assert client.noop() == (250, b"OK")
+            assert client.noop() == (250, b"2.0.0 OK")
         leave(held.pop())
         with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=5) as client:
             assert client.ehlo("mx.example.net")[0] == 250
@@ -62,7 +62,7 @@ def test_full_listener_closes_the_longest_silent_connection(start_smtp, example_
     try:
         time.sleep(0.6)
         talking.sendall(b"NOOP\r\n")
-        assert talking.recv(100) == b"250 OK\r\n"
+        assert talking.recv(100) == b"250 2.0.0 OK\r\n"
         # The listener is full: the new client takes the place of the one silent for 0.6 s.
         with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=5) as client:
             assert client.ehlo("mx.example.net")[0] == 250
@@ -71,7 +71,7 @@ def test_full_listener_closes_the_longest_silent_connection(start_smtp, example_
             with socket.create_connection(("127.0.0.1", smtp.inbound_port)) as over:
                 assert read_all(over, 5) == BUSY
         talking.sendall(b"NOOP\r\n")
-        assert talking.recv(100) == b"250 OK\r\n"
+        assert talking.recv(100) == b"250 2.0.0 OK\r\n"
     finally:
         silent.close()
         talking.close()
@@ -86,7 +86,7 @@ def test_tls_sessions_free_their_slot_when_they_end(start_smtp, example_com):
         for _ in range(6):
             client = smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=5)
             client.starttls(context=tls_context())
-            assert client.docmd("QUIT") == (221, b"Bye")
+            assert client.docmd("QUIT") == (221, b"2.0.0 Bye")
             ended.append(client)  # the socket stays open
         with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=5) as client:
             assert client.ehlo("mx.example.net")[0] == 250
@@ -106,8 +106,8 @@ def test_failed_tls_handshake_is_one_info_line(start_smtp, example_com, caplog):
         sock.sendall(b"\x16\x03\x01\x00\x05hello")  # not a ClientHello
         read_all(sock, 5)
     with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=5) as client:
-        assert client.noop() == (250, b"OK")
-    records = [r for r in caplog.records if r.name == "mail.smtp" and "TLS" in r.getMessage()]
+        assert client.noop() == (250, b"2.0.0 OK")
+    records = [r for r in caplog.records if r.name == "mail.smtp" and "TLS handshake" in r.getMessage()]
     assert [(r.levelname, r.exc_info) for r in records] == [("INFO", None)]
     assert records[0].getMessage().startswith("SMTP: TLS handshake with 127.0.0.1 failed: SSLError(")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -187,7 +187,7 @@ def test_limit_fits_the_open_file_limit(tmp_path):
                 assert read_all(over, 5) == BUSY
         leave(held.pop())
         with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-            assert client.noop() == (250, b"OK")
+            assert client.noop() == (250, b"2.0.0 OK")
     finally:
         for sock in held:
             sock.close()

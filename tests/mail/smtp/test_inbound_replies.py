@@ -8,6 +8,7 @@ import pytest
 
 from mail.models import MailDomain, Message
 from mail.services.storage import read_content
+from mail.smtp.server import MAX_LINE_LENGTH
 from tests.mail.smtp.conftest import nothing_stored, tls_context
 
 MESSAGE = b"From: carol@example.net\r\nTo: bob@example.com\r\nSubject: Hi\r\n\r\nHello Bob\r\n"
@@ -25,7 +26,19 @@ def test_greeting_and_ehlo_without_auth(smtp, example_com):
     code, text = client.ehlo("mx.example.net")
     assert (code, text.split(b"\n")) == (
         250,
-        [b"mx.example.com", b"SIZE 100000", b"8BITMIME", b"SMTPUTF8", b"STARTTLS", b"HELP"],
+        [
+            b"mx.example.com",
+            b"PIPELINING",
+            b"SIZE 100000",
+            b"STARTTLS",
+            b"ENHANCEDSTATUSCODES",
+            b"8BITMIME",
+            b"BINARYMIME",
+            b"DSN",
+            b"SMTPUTF8",
+            b"CHUNKING",
+            b"HELP",
+        ],
     )
     assert client.docmd("AUTH", "PLAIN AGFsaWNlAGNoYW5nZS1tZQ==") == (
         502,
@@ -106,7 +119,7 @@ def test_size_advertised_and_enforced(smtp, example_com):
         client.rcpt("bob@example.com")
         big = MESSAGE + (b"x" * 900 + b"\r\n") * 120
         assert client.data(big) == (552, b"5.3.4 Message too big")
-        assert client.noop() == (250, b"OK")
+        assert client.noop() == (250, b"2.0.0 OK")
     assert nothing_stored()
 
 
@@ -114,9 +127,21 @@ def test_line_length_limit(smtp, example_com):
     with client_for(smtp) as client:
         client.mail("carol@example.net")
         client.rcpt("bob@example.com")
-        assert client.data(MESSAGE + b"y" * 1200 + b"\r\n") == (500, b"5.5.6 Line too long")
+        assert client.data(MESSAGE + b"y" * (MAX_LINE_LENGTH + 1) + b"\r\n") == (500, b"5.5.6 Line too long")
         assert client.docmd("NOOP " + "z" * 600) == (500, b"5.5.2 Command line too long")
     assert nothing_stored()
+
+
+def test_long_lines_up_to_the_limit_are_kept_byte_for_byte(smtp, example_com):
+    # Lines longer than RFC 5321's 1,000 (Postfix takes 2,048 before folding) arrive intact.
+    body = b"".join(
+        bytes([33 + n % 90]) * length + b"\r\n" for n, length in enumerate((1000, 2048, MAX_LINE_LENGTH))
+    )
+    with client_for(smtp) as client:
+        client.mail("carol@example.net")
+        client.rcpt("bob@example.com")
+        assert client.data(MESSAGE + body) == (250, b"2.0.0 Accepted")
+    assert read_content(Message.objects.get().content).endswith(MESSAGE + body)
 
 
 def test_hop_count_limit(smtp, example_com):
@@ -164,8 +189,8 @@ def test_session_timeout(start_smtp, example_com):
                 break
             time.sleep(0.25)
         replies = read_all(sock, 5)
-        assert replies.endswith(b"250 OK\r\n421 4.4.2 Session time limit exceeded, closing\r\n")
-        assert set(replies.split(b"\r\n")[:-2]) == {b"250 OK"}
+        assert replies.endswith(b"250 2.0.0 OK\r\n421 4.4.2 Session time limit exceeded, closing\r\n")
+        assert set(replies.split(b"\r\n")[:-2]) == {b"250 2.0.0 OK"}
 
 
 def test_connections_per_client(start_smtp, example_com):

@@ -2,49 +2,10 @@
 brute force. Each case asserts the exact replies and that nothing was stored or queued."""
 
 import base64
-import socket
 
 import pytest
 
-from tests.mail.smtp.conftest import nothing_stored, tls_context
-
-
-class RawClient:
-    """A line-level SMTP client over a plain socket, to send what smtplib never would."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError(f"closed; pending {self.buffer!r}")
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\r\n")
-        return line
-
-    def reply(self) -> bytes:
-        """One complete (possibly multi-line) reply, lines joined by CRLF."""
-        lines = [self.line()]
-        while lines[-1][3:4] == b"-":
-            lines.append(self.line())
-        return b"\r\n".join(lines)
-
-    def cmd(self, text: bytes) -> bytes:
-        self.send(text + b"\r\n")
-        return self.reply()
-
-    def starttls(self) -> None:
-        context = tls_context()
-        self.sock = context.wrap_socket(self.sock)
-
-    def close(self) -> None:
-        self.sock.close()
+from tests.mail.smtp.conftest import RawClient, nothing_stored
 
 
 @pytest.fixture
@@ -102,19 +63,19 @@ def test_smuggling_variants_are_refused(raw, separator):
     assert client.cmd(b"DATA") == b"354 End data with <CR><LF>.<CR><LF>"
     client.send(b"Subject: first\r\n\r\nhello" + separator + SMUGGLED + b".\r\n")
     assert client.reply() == b"550 5.6.0 Bare CR or LF in message data"
-    assert client.cmd(b"NOOP") == b"250 OK"
-    assert client.cmd(b"QUIT") == b"221 Bye"
+    assert client.cmd(b"NOOP") == b"250 2.0.0 OK"
+    assert client.cmd(b"QUIT") == b"221 2.0.0 Bye"
     assert nothing_stored()
 
 
 def test_starttls_injection_is_not_executed(raw):
     client = raw()
     client.send(b"STARTTLS\r\nMAIL FROM:<evil@example.net>\r\nRCPT TO:<bob@example.com>\r\n")
-    assert client.reply() == b"220 Ready to start TLS"
+    assert client.reply() == b"220 2.0.0 Ready to start TLS"
     client.starttls()
-    assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 Error: send HELO first"
+    assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 5.5.1 Send HELO first"
     assert client.cmd(b"EHLO mx.example.net").endswith(b"250 HELP")
-    assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 Error: need MAIL command"
+    assert client.cmd(b"RCPT TO:<bob@example.com>") == b"503 5.5.1 Need MAIL command"
     assert client.cmd(b"STARTTLS") == b"503 5.5.1 TLS already active"
     assert nothing_stored()
 

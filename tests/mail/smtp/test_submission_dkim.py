@@ -34,7 +34,9 @@ def test_submitted_message_is_signed_with_both_keys(smtp, dns_server):
         )
     assert (code, text) == (250, b"2.0.0 Accepted")
     raw = read_content(Message.objects.get(folder__name="inbox").content)
-    assert raw.startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;")
+    # Our Received field first (trace fields stay on top), then the signatures.
+    assert raw.startswith(b"Received: from [127.0.0.1] ([127.0.0.1])\r\n")
+    assert raw.split(b"\r\n", 3)[3].startswith(b"DKIM-Signature: v=1; a=ed25519-sha256;")
     assert raw.count(b"DKIM-Signature:") == 2
     verifier = dkim.DKIM(raw)
     assert verifier.verify(idx=0, dnsfunc=dns_server.dnsfunc) is True
