@@ -52,6 +52,7 @@ class Claim:
     content_id: int
     expires_at: datetime
     next_attempt_at: datetime
+    bounce_outside: bool = True
     # (recipient id, address) of the recipients still pending.
     recipients: list[tuple[int, str]] = field(default_factory=list)
 
@@ -126,6 +127,7 @@ def claim(
                 content_id=row.content_id,
                 expires_at=row.expires_at,
                 next_attempt_at=row.next_attempt_at,
+                bounce_outside=row.bounce_outside,
             )
             for row in rows.values()
         }

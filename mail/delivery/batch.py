@@ -139,6 +139,7 @@ def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
         failed=[(address, mta, reply or row.last_reply) for address, reply in waiting],
         arrival=row.created_at,
         delayed=True,
+        outside=claim.bounce_outside,
     )
     OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
     log.info("delivery #%s to %s delayed; notice sent to %s", row.id, row.domain, claim.envelope_from or "<>")
@@ -156,6 +157,7 @@ def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str
         original=_read(claim),
         failed=[(address, mta, reply or temporary) for address, reply in rows],
         arrival=row.created_at,
+        outside=claim.bounce_outside,
     )
     log.info(
         "delivery #%s to %s failed for %s; DSN %s",

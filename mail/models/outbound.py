@@ -29,6 +29,9 @@ class OutboundDelivery(models.Model):
     last_reply = models.TextField(blank=True)
     expires_at = models.DateTimeField()
     delay_notified = models.BooleanField(default=False)
+    # False for a message a rule redirected: its envelope sender came from outside and may be
+    # forged, so a bounce goes only to a local mailbox, never out (no backscatter).
+    bounce_outside = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -24,12 +24,19 @@ def _kick(ids: list[int]) -> None:
 
 
 def enqueue_remote(
-    *, content: MessageContent, envelope_from: str, recipients: list[str], helo_hostname: str
+    *,
+    content: MessageContent,
+    envelope_from: str,
+    recipients: list[str],
+    helo_hostname: str,
+    bounce_outside: bool = True,
 ) -> list[OutboundDelivery]:
     """Queue `content` for `recipients`: one OutboundDelivery per destination domain, with an
     OutboundRecipient per distinct address, due now and expiring after QUEUE_LIFETIME.
 
-    Runs in the caller's transaction (or its own when there is none); the delivery task is
+    With `bounce_outside` False (a rule redirect of mail whose sender is not authenticated), a
+    bounce or delay notice is only filed into a local sender's mailbox, never queued to a
+    remote one. Runs in the caller's transaction (or its own when there is none); the delivery task is
     kicked with the new row ids after the outermost commit. Raises
     mail.addresses.AddressError for an invalid recipient address. Returns the new rows.
     """
@@ -54,6 +61,7 @@ def enqueue_remote(
                     helo_hostname=helo_hostname,
                     next_attempt_at=now,
                     expires_at=now + QUEUE_LIFETIME,
+                    bounce_outside=bounce_outside,
                 )
                 for domain in by_domain
             ]

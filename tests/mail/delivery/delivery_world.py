@@ -261,7 +261,9 @@ def sender(transactional_db):
     return mailbox
 
 
-def queue_message(recipients: list[str], *, raw: bytes | None = None, envelope_from="alice@example.com"):
+def queue_message(
+    recipients: list[str], *, raw: bytes | None = None, envelope_from="alice@example.com", bounce_outside=True
+):
     """Store a message and queue it for `recipients`; returns the queue rows."""
     raw = raw or (
         b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -274,4 +276,5 @@ def queue_message(recipients: list[str], *, raw: bytes | None = None, envelope_f
             envelope_from=envelope_from,
             recipients=recipients,
             helo_hostname="out.example.com",
+            bounce_outside=bounce_outside,
         )

@@ -184,6 +184,43 @@ def test_no_bounce_to_a_null_sender(sender, dns_server, sink):
     assert OutboundDelivery.objects.count() == 1
 
 
+def test_a_redirect_never_bounces_to_a_remote_sender(sender, dns_server, sink, caplog):
+    # A rule redirect queues with bounce_outside off: its sender came from outside, maybe forged.
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"], envelope_from="victim@example.net", bounce_outside=False)
+    run(rows, dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "failed"
+    assert OutboundDelivery.objects.count() == 1  # no DSN queued
+    assert (
+        "DSN of a redirected message not sent to the remote sender victim@example.net (backscatter)"
+        in caplog.messages
+    )
+    assert (
+        f"delivery #{rows[0].id} to example.net failed for bob@example.net; DSN not sent" in caplog.messages
+    )
+
+
+def test_a_redirect_still_bounces_to_a_local_sender(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"], bounce_outside=False), dns_server, remote.port)
+    [dsn] = inbox_dsns()
+    assert b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\n" in dsn
+
+
+def test_a_remote_sender_gets_the_bounce_of_its_own_message(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"], envelope_from="carol@example.org"), dns_server, remote.port)
+    dsn_row = OutboundDelivery.objects.exclude(domain="example.net").get()
+    assert (dsn_row.domain, dsn_row.envelope_from) == ("example.org", "")
+
+
 def test_expiry_bounces(sender, dns_server, sink, caplog):
     caplog.set_level(logging.INFO, logger="mail.delivery")
     remote = sink()
