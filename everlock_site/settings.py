@@ -128,6 +128,8 @@ else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 AUTH_USER_MODEL = "accounts.User"
+# The admin web login checks passwords as every listener does: through the login throttle.
+AUTHENTICATION_BACKENDS = ["accounts.backends.ThrottledModelBackend"]
 
 AUTH_PASSWORD_VALIDATORS = []
 
@@ -223,10 +225,16 @@ EVERLOCK_MESSAGE_SYNC = env.str("EVERLOCK_MESSAGE_SYNC", default="filesystem")
 if EVERLOCK_MESSAGE_SYNC not in ("filesystem", "file"):
     raise ImproperlyConfigured(f'EVERLOCK_MESSAGE_SYNC is "filesystem" or "file": {EVERLOCK_MESSAGE_SYNC!r}')
 
-# Login throttle: per client address, failures in a window before further attempts from that
-# address are refused; per login, failures that slow further guesses (never a lockout).
+# Login throttle (the policy is stated in accounts/throttle.py), shared by SMTP AUTH, the SSH
+# console and the admin web login: per client address, failures in a window (seconds) before
+# further attempts from that address are refused; per login, failures in the window slow each
+# further check (0.25 s doubling to 4 s), and after EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN the
+# login is refused from every address except its known-good ones: those it logged in from
+# successfully within EVERLOCK_AUTH_KNOWN_GOOD_DAYS, where its owner is never locked out.
 EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS", default=10)
 EVERLOCK_AUTH_FAILURE_WINDOW = env.int("EVERLOCK_AUTH_FAILURE_WINDOW", default=300)
+EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN", default=30)
+EVERLOCK_AUTH_KNOWN_GOOD_DAYS = env.int("EVERLOCK_AUTH_KNOWN_GOOD_DAYS", default=30)
 
 # CELERY_BROKER_URL: the delivery workers' broker. Default: the embedded broker, a spool
 # directory in the data dir that needs no server (single machine only). Production:
