@@ -14,7 +14,15 @@ from django.contrib.auth.models import Group
 from accounts.authentication import Throttled
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
-from accounts.services import AccountError, grant_add, grant_revoke, normalize_login, user_add, user_delete
+from accounts.services import (
+    AccountError,
+    grant_add,
+    grant_revoke,
+    normalize_login,
+    normalize_new_login,
+    user_add,
+    user_delete,
+)
 from accounts.ssh_keys import SSHKeyError, parse_authorized_keys
 
 # Who may do what is said by access grants (and the superuser flag), not by Django's groups.
@@ -41,7 +49,10 @@ admin.site.login_form = ThrottledLoginForm
 def _clean_login(form: forms.ModelForm) -> str:
     """The login in stored form (casefolded, IDNA domain), unique among users."""
     try:
-        name = normalize_login(form.cleaned_data["username"])
+        if form.instance.pk and form.cleaned_data["username"] == form.instance.username:
+            name = normalize_login(form.cleaned_data["username"])  # kept as it is
+        else:
+            name = normalize_new_login(form.cleaned_data["username"])
     except AccountError as exc:
         raise forms.ValidationError(str(exc)) from None
     others = User.objects.filter(username=name)

@@ -131,7 +131,14 @@ AUTH_USER_MODEL = "accounts.User"
 # The admin web login checks passwords as every listener does: through the login throttle.
 AUTHENTICATION_BACKENDS = ["accounts.backends.ThrottledModelBackend"]
 
-AUTH_PASSWORD_VALIDATORS = []
+# New passwords (console, `serve --admin-password*`, the admin web UI) are checked by Django's
+# validators; the console's --allow-weak sets a refused one anyway.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -235,6 +242,11 @@ EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER
 EVERLOCK_AUTH_FAILURE_WINDOW = env.int("EVERLOCK_AUTH_FAILURE_WINDOW", default=300)
 EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN", default=30)
 EVERLOCK_AUTH_KNOWN_GOOD_DAYS = env.int("EVERLOCK_AUTH_KNOWN_GOOD_DAYS", default=30)
+
+# EVERLOCK_ADMIN_PASSWORD: the password of `everlock serve --admin-user NAME` (and of
+# runadminssh) when neither --admin-password-file nor --admin-password gives one; unlike
+# --admin-password it shows in no process list. Used only to create that user when missing.
+EVERLOCK_ADMIN_PASSWORD = env.str("EVERLOCK_ADMIN_PASSWORD", default="")
 
 # CELERY_BROKER_URL: the delivery workers' broker. Default: the embedded broker, a spool
 # directory in the data dir that needs no server (single machine only). Production:

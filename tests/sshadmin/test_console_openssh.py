@@ -10,7 +10,7 @@ from tests.sshadmin.openssh import PtySession, askpass_env, key_args, password_a
 
 
 def test_exec_mode_output_and_exit_status(console, tmp_path):
-    added = ssh_exec(console.port, "/users add alice s3cret", tmp=tmp_path, password=ADMIN_PASSWORD)
+    added = ssh_exec(console.port, "/users add alice alice-s3cret", tmp=tmp_path, password=ADMIN_PASSWORD)
     assert (added.returncode, added.stdout, added.stderr) == (0, "user alice added\n", "")
     granted = ssh_exec(
         console.port,
@@ -52,10 +52,10 @@ def test_terminal_session_with_line_editing(console, tmp_path):
     assert session.read_until("everlock> ").endswith(
         "Everlock admin console. /help lists the commands, /quit ends the session.\r\neverlock> "
     )
-    session.send("/users add bob pw\r")
-    assert session.read_until("everlock> ") == "/users add bob pw\r\nuser bob added\r\neverlock> "
+    session.send("/users add bob bob-password\r")
+    assert session.read_until("everlock> ") == "/users add bob bob-password\r\nuser bob added\r\neverlock> "
     # ^A moves to the start of the line, where the missing "/" is typed.
-    session.send("users passwd bob pw2\x01/\r")
+    session.send("users passwd bob bob-password-2\x01/\r")
     out = session.read_until("everlock> ")
     assert out.endswith("password of bob changed\r\neverlock> ")
     session.send("/users del nobody\r")
@@ -64,7 +64,7 @@ def test_terminal_session_with_line_editing(console, tmp_path):
     )
     session.send("/quit\r")
     assert session.wait() == 0
-    assert User.objects.get(username="bob").check_password("pw2")
+    assert User.objects.get(username="bob").check_password("bob-password-2")
 
 
 def test_public_key_login_with_openssh(console, tmp_path):
