@@ -49,9 +49,12 @@ def _read(claim: Claim) -> bytes:
 
 class Outcomes:
     """Attempt outcomes waiting to be recorded, committed together (one commit per FLUSH
-    rows instead of one per row). A worker dying before the flush leaves those rows
-    claimed: they are attempted again later, so a message may arrive twice, never zero
-    times."""
+    rows instead of one per row) while nothing is sent meanwhile; before each message goes
+    out, the outcomes so far are committed (deliver_domain flushes first). A worker dying
+    before a flush leaves those rows claimed: they are attempted again later, so a message
+    may arrive twice, never zero times; and since every delivered message is recorded before
+    the next one starts, a worker process that dies sends again at most the one message it
+    was sending: a crash of a worker with N processes duplicates at most N messages."""
 
     FLUSH = 50
 
@@ -243,6 +246,7 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                     if conn is None:
                         break
                 try:
+                    outcomes.flush()  # what was delivered is recorded before the next one goes
                     replies, reusable = _send_one(conn, claim, data)
                     if not reusable or not conn.reset():
                         conn.close()

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from delivery_world import queue_message, remote_for
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 from django.utils import timezone
 
 from mail.addresses import AddressError
@@ -65,6 +66,26 @@ def test_success_one_transaction_for_the_domain(sender, dns_server, sink, caplog
     assert list(row.recipients.values_list("status", flat=True)) == ["delivered", "delivered"]
     assert f"delivery #{row.id} to example.net: 2 of 2 recipients accepted by mx.example.net" in caplog.text
     assert inbox_dsns() == []
+
+
+def test_each_delivery_is_recorded_before_the_next_one_starts(sender, dns_server, sink):
+    # A worker killed while sending sends again only the message it was sending: every one
+    # delivered before it is already recorded when the remote gets the next one.
+    remote = sink()
+
+    def delivered_so_far():
+        try:
+            return OutboundRecipient.objects.filter(status=OutboundRecipient.Status.DELIVERED).count()
+        finally:
+            connection.close()  # this thread's own connection
+
+    remote.handler.observe = delivered_so_far
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = [row for n in range(5) for row in queue_message([f"user{n}@example.net"], raw=RAW)]
+    run(rows, dns_server, remote.port)
+    assert remote.handler.connections == 1
+    assert remote.handler.observed == [0, 1, 2, 3, 4]
+    assert OutboundRecipient.objects.filter(status=OutboundRecipient.Status.DELIVERED).count() == 5
 
 
 def test_rows_per_domain(sender, dns_server, sink):
