@@ -287,6 +287,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Each worker process runs this timer itself (no beat needed), so a lost or purged broker
 # message delays delivery by at most this long.
 EVERLOCK_QUEUE_SCAN_INTERVAL = env.float("EVERLOCK_QUEUE_SCAN_INTERVAL", default=30.0)
+# EVERLOCK_ORPHAN_FILE_AGE: a message file without a row (its writer was killed before the
+# commit) is removed once it is this many seconds old: far longer than any transaction that
+# could still commit its row (a group commit lasts seconds). EVERLOCK_ORPHAN_SWEEP_INTERVAL:
+# seconds between the delivery workers' sweeps (one at each start).
+EVERLOCK_ORPHAN_FILE_AGE = env.float("EVERLOCK_ORPHAN_FILE_AGE", default=86400.0)
+EVERLOCK_ORPHAN_SWEEP_INTERVAL = env.float("EVERLOCK_ORPHAN_SWEEP_INTERVAL", default=3600.0)
 # EVERLOCK_QUEUE_FIRST_RETRY / EVERLOCK_QUEUE_MAX_RETRY: seconds before the first retry of a
 # temporary failure, doubling per attempt up to the maximum (see mail/delivery/attempts.py).
 # The first retry is also how long a claimed row waits when its worker dies mid-delivery.
