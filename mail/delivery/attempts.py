@@ -13,7 +13,10 @@ greylisting, which clears within minutes):
 A claim writes attempts+1, last_attempt_at and next_attempt_at = now + backoff in one
 committed UPDATE before anyone dials. A worker that dies mid-delivery therefore leaves a
 row that is simply due again at next_attempt_at; a recipient delivered twice is possible
-(the remote accepted, we died before recording it), a lost one is not.
+(the remote accepted, we died before recording it), a lost one is not. Just before sending
+each claimed row, the worker renews the claim (renew(): next_attempt_at moves a backoff past
+now, guarded by `attempts`), so a long batch never lets another worker claim rows it is still
+sending, and every outcome is committed before the next row is sent (mail.delivery.batch).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class Claim:
     content_id: int
     expires_at: datetime
     next_attempt_at: datetime
+    # How far past the last attempt the next one lies: renew() moves it on by as much.
+    lease: timedelta = timedelta(0)
     bounce_outside: bool = True
     # (recipient id, address) of the recipients still pending.
     recipients: list[tuple[int, str]] = field(default_factory=list)
@@ -127,6 +132,7 @@ def claim(
                 content_id=row.content_id,
                 expires_at=row.expires_at,
                 next_attempt_at=row.next_attempt_at,
+                lease=row.next_attempt_at - now,
                 bounce_outside=row.bounce_outside,
             )
             for row in rows.values()
@@ -136,6 +142,24 @@ def claim(
         ).values_list("id", "delivery_id", "address"):
             claims[did].recipients.append((rid, address))
     return sorted(claims.values(), key=lambda c: c.id)
+
+
+def renew(claim: Claim) -> bool:
+    """Just before a claimed row is sent: move its next attempt time `lease` past now, if the
+    row is still this claim's (not claimed again since, not held). Returns False when it is
+    not: then it must not be sent, or it would be sent twice.
+
+    A worker sends its claimed rows one after another; without this, a batch that takes
+    longer than the backoff would see its last rows due again, and claimed by a second
+    worker while the first one still sends them."""
+    now = timezone.now()
+    next_attempt_at = now + claim.lease
+    renewed = OutboundDelivery.objects.filter(
+        id=claim.id, attempts=claim.attempts, status=OutboundDelivery.Status.QUEUED
+    ).update(next_attempt_at=next_attempt_at, updated_at=now)
+    if renewed:
+        claim.next_attempt_at = next_attempt_at
+    return bool(renewed)
 
 
 def due_ids(*, limit: int = 1000) -> list[int]:

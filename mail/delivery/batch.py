@@ -15,7 +15,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from mail.delivery.attempts import Claim, Reply, record_outcome
+from mail.delivery.attempts import Claim, Reply, record_outcome, renew
 from mail.delivery.bounces import send_dsn
 from mail.delivery.client import ConnectFailed, Connection
 from mail.delivery.mx import Host, LookupFailed, lookup
@@ -237,6 +237,10 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                 # Every host just failed: the other rows for this domain wait too.
                 outcomes.add(claim, {}, temporary=unreachable)
                 continue
+            outcomes.flush()  # what was delivered is recorded before the next one goes
+            if not renew(claim):
+                log.info("delivery #%s was claimed again meanwhile: left to that attempt", claim.id)
+                continue
             data = _read(claim)
             replies: dict[int, Reply] = {}
             error = ""
@@ -246,7 +250,6 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                     if conn is None:
                         break
                 try:
-                    outcomes.flush()  # what was delivered is recorded before the next one goes
                     replies, reusable = _send_one(conn, claim, data)
                     if not reusable or not conn.reset():
                         conn.close()

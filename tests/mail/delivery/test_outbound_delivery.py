@@ -88,6 +88,27 @@ def test_each_delivery_is_recorded_before_the_next_one_starts(sender, dns_server
     assert OutboundRecipient.objects.filter(status=OutboundRecipient.Status.DELIVERED).count() == 5
 
 
+def test_a_row_claimed_again_meanwhile_is_left_to_that_claim(sender, dns_server, sink, caplog):
+    # A worker's batch outlasts the backoff: its last row is due again and a second worker
+    # claims it. The first worker must not send it as well.
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    first, second = (queue_message([f"user{n}@example.net"], raw=RAW)[0] for n in range(2))
+    slow_batch = claim(ids=[first.id, second.id])
+    OutboundDelivery.objects.filter(id=second.id).update(next_attempt_at=timezone.now())
+    [again] = claim(ids=[second.id])
+    deliver_claims(slow_batch, remote=remote_for(dns_server, remote.port))
+    assert [r.rcpt_tos for r in remote.received] == [["user0@example.net"]]
+    assert f"delivery #{second.id} was claimed again meanwhile: left to that attempt" in caplog.messages
+    deliver_claims([again], remote=remote_for(dns_server, remote.port))
+    assert [r.rcpt_tos for r in remote.received] == [["user0@example.net"], ["user1@example.net"]]
+    assert list(OutboundDelivery.objects.values_list("status", "attempts")) == [
+        ("delivered", 1),
+        ("delivered", 2),
+    ]
+
+
 def test_rows_per_domain(sender, dns_server, sink):
     rows = queue_message(["a@example.net", "b@example.org", "c@EXAMPLE.net"])
     assert sorted((r.domain, [x.address for x in r.recipients.all()]) for r in rows) == [
