@@ -382,6 +382,8 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
     Remote targets are queued; their bounces never leave the installation (enqueue_remote's
     `bounce_outside`), since the original sender may be forged (backscatter).
     """
+    if not pending:
+        return
     queue = deque(pending)
     max_hops = current_rules().rules.limits["max_redirect_hops"]
     while queue:
