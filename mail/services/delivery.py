@@ -389,9 +389,10 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
     while queue:
         sent = queue.popleft()
         outgoing = sent.outgoing
-        content = store_content(outgoing.data, files=files)
-        parsed = parse_message(outgoing.data)
         boxes, remote = resolve_mailboxes(outgoing.recipients)
+        # Stored once for all its targets; not at all when none can take it.
+        content = store_content(outgoing.data, files=files) if boxes or remote else None
+        parsed = parse_message(outgoing.data)
         failures = [
             f"{target}: no such mailbox"
             for target in outgoing.recipients
