@@ -7,7 +7,8 @@
 
 It creates .venv, installs the pinned requirements (again only when they change) and, for the
 tests, the Debian tools the tests drive (OpenSSH client, swaks, dig, opendkim-tools, Perl's
-Mail::DKIM, chromium) when they are missing and apt-get is usable.
+Mail::DKIM, chromium, mbsync, neomutt, curl) when they are missing and apt-get is usable;
+the IMAP compliance test builds Dovecot's imaptest with the kit in ../shared/tools/imaptest.
 """
 
 import hashlib
@@ -37,6 +38,10 @@ DEFAULT_SERVE_FLAGS = [
     "--frontend-http",
     "--frontend-http-listen",
     "127.0.0.1:8080",
+    "--frontend-imap-listen",
+    "127.0.0.1:1143",
+    "--frontend-imaps-listen",
+    "127.0.0.1:1993",
     "--admin-user",
     "admin",
     "--admin-password",
@@ -51,6 +56,10 @@ TEST_TOOLS = {
     "opendkim-testmsg": "opendkim-tools",
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
     "/usr/bin/chromium": "chromium",
+    "mbsync": "isync",
+    "neomutt": "neomutt",
+    "script": "bsdutils",
+    "curl": "curl",
 }
 
 

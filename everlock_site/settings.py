@@ -175,6 +175,18 @@ CACHES = {
 # EVERLOCK_HOSTNAME: the name this server gives in SMTP greetings and Received headers.
 EVERLOCK_HOSTNAME = env.str("EVERLOCK_HOSTNAME", default="localhost")
 
+# EVERLOCK_IMAP_MAX_CONNECTIONS: open connections per IMAP listener; more are answered
+# `* BYE [LIMIT]`. EVERLOCK_IMAP_MAX_SESSIONS_PER_USER: logged-in sessions of one user per
+# IMAP process. EVERLOCK_IMAP_IDLE_TIMEOUT: seconds a connection may stay silent, IDLE included
+# (RFC 9051 asks for at least 30 minutes). EVERLOCK_IMAP_MAX_LINE: bytes of one command line
+# (literals aside). EVERLOCK_IMAP_NOTIFY_INTERVAL: seconds between looks for changes other
+# processes made to open folders (how soon IDLE hears of new mail).
+EVERLOCK_IMAP_MAX_CONNECTIONS = env.int("EVERLOCK_IMAP_MAX_CONNECTIONS", default=4000)
+EVERLOCK_IMAP_MAX_SESSIONS_PER_USER = env.int("EVERLOCK_IMAP_MAX_SESSIONS_PER_USER", default=50)
+EVERLOCK_IMAP_IDLE_TIMEOUT = env.float("EVERLOCK_IMAP_IDLE_TIMEOUT", default=30 * 60)
+EVERLOCK_IMAP_MAX_LINE = env.int("EVERLOCK_IMAP_MAX_LINE", default=64 * 1024)
+EVERLOCK_IMAP_NOTIFY_INTERVAL = env.float("EVERLOCK_IMAP_NOTIFY_INTERVAL", default=0.25)
+
 # EVERLOCK_TLS_CERT / EVERLOCK_TLS_KEY: PEM files for STARTTLS. When unset, a self-signed
 # pair for EVERLOCK_HOSTNAME is generated once in the data dir (tls/).
 EVERLOCK_TLS_CERT = env.str("EVERLOCK_TLS_CERT", default="")

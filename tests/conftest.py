@@ -15,6 +15,20 @@ os.environ.setdefault("EVERLOCK_DATA_DIR", _data_dir)
 os.environ.setdefault("EVERLOCK_LOG", "warning")
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """On SQLite, the test database is a file as in production, not Django's shared in-memory
+    one: its table locks fail concurrent readers at once (the IMAP and SMTP listeners' threads),
+    where a file in WAL mode lets them read beside a writer."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = os.path.join(
+            tempfile.mkdtemp(prefix="everlock-db-"), "test.sqlite3"
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _release_connections_before_the_test_database_goes(django_db_setup):
     """Before the test database is dropped: the connections of worker threads that have

@@ -14,7 +14,7 @@ from django.utils.html import format_html
 
 from mail.addresses import AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain
-from mail.services.mailboxes import mailbox_create, mailbox_delete
+from mail.services.mailboxes import mailbox_create, mailbox_delete, mailbox_set, mailbox_usage
 
 
 def _messages_link(count: int, **filters) -> str:
@@ -79,10 +79,18 @@ class MailboxAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["address"] if obj is None else ["address", "domain", "local_part", "created_at"]
+        return (
+            ["address"]
+            if obj is None
+            else ["address", "domain", "local_part", "quota", "usage", "created_at"]
+        )
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["address", "domain", "local_part", "created_at"]
+        return [] if obj is None else ["address", "domain", "local_part", "usage", "created_at"]
+
+    @admin.display(description="size")
+    def usage(self, obj: Mailbox) -> str:
+        return f"{mailbox_usage(obj.pk)} bytes"
 
     @admin.display(description="address", ordering="local_part")
     def address(self, obj: Mailbox) -> str:
@@ -97,6 +105,8 @@ class MailboxAdmin(admin.ModelAdmin):
             mailbox, _ = mailbox_create(address=form.cleaned_data["address"])
             obj.pk, obj.domain, obj.local_part = mailbox.pk, mailbox.domain, mailbox.local_part
             obj._state.adding = False
+        else:
+            mailbox_set(address=obj.address, quota=obj.quota)
 
     def delete_model(self, request, obj: Mailbox):
         mailbox_delete(address=obj.address)

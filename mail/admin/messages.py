@@ -19,8 +19,7 @@ class MessageAdmin(admin.ModelAdmin):
         "envelope_from",
         "subject",
         "size",
-        "seen",
-        "flagged",
+        "flags_shown",
     )
     list_filter = ("folder__name", "seen", "flagged", "folder__mailbox__domain")
     search_fields = ("subject", "envelope_from", "envelope_to", "header_from", "message_id")
@@ -37,8 +36,7 @@ class MessageAdmin(admin.ModelAdmin):
         "message_id",
         "size",
         "received_at",
-        "seen",
-        "flagged",
+        "flags_shown",
         "content",
         "headers",
         "raw_message",
@@ -48,6 +46,11 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="mailbox", ordering="folder__mailbox__local_part")
     def mailbox(self, obj: Message) -> str:
         return obj.folder.mailbox.address
+
+    @admin.display(description="flags")
+    def flags_shown(self, obj: Message) -> str:
+        """The IMAP flags and keywords, as a mail client left them."""
+        return " ".join(obj.flags) or "-"
 
     @admin.display(description="folder", ordering="folder__name")
     def folder_name(self, obj: Message) -> str:

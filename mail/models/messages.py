@@ -37,10 +37,42 @@ class Message(models.Model):
     received_at = models.DateTimeField(auto_now_add=True)
     seen = models.BooleanField(default=False)
     flagged = models.BooleanField(default=False)
+    answered = models.BooleanField(db_default=False)
+    deleted = models.BooleanField(db_default=False)
+    draft = models.BooleanField(db_default=False)
+    # Columns with database defaults: the group commit inserts rows naming only the columns
+    # filing sets.
+    # IMAP keywords ($Forwarded, $Junk, ...), space-separated.
+    keywords = models.CharField(max_length=1000, blank=True, db_default="")
+    # The IMAP UID within the folder. Filing leaves it NULL; the first reader of the folder
+    # numbers new messages in the order they became visible (mail.imap.store.number_new).
+    uid = models.PositiveBigIntegerField(null=True, blank=True)
+    # The folder's highest_modseq when this message last changed.
+    modseq = models.PositiveBigIntegerField(db_default=0)
 
     class Meta:
         ordering = ["-received_at", "-id"]
-        indexes = [models.Index(fields=["folder", "-received_at"])]
+        indexes = [
+            models.Index(fields=["folder", "-received_at"]),
+            models.Index(fields=["folder", "uid"]),
+            models.Index(fields=["folder", "modseq"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject or '(no subject)'} -> {self.envelope_to}"
+
+    @property
+    def flags(self) -> list[str]:
+        """The IMAP flags and keywords of this copy, as a mail client sees them."""
+        names = [
+            name
+            for name, on in (
+                ("\\Seen", self.seen),
+                ("\\Answered", self.answered),
+                ("\\Flagged", self.flagged),
+                ("\\Deleted", self.deleted),
+                ("\\Draft", self.draft),
+            )
+            if on
+        ]
+        return names + self.keywords.split()

@@ -29,6 +29,7 @@ from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts, OutgoingMessage
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
+from mail.services.mailboxes import mailbox_usage
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
 from mail.smtp import replies
@@ -145,21 +146,32 @@ def local_domain(name: str) -> MailDomain | None:
     return MailDomain.objects.filter(name=name, enabled=True).first()
 
 
-def check_local_recipient(address: Address) -> int:
-    """The id of the mailbox `address` is delivered to.
+def check_room(*, mailbox_id: int, quota: int | None) -> None:
+    """Raises SMTPReject 452 4.2.2 when the mailbox has reached its quota (bytes; None: no
+    limit). A message accepted below the quota is delivered whole, even past it."""
+    if quota is not None and mailbox_usage(mailbox_id) >= quota:
+        # RFC 3463 X.2.2 "mailbox full": temporary, the sender retries once mail is removed.
+        raise SMTPReject(452, "4.2.2", "Mailbox full")
+
+
+def check_local_recipient(address: Address) -> tuple[int, int | None]:
+    """The id and quota of the mailbox `address` is delivered to.
 
     Raises SMTPReject: RELAY_DENIED when the domain is not an enabled local domain,
-    UNKNOWN_USER when it is but has no such mailbox.
+    UNKNOWN_USER when it is but has no such mailbox, 452 4.2.2 when the mailbox has reached its
+    quota.
     """
     found = list(
         Mailbox.objects.filter(
             domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
         )
         .order_by()
-        .values_list("id", flat=True)[:1]
+        .values_list("id", "quota")[:1]
     )
     if found:
-        return found[0]
+        mailbox_id, quota = found[0]
+        check_room(mailbox_id=mailbox_id, quota=quota)
+        return mailbox_id, quota
     if MailDomain.objects.filter(name=address.domain, enabled=True).exists():
         raise replies.UNKNOWN_USER
     raise replies.RELAY_DENIED

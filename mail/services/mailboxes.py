@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Sum
 
 from accounts.grants import GrantError, parse_resource
 from accounts.models import AccessGrant
 from mail.addresses import AddressError, parse_address
-from mail.models import Folder, Mailbox, MailDomain
+from mail.models import Folder, Mailbox, MailDomain, Message
 from mail.models.mailboxes import INBOX, SENT
 
 
@@ -95,3 +96,44 @@ def mailbox_delete(*, address: str) -> bool:
     with transaction.atomic():
         deleted, _ = Mailbox.objects.filter(domain=domain, local_part=local).delete()
     return bool(deleted)
+
+
+def mailbox_usage(mailbox_id: int) -> int:
+    """Bytes stored in all folders of the mailbox: what its quota limits (RFC 9208 STORAGE)."""
+    return Message.objects.filter(folder__mailbox_id=mailbox_id).aggregate(total=Sum("size"))["total"] or 0
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int | None:
+    """A size as the console takes it: bytes, or with a K, M, G or T suffix (1024-based);
+    `none` or `off` for no limit. Raises MailboxError for anything else."""
+    value = text.strip().upper().removesuffix("B")
+    if value in ("NONE", "OFF"):
+        return None
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "")
+    if not number.isdigit():
+        raise MailboxError(f"invalid size {text!r} (bytes, or a number with K, M, G or T; none for no limit)")
+    return int(number) * _UNITS[unit]
+
+
+def mailbox_find(*, address: str) -> Mailbox:
+    """The mailbox `address`. Raises MailboxError for an invalid address, a domain that is not
+    local or no such mailbox."""
+    domain, local = _split(address)
+    mailbox = Mailbox.objects.select_related("domain").filter(domain=domain, local_part=local).first()
+    if mailbox is None:
+        raise MailboxError(f"no mailbox {address}")
+    return mailbox
+
+
+def mailbox_set(*, address: str, quota: int | None) -> Mailbox:
+    """Set the quota of the mailbox `address` (bytes; None: no limit).
+
+    Raises MailboxError for an invalid address, a domain that is not local or no such mailbox.
+    """
+    mailbox = mailbox_find(address=address)
+    mailbox.quota = quota
+    mailbox.save(update_fields=["quota"])
+    return mailbox

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from mail.services.delivery import check_local_recipient, deliver_inbound
+from mail.services.delivery import check_local_recipient, check_room, deliver_inbound
 from mail.smtp import replies
 from mail.smtp.handler import BaseHandler, check_data, envelope_address, received_header
 from mail.smtp.replies import SMTPReject
@@ -72,8 +72,13 @@ class InboundHandler(BaseHandler):
             if not ok:
                 return result
             self.recipients.put(parsed.key, result)
-        if result not in envelope.mailbox_ids:
-            envelope.mailbox_ids.append(result)
+        elif result[1] is not None:
+            ok, full = await call_service(check_room, mailbox_id=result[0], quota=result[1])
+            if not ok:
+                return full
+        mailbox_id = result[0]
+        if mailbox_id not in envelope.mailbox_ids:
+            envelope.mailbox_ids.append(mailbox_id)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK

@@ -29,13 +29,17 @@ def messages_list(ctx, address: str, folder: str | None = None) -> str:
     messages = Message.objects.filter(folder__mailbox=mailbox).select_related("folder")
     if folder is not None:
         messages = messages.filter(folder__name=folder)
-    rows = [("ID", "FOLDER", "FROM", "SUBJECT")]
-    rows += [(str(m.id), m.folder.name, m.header_from or m.envelope_from, m.subject) for m in messages]
+    # FLAGS as IMAP clients left them (\\Seen, \\Flagged, keywords), "-" for none.
+    rows = [("ID", "FOLDER", "FLAGS", "FROM", "SUBJECT")]
+    rows += [
+        (str(m.id), m.folder.name, " ".join(m.flags) or "-", m.header_from or m.envelope_from, m.subject)
+        for m in messages
+    ]
     if len(rows) == 1:
         return f"no messages in {mailbox.address}" + (f" {folder}" if folder is not None else "")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
+        "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
     )
 
 

@@ -194,9 +194,9 @@ def test_mail_client_delivers_locally_through_rules_and_remotely_through_mx(worl
 
     # carol@example.com is local: the rule filed it into Reports instead of the inbox.
     listing = world.everlock.console("/mail messages list carol@example.com").splitlines()
-    assert listing[0].split() == ["ID", "FOLDER", "FROM", "SUBJECT"]
+    assert listing[0].split() == ["ID", "FOLDER", "FLAGS", "FROM", "SUBJECT"]
     row = next(line for line in listing if line.endswith(subject))
-    assert re.fullmatch(rf"\d+ +Reports +Alice <alice@example\.com> +{re.escape(subject)}", row), listing
+    assert re.fullmatch(rf"\d+ +Reports +- +Alice <alice@example\.com> +{re.escape(subject)}", row), listing
     # The sender keeps a copy in `sent`.
     sent = world.everlock.console("/mail messages list alice@example.com sent")
     assert any(line.endswith(subject) for line in sent.splitlines())

@@ -37,6 +37,7 @@ COMPONENTS = (
     Component("backend-mail-smtp", "mail.delivery.worker:start_embedded_worker"),
     Component("frontend-ssh", "sshadmin.server:start_console", needs=("backend-admin-ssh",)),
     Component("frontend-smtp", "mail.smtp.server:start_listeners", needs=("backend-mail-smtp",)),
+    Component("frontend-imap", "mail.imap.listener:start_listeners"),
     Component("frontend-http", "everlock_site.http:start_http"),
 )
 
@@ -59,6 +60,21 @@ class Command(BaseCommand):
             action="store_true",
             help="mail delivery: local delivery and the outbound workers",
         )
+        parser.add_argument(
+            "--frontend-imap", action="store_true", help="the IMAP listeners (STARTTLS and implicit TLS)"
+        )
+        parser.add_argument(
+            "--frontend-imap-listen",
+            default=None,
+            metavar="ADDR",
+            help="IMAP with STARTTLS (default 0.0.0.0:143)",
+        )
+        parser.add_argument(
+            "--frontend-imaps-listen",
+            default=None,
+            metavar="ADDR",
+            help="IMAP over implicit TLS, RFC 8314 (default 0.0.0.0:993)",
+        )
         parser.add_argument("--backend-dns-dns", action="store_true", help="the hosted DNS backend")
         parser.add_argument(
             "--frontend-dns-listen",
@@ -78,6 +94,9 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         if opts["frontend_dns_listen"]:
             opts["backend_dns_dns"] = True
+        imap_listens = opts["frontend_imap_listen"], opts["frontend_imaps_listen"]
+        if any(imap_listens):
+            opts["frontend_imap"] = True
         selected = {c.name for c in COMPONENTS if opts[c.name.replace("-", "_")]}
         if opts["frontend_smtp_submission"]:
             selected.add("frontend-smtp")
@@ -100,6 +119,18 @@ class Command(BaseCommand):
             else None,
             "dns": parse_listen(opts["frontend_dns_listen"] or "0.0.0.0:53", option="--frontend-dns-listen"),
             "http": parse_listen(opts["frontend_http_listen"], option="--frontend-http-listen"),
+            # --frontend-imap alone starts both IMAP listeners on their defaults; either listen
+            # flag alone starts that listener only.
+            "imap": parse_listen(
+                opts["frontend_imap_listen"] or "0.0.0.0:143", option="--frontend-imap-listen"
+            )
+            if opts["frontend_imap_listen"] or not any(imap_listens)
+            else None,
+            "imaps": parse_listen(
+                opts["frontend_imaps_listen"] or "0.0.0.0:993", option="--frontend-imaps-listen"
+            )
+            if opts["frontend_imaps_listen"] or not any(imap_listens)
+            else None,
         }
         starts = [(c, _load(c)) for c in COMPONENTS if c.name in selected]
 

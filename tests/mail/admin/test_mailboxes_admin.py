@@ -90,3 +90,27 @@ def test_messages_are_read_only_with_escaped_headers(admin_client):
     assert admin_client.post(f"/mail/message/{message.pk}/delete/", {"post": "yes"}).status_code == 403
     message.refresh_from_db()
     assert not message.seen
+
+
+def test_quota_is_set_on_the_mailbox_page_and_flags_show_on_messages(admin_client):
+    mailbox = ensure_mailbox(domain=MailDomain.objects.create(name="example.com"), local_part="bob")
+    (message,) = deliver_inbound(
+        raw=b"Subject: one\r\n\r\nbody\r\n", envelope_from="", mailbox_ids=[mailbox.id]
+    )
+    folders = list(mailbox.folders.order_by("name"))
+    form = {
+        "quota": "1048576",
+        "folders-TOTAL_FORMS": str(len(folders)),
+        "folders-INITIAL_FORMS": str(len(folders)),
+        **{f"folders-{i}-id": str(folder.pk) for i, folder in enumerate(folders)},
+        **{f"folders-{i}-mailbox": str(mailbox.pk) for i, folder in enumerate(folders)},
+    }
+    response = admin_client.post(f"/mail/mailbox/{mailbox.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()
+    mailbox.refresh_from_db()
+    assert mailbox.quota == 1048576
+    page = admin_client.get(f"/mail/mailbox/{mailbox.pk}/change/").content.decode()
+    assert f"{message.size} bytes" in page
+    type(message).objects.filter(pk=message.pk).update(seen=True, keywords="$Work")
+    page = admin_client.get(f"/mail/message/{message.pk}/change/").content.decode()
+    assert "\\Seen $Work" in page

@@ -25,12 +25,17 @@ def test_messages_list_and_show():
     listing = run("/mail messages list Carol@example.com")
     width = max(2, len(str(message.id)))
     assert listing == (
-        f"{'ID'.ljust(width)}  FOLDER  FROM                   SUBJECT\n"
-        f"{str(message.id).ljust(width)}  inbox   Bob <bob@example.net>  Lunch?"
+        f"{'ID'.ljust(width)}  FOLDER  FLAGS  FROM                   SUBJECT\n"
+        f"{str(message.id).ljust(width)}  inbox   -      Bob <bob@example.net>  Lunch?"
     )
     assert run("/mail messages list carol@example.com inbox") == listing
     assert run("/mail messages list carol@example.com sent") == "no messages in carol@example.com sent"
     assert run(f"/mail messages show {message.id}") == RAW.decode()
+    # Flags as a mail client leaves them.
+    type(message).objects.filter(pk=message.pk).update(seen=True, flagged=True, keywords="$Work")
+    assert run("/mail messages list carol@example.com").splitlines()[1] == (
+        f"{str(message.id).ljust(width)}  inbox   \\Seen \\Flagged $Work  Bob <bob@example.net>  Lunch?"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,595 @@
+"""What an IMAP session reads and changes, over the mail models: synchronous, one transaction
+per call, run by the backend (mail.imap.backend) in worker threads.
+
+Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
+reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
+from `Folder.uid_next` (number_new). A message becomes visible to IMAP only once numbered, so
+UIDs grow in the order clients can see the messages, whatever order concurrent deliveries
+committed in (RFC 9051 §2.3.1.1).
+
+Change tracking: every IMAP change raises the folder's `highest_modseq` and stamps the changed
+rows with it, so a session learns what changed since it last looked with one indexed query.
+Copies removed behind IMAP's back (the console, the admin, a deleted mailbox) show as a count
+that no longer matches; the session then compares UIDs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Count, Max, Q
+from django.utils import timezone
+
+from accounts.grants import GrantError, parse_resource, role_rank
+from accounts.models import AccessGrant, User
+from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
+from mail.models.mailboxes import INBOX, SENT
+from mail.services.delivery import parse_message
+from mail.services.mailboxes import mailbox_usage
+from mail.services.storage import StoredFiles, delete_content_file, store_content
+
+log = logging.getLogger("mail.imap")
+
+# The folders every personal namespace offers (RFC 6154 SPECIAL-USE), created at first login.
+SPECIAL_USE = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+# Folder names as stored -> as IMAP shows them (the stored names filing has always used).
+_STORED_AS = {INBOX: "INBOX", SENT: "Sent"}
+_SHOWN_AS = {shown.upper(): stored for stored, shown in _STORED_AS.items()}
+
+SHARED_PREFIX = "Shared"
+DELIMITER = "/"
+
+SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+_FLAG_FIELDS = {
+    "\\Seen": "seen",
+    "\\Answered": "answered",
+    "\\Flagged": "flagged",
+    "\\Deleted": "deleted",
+    "\\Draft": "draft",
+}
+
+
+class StoreError(Exception):
+    """A refused change; `code` is the IMAP response code (RFC 5530) and str() the text."""
+
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code = code
+
+
+class FolderGone(Exception):
+    """The folder was deleted (or renamed away) since the session looked it up."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """One mailbox a user may open over IMAP: `prefix` is where its folders appear ("" for the
+    user's own, "Shared/<address>" for the others) and `writable` whether the grant allows
+    changes (writer or above) or only reading (reader)."""
+
+    mailbox_id: int
+    address: str
+    prefix: str
+    writable: bool
+
+    def imap_name(self, stored: str) -> str:
+        shown = _STORED_AS.get(stored, stored)
+        return f"{self.prefix}{DELIMITER}{shown}" if self.prefix else shown
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    id: int
+    uid_validity: int
+    uid_next: int
+    highest_modseq: int
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    """One message as a selected folder tracks it."""
+
+    id: int
+    uid: int
+    flags: frozenset[str]
+    internal_date: datetime
+    size: int
+    storage_name: str
+    prepended: bytes
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a folder since a session's modseq: rows new or changed, and the
+    number of messages now in it (numbered ones)."""
+
+    folder: FolderInfo
+    rows: list[Row]
+    count: int
+
+
+# --- who sees what ---------------------------------------------------------------------------
+
+
+def accesses(user: User) -> list[Access]:
+    """The mailboxes `user` may open, own mailbox first.
+
+    A grant on smtp/mail/D:LOCAL gives that mailbox; a grant on the domain smtp/mail/D gives
+    every mailbox of D. Broader grants (smtp, smtp/mail, admin) list no mailbox: reading
+    someone's mail always takes a grant that names the mailbox or its domain. The user's own
+    mailbox is the granted one whose address or local part is the user name (else the only
+    mailbox granted with writer); the others appear under Shared/<address>/.
+    """
+    best: dict[int, tuple[int, Mailbox]] = {}
+    for resource, role in user.grants.values_list("resource", "role"):
+        try:
+            parsed = parse_resource(resource)
+            rank = role_rank(role)
+        except GrantError:
+            continue
+        if len(parsed.segments) != 3 or parsed.segments[:2] != ("smtp", "mail"):
+            continue
+        boxes = Mailbox.objects.select_related("domain").filter(domain__name=parsed.segments[2])
+        if parsed.local is not None:
+            boxes = boxes.filter(local_part=parsed.local)
+        for mailbox in boxes:
+            if mailbox.id not in best or best[mailbox.id][0] < rank:
+                best[mailbox.id] = (rank, mailbox)
+    writer = role_rank("writer")
+    name = user.username.casefold()
+    own = [
+        mb
+        for rank, mb in best.values()
+        if rank >= writer and name in (mb.address.casefold(), mb.local_part.casefold())
+    ]
+    if not own:
+        writable = [mb for rank, mb in best.values() if rank >= writer]
+        own = writable if len(writable) == 1 else []
+    result = []
+    if own:
+        mailbox = own[0]
+        result.append(Access(mailbox.id, mailbox.address, "", True))
+    for rank, mailbox in sorted(best.values(), key=lambda item: item[1].address):
+        if own and mailbox.id == own[0].id:
+            continue
+        prefix = f"{SHARED_PREFIX}{DELIMITER}{mailbox.address}"
+        result.append(Access(mailbox.id, mailbox.address, prefix, rank >= writer))
+    return result
+
+
+def ensure_special_folders(mailbox_id: int) -> None:
+    """Create the SPECIAL-USE folders the mailbox lacks (idempotent)."""
+    wanted = [name for name in SPECIAL_USE if name != "Sent"]
+    Folder.objects.bulk_create(
+        [Folder(mailbox_id=mailbox_id, name=name) for name in wanted], ignore_conflicts=True
+    )
+
+
+def stored_name(access: Access, name: str) -> str:
+    """The stored folder name for an IMAP name inside `access` (without its prefix)."""
+    return _SHOWN_AS.get(name.upper(), name) if name.upper() in ("INBOX", "SENT") else name
+
+
+def folder_rows(access: Access) -> list[tuple[str, str, bool]]:
+    """(stored name, IMAP name, subscribed) of every folder of the mailbox."""
+    rows = (
+        Folder.objects.filter(mailbox_id=access.mailbox_id).order_by("name").values_list("name", "subscribed")
+    )
+    return [(name, access.imap_name(name), subscribed) for name, subscribed in rows]
+
+
+def special_use(stored: str) -> str | None:
+    return SPECIAL_USE.get(_STORED_AS.get(stored, stored))
+
+
+def find_folder(access: Access, name: str) -> FolderInfo:
+    """The folder `name` (IMAP name within the mailbox). Raises FolderGone."""
+    row = (
+        Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored_name(access, name))
+        .values_list("id", "uid_validity", "uid_next", "highest_modseq", "subscribed")
+        .first()
+    )
+    if row is None:
+        raise FolderGone(name)
+    return FolderInfo(*row)
+
+
+def create_folder(access: Access, name: str) -> int:
+    stored = stored_name(access, name)
+    with transaction.atomic():
+        if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
+            raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
+        mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
+        folder = Folder.objects.create(mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity())
+    return folder.id
+
+
+def delete_folder(access: Access, name: str) -> None:
+    """Delete the folder with its messages (RFC 9051 §6.3.4); the stored content goes with
+    its last copy."""
+    stored = stored_name(access, name)
+    if stored == INBOX:
+        raise StoreError("CANNOT", "INBOX cannot be deleted.")
+    with transaction.atomic():
+        folder = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).first()
+        if folder is None:
+            raise StoreError("NONEXISTENT", "No such mailbox.")
+        content_ids = set(Message.objects.filter(folder=folder).values_list("content_id", flat=True))
+        Message.objects.filter(folder=folder).delete()
+        folder.delete()
+        names = _orphaned_contents(content_ids)
+    _remove_files(names)
+
+
+def rename_folder(access: Access, before: str, after: str) -> None:
+    """Rename a folder and its children (RFC 9051 §6.3.6). Renaming INBOX moves its messages
+    into the new folder and leaves INBOX empty."""
+    old, new = stored_name(access, before), stored_name(access, after)
+    with transaction.atomic():
+        folders = Folder.objects.select_for_update().filter(mailbox_id=access.mailbox_id)
+        existing = {f.name: f for f in folders}
+        if old not in existing:
+            raise StoreError("NONEXISTENT", "No such mailbox.")
+        if new in existing:
+            raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
+        mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
+        if old == INBOX:
+            target = Folder.objects.create(
+                mailbox=mailbox, name=new, uid_validity=mailbox.next_uid_validity()
+            )
+            moved = Message.objects.filter(folder=existing[INBOX]).order_by("uid", "id")
+            _copy_rows(list(moved), target, move=True)
+            return
+        for name, folder in existing.items():
+            if name == old or name.startswith(old + DELIMITER):
+                folder.name = new + name[len(old) :]
+                folder.uid_validity = mailbox.next_uid_validity()
+                folder.save(update_fields=["name", "uid_validity"])
+
+
+def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
+    updated = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored_name(access, name)).update(
+        subscribed=subscribed
+    )
+    if not updated and subscribed:
+        raise StoreError("NONEXISTENT", "No such mailbox.")
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[str]:
+    flags = [
+        name for name, on in zip(SYSTEM_FLAGS, (seen, answered, flagged, deleted, draft), strict=True) if on
+    ]
+    return frozenset(flags + keywords.split())
+
+
+_ROW_FIELDS = (
+    "id",
+    "uid",
+    "seen",
+    "answered",
+    "flagged",
+    "deleted",
+    "draft",
+    "keywords",
+    "received_at",
+    "size",
+    "content__storage_name",
+    "prepended_headers",
+)
+
+
+def _rows(queryset) -> list[Row]:
+    rows = []
+    for values in queryset.values_list(*_ROW_FIELDS):
+        pk, uid, seen, answered, flagged, deleted, draft, keywords, received_at, size, name, prepended = (
+            values
+        )
+        rows.append(
+            Row(
+                id=pk,
+                uid=uid,
+                flags=_row_flags(seen, answered, flagged, deleted, draft, keywords),
+                internal_date=received_at,
+                size=size,
+                storage_name=name,
+                prepended=bytes(prepended),
+            )
+        )
+    return rows
+
+
+def number_new(folder_id: int) -> None:
+    """Give the folder's unnumbered messages their UIDs, in id order, and stamp them with a
+    new modseq; nothing when there are none."""
+    if not Message.objects.filter(folder_id=folder_id, uid__isnull=True).exists():
+        return
+    with transaction.atomic():
+        folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
+        if folder is None:
+            return
+        pending = list(
+            Message.objects.filter(folder_id=folder_id, uid__isnull=True).order_by("id").only("id")
+        )
+        if not pending:
+            return
+        folder.highest_modseq += 1
+        for offset, message in enumerate(pending):
+            message.uid = folder.uid_next + offset
+            message.modseq = folder.highest_modseq
+        Message.objects.bulk_update(pending, ["uid", "modseq"], batch_size=500)
+        folder.uid_next += len(pending)
+        folder.save(update_fields=["uid_next", "highest_modseq"])
+
+
+def changes(folder_id: int, since_modseq: int) -> Changes:
+    """Number new messages, then everything that changed in the folder after `since_modseq`
+    (0: every message). Raises FolderGone."""
+    number_new(folder_id)
+    row = (
+        Folder.objects.filter(pk=folder_id)
+        .annotate(count=Count("messages", filter=Q(messages__uid__isnull=False)))
+        .values_list("id", "uid_validity", "uid_next", "highest_modseq", "subscribed", "count")
+        .first()
+    )
+    if row is None:
+        raise FolderGone(folder_id)
+    *info, count = row
+    folder = FolderInfo(*info)
+    if folder.highest_modseq <= since_modseq:
+        return Changes(folder, [], count)
+    changed = Message.objects.filter(folder_id=folder_id, uid__isnull=False, modseq__gt=since_modseq)
+    return Changes(folder, _rows(changed.order_by("uid")), count)
+
+
+def claim_recent(folder_id: int) -> list[int]:
+    """The UIDs still \\Recent in the folder, which stop being recent for anyone else."""
+    with transaction.atomic():
+        folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
+        if folder is None or folder.first_recent_uid >= folder.uid_next:
+            return []
+        uids = list(
+            Message.objects.filter(folder_id=folder_id, uid__gte=folder.first_recent_uid).values_list(
+                "uid", flat=True
+            )
+        )
+        folder.first_recent_uid = folder.uid_next
+        folder.save(update_fields=["first_recent_uid"])
+    return sorted(uids)
+
+
+def all_uids(folder_id: int) -> set[int]:
+    return set(Message.objects.filter(folder_id=folder_id, uid__isnull=False).values_list("uid", flat=True))
+
+
+def folder_status(folder_id: int) -> tuple[FolderInfo, int, int]:
+    """(folder, messages, unseen) for STATUS."""
+    number_new(folder_id)
+    row = (
+        Folder.objects.filter(pk=folder_id)
+        .annotate(
+            count=Count("messages", filter=Q(messages__uid__isnull=False)),
+            unseen=Count("messages", filter=Q(messages__uid__isnull=False, messages__seen=False)),
+        )
+        .values_list("id", "uid_validity", "uid_next", "highest_modseq", "subscribed", "count", "unseen")
+        .first()
+    )
+    if row is None:
+        raise FolderGone(folder_id)
+    *info, count, unseen = row
+    return FolderInfo(*info), count, unseen
+
+
+def _flag_values(flags: Iterable[str]) -> dict:
+    flags = set(flags)
+    values = {field: name in flags for name, field in _FLAG_FIELDS.items()}
+    values["keywords"] = " ".join(sorted(f for f in flags if not f.startswith("\\")))[:1000]
+    return values
+
+
+def _bump(folder_id: int) -> int:
+    """Raise the folder's highest_modseq under its row lock; the new value."""
+    folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
+    if folder is None:
+        raise FolderGone(folder_id)
+    folder.highest_modseq += 1
+    folder.save(update_fields=["highest_modseq"])
+    return folder.highest_modseq
+
+
+def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> None:
+    """Give each (uid, flags) its flags: the complete new set."""
+    if not updates:
+        return
+    with transaction.atomic():
+        modseq = _bump(folder_id)
+        for uid, flags in updates:
+            Message.objects.filter(folder_id=folder_id, uid=uid).update(modseq=modseq, **_flag_values(flags))
+
+
+def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
+    """(usage in bytes, limit in bytes or None)."""
+    limit = Mailbox.objects.filter(pk=mailbox_id).values_list("quota", flat=True).first()
+    return mailbox_usage(mailbox_id), limit
+
+
+def _check_quota(mailbox_id: int, adding: int) -> None:
+    usage, limit = mailbox_quota(mailbox_id)
+    if limit is not None and usage + adding > limit:
+        raise StoreError("OVERQUOTA", "Mailbox is over its quota.")
+
+
+def append(
+    folder_id: int, *, mailbox_id: int, raw: bytes, flags: frozenset[str], when: datetime | None
+) -> tuple[int, int]:
+    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid).
+
+    Raises StoreError OVERQUOTA when the mailbox has no room for it."""
+    parsed = parse_message(raw)
+    with StoredFiles() as files, transaction.atomic():
+        _check_quota(mailbox_id, len(raw))
+        folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
+        if folder is None:
+            raise FolderGone(folder_id)
+        content = store_content(raw, files=files)
+        folder.highest_modseq += 1
+        uid = folder.uid_next
+        Message.objects.create(
+            folder=folder,
+            content=content,
+            envelope_to=Mailbox.objects.select_related("domain").get(pk=mailbox_id).address,
+            header_from=parsed.header_from,
+            header_to=parsed.header_to,
+            subject=parsed.subject,
+            date=parsed.date,
+            message_id=parsed.message_id,
+            size=len(raw),
+            received_at=when or timezone.now(),
+            uid=uid,
+            modseq=folder.highest_modseq,
+            **_flag_values(flags),
+        )
+        folder.uid_next += 1
+        folder.save(update_fields=["uid_next", "highest_modseq"])
+        # auto_now_add ignores the value given: the internal date of an APPEND is the client's.
+        if when is not None:
+            Message.objects.filter(folder=folder, uid=uid).update(received_at=when)
+    return folder.uid_validity, uid
+
+
+def _copy_rows(messages: list[Message], target: Folder, *, move: bool) -> list[tuple[int, int]]:
+    """Copy (or move) `messages` into `target` under its row lock; (source uid, new uid)."""
+    target.highest_modseq += 1
+    pairs = []
+    copies = []
+    for offset, message in enumerate(messages):
+        new_uid = target.uid_next + offset
+        pairs.append((message.uid, new_uid))
+        if move:
+            message.folder = target
+            message.uid = new_uid
+            message.modseq = target.highest_modseq
+        else:
+            message.pk = None
+            message.folder = target
+            message.uid = new_uid
+            message.modseq = target.highest_modseq
+            copies.append(message)
+    if move:
+        Message.objects.bulk_update(messages, ["folder", "uid", "modseq"], batch_size=500)
+    else:
+        received = [m.received_at for m in copies]
+        created = Message.objects.bulk_create(copies)
+        for message, when in zip(created, received, strict=True):
+            message.received_at = when
+        Message.objects.bulk_update(created, ["received_at"], batch_size=500)
+    target.uid_next += len(messages)
+    target.save(update_fields=["uid_next", "highest_modseq"])
+    return pairs
+
+
+def copy(
+    source_id: int, uids: Sequence[int], target_id: int, *, move: bool, target_mailbox_id: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """COPY or MOVE (RFC 6851) `uids` from one folder to another, keeping flags and internal
+    dates: (target uid validity, [(source uid, target uid)]). A move raises the source's
+    modseq so its sessions see the expunges."""
+    with transaction.atomic():
+        folders = {
+            f.id: f for f in Folder.objects.select_for_update().filter(pk__in=sorted({source_id, target_id}))
+        }
+        if source_id not in folders or target_id not in folders:
+            raise FolderGone(target_id)
+        messages = list(Message.objects.filter(folder_id=source_id, uid__in=list(uids)).order_by("uid"))
+        if not move:
+            _check_quota(target_mailbox_id, sum(m.size for m in messages))
+        target = folders[target_id]
+        if move and source_id != target_id:
+            folders[source_id].highest_modseq += 1
+            folders[source_id].save(update_fields=["highest_modseq"])
+        pairs = _copy_rows(messages, target, move=move)
+    return target.uid_validity, pairs
+
+
+def expunge(folder_id: int, uids: Iterable[int]) -> None:
+    """Remove the copies `uids` from the folder; a stored content goes with its last copy."""
+    uids = list(uids)
+    if not uids:
+        return
+    with transaction.atomic():
+        _bump(folder_id)
+        doomed = Message.objects.filter(folder_id=folder_id, uid__in=uids)
+        content_ids = set(doomed.values_list("content_id", flat=True))
+        doomed.delete()
+        names = _orphaned_contents(content_ids)
+    _remove_files(names)
+
+
+def _orphaned_contents(content_ids: set[int]) -> list[str]:
+    """Delete the MessageContent rows among `content_ids` that no copy and no queue row uses
+    any longer (in the caller's transaction); their storage names."""
+    if not content_ids:
+        return []
+    in_use = set(
+        Message.objects.filter(content_id__in=content_ids).values_list("content_id", flat=True)
+    ) | set(OutboundDelivery.objects.filter(content_id__in=content_ids).values_list("content_id", flat=True))
+    unused = MessageContent.objects.filter(id__in=content_ids - in_use)
+    names = list(unused.values_list("storage_name", flat=True))
+    unused.delete()
+    return names
+
+
+def _remove_files(names: list[str]) -> None:
+    # After the commit: a file goes only once no committed row can name it.
+    for name in names:
+        delete_content_file(name)
+
+
+def acl(mailbox_id: int) -> list[tuple[str, bool]]:
+    """(user name, may write) of everyone whose grant opens the mailbox over IMAP: a grant on
+    it or on its domain (see accesses)."""
+    mailbox = Mailbox.objects.select_related("domain").get(pk=mailbox_id)
+    resources = [f"smtp/mail/{mailbox.domain.name}", f"smtp/mail/{mailbox.domain.name}:{mailbox.local_part}"]
+    writer = role_rank("writer")
+    best: dict[str, int] = {}
+    for name, role in AccessGrant.objects.filter(resource__in=resources, user__is_active=True).values_list(
+        "user__username", "role"
+    ):
+        try:
+            rank = role_rank(role)
+        except GrantError:
+            continue
+        best[name] = max(best.get(name, -1), rank)
+    return [(name, rank >= writer) for name, rank in sorted(best.items())]
+
+
+def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None]]:
+    """(highest_modseq, newest message id) of each folder: either moves when the folder
+    changes, whoever changed it (an IMAP session raises the modseq, filing adds rows)."""
+    rows = (
+        Folder.objects.filter(pk__in=folder_ids)
+        .annotate(newest=Max("messages__id"))
+        .values_list("id", "highest_modseq", "newest")
+    )
+    return {pk: (modseq, newest) for pk, modseq, newest in rows}
+
+
+def recent_count(folder_id: int) -> int:
+    """How many messages of the folder no session has claimed as \\Recent yet."""
+    first = Folder.objects.filter(pk=folder_id).values_list("first_recent_uid", flat=True).first()
+    if first is None:
+        return 0
+    return Message.objects.filter(folder_id=folder_id, uid__gte=first).count()
