@@ -2,14 +2,15 @@
 
 Run: .venv/bin/python bench/login_timing.py [ROUNDS]
 
-Starts `everlock serve` (SMTP submission, the SSH console, the admin web UI) on loopback with
+Starts `everlock serve` (SMTP submission, IMAP, the SSH console, the admin web UI) on loopback with
 a throwaway data dir (SQLite) and the production password hasher, then makes ROUNDS failed
 logins of each kind on each listener, taking turns: a known login with a wrong password, and
 an unknown login. Prints the median time of each kind and their ratio (the goal: within 20 %).
 The throttle's window is set to one second, so that no login is slowed or refused by the
 failures of the measurement itself; the time is the listener's answer to the credentials
-(SMTP: AUTH PLAIN to 535 on an open STARTTLS session; SSH: a whole connection with password
-authentication; web: the POST of the login form).
+(SMTP: AUTH PLAIN to 535 on an open STARTTLS session; IMAP: LOGIN to NO on an implicit TLS
+session; SSH: a whole connection with password authentication; web: the POST of the login
+form).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.cookiejar
+import imaplib
 import os
 import re
 import signal
@@ -57,12 +59,16 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120) ->
     raise SystemExit(f"nothing listens on port {port}")
 
 
-def smtp_failure(port: int, login: str) -> float:
+def unverified() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context.verify_mode = ssl.CERT_NONE  # the data dir's self-signed certificate
+    return context
+
+
+def smtp_failure(port: int, login: str) -> float:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.starttls(context=context)
+        client.starttls(context=unverified())
         client.ehlo("bench.example.com")
         credentials = base64.b64encode(f"\0{login}\0wrong password".encode()).decode()
         start = time.perf_counter()
@@ -70,6 +76,16 @@ def smtp_failure(port: int, login: str) -> float:
         elapsed = time.perf_counter() - start
     assert code == 535, code
     return elapsed
+
+
+def imap_failure(port: int, login: str) -> float:
+    with imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=unverified(), timeout=30) as client:
+        start = time.perf_counter()
+        try:
+            client.login(login, "wrong password")
+        except imaplib.IMAP4.error:
+            return time.perf_counter() - start
+    raise AssertionError("logged in with a wrong password")
 
 
 def ssh_failure(port: int, login: str) -> float:
@@ -112,7 +128,7 @@ def web_failure(port: int, login: str) -> float:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
     data_dir = tempfile.mkdtemp(prefix="everlock-bench-")
-    ports = {name: free_port() for name in ("ssh", "smtp", "submission", "http")}
+    ports = {name: free_port() for name in ("ssh", "smtp", "submission", "imap", "imaps", "http")}
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env.update(
         EVERLOCK_DATA_DIR=data_dir,
@@ -131,6 +147,8 @@ def main() -> None:
             "--frontend-smtp-submission",
             "--frontend-smtp-submission-listen", f"127.0.0.1:{ports['submission']}",
             "--backend-mail-smtp",
+            "--frontend-imap-listen", f"127.0.0.1:{ports['imap']}",
+            "--frontend-imaps-listen", f"127.0.0.1:{ports['imaps']}",
             "--frontend-http", "--frontend-http-listen", f"127.0.0.1:{ports['http']}",
             "--admin-user", "admin",
         ],
@@ -141,6 +159,7 @@ def main() -> None:
             wait_for_port(ports[name], serve)
         listeners = (
             ("SMTP AUTH", lambda login: smtp_failure(ports["submission"], login)),
+            ("IMAP LOGIN", lambda login: imap_failure(ports["imaps"], login)),
             ("SSH console", lambda login: ssh_failure(ports["ssh"], login)),
             ("admin web", lambda login: web_failure(ports["http"], login)),
         )
