@@ -68,15 +68,24 @@ class Outcomes:
             self.flush()
 
     def flush(self) -> None:
-        items, self.items = self.items, []
-        if not items:
-            return
+        if self.items:
+            with transaction.atomic():
+                self._record()
+
+    def before_sending(self, claim: Claim) -> bool:
+        """Commit the outcomes so far and renew `claim` (attempts.renew), in one transaction:
+        what was delivered is recorded before the next message goes, and that one is still
+        this worker's to send. False when it is not (another worker claimed it meanwhile)."""
         with transaction.atomic():
-            rest = _record_delivered(items)
-            for claim, replies, temporary, mta in rest:
-                _record(claim, replies, temporary=temporary, mta=mta)
-                if self.delay_notice_after is not None:
-                    _delay_notice(claim, self.delay_notice_after, mta=mta)
+            self._record()
+            return renew(claim)
+
+    def _record(self) -> None:
+        items, self.items = self.items, []
+        for claim, replies, temporary, mta in _record_delivered(items) if items else []:
+            _record(claim, replies, temporary=temporary, mta=mta)
+            if self.delay_notice_after is not None:
+                _delay_notice(claim, self.delay_notice_after, mta=mta)
 
 
 def _record_delivered(items):
@@ -237,8 +246,7 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                 # Every host just failed: the other rows for this domain wait too.
                 outcomes.add(claim, {}, temporary=unreachable)
                 continue
-            outcomes.flush()  # what was delivered is recorded before the next one goes
-            if not renew(claim):
+            if not outcomes.before_sending(claim):
                 log.info("delivery #%s was claimed again meanwhile: left to that attempt", claim.id)
                 continue
             data = _read(claim)
