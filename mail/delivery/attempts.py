@@ -58,6 +58,8 @@ class Claim:
     # How far past the last attempt the next one lies: renew() moves it on by as much.
     lease: timedelta = timedelta(0)
     bounce_outside: bool = True
+    # Some recipient failed in an earlier attempt: the row ends failed, not delivered.
+    failed_before: bool = False
     # (recipient id, address) of the recipients still pending.
     recipients: list[tuple[int, str]] = field(default_factory=list)
 
@@ -137,10 +139,14 @@ def claim(
             )
             for row in rows.values()
         }
-        for rid, did, address in OutboundRecipient.objects.filter(
-            delivery_id__in=claimed, status=OutboundRecipient.Status.PENDING
-        ).values_list("id", "delivery_id", "address"):
-            claims[did].recipients.append((rid, address))
+        for rid, did, address, status in OutboundRecipient.objects.filter(
+            delivery_id__in=claimed,
+            status__in=[OutboundRecipient.Status.PENDING, OutboundRecipient.Status.FAILED],
+        ).values_list("id", "delivery_id", "address", "status"):
+            if status == OutboundRecipient.Status.FAILED:
+                claims[did].failed_before = True
+            else:
+                claims[did].recipients.append((rid, address))
     return sorted(claims.values(), key=lambda c: c.id)
 
 

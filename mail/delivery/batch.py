@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from mail.delivery.attempts import Claim, Reply, record_outcome, renew
@@ -96,18 +97,11 @@ def _record_delivered(items):
         claim.id: (claim, replies)
         for claim, replies, temporary, _mta in items
         if claim.recipients
+        and not claim.failed_before
         and not temporary
         and set(replies) == {rid for rid, _ in claim.recipients}
         and all(200 <= r.code < 300 for r in replies.values())
     }
-    if simple:
-        earlier_failures = set(
-            OutboundRecipient.objects.filter(
-                delivery_id__in=list(simple), status=OutboundRecipient.Status.FAILED
-            ).values_list("delivery_id", flat=True)
-        )
-        for row_id in earlier_failures:
-            del simple[row_id]
     if not simple:
         return items
     now = timezone.now()
@@ -123,11 +117,13 @@ def _record_delivered(items):
         )
     for line, row_ids in rows_by_reply.items():
         # A row held meanwhile stays held (its recipients are recorded as delivered).
-        OutboundDelivery.objects.filter(id__in=row_ids, status=OutboundDelivery.Status.QUEUED).update(
-            status=OutboundDelivery.Status.DELIVERED, last_reply=line[:2000], updated_at=now
-        )
-        OutboundDelivery.objects.filter(id__in=row_ids).exclude(status=OutboundDelivery.Status.QUEUED).update(
-            last_reply=line[:2000], updated_at=now
+        OutboundDelivery.objects.filter(id__in=row_ids).update(
+            status=Case(
+                When(status=OutboundDelivery.Status.QUEUED, then=Value(OutboundDelivery.Status.DELIVERED)),
+                default=F("status"),
+            ),
+            last_reply=line[:2000],
+            updated_at=now,
         )
     return [item for item in items if item[0].id not in simple]
 

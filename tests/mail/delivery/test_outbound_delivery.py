@@ -163,6 +163,29 @@ def test_4xx_then_success(sender, dns_server, sink, caplog):
     assert inbox_dsns() == []
 
 
+def test_a_row_with_a_recipient_failed_earlier_ends_failed(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {
+        "nobody@example.net": "550 5.1.1 no such user",
+        "busy@example.net": "450 4.2.1 busy",
+    }
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["nobody@example.net", "busy@example.net"])
+    run(rows, dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "queued"
+    remote.handler.rcpt_replies = {}
+    OutboundDelivery.objects.update(next_attempt_at=timezone.now())
+    run(rows, dns_server, remote.port)
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert dict(row.recipients.values_list("address", "status")) == {
+        "nobody@example.net": "failed",
+        "busy@example.net": "delivered",
+    }
+    assert [r.rcpt_tos for r in remote.received] == [["busy@example.net"]]
+    assert len(inbox_dsns()) == 1  # for nobody, after the first attempt
+
+
 def test_backoff_schedule():
     assert [backoff(n) for n in range(1, 9)] == [
         timedelta(minutes=5),
