@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set up and run Everlock from a checkout with nothing but python3.
 
-    python3 dev.py serve [everlock serve flags]   start the server (embedded default: SQLite)
+    python3 dev.py serve [everlock serve flags]   start the server (embedded default: SQLite);
+                                                  flags change only the defaults they name
     python3 dev.py test [pytest args]             run the whole test suite
     python3 dev.py everlock ARGS...               any `everlock` command (manage.py)
 
@@ -22,31 +23,37 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 
-# Without flags, `serve` starts what the product doc's first step starts.
-DEFAULT_SERVE_FLAGS = [
-    "--frontend-ssh",
-    "--frontend-ssh-listen",
-    "127.0.0.1:2222",
-    "--backend-admin-ssh",
-    "--frontend-smtp",
-    "--frontend-smtp-listen",
-    "127.0.0.1:2525",
-    "--frontend-smtp-submission",
-    "--frontend-smtp-submission-listen",
-    "127.0.0.1:2587",
-    "--backend-mail-smtp",
-    "--frontend-http",
-    "--frontend-http-listen",
-    "127.0.0.1:8080",
-    "--frontend-imap-listen",
-    "127.0.0.1:1143",
-    "--frontend-imaps-listen",
-    "127.0.0.1:1993",
-    "--admin-user",
-    "admin",
-    "--admin-password",
-    "change-me",
-]
+# `serve` starts what the product doc's first step starts, on loopback. Flags given to
+# `python3 dev.py serve` replace only the defaults they name (a flag with its value) and add
+# the rest; `python3 dev.py everlock serve FLAGS` runs exactly FLAGS.
+DEFAULT_SERVE_FLAGS: dict[str, str | None] = {
+    "--frontend-ssh": None,
+    "--frontend-ssh-listen": "127.0.0.1:2222",
+    "--backend-admin-ssh": None,
+    "--frontend-smtp": None,
+    "--frontend-smtp-listen": "127.0.0.1:2525",
+    "--frontend-smtp-submission": None,
+    "--frontend-smtp-submission-listen": "127.0.0.1:2587",
+    "--backend-mail-smtp": None,
+    "--frontend-http": None,
+    "--frontend-http-listen": "127.0.0.1:8080",
+    "--frontend-imap-listen": "127.0.0.1:1143",
+    "--frontend-imaps-listen": "127.0.0.1:1993",
+    "--admin-user": "admin",
+    "--admin-password": "change-me",
+}
+
+
+def serve_flags(args: list[str]) -> list[str]:
+    """The `everlock serve` flags for `dev.py serve ARGS`: the defaults ARGS does not name
+    ("--flag value" or "--flag=value"), then ARGS."""
+    named = {arg.partition("=")[0] for arg in args if arg.startswith("--")}
+    flags: list[str] = []
+    for flag, value in DEFAULT_SERVE_FLAGS.items():
+        if flag not in named:
+            flags += [flag] if value is None else [flag, value]
+    return [*flags, *args]
+
 
 # Debian packages the tests drive: a command on PATH (or an absolute file) -> package.
 TEST_TOOLS = {
@@ -113,7 +120,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([BIN / "python", "-m", "pytest", *args])
     ensure_venv("requirements.txt")
     if verb == "serve":
-        return subprocess.call([BIN / "everlock", "serve", *(args or DEFAULT_SERVE_FLAGS)])
+        return subprocess.call([BIN / "everlock", "serve", *serve_flags(args)])
     return subprocess.call([BIN / "everlock", *args])
 
 

@@ -1,16 +1,9 @@
 #!/usr/bin/env python3
-"""Django's command-line utility for administrative tasks."""
+"""Django's command-line utility for administrative tasks: the same program as `everlock`."""
 
-import os
 import sys
 
-
-def main():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "everlock_site.settings")
-    from django.core.management import execute_from_command_line
-
-    execute_from_command_line(sys.argv)
-
+from everlock_site.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

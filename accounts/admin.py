@@ -12,7 +12,7 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.contrib.auth.models import Group
 
 from accounts.authentication import Throttled
-from accounts.grants import GrantError, parse_resource, role_rank
+from accounts.grants import MAIL_PREFIX, GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from accounts.services import (
     AccountError,
@@ -24,6 +24,7 @@ from accounts.services import (
     user_delete,
 )
 from accounts.ssh_keys import SSHKeyError, parse_authorized_keys
+from mail.models import MailDomain
 
 # Who may do what is said by access grants (and the superuser flag), not by Django's groups.
 admin.site.unregister(Group)
@@ -76,8 +77,18 @@ class EverlockUserCreationForm(AdminUserCreationForm):
 
 
 class EverlockUserChangeForm(UserChangeForm):
+    admin = forms.BooleanField(
+        label="Administrator",
+        required=False,
+        help_text="May log into the admin console and this web UI, and change everything there.",
+    )
+
     class Meta(UserChangeForm.Meta):
         model = User
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["admin"].initial = self.instance.is_superuser
 
     def clean_username(self):
         return _clean_login(self)
@@ -90,19 +101,82 @@ class EverlockUserChangeForm(UserChangeForm):
             raise forms.ValidationError(str(exc)) from None
         return text
 
+    def save(self, commit=True):
+        # An administrator is staff (the web UI lets them in) and superuser (every permission),
+        # as `everlock serve --admin-user` makes them.
+        self.instance.is_staff = self.instance.is_superuser = self.cleaned_data["admin"]
+        return super().save(commit)
+
+
+ROLE_HELP = (
+    "reader: read the mail of the mailboxes. writer: reader, and send as their addresses "
+    "(submission). admin: writer, and on the installation the console and this web UI. "
+    "See docs/grants.md."
+)
+INSTALLATION = "admin"
+ALL_MAIL = "smtp"
+
+
+def _scope_choices(current: str = "") -> list[tuple[str, str]]:
+    choices = [
+        ("", "---------"),
+        (INSTALLATION, "the installation (console, web UI)"),
+        (ALL_MAIL, "all mail"),
+    ]
+    domains = list(MailDomain.objects.order_by("name").values_list("name", flat=True))
+    if current and current not in (INSTALLATION, ALL_MAIL, *domains):
+        domains.append(current)  # a grant given on the console before its domain was created
+    return [*choices, ("Mail domains", [(d, d) for d in domains])]
+
 
 class AccessGrantForm(forms.ModelForm):
-    """Stores resources in normal form and refuses malformed ones, as the console does."""
+    """The resource is picked (the installation, all mail, a mail domain) and optionally
+    narrowed to one mailbox of the domain; stored in normal form, as the console stores it.
+    A domain must be a mail domain of this installation."""
+
+    scope = forms.CharField(label="Resource", help_text="The installation, all mail, or a mail domain.")
+    mailbox = forms.CharField(
+        required=False,
+        max_length=64,
+        help_text="Only this mailbox of the domain (its local part, alice for alice@example.com); "
+        "empty for the whole domain.",
+    )
 
     class Meta:
         model = AccessGrant
-        fields = ["user", "resource", "role"]
+        fields = ["user", "scope", "mailbox", "role"]
+        help_texts = {"role": ROLE_HELP}
 
-    def clean_resource(self):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        current = ""
+        if self.instance.pk and self.instance.resource:
+            resource = parse_resource(self.instance.resource)
+            current = resource.segments[2] if len(resource.segments) == 3 else str(resource)
+            self.initial.update(scope=current, mailbox=resource.local or "")
+        self.fields["scope"].widget = forms.Select(choices=_scope_choices(current))
+
+    def clean(self):
+        cleaned = super().clean()
+        scope, local = cleaned.get("scope", ""), cleaned.get("mailbox", "").strip()
+        if not scope:
+            return cleaned
+        if scope in (INSTALLATION, ALL_MAIL):
+            if local:
+                self.add_error("mailbox", "a mailbox belongs to a mail domain: pick the domain")
+                return cleaned
+            path = scope
+        else:
+            is_new = not (self.instance.pk and self.initial.get("scope") == scope)
+            if is_new and not MailDomain.objects.filter(name=scope).exists():
+                self.add_error("scope", f"no mail domain {scope} (create it under Mail domains first)")
+                return cleaned
+            path = f"{MAIL_PREFIX}/{scope}" + (f":{local}" if local else "")
         try:
-            return str(parse_resource(self.cleaned_data["resource"].strip()))
+            self.instance.resource = str(parse_resource(path))
         except GrantError as exc:
-            raise forms.ValidationError(str(exc)) from None
+            self.add_error("mailbox" if local else "scope", str(exc))
+        return cleaned
 
     def clean_role(self):
         try:
@@ -116,7 +190,7 @@ class AccessGrantInline(admin.TabularInline):
     model = AccessGrant
     form = AccessGrantForm
     extra = 0
-    fields = ["resource", "role", "created_at"]
+    fields = ["scope", "mailbox", "role", "created_at"]
     readonly_fields = ["created_at"]
 
 
@@ -134,15 +208,32 @@ class UserAdmin(DjangoUserAdmin):
     form = EverlockUserChangeForm
     add_form = EverlockUserCreationForm
     inlines = [AccessGrantInline]
-    list_display = ["username", "grant_list", "is_active", "is_staff", "is_superuser", "last_login"]
+    list_display = ["username", "grant_list", "is_active", "administrator", "last_login"]
+    list_filter = ["is_active", "is_superuser"]
+    search_fields = ["username"]
+    # What Everlock uses: no Django groups, permissions, staff flag or names.
     fieldsets = (
-        *DjangoUserAdmin.fieldsets,
+        (None, {"fields": ["username", "password"]}),
+        (
+            "Access",
+            {
+                "fields": ["is_active", "admin"],
+                "description": "Active users log in (SMTP AUTH, the console). The access grants "
+                "below give roles on resources: " + ROLE_HELP,
+            },
+        ),
         ("Admin console", {"fields": ["ssh_authorized_keys"]}),
+        ("History", {"fields": ["last_login", "date_joined"]}),
     )
+    readonly_fields = ["last_login", "date_joined"]
     add_fieldsets = ((None, {"classes": ["wide"], "fields": ["username", "password1", "password2"]}),)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("grants")
+
+    @admin.display(description="administrator", boolean=True, ordering="is_superuser")
+    def administrator(self, obj: User) -> bool:
+        return obj.is_superuser
 
     @admin.display(description="grants")
     def grant_list(self, obj: User) -> str:

@@ -1,7 +1,9 @@
 """Changes to hosted zones and records, and the derived records other apps publish.
 
 Every change of a zone's data bumps the zone's SOA serial in the same transaction, which is
-also how the DNS server notices the change (it polls the serials). Names are kept in normal
+also how DNS servers in other processes notice the change (they poll the serials); the DNS
+servers of this process are told on commit (dns_zones.changes) and serve the change before
+the service returns. Names are kept in normal
 form (dns_zones.records.normalize_name); record data is validated by dnspython and stored in
 presentation format with absolute names.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.db.models import Count, F, Q
 
+from dns_zones.changes import zone_data_changed
 from dns_zones.models import Record, Zone
 from dns_zones.records import (
     RecordError,
@@ -60,6 +63,7 @@ def hosted_zone_for(name: str) -> Zone | None:
 
 def _bump_serial(zone_ids) -> None:
     Zone.objects.filter(id__in=set(zone_ids)).update(serial=F("serial") + 1)
+    transaction.on_commit(zone_data_changed)
 
 
 def normalize_zone_name(name: str) -> str:
@@ -91,6 +95,8 @@ def zone_create(*, origin: str) -> tuple[Zone, bool]:
             origin=origin,
             defaults={"primary_ns": f"ns1.{origin}", "hostmaster": f"hostmaster.{origin}"},
         )
+        if created:
+            transaction.on_commit(zone_data_changed)
     return zone, created
 
 
@@ -102,6 +108,8 @@ def zone_delete(*, origin: str) -> bool:
     origin = normalize_zone_name(origin)
     with transaction.atomic():
         deleted, _ = Zone.objects.filter(origin=origin).delete()
+        if deleted:
+            transaction.on_commit(zone_data_changed)
     return bool(deleted)
 
 

@@ -15,7 +15,7 @@ import threading
 
 from waitress.server import create_server
 
-from everlock_site.listen import ListenAddress, stop_on_signals
+from everlock_site.listen import ListenAddress, binding, stop_on_signals
 
 log = logging.getLogger("everlock_site.http")
 
@@ -71,7 +71,8 @@ async def start_http(*, listens: dict) -> HTTPListener:
     """
     listen: ListenAddress = listens["http"]
     log.info("frontend-http: binding HTTP admin listener on %s", listen)
-    listener = await asyncio.to_thread(bind_http, listen)
+    with binding(listen):
+        listener = await asyncio.to_thread(bind_http, listen)
     listener.start()
     log.info("HTTP admin listener on %s", listener.address)
     return listener

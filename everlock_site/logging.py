@@ -6,7 +6,16 @@ The value is a default level, module=level pairs, or both: "info", "mail.deliver
 documented diagnostics line works as written.
 """
 
+import logging
+
 DEFAULT_LEVEL = "INFO"
+
+# Library messages that say nothing to an operator: {logger name: text in the message}. They
+# become debug records, shown only when that logger is at debug.
+NOISE = {
+    # kombu, for every message through the embedded broker (a filesystem:// URL has no host).
+    "kombu.connection": "No hostname was supplied",
+}
 
 LEVELS = {
     "trace": "DEBUG",
@@ -26,6 +35,21 @@ TARGET_ALIASES = {
     "everlock_backend_dns_dns": "dns_zones",
     "everlock_frontend_http": "everlock_site.http",
 }
+
+
+class DemoteNoise(logging.Filter):
+    """On a logger: its records containing `contains` become debug records, dropped unless the
+    logger is enabled for debug."""
+
+    def __init__(self, contains: str):
+        super().__init__()
+        self.contains = contains
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.contains not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 class LogSpecError(ValueError):
@@ -56,10 +80,16 @@ def parse_log_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 def logging_config(spec: str) -> dict:
     root, modules = parse_log_spec(spec)
+    noise = {name: {"filters": [f"noise:{name}"]} for name in NOISE}
+    for name, level in modules.items():
+        if name in noise:
+            noise[name]["level"] = level
+    modules = {name: level for name, level in modules.items() if name not in noise}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"everlock": {"format": "[%(levelname)s %(name)s] %(message)s"}},
+        "filters": {f"noise:{name}": {"()": DemoteNoise, "contains": text} for name, text in NOISE.items()},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "everlock"}},
         "root": {"handlers": ["console"], "level": root},
         "loggers": {
@@ -70,5 +100,6 @@ def logging_config(spec: str) -> dict:
             "kombu": {"level": modules.pop("kombu", "WARNING")},
             "waitress": {"level": modules.pop("waitress", "WARNING")},
             **{name: {"level": level} for name, level in modules.items()},
+            **noise,
         },
     }

@@ -63,7 +63,7 @@ if EVERLOCK_ADMIN_HTTPS:
     CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "everlock_site.apps.EverlockAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -92,7 +92,8 @@ ROOT_URLCONF = "everlock_site.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Everlock's admin templates (base_site.html) come before django.contrib.admin's.
+        "DIRS": [BASE_DIR / "everlock_site" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -197,6 +198,12 @@ EVERLOCK_TLS_KEY = env.str("EVERLOCK_TLS_KEY", default="")
 # the console, the workers) reads this one setting; `everlock serve --backend-dns-dns` sets it
 # for its own process.
 EVERLOCK_DNS = env.bool("EVERLOCK_DNS", default=False)
+# TCP connections the DNS server holds open (RFC 7766): in all, and from one client address.
+# When all are taken, the one that made progress longest ago is closed for a new client.
+EVERLOCK_DNS_TCP_MAX_CONNECTIONS = env.int("EVERLOCK_DNS_TCP_MAX_CONNECTIONS", default=256)
+EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT = env.int(
+    "EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", default=8
+)
 
 # EVERLOCK_RESOLVER: nameservers for outbound MX lookups as "host:port,host:port"; empty
 # means the system's resolver (/etc/resolv.conf).
@@ -231,6 +238,10 @@ EVERLOCK_SMTP_MAX_HOPS = env.int("EVERLOCK_SMTP_MAX_HOPS", default=50)
 EVERLOCK_SMTP_IDLE_TIMEOUT = env.int("EVERLOCK_SMTP_IDLE_TIMEOUT", default=300)
 EVERLOCK_SMTP_SESSION_TIMEOUT = env.int("EVERLOCK_SMTP_SESSION_TIMEOUT", default=1800)
 EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT", default=20)
+# EVERLOCK_SMTP_MAX_CONNECTIONS: open connections per SMTP listener; one more is answered
+# "421 4.7.0 Too many connections, try again later" and closed. Lowered at start (with a
+# warning) when the process's open file limit, raised to its hard limit, cannot hold it.
+EVERLOCK_SMTP_MAX_CONNECTIONS = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS", default=2000)
 
 # EVERLOCK_SMTP_WRITER_PROCESS: file accepted messages in a child process of the listeners
 # (mail.smtp.writer), so the SMTP dialogue and the commits use two cores; off: a thread.
@@ -282,7 +293,7 @@ if CELERY_BROKER_URL == "filesystem://":
 # several share a Redis database).
 CELERY_TASK_DEFAULT_QUEUE = env.str("EVERLOCK_CELERY_QUEUE", default="everlock-delivery")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes.
+# Keep Django's LOGGING (EVERLOCK_LOG) in worker processes (see also everlock_site.celery).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
 # The tasks are plain kicks: no remote control or events needed (the embedded broker has

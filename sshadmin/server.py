@@ -25,7 +25,7 @@ from django.db import close_old_connections
 from accounts.authentication import Throttled, authenticate, is_admin, resolve_login
 from accounts.models import User
 from everlock_site.files import write_private_file
-from everlock_site.listen import ListenAddress, stop_on_signals
+from everlock_site.listen import ListenAddress, binding, stop_on_signals
 from sshadmin.commands import load_commands
 from sshadmin.session import run_session
 
@@ -181,22 +181,23 @@ async def start_console(*, listens: dict) -> asyncssh.SSHAcceptor:
     log.info("frontend-ssh: binding admin console listener on %s", listen)
     load_commands()
     key = await asyncio.to_thread(load_host_key, host_key_path())
-    acceptor = await asyncssh.create_server(
-        ConsoleServer,
-        listen.host,
-        listen.port,
-        server_host_keys=[key],
-        login_timeout=LOGIN_TIMEOUT,
-        allow_pty=True,
-        line_editor=True,
-        line_history=1000,
-        agent_forwarding=False,
-        x11_forwarding=False,
-        allow_scp=False,
-        sftp_factory=None,
-        encoding="utf-8",
-        reuse_address=True,
-    )
+    with binding(listen):
+        acceptor = await asyncssh.create_server(
+            ConsoleServer,
+            listen.host,
+            listen.port,
+            server_host_keys=[key],
+            login_timeout=LOGIN_TIMEOUT,
+            allow_pty=True,
+            line_editor=True,
+            line_history=1000,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            sftp_factory=None,
+            encoding="utf-8",
+            reuse_address=True,
+        )
     host, port = acceptor.sockets[0].getsockname()[:2]
     log.info("SSH admin console listener on %s", ListenAddress(host, port))
     return acceptor

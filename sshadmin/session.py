@@ -2,7 +2,8 @@
 
 Three ways in, all through `run_session`:
 - interactive (the client asked for a pty): a banner, a prompt, line editing and history
-  (asyncssh's line editor); an error prints and the session goes on; /quit or ^D ends it;
+  (asyncssh's line editor), tab completion of commands, ^C discards the typed line; an error
+  prints and the session goes on; /quit (or exit, quit) or ^D ends it;
 - exec (`ssh host '/users list'`): the command line runs once; exit status 0, or 1 on error;
 - piped (no pty, no command): every line of stdin runs in turn, without prompt; the exit
   status is 1 when any line failed.
@@ -31,7 +32,9 @@ from sshadmin.commands.core import QuitConsole
 log = logging.getLogger("sshadmin")
 
 PROMPT = "everlock> "
-BANNER = "Everlock admin console. /help lists the commands, /quit ends the session."
+BANNER = "Everlock admin console. /help lists the commands, tab completes them, /quit ends the session."
+# Lines that end the session as /quit does, as people type them out of habit.
+QUIT_WORDS = ("exit", "quit", "/exit")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def execute(line: str, ctx: Context) -> Outcome:
     """Run one console line synchronously (in a worker thread) and say what it produced."""
     if not line.strip():
         return Outcome()
+    if line.strip() in QUIT_WORDS:
+        return Outcome(quit=True)
     registry = load_commands()
     try:
         words = ParsedLine(line).words
@@ -131,6 +136,20 @@ def _secret_reader(process: asyncssh.SSHServerProcess) -> Callable[[str], str]:
     return ask_secret
 
 
+def _discard_line(line: str, pos: int) -> tuple[str, int]:
+    """^C: the typed line is dropped, as a shell does, instead of staying before the next one."""
+    return "", 0
+
+
+def _complete(line: str, pos: int) -> tuple[str, int] | bool:
+    return load_commands().complete(line, pos) or False  # False rings the bell
+
+
+def _register_keys(channel) -> None:
+    channel.register_key("\x03", _discard_line)
+    channel.register_key("\t", _complete)
+
+
 async def run_session(process: asyncssh.SSHServerProcess, *, user, client_address: str) -> None:
     """Serve one SSH session channel of an authenticated admin, then exit it with a status."""
     interactive = process.term_type is not None
@@ -148,6 +167,7 @@ async def run_session(process: asyncssh.SSHServerProcess, *, user, client_addres
             status = 1 if outcome.failed else 0
             return
         if interactive:
+            _register_keys(process.channel)
             process.stdout.write(BANNER + "\n")
         while True:
             if interactive:

@@ -35,3 +35,15 @@ def _release_connections_before_the_test_database_goes(django_db_setup):
     ended (SMTP decisions, commits) are closed once their objects are collected."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def site_admin_client(client, settings, tmp_path):
+    """The Django test client logged in as a superuser, with its own data dir and the DNS
+    backend on (so mail domains in hosted zones publish their records)."""
+    from accounts.models import User
+
+    settings.DATA_DIR = tmp_path
+    settings.EVERLOCK_DNS = True
+    client.force_login(User.objects.create_superuser("root", password="x"))
+    return client

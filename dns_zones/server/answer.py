@@ -1,16 +1,20 @@
 """Turning a query's wire bytes into the response's wire bytes, from a Snapshot.
 
 Pure protocol logic, no I/O: the listener feeds datagrams and TCP messages in and sends what
-comes out. Encoded responses are cached: the key is the query's bytes after the message ID
-(flags, question with the client's letter case, EDNS record and options — everything the
-answer depends on besides the zone data), so a hit costs one dict lookup and the ID is the
-only thing patched. The cache is dropped whenever a new snapshot is installed.
+comes out. Encoded responses are cached (AnswerCache) under the query's bytes after the
+message ID up to its EDNS options (flags, counts, the question with the client's letter case,
+the OPT record's payload size, version and DO bit: everything the answer depends on besides
+the zone data), plus whether the query was padded; the options themselves (padding, cookies,
+anything odd) are never part of the key. A hit costs one dict lookup and the ID is the only
+thing patched. The cache is held to MAX_CACHE_BYTES and dropped whenever a new snapshot is
+installed.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections import OrderedDict
 
 import dns.edns
 import dns.exception
@@ -33,8 +37,11 @@ OUR_UDP_PAYLOAD = 1232
 # RFC 1035 section 4.2.1: without EDNS a UDP message holds at most 512 octets.
 CLASSIC_UDP_PAYLOAD = 512
 MAX_CNAME_CHAIN = 8
-MAX_CACHE_ENTRIES = 20_000
-# Larger responses (TCP only) are rebuilt each time, so the cache stays within about 30 MB.
+# What the cached responses and their keys may take, counting CACHE_ENTRY_OVERHEAD bytes per
+# entry for the objects around them; the oldest entries go first.
+MAX_CACHE_BYTES = 8 * 1024 * 1024
+CACHE_ENTRY_OVERHEAD = 150
+# Larger responses (TCP only) are rebuilt each time.
 MAX_CACHED_RESPONSE = 1500
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -49,6 +56,71 @@ _BAD_QTYPES = {dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY}
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 
+_OPT_FIXED = struct.Struct("!BHHIH")  # root name, TYPE 41, CLASS = payload, TTL, RDLENGTH
+_PADDING = 12  # RFC 7830
+
+
+def cache_key(wire: bytes) -> bytes | None:
+    """The cache key of the query `wire`, or None when it is not a plain query to cache: one
+    question (uncompressed), nothing but an optional OPT record after it, options that tile
+    its RDATA exactly (RFC 6891 section 6.1.2). The key is the bytes from the flags to the
+    OPT record's TTL, and b"P" when the query carries a PADDING option (RFC 7830: padded
+    queries get padded responses); the options' contents are left out."""
+    if len(wire) < 17 or wire[4:10] != b"\x00\x01\x00\x00\x00\x00":  # QD=1, AN=0, NS=0
+        return None
+    position = 12
+    while True:
+        length = wire[position] if position < len(wire) else 0x40
+        if length == 0:
+            break
+        if length > 63:  # a compression pointer, a label type we do not take, or the end
+            return None
+        position += 1 + length
+    end_of_question = position + 5
+    arcount = wire[10] << 8 | wire[11]
+    if arcount == 0:
+        return wire[2:end_of_question] if end_of_question == len(wire) else None
+    if arcount != 1 or len(wire) < end_of_question + 11:
+        return None
+    root, rtype, _payload, _ttl, rdlength = _OPT_FIXED.unpack_from(wire, end_of_question)
+    if root != 0 or rtype != dns.rdatatype.OPT or end_of_question + 11 + rdlength != len(wire):
+        return None
+    padded = False
+    position = end_of_question + 11
+    while position < len(wire):
+        if position + 4 > len(wire):
+            return None
+        code, length = struct.unpack_from("!HH", wire, position)
+        padded = padded or code == _PADDING
+        position += 4 + length
+    if position != len(wire):
+        return None
+    key = wire[2 : end_of_question + 9]
+    return key + b"P" if padded else key
+
+
+class AnswerCache:
+    """Encoded responses (without their ID) by cache_key, at most `max_bytes` in all."""
+
+    def __init__(self, max_bytes: int = MAX_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.entries: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.entries.get(key)
+
+    def put(self, key: bytes, response: bytes) -> None:
+        cost = len(key) + len(response) + CACHE_ENTRY_OVERHEAD
+        if cost > self.max_bytes or key in self.entries:
+            return
+        while self.size + cost > self.max_bytes:
+            old_key, old = self.entries.popitem(last=False)
+            self.size -= len(old_key) + len(old) + CACHE_ENTRY_OVERHEAD
+        self.entries[key] = response
+        self.size += cost
+
+
 def _header_only(wire: bytes, rcode: int) -> bytes:
     """A response carrying only a header: the query's ID, opcode and RD, with `rcode`."""
     (msg_id, flags) = struct.unpack_from("!HH", wire)
@@ -58,14 +130,19 @@ def _header_only(wire: bytes, rcode: int) -> bytes:
 class Responder:
     """Answers queries from the installed Snapshot; see the module docstring for the cache."""
 
-    def __init__(self, snapshot: Snapshot):
+    def __init__(self, snapshot: Snapshot, *, cache_bytes: int = MAX_CACHE_BYTES):
         self.snapshot = snapshot
-        self._cache: dict[bool, dict[bytes, bytes]] = {False: {}, True: {}}
+        self.cache_bytes = cache_bytes
+        self._cache = {False: AnswerCache(cache_bytes // 2), True: AnswerCache(cache_bytes // 2)}
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(cache.size for cache in self._cache.values())
 
     def install(self, snapshot: Snapshot) -> None:
         """Answer from `snapshot` from now on (and forget every cached response)."""
         self.snapshot = snapshot
-        self._cache = {False: {}, True: {}}
+        self._cache = {False: AnswerCache(self.cache_bytes // 2), True: AnswerCache(self.cache_bytes // 2)}
 
     def respond(self, wire: bytes, *, tcp: bool) -> bytes | None:
         """The response to the query `wire`, or None when nothing must be sent.
@@ -74,22 +151,21 @@ class Responder:
         section 4.1.1: answering responses invites loops). Never raises: anything unexpected
         is logged and answered SERVFAIL.
         """
-        cache = self._cache[tcp]
-        key = wire[2:]
-        hit = cache.get(key)
-        if hit is not None:
-            return wire[:2] + hit
         if len(wire) < 12 or wire[2] & 0x80:
             return None
+        cache = self._cache[tcp]
+        key = cache_key(wire)
+        if key is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return wire[:2] + hit
         try:
             response, cacheable = self._answer(wire, tcp=tcp)
         except Exception:
             log.exception("DNS query could not be answered")
             return _header_only(wire, dns.rcode.SERVFAIL)
-        if cacheable and len(response) <= MAX_CACHED_RESPONSE:
-            if len(cache) >= MAX_CACHE_ENTRIES:
-                cache.clear()
-            cache[key] = response[2:]
+        if cacheable and key is not None and len(response) <= MAX_CACHED_RESPONSE:
+            cache.put(key, response[2:])
         return response
 
     def _answer(self, wire: bytes, *, tcp: bool) -> tuple[bytes, bool]:
@@ -131,6 +207,9 @@ class Responder:
         response = dns.message.make_response(query, our_payload=OUR_UDP_PAYLOAD)
         # make_response copies RD; we never recurse, so RA stays 0 (RFC 1035 section 4.1.1).
         response.flags &= ~(dns.flags.RA | dns.flags.AD)
+        if query.ednsflags & dns.flags.DO:
+            # RFC 3225 section 3: the DO bit of the query is copied into the response.
+            response.ednsflags |= dns.flags.DO
         return response
 
     def _finish(self, query: dns.message.Message, rcode: int, *, tcp: bool) -> bytes:
@@ -151,16 +230,30 @@ class Responder:
         except dns.exception.TooBig:
             pass
         # RFC 2181 section 9: the additional section is optional; drop it before truncating.
-        response.additional = []
+        # Except in a referral, where the addresses of name servers inside the delegated zone
+        # are required glue (RFC 9471 section 2.1): when those do not fit, TC is set.
+        response.additional = _required_glue(response)
         try:
             return response.to_wire(max_size=limit)
         except dns.exception.TooBig:
             pass
         # RFC 1035 section 4.2.1, RFC 7766: set TC so the client retries over TCP.
+        response.additional = []
         response.answer = []
         response.authority = []
         response.flags |= dns.flags.TC
         return response.to_wire(max_size=limit)
+
+
+def _required_glue(response: dns.message.Message) -> list[dns.rrset.RRset]:
+    """The glue a referral cannot go without: the addresses of its name servers that lie in
+    the delegated zone (RFC 9471 section 2.1). Empty for anything but a referral."""
+    if response.answer or response.flags & dns.flags.AA or not response.authority:
+        return []
+    ns = response.authority[0]
+    if ns.rdtype != dns.rdatatype.NS:
+        return []
+    return [rrset for rrset in response.additional if rrset.name.is_subdomain(ns.name)]
 
 
 def _negative(zone: ZoneData, response: dns.message.Message, rcode: int) -> None:

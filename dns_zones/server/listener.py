@@ -2,8 +2,17 @@
 
 The event loop only moves bytes: answers come from dns_zones.server.answer.Responder, which
 reads an in-memory Snapshot. The database is read in a dedicated worker thread: once at start,
-then `data_version()` every `poll_interval` seconds, and a fresh snapshot whenever it changed,
-so zone changes are served about a second later without a restart.
+then a fresh snapshot whenever zone data changes. A change made in this process (the console
+of `everlock serve`) is announced on commit (dns_zones.changes) and served before the change's
+service returns; one made by another process is seen by `data_version()`, polled every
+`poll_interval` seconds (POLL_INTERVAL, so within about 0.1 s).
+
+TCP (RFC 7766): every connection has an idle timeout and a write timeout (a client that
+sends queries but does not read the answers is dropped), at most `tcp_per_client`
+connections come from one address, and at most `tcp_connections` are open in all; when full,
+the connection that made progress longest ago (sent a whole query, or took an answer) is
+closed for the newcomer (RFC 7766 section 6.2.3 lets a server close connections to free
+resources), so connections that sit idle or stall cannot keep new clients out.
 """
 
 from __future__ import annotations
@@ -13,19 +22,38 @@ import contextlib
 import logging
 import socket
 import struct
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from django.conf import settings
 from django.db import close_old_connections, connection
 
+from dns_zones import changes
 from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import data_version, load_snapshot
+from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 
 log = logging.getLogger("dns_zones")
 
 # RFC 7766 section 6.2.3: idle TCP connections are closed after a few seconds.
 TCP_IDLE_TIMEOUT = 10.0
-MAX_TCP_CONNECTIONS = 256
-POLL_INTERVAL = 1.0
+# How long an answer may wait for a client to take it.
+TCP_WRITE_TIMEOUT = 5.0
+POLL_INTERVAL = 0.05
+# How long a change's service waits for this process's DNS servers to serve it.
+CHANGE_WAIT = 10.0
+
+
+class _TCPClient:
+    """One open TCP connection: its task, writer, client address and last progress."""
+
+    __slots__ = ("host", "progress", "task", "writer")
+
+    def __init__(self, task: asyncio.Task, writer: asyncio.StreamWriter, host: str, now: float):
+        self.task = task
+        self.writer = writer
+        self.host = host
+        self.progress = now
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):
@@ -49,8 +77,14 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 class DNSServer:
     """A running DNS listener: `host`, `port` (the bound port), close() and wait_closed()."""
 
-    def __init__(self, *, poll_interval: float = POLL_INTERVAL):
+    def __init__(
+        self, *, poll_interval: float = POLL_INTERVAL, tcp_connections: int = 256, tcp_per_client: int = 8
+    ):
         self.poll_interval = poll_interval
+        self.tcp_connections = tcp_connections
+        self.tcp_per_client = tcp_per_client
+        self.tcp_idle_timeout = TCP_IDLE_TIMEOUT
+        self.tcp_write_timeout = TCP_WRITE_TIMEOUT
         self.host = ""
         self.port = 0
         self.responder: Responder | None = None
@@ -58,8 +92,10 @@ class DNSServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._poller: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
-        self._closed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reload_lock = asyncio.Lock()
+        self._connections: dict[asyncio.Task, _TCPClient] = {}
+        self._per_client: Counter[str] = Counter()
 
     async def _in_thread(self, func):
         def run():
@@ -78,7 +114,9 @@ class DNSServer:
         for both. Raises OSError when the address cannot be bound."""
         snapshot = await self._in_thread(load_snapshot)
         self.responder = Responder(snapshot)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        raise_open_file_limit()
+        AcceptErrorLog.install(loop)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20):
             self._udp, _ = await loop.create_datagram_endpoint(
@@ -97,16 +135,45 @@ class DNSServer:
             self.host, self.port = host, bound
             break
         self._poller = asyncio.create_task(self._poll())
+        changes.subscribe(self._changed)
+
+    @property
+    def tcp_open(self) -> int:
+        """TCP connections open now."""
+        return len(self._connections)
+
+    async def reload(self, *, if_changed: bool = False) -> None:
+        """Load the zone data again and answer from it (only when data_version() moved, with
+        `if_changed`)."""
+        async with self._reload_lock:
+            if if_changed and await self._in_thread(data_version) == self.responder.snapshot.version:
+                return
+            snapshot = await self._in_thread(load_snapshot)
+            self.responder.install(snapshot)
+        log.info("DNS zone data reloaded (%d zones)", len(snapshot.zones))
+
+    def _changed(self) -> None:
+        # Called by dns_zones.changes in the thread that committed a change.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # on our own loop: cannot wait for it here
+            loop.create_task(self.reload())
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.reload(), loop).result(CHANGE_WAIT)
+        except Exception as exc:
+            log.warning("DNS zone data not reloaded at once: %r", exc)
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                version = await self._in_thread(data_version)
-                if version != self.responder.snapshot.version:
-                    snapshot = await self._in_thread(load_snapshot)
-                    self.responder.install(snapshot)
-                    log.info("DNS zone data reloaded (%d zones)", len(snapshot.zones))
+                await self.reload(if_changed=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -114,36 +181,60 @@ class DNSServer:
                 log.warning("DNS zone data not reloaded: %s", exc)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._connections) >= MAX_TCP_CONNECTIONS:
-            writer.close()
+        loop = asyncio.get_running_loop()
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        if self._per_client[host] >= self.tcp_per_client:
+            writer.transport.abort()
             return
-        self._connections.add(task)
+        if len(self._connections) >= self.tcp_connections:
+            stalest = min(self._connections.values(), key=lambda c: c.progress)
+            stalest.task.cancel()
+            self._forget(stalest)
+        task = asyncio.current_task()
+        client = _TCPClient(task, writer, host, loop.time())
+        self._connections[task] = client
+        self._per_client[host] += 1
+        clean = False
         try:
             while True:
                 # RFC 1035 section 4.2.2: each message is prefixed by its two-octet length.
-                header = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                try:
+                    header = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle_timeout)
+                except asyncio.IncompleteReadError as exc:
+                    clean = not exc.partial  # the client closed between messages
+                    return
                 (length,) = struct.unpack("!H", header)
-                wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
+                wire = await asyncio.wait_for(reader.readexactly(length), self.tcp_idle_timeout)
+                client.progress = loop.time()
                 response = self.responder.respond(wire, tcp=True)
                 if response is None:
                     continue
                 writer.write(struct.pack("!H", len(response)) + response)
-                await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except asyncio.CancelledError:
+                await asyncio.wait_for(writer.drain(), self.tcp_write_timeout)
+                client.progress = loop.time()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("DNS TCP connection failed")
         finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self._forget(client)
+            if clean:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), self.tcp_write_timeout)
+            # Whatever is still unsent after a timeout (a client that does not read) is dropped.
+            writer.transport.abort()
+
+    def _forget(self, client: _TCPClient) -> None:
+        if self._connections.pop(client.task, None) is not None:
+            self._per_client[client.host] -= 1
+            if self._per_client[client.host] <= 0:
+                del self._per_client[client.host]
 
     def close(self) -> None:
         """Stop listening and polling; open TCP connections are closed."""
+        changes.unsubscribe(self._changed)
         if self._poller is not None:
             self._poller.cancel()
         if self._udp is not None:
@@ -160,7 +251,7 @@ class DNSServer:
         if self._tcp is not None:
             await self._tcp.wait_closed()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            await asyncio.gather(*list(self._connections), return_exceptions=True)
         # Close the worker thread's database connection in that thread.
         await asyncio.get_running_loop().run_in_executor(self._executor, lambda: connection.close())
         self._executor.shutdown(wait=True)
@@ -174,8 +265,13 @@ async def start_dns(*, listens, poll_interval: float = POLL_INTERVAL) -> DNSServ
     """
     listen = listens["dns"]
     log.info("backend-dns-dns: binding DNS listener on %s", listen)
-    server = DNSServer(poll_interval=poll_interval)
-    await server.start(listen.host, listen.port)
+    server = DNSServer(
+        poll_interval=poll_interval,
+        tcp_connections=settings.EVERLOCK_DNS_TCP_MAX_CONNECTIONS,
+        tcp_per_client=settings.EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT,
+    )
+    with binding(listen):
+        await server.start(listen.host, listen.port)
     bound = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
     log.info("DNS listener on %s (udp, tcp)", bound)
     return server

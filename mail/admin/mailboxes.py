@@ -118,6 +118,8 @@ class MailboxAdmin(admin.ModelAdmin):
 
 @admin.register(Folder)
 class FolderAdmin(admin.ModelAdmin):
+    """Reached from a mailbox's page; not a top-level entry."""
+
     list_display = ("name", "mailbox", "messages")
     list_filter = ("name", "mailbox__domain")
     search_fields = ("name", "mailbox__local_part", "mailbox__domain__name")
@@ -131,6 +133,9 @@ class FolderAdmin(admin.ModelAdmin):
     @admin.display(description="messages", ordering="n_messages")
     def messages(self, obj: Folder) -> str:
         return _messages_link(obj.n_messages, folder__id__exact=obj.pk)
+
+    def has_module_permission(self, request) -> bool:
+        return False
 
     def has_add_permission(self, request) -> bool:
         return False

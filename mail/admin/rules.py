@@ -1,13 +1,24 @@
-"""Django admin for the mail rules: one TOML text, validated on save."""
+"""Django admin for the mail rules: one TOML text, validated on save, a page that tests the
+rules in force on a message (what `/mail rules test` does on the console), and the language's
+documentation (docs/rules.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from mail.models import RedirectRecord, RuleSet, VacationReply
 from mail.rules.language import RulesError, parse_rules
-from mail.services.rules import set_rules
+from mail.services.rules import dry_run, set_rules
+
+RULES_DOC = Path(settings.BASE_DIR) / "docs" / "rules.md"
 
 
 class RuleSetForm(forms.ModelForm):
@@ -15,13 +26,21 @@ class RuleSetForm(forms.ModelForm):
     text = forms.CharField(
         strip=False,
         required=False,
-        help_text="rules.toml: see mail.rules.language for the language",
         widget=forms.Textarea(attrs={"rows": 40, "cols": 100, "style": "font-family: monospace"}),
     )
 
     class Meta:
         model = RuleSet
         fields = ["text"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["text"].help_text = format_html(
+            "rules.toml, checked when saved. The language, with an example per match and action: "
+            '<a href="{}">docs/rules.md</a>. <a href="{}">Test the rules</a> on a message.',
+            reverse("admin:mail_ruleset_doc"),
+            reverse("admin:mail_ruleset_test"),
+        )
 
     def clean_text(self) -> str:
         text = self.cleaned_data["text"].replace("\r\n", "\n")
@@ -32,6 +51,15 @@ class RuleSetForm(forms.ModelForm):
         return text
 
 
+class RulesTestForm(forms.Form):
+    recipient = forms.CharField(max_length=320, help_text="A local address, as in RCPT TO.")
+    message = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 12, "cols": 100, "style": "font-family: monospace"}),
+        help_text="A message (header lines, an empty line, the body), or the id of a stored message.",
+    )
+
+
 @admin.register(RuleSet)
 class RuleSetAdmin(admin.ModelAdmin):
     """Saving goes through mail.services.rules.set_rules: version bump and rules.toml rewrite."""
@@ -39,6 +67,54 @@ class RuleSetAdmin(admin.ModelAdmin):
     form = RuleSetForm
     list_display = ["__str__", "updated_at"]
     readonly_fields = ["version", "updated_at"]
+    change_form_template = "everlock/ruleset_change_form.html"
+    change_list_template = "everlock/ruleset_change_list.html"
+
+    def get_urls(self):
+        return [
+            path("test/", self.admin_site.admin_view(self.test_view), name="mail_ruleset_test"),
+            path("language/", self.admin_site.admin_view(self.doc_view), name="mail_ruleset_doc"),
+            *super().get_urls(),
+        ]
+
+    def test_view(self, request):
+        """Run the rules in force on a message for a recipient; changes nothing."""
+        if not self.has_view_permission(request):
+            raise Http404
+        form = RulesTestForm(request.POST or None)
+        trace = None
+        if request.method == "POST" and form.is_valid():
+            text = form.cleaned_data["message"]
+            if text.strip().isdigit():
+                source = {"message_id": int(text.strip())}
+            else:
+                # A browser sends CRLF line breaks already; a message is CRLF throughout.
+                text = text.replace("\r\n", "\n").strip("\n").replace("\n", "\r\n") + "\r\n"
+                source = {"raw": text.encode("utf-8")}
+            try:
+                trace = dry_run(recipient=form.cleaned_data["recipient"], **source).trace
+            except RulesError as exc:
+                form.add_error(None, str(exc))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Test the mail rules",
+            "form": form,
+            "trace": trace,
+        }
+        return TemplateResponse(request, "everlock/ruleset_test.html", context)
+
+    def doc_view(self, request):
+        """docs/rules.md, the rules language, as text."""
+        if not self.has_view_permission(request) or not RULES_DOC.exists():
+            raise Http404
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "The mail rules language",
+            "doc": RULES_DOC.read_text(),
+        }
+        return TemplateResponse(request, "everlock/ruleset_doc.html", context)
 
     def has_add_permission(self, request) -> bool:
         return super().has_add_permission(request) and not RuleSet.objects.exists()
@@ -73,12 +149,16 @@ class VacationReplyAdmin(admin.ModelAdmin):
 
 @admin.register(RedirectRecord)
 class RedirectRecordAdmin(admin.ModelAdmin):
-    """The redirects rules made per sender, which cap redirect storms; read-only."""
+    """The redirects rules made per sender, which cap redirect storms; read-only, and not a
+    top-level entry."""
 
     list_display = ["sender", "count", "created_at"]
     search_fields = ["sender"]
     date_hierarchy = "created_at"
     readonly_fields = ["sender", "count", "created_at"]
+
+    def has_module_permission(self, request) -> bool:
+        return False
 
     def has_add_permission(self, request) -> bool:
         return False

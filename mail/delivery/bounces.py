@@ -13,7 +13,7 @@ from datetime import datetime
 
 from django.db import transaction
 
-from mail.smtp.replies import SMTPReject
+from mail.replies import SMTPReject
 
 log = logging.getLogger("mail.delivery")
 

@@ -7,11 +7,13 @@ change is one transaction; a row made due now is kicked after commit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from mail.models import OutboundDelivery
+from mail.models import OutboundDelivery, OutboundRecipient
 
 
 class QueueError(ValueError):
@@ -159,3 +161,35 @@ def format_detail(entry: QueueEntry) -> str:
     for address, status, reply in entry.recipients:
         lines.append(f"recipient {address}: {status}" + (f" ({reply})" if reply else ""))
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """The queue at a glance: rows waiting (queued, of which held), the oldest one, and the
+    recipients delivered and bounced (failed for good) in the last `hours`."""
+
+    waiting: int
+    held: int
+    oldest: OutboundDelivery | None
+    delivered: int
+    bounced: int
+    hours: int
+
+
+def queue_summary(*, hours: int = 24) -> QueueSummary:
+    waiting = OutboundDelivery.objects.filter(
+        status__in=[OutboundDelivery.Status.QUEUED, OutboundDelivery.Status.HELD]
+    )
+    since = timezone.now() - timedelta(hours=hours)
+    done = OutboundRecipient.objects.filter(delivery__updated_at__gte=since).aggregate(
+        delivered=Count("id", filter=Q(status=OutboundRecipient.Status.DELIVERED)),
+        bounced=Count("id", filter=Q(status=OutboundRecipient.Status.FAILED)),
+    )
+    return QueueSummary(
+        waiting=waiting.count(),
+        held=waiting.filter(status=OutboundDelivery.Status.HELD).count(),
+        oldest=waiting.order_by("created_at", "id").first(),
+        delivered=done["delivered"],
+        bounced=done["bounced"],
+        hours=hours,
+    )

@@ -22,6 +22,9 @@ log = logging.getLogger("mail.delivery")
 
 _PR_SET_PDEATHSIG = 1
 
+# The start of the warning a Celery worker started as root prints (celery.platforms).
+CELERY_ROOT_WARNING = "You're running the worker with superuser privileges"
+
 
 def _die_with_parent() -> None:
     # Linux: the worker gets SIGTERM when serve dies, even by SIGKILL, instead of running on
@@ -61,10 +64,16 @@ async def start_embedded_worker(*, listens, concurrency: int | None = None) -> E
     EVERLOCK_DELIVERY_CONCURRENCY.
     """
     concurrency = concurrency or settings.EVERLOCK_DELIVERY_CONCURRENCY
+    # Celery's startup banner and its warning about running as root (containers often do)
+    # only when EVERLOCK_LOG asks for celery=debug.
+    python, celery = [sys.executable], ["-m", "celery", "-A", "everlock_site"]
+    if not logging.getLogger("celery").isEnabledFor(logging.DEBUG):
+        python += ["-W", f"ignore:{CELERY_ROOT_WARNING}"]
+        celery += ["--quiet"]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "celery", "-A", "everlock_site", "worker",
+        *python, *celery, "worker",
         "--concurrency", str(concurrency), "-n", f"delivery-{os.getpid()}@%h",
-        "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel", "warning",
+        "--without-mingle", "--without-gossip", "--without-heartbeat",
         # Its own session: a Ctrl-C or a signal to serve's process group reaches serve only,
         # and close() then stops the worker warmly (current tasks finish).
         env=dict(os.environ), preexec_fn=_die_with_parent, start_new_session=True,

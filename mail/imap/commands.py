@@ -12,15 +12,23 @@ import re
 from pymap.imap.state import ConnectionState
 from pymap.parsing import EndLine, Params, Space
 from pymap.parsing.command import CommandAny, CommandAuth, CommandNoArgs, CommandSelect
+from pymap.parsing.command.auth import ListCommand
 from pymap.parsing.commands import Commands, InvalidCommand
+from pymap.parsing.exceptions import NotParseable
+from pymap.parsing.modutf7 import modutf7_decode
+from pymap.parsing.primitives import Number
 from pymap.parsing.response import ResponseBad, ResponseNo, ResponseOk, UntaggedResponse
 from pymap.parsing.response.code import ResponseCode
-from pymap.parsing.specials import AString, Mailbox
+from pymap.parsing.response.specials import ListResponse, StatusResponse
+from pymap.parsing.specials import AString, Mailbox, StatusAttribute
 
 from mail.imap import store
-from mail.imap.backend import MailboxSet, run
+from mail.imap.session import MailboxSet
+from mail.imap.threads import run
 
 CAPABILITIES = (
+    b"LIST-EXTENDED",
+    b"LIST-STATUS",
     b"NAMESPACE",
     b"ACL",
     b"RIGHTS=kxte",
@@ -29,6 +37,8 @@ CAPABILITIES = (
     b"SPECIAL-USE",
     b"UNSELECT",
 )
+
+_SPECIAL_USE_ATTRIBUTES = {use.encode()[1:] for use in store.SPECIAL_USE.values()}
 
 # RFC 4314 rights of the two grant roles. Neither has "a": grants change on the console only.
 WRITER_RIGHTS = "lrswipkxte"
@@ -133,7 +143,93 @@ class LineTooLongCommand(CommandNoArgs, CommandAny):
     command = TOO_LONG
 
 
+class ExtendedListCommand(ListCommand):
+    """LIST with the RFC 5258 extensions: selection options (SUBSCRIBED, SPECIAL-USE, REMOTE),
+    several patterns, return options (SUBSCRIBED, CHILDREN, SPECIAL-USE, and STATUS of RFC
+    5819). A plain LIST parses as pymap's own."""
+
+    _options = re.compile(rb"\(([A-Za-z0-9 -]*)\) ")
+    _return = re.compile(rb" RETURN \((.*)\)\r?\n$", re.IGNORECASE | re.DOTALL)
+    _status = re.compile(rb"STATUS \(([A-Za-z ]*)\)", re.IGNORECASE)
+    _selections = frozenset({b"SUBSCRIBED", b"SPECIAL-USE", b"REMOTE", b"RECURSIVEMATCH"})
+    _returns = frozenset({b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE"})
+    _status_items = frozenset({b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"})
+
+    def __init__(self, tag: bytes, ref_name: str, patterns: list[str], **options) -> None:
+        super().__init__(tag, ref_name, patterns[0])
+        self.patterns = patterns
+        self.extended = options.pop("extended", False)
+        self.select: frozenset[bytes] = options.pop("select", frozenset())
+        self.returns: frozenset[bytes] = options.pop("returns", frozenset())
+        self.status: tuple[bytes, ...] = options.pop("status", ())
+
+    @classmethod
+    def parse(cls, buf: memoryview, params: Params):
+        raw = bytes(buf)
+        select = returns = frozenset()
+        status: tuple[bytes, ...] = ()
+        extended = False
+        selection = cls._options.match(raw, 1) if raw[:2] == b" (" else None
+        if selection:
+            extended = True
+            select = frozenset(selection.group(1).upper().split())
+            # RFC 5258 §3.1: RECURSIVEMATCH only modifies another option, and not REMOTE alone.
+            if not select <= cls._selections or (
+                b"RECURSIVEMATCH" in select and not select & {b"SUBSCRIBED", b"SPECIAL-USE"}
+            ):
+                raise NotParseable(buf)
+            raw = b" " + raw[selection.end() :]
+        tail = cls._return.search(raw)
+        if tail:
+            extended = True
+            text = tail.group(1)
+            found = cls._status.search(text)
+            if found:
+                status = tuple(found.group(1).upper().split())
+                if not set(status) <= cls._status_items or not status:
+                    raise NotParseable(buf)
+                text = text[: found.start()] + text[found.end() :]
+            returns = frozenset(text.upper().split())
+            if not returns <= cls._returns:
+                raise NotParseable(buf)
+            raw = raw[: tail.start()] + b"\r\n"
+        patterns_list = re.match(rb" (\S+|\"[^\"]*\") \((.*)\)\r?\n$", raw)
+        if patterns_list:
+            # Several patterns: LIST "" ("INBOX" "Drafts")
+            extended = True
+            names = [part.strip(b'"') for part in re.findall(rb'"[^"]*"|[^ ()]+', patterns_list.group(2))]
+            if not names:
+                raise NotParseable(buf)
+            plain, _ = ListCommand.parse(memoryview(b" " + patterns_list.group(1) + b" x\r\n"), params)
+            patterns = [modutf7_decode(name) for name in names]
+            ref_name = plain.ref_name
+        else:
+            plain, _ = ListCommand.parse(memoryview(raw), params)
+            patterns, ref_name = [plain.filter], plain.ref_name
+        return (
+            cls(
+                params.tag,
+                ref_name,
+                patterns,
+                extended=extended,
+                select=select,
+                returns=returns,
+                status=status,
+            ),
+            buf[len(buf) :],
+        )
+
+
+class ChildInfoListResponse(ListResponse):
+    """A LIST line of a parent listed for its subscribed children (RFC 5258 §3.5 CHILDINFO)."""
+
+    @property
+    def text(self) -> bytes:
+        return super().text + b' (CHILDINFO ("SUBSCRIBED"))'
+
+
 EXTRA_COMMANDS = (
+    ExtendedListCommand,
     NamespaceCommand,
     MyRightsCommand,
     GetAclCommand,
@@ -331,6 +427,53 @@ class EverlockConnectionState(ConnectionState):
 
     async def do_xtoolong(self, cmd: LineTooLongCommand):
         return ResponseBad(cmd.tag, b"Command line too long.", ResponseCode.of(b"TOOBIG")), None
+
+    async def do_list(self, cmd):
+        if not getattr(cmd, "extended", False):
+            return await super().do_list(cmd)
+        subscribed_only = b"SUBSCRIBED" in cmd.select
+        recursive = b"RECURSIVEMATCH" in cmd.select
+        subscribed = {
+            name for name, is_subscribed, _ in await self._mailboxes.folder_names() if is_subscribed
+        }
+        listed: dict[str, tuple[str | None, list[bytes]]] = {}
+        updates = None
+        for pattern in cmd.patterns:
+            # With RECURSIVEMATCH every matching name counts: a parent is listed for the
+            # subscribed children below it (CHILDINFO), subscribed or not itself.
+            found, updates = await self.session.list_mailboxes(
+                cmd.ref_name, pattern, subscribed=subscribed_only and not recursive, selected=self._selected
+            )
+            for name, delimiter, attributes in found:
+                listed.setdefault(name, (delimiter, list(attributes)))
+        response = ResponseOk(cmd.tag, b"LIST completed.")
+        for name, (delimiter, attributes) in listed.items():
+            # CHILDINFO tells of subscribed children the patterns did not match (RFC 5258 §3.5).
+            child_info = recursive and any(
+                other.startswith(name + store.DELIMITER) and other not in listed for other in subscribed
+            )
+            if subscribed_only and name not in subscribed and not child_info:
+                continue
+            if b"SPECIAL-USE" in cmd.select and not set(attributes) & _SPECIAL_USE_ATTRIBUTES:
+                continue
+            if (subscribed_only or b"SUBSCRIBED" in cmd.returns) and name in subscribed:
+                attributes = [*attributes, b"Subscribed"]
+            if child_info and name not in subscribed:
+                response.add_untagged(ChildInfoListResponse(name, delimiter, attributes))
+            else:
+                response.add_untagged(ListResponse(name, delimiter, attributes))
+            if cmd.status and b"Noselect" not in attributes and b"NonExistent" not in attributes:
+                mailbox, _ = await self.session.get_mailbox(name)
+                values = {
+                    b"MESSAGES": mailbox.exists,
+                    b"RECENT": mailbox.recent,
+                    b"UIDNEXT": mailbox.next_uid,
+                    b"UIDVALIDITY": mailbox.uid_validity,
+                    b"UNSEEN": mailbox.unseen,
+                }
+                data = {StatusAttribute(item): Number(values[item]) for item in cmd.status}
+                response.add_untagged(StatusResponse(name, data))
+        return response, updates
 
     async def do_unselect(self, cmd: UnselectCommand):
         self._selected = None

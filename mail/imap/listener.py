@@ -29,9 +29,12 @@ from proxyprotocol.sock import SocketInfoLocal
 from pymap.context import connection_exit, subsystem
 from pymap.imap import IMAPConnection
 
-from mail.imap.backend import Config, Login, database_threads
+from everlock_site.listen import binding
 from mail.imap.commands import CAPABILITIES, TOO_LONG, EverlockConnectionState, commands
+from mail.imap.config import Config
+from mail.imap.login import Login
 from mail.imap.notify import watch_folders
+from mail.imap.threads import database_threads
 from mail.smtp.tls import server_context
 
 log = logging.getLogger("mail.imap")
@@ -259,7 +262,8 @@ async def start_listeners(*, listens) -> Listeners:
         )
         kind = "STARTTLS" if starttls else "implicit TLS"
         log.info("IMAP listener (%s) on %s:%s", kind, address.host, address.port)
-        await listener.start(address.host, address.port)
+        with binding(address):
+            await listener.start(address.host, address.port)
         listeners.append(listener)
     tasks = [
         asyncio.create_task(watch_folders(interval=settings.EVERLOCK_IMAP_NOTIFY_INTERVAL)),

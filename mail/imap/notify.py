@@ -7,9 +7,12 @@ commits to the database. How an IMAP process hears of it:
   the folders a transaction changed, at its commit (migration mail 0003); the process LISTENs
   on one connection of its own and wakes the sessions of those folders at once.
 - Any database (SQLite, and PostgreSQL as a safety net when the listening connection is
-  down): every `interval` seconds, one indexed query reads each open folder's (highest_modseq,
-  newest message id) pair, which moves with every change, and wakes the sessions of the
-  folders whose pair moved.
+  down): every `interval` seconds, one query reads each open folder's (highest_modseq, newest
+  message id, messages), which moves with every change, and wakes the sessions of the folders
+  where it moved.
+
+A folder's state is read from the database only after such a wake-up (FolderState.refresh),
+so sessions that only read cost the database nothing between changes.
 
 Changes made by this process's own sessions wake the others at once (FolderState.poke).
 """
@@ -23,7 +26,8 @@ import psycopg
 from django.db import connection
 
 from mail.imap import store
-from mail.imap.backend import ServerTrouble, open_states, run
+from mail.imap.folders import open_states
+from mail.imap.threads import ServerTrouble, run
 
 log = logging.getLogger("mail.imap")
 
@@ -44,7 +48,7 @@ async def watch_folders(*, interval: float) -> None:
 
 
 async def poll_for_changes(*, interval: float) -> None:
-    marks: dict[int, tuple[int, int | None]] = {}
+    marks: dict[int, tuple[int, int | None, int]] = {}
     pause = interval
     while True:
         await asyncio.sleep(pause)

@@ -1,5 +1,6 @@
 """What an IMAP session reads and changes, over the mail models: synchronous, one transaction
-per call, run by the backend (mail.imap.backend) in worker threads.
+per call, run in worker threads (mail.imap.threads) by the pymap backend (mail.imap.login,
+session, folders, messages).
 
 Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db import connection, transaction
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
@@ -119,9 +121,6 @@ class Changes:
     count: int
 
 
-# --- who sees what ---------------------------------------------------------------------------
-
-
 def accesses(user: User) -> list[Access]:
     """The mailboxes `user` may open, own mailbox first.
 
@@ -206,12 +205,18 @@ def find_folder(access: Access, name: str) -> FolderInfo:
 
 
 def create_folder(access: Access, name: str) -> int:
-    stored = stored_name(access, name)
+    """Create a folder, not subscribed (RFC 9051 §6.3.4: clients subscribe what they create).
+    A trailing hierarchy delimiter only says that the name is a parent: it is not kept."""
+    stored = stored_name(access, name.rstrip(DELIMITER))
+    if not stored:
+        raise StoreError("CANNOT", "Invalid mailbox name.")
     with transaction.atomic():
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
         mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
-        folder = Folder.objects.create(mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity())
+        folder = Folder.objects.create(
+            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=False
+        )
     return folder.id
 
 
@@ -266,9 +271,6 @@ def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
         raise StoreError("NONEXISTENT", "No such mailbox.")
 
 
-# --- messages --------------------------------------------------------------------------------
-
-
 def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[str]:
     flags = [
         name for name, on in zip(SYSTEM_FLAGS, (seen, answered, flagged, deleted, draft), strict=True) if on
@@ -312,12 +314,38 @@ def _rows(queryset) -> list[Row]:
     return rows
 
 
+@contextmanager
+def metadata_change():
+    """A transaction that changes only IMAP state (flags, UIDs, \\Recent). On
+    SQLite it commits without waiting for the disk (synchronous=NORMAL in WAL mode: a crash of
+    the process loses nothing, a power failure at most the last moments of such changes, never
+    a message); mail itself (APPEND, delivery) is committed with a sync as ever."""
+    relax = connection.vendor == "sqlite"
+    if relax:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with transaction.atomic():
+            yield
+    finally:
+        if relax:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA synchronous=FULL")
+
+
+def _save_counters(folder: Folder, *fields: str) -> None:
+    """Store the folder's IMAP counters. Not through save(): a Folder save tells every SMTP
+    listener to forget what it remembers of folders (mail.services.directory), and counters are
+    no part of that."""
+    Folder.objects.filter(pk=folder.pk).update(**{field: getattr(folder, field) for field in fields})
+
+
 def number_new(folder_id: int) -> None:
     """Give the folder's unnumbered messages their UIDs, in id order, and stamp them with a
     new modseq; nothing when there are none."""
     if not Message.objects.filter(folder_id=folder_id, uid__isnull=True).exists():
         return
-    with transaction.atomic():
+    with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None:
             return
@@ -332,7 +360,7 @@ def number_new(folder_id: int) -> None:
             message.modseq = folder.highest_modseq
         Message.objects.bulk_update(pending, ["uid", "modseq"], batch_size=500)
         folder.uid_next += len(pending)
-        folder.save(update_fields=["uid_next", "highest_modseq"])
+        _save_counters(folder, "uid_next", "highest_modseq")
 
 
 def changes(folder_id: int, since_modseq: int) -> Changes:
@@ -357,7 +385,9 @@ def changes(folder_id: int, since_modseq: int) -> Changes:
 
 def claim_recent(folder_id: int) -> list[int]:
     """The UIDs still \\Recent in the folder, which stop being recent for anyone else."""
-    with transaction.atomic():
+    if not Folder.objects.filter(pk=folder_id, first_recent_uid__lt=F("uid_next")).exists():
+        return []  # nothing to claim: no write transaction
+    with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None or folder.first_recent_uid >= folder.uid_next:
             return []
@@ -367,7 +397,7 @@ def claim_recent(folder_id: int) -> list[int]:
             )
         )
         folder.first_recent_uid = folder.uid_next
-        folder.save(update_fields=["first_recent_uid"])
+        _save_counters(folder, "first_recent_uid")
     return sorted(uids)
 
 
@@ -406,7 +436,7 @@ def _bump(folder_id: int) -> int:
     if folder is None:
         raise FolderGone(folder_id)
     folder.highest_modseq += 1
-    folder.save(update_fields=["highest_modseq"])
+    _save_counters(folder, "highest_modseq")
     return folder.highest_modseq
 
 
@@ -414,7 +444,7 @@ def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> 
     """Give each (uid, flags) its flags: the complete new set."""
     if not updates:
         return
-    with transaction.atomic():
+    with metadata_change():
         modseq = _bump(folder_id)
         for uid, flags in updates:
             Message.objects.filter(folder_id=folder_id, uid=uid).update(modseq=modseq, **_flag_values(flags))
@@ -427,17 +457,26 @@ def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
 
 
 def _check_quota(mailbox_id: int, adding: int) -> None:
-    usage, limit = mailbox_quota(mailbox_id)
-    if limit is not None and usage + adding > limit:
+    limit = Mailbox.objects.filter(pk=mailbox_id).values_list("quota", flat=True).first()
+    if limit is not None and mailbox_usage(mailbox_id) + adding > limit:
         raise StoreError("OVERQUOTA", "Mailbox is over its quota.")
 
 
 def append(
-    folder_id: int, *, mailbox_id: int, raw: bytes, flags: frozenset[str], when: datetime | None
+    folder_id: int,
+    *,
+    access: Access,
+    raw: bytes,
+    flags: frozenset[str],
+    when: datetime | None,
+    seen_by_appender: bool,
 ) -> tuple[int, int]:
-    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid).
+    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid). With
+    `seen_by_appender` (the appending session has the folder selected) the message is
+    \\Recent for that session only, as if it had claimed it.
 
     Raises StoreError OVERQUOTA when the mailbox has no room for it."""
+    mailbox_id = access.mailbox_id
     parsed = parse_message(raw)
     with StoredFiles() as files, transaction.atomic():
         _check_quota(mailbox_id, len(raw))
@@ -450,7 +489,7 @@ def append(
         Message.objects.create(
             folder=folder,
             content=content,
-            envelope_to=Mailbox.objects.select_related("domain").get(pk=mailbox_id).address,
+            envelope_to=access.address,
             header_from=parsed.header_from,
             header_to=parsed.header_to,
             subject=parsed.subject,
@@ -463,7 +502,9 @@ def append(
             **_flag_values(flags),
         )
         folder.uid_next += 1
-        folder.save(update_fields=["uid_next", "highest_modseq"])
+        if seen_by_appender and folder.first_recent_uid == uid:
+            folder.first_recent_uid = folder.uid_next
+        _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
         # auto_now_add ignores the value given: the internal date of an APPEND is the client's.
         if when is not None:
             Message.objects.filter(folder=folder, uid=uid).update(received_at=when)
@@ -497,7 +538,7 @@ def _copy_rows(messages: list[Message], target: Folder, *, move: bool) -> list[t
             message.received_at = when
         Message.objects.bulk_update(created, ["received_at"], batch_size=500)
     target.uid_next += len(messages)
-    target.save(update_fields=["uid_next", "highest_modseq"])
+    _save_counters(target, "uid_next", "highest_modseq")
     return pairs
 
 
@@ -519,7 +560,7 @@ def copy(
         target = folders[target_id]
         if move and source_id != target_id:
             folders[source_id].highest_modseq += 1
-            folders[source_id].save(update_fields=["highest_modseq"])
+            _save_counters(folders[source_id], "highest_modseq")
         pairs = _copy_rows(messages, target, move=move)
     return target.uid_validity, pairs
 
@@ -576,15 +617,16 @@ def acl(mailbox_id: int) -> list[tuple[str, bool]]:
     return [(name, rank >= writer) for name, rank in sorted(best.items())]
 
 
-def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None]]:
-    """(highest_modseq, newest message id) of each folder: either moves when the folder
-    changes, whoever changed it (an IMAP session raises the modseq, filing adds rows)."""
+def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None, int]]:
+    """(highest_modseq, newest message id, messages) of each folder: one of them moves when
+    the folder changes, whoever changed it (an IMAP session raises the modseq, filing adds
+    rows, the console or the admin removes some)."""
     rows = (
         Folder.objects.filter(pk__in=folder_ids)
-        .annotate(newest=Max("messages__id"))
-        .values_list("id", "highest_modseq", "newest")
+        .annotate(newest=Max("messages__id"), count=Count("messages"))
+        .values_list("id", "highest_modseq", "newest", "count")
     )
-    return {pk: (modseq, newest) for pk, modseq, newest in rows}
+    return {pk: (modseq, newest, count) for pk, modseq, newest, count in rows}
 
 
 def recent_count(folder_id: int) -> int:

@@ -26,6 +26,7 @@ class Mailbox(models.Model):
     last_uid_validity = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
+        verbose_name_plural = "mailboxes"
         ordering = ["domain__name", "local_part"]
         constraints = [
             models.UniqueConstraint(fields=["domain", "local_part"], name="one_mailbox_per_address"),

@@ -23,8 +23,10 @@ from email.policy import compat32
 from django.db import transaction
 from django.utils import timezone
 
+from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
+from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts, OutgoingMessage
 from mail.services.directory import directory
@@ -32,8 +34,6 @@ from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_usage
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
-from mail.smtp import replies
-from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.smtp")
 
@@ -150,8 +150,7 @@ def check_room(*, mailbox_id: int, quota: int | None) -> None:
     """Raises SMTPReject 452 4.2.2 when the mailbox has reached its quota (bytes; None: no
     limit). A message accepted below the quota is delivered whole, even past it."""
     if quota is not None and mailbox_usage(mailbox_id) >= quota:
-        # RFC 3463 X.2.2 "mailbox full": temporary, the sender retries once mail is removed.
-        raise SMTPReject(452, "4.2.2", "Mailbox full")
+        raise SMTPReject(replies.MAILBOX_FULL)
 
 
 def check_local_recipient(address: Address) -> tuple[int, int | None]:
@@ -173,8 +172,8 @@ def check_local_recipient(address: Address) -> tuple[int, int | None]:
         check_room(mailbox_id=mailbox_id, quota=quota)
         return mailbox_id, quota
     if MailDomain.objects.filter(name=address.domain, enabled=True).exists():
-        raise replies.UNKNOWN_USER
-    raise replies.RELAY_DENIED
+        raise SMTPReject(replies.UNKNOWN_USER)
+    raise SMTPReject(replies.RELAY_DENIED)
 
 
 def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], list[str]]:
@@ -239,7 +238,7 @@ def plan_recipients(
         )
         if plan.reject is not None:
             r = plan.reject
-            raise SMTPReject(r.code, r.enhanced, r.text)
+            raise SMTPReject(Reply(r.code, r.enhanced, r.text))
         for refusal in plan.refused:
             log.warning("rule of %s: %s; kept in inbox", mailbox.address, refusal)
         if plan.discard and not plan.outgoing:
@@ -284,7 +283,7 @@ def mailboxes_by_id(ids: set[int]) -> dict[int, Mailbox]:
         for mailbox in Mailbox.objects.select_related("domain").filter(id__in=missing).order_by():
             found[mailbox.id] = directory.remember(("mailbox-id", mailbox.id), lambda m=mailbox: m)
     if any(mailbox is None for mailbox in found.values()):
-        raise replies.MAILBOX_CHANGED
+        raise SMTPReject(replies.MAILBOX_CHANGED)
     return found
 
 
@@ -489,7 +488,7 @@ def deliver_inbound(
     mailboxes = list(Mailbox.objects.select_related("domain").filter(id__in=mailbox_ids).order_by())
     if len(mailboxes) != len(set(mailbox_ids)):
         # Deleted since RCPT: the client retries, and RCPT then answers for the mailbox.
-        raise replies.MAILBOX_CHANGED
+        raise SMTPReject(replies.MAILBOX_CHANGED)
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
         # The rules run inside the transaction: what they remember (vacation replies sent,
         # redirects made) commits or rolls back with the delivery.

@@ -3,7 +3,7 @@
 The SMTP adapter (mail.smtp.submission) calls authorize_sender at MAIL FROM,
 check_submission_recipient at RCPT, and at DATA accept_submission in the group commit (which
 may run in the writer process: prepare_submission checks, completes and signs, then
-commit_submission files); each raises mail.smtp.replies.SMTPReject with the reply to give.
+commit_submission files); each raises mail.replies.SMTPReject with the reply to give.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from django.db import transaction
 from accounts.authentication import resolve_login, user_allows
 from accounts.grants import mailbox_resource
 from accounts.models import User
+from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.dkim.signing import sign_for_domain
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
+from mail.replies import SMTPReject
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
     ParsedMessage,
@@ -39,7 +41,6 @@ from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import ensure_mailbox
 from mail.services.storage import StoredFiles, store_content
-from mail.smtp import replies
 
 log = logging.getLogger("mail.smtp")
 
@@ -90,12 +91,12 @@ def authorize_sender(*, user: User | None, envelope_from: str) -> Sender:
     try:
         address = parse_address(envelope_from)
     except AddressError:
-        raise replies.BAD_SENDER from None
+        raise SMTPReject(replies.BAD_SENDER) from None
     directory.refresh()
     key = ("send-as", user.pk if user is not None else None, address.key)
     domain = directory.remember(key, lambda: may_send_as(user, address))
     if domain is None:
-        raise replies.SENDER_NOT_ALLOWED
+        raise SMTPReject(replies.SENDER_NOT_ALLOWED)
     return Sender(user=user, address=address, domain=domain)
 
 
@@ -130,14 +131,14 @@ def _check_header_from(sender: Sender, parsed) -> None:
     values = parsed.values("From")
     addrs = _from_addresses(values)
     if len(values) != 1 or len(addrs) != 1:
-        raise replies.ONE_FROM_REQUIRED
+        raise SMTPReject(replies.ONE_FROM_REQUIRED)
     try:
         address = parse_address(addrs[0])
     except AddressError:
-        raise replies.FROM_NOT_ALLOWED from None
+        raise SMTPReject(replies.FROM_NOT_ALLOWED) from None
     # The envelope sender was authorised at MAIL FROM; any other address is checked here.
     if address.key != sender.address.key and may_send_as(sender.user, address) is None:
-        raise replies.FROM_NOT_ALLOWED
+        raise SMTPReject(replies.FROM_NOT_ALLOWED)
 
 
 def _added_headers(parsed: ParsedMessage, domain: MailDomain) -> bytes:
@@ -218,17 +219,17 @@ def _sender_of(submission: Submission) -> Sender:
         ("domain", submission.domain_id), lambda: MailDomain.objects.filter(pk=submission.domain_id).first()
     )
     if domain is None:
-        raise replies.SENDER_NOT_ALLOWED
+        raise SMTPReject(replies.SENDER_NOT_ALLOWED)
     if submission.user_id is None:
         if domain.submission_auth != MailDomain.SubmissionAuth.NONE:
-            raise replies.SENDER_NOT_ALLOWED
+            raise SMTPReject(replies.SENDER_NOT_ALLOWED)
         return Sender(user=None, address=parse_address(submission.envelope_from), domain=domain)
     user = directory.remember(
         ("user", submission.user_id),
         lambda: User.objects.filter(pk=submission.user_id, is_active=True).first(),
     )
     if user is None:
-        raise replies.SENDER_NOT_ALLOWED
+        raise SMTPReject(replies.SENDER_NOT_ALLOWED)
     return Sender(user=user, address=parse_address(submission.envelope_from), domain=domain)
 
 
@@ -392,10 +393,10 @@ def check_submission_recipient(*, recipient: str) -> Mailbox | str:
     try:
         address = parse_address(recipient)
     except AddressError:
-        raise replies.BAD_RECIPIENT from None
+        raise SMTPReject(replies.BAD_RECIPIENT) from None
     accepted = directory.remember(("rcpt", address.key), lambda: _resolve_recipient(address))
     if accepted is None:
-        raise replies.UNKNOWN_USER
+        raise SMTPReject(replies.UNKNOWN_USER)
     return accepted
 
 

@@ -7,9 +7,9 @@ import email.utils
 import logging
 import re
 
+from mail import replies
 from mail.addresses import Address, AddressError, parse_address
-from mail.smtp import replies
-from mail.smtp.replies import SMTPReject
+from mail.replies import Reply, SMTPReject
 from mail.smtp.server import peer_host
 
 log = logging.getLogger("mail.smtp")
@@ -17,7 +17,7 @@ log = logging.getLogger("mail.smtp")
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 
 
-def envelope_address(text: str, *, invalid: SMTPReject) -> Address:
+def envelope_address(text: str, *, invalid: Reply) -> Address:
     """Parse an address from MAIL/RCPT. aiosmtpd decodes arguments as UTF-8 with
     surrogateescape, so bytes that are not UTF-8 show up as surrogates: refused here, as
     are NUL, source routes and quoted local parts (mail.addresses.parse_address)."""
@@ -25,7 +25,7 @@ def envelope_address(text: str, *, invalid: SMTPReject) -> Address:
         text.encode("utf-8")
         return parse_address(text)
     except (UnicodeEncodeError, AddressError):
-        raise invalid from None
+        raise SMTPReject(invalid) from None
 
 
 def check_data(raw: bytes, *, max_hops: int) -> None:
@@ -34,11 +34,11 @@ def check_data(raw: bytes, *, max_hops: int) -> None:
     section 6.3, a mail loop)."""
     stripped = raw.replace(b"\r\n", b"")
     if b"\r" in stripped or b"\n" in stripped:
-        raise replies.BARE_LINE_ENDING
+        raise SMTPReject(replies.BARE_LINE_ENDING)
     end = raw.find(b"\r\n\r\n")
     header = raw if end < 0 else raw[: end + 2]
     if len(_RECEIVED.findall(header)) > max_hops:
-        raise replies.TOO_MANY_HOPS
+        raise SMTPReject(replies.TOO_MANY_HOPS)
 
 
 def received_header(*, server, session, envelope) -> bytes:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
+from mail import replies
+from mail.replies import SMTPReject
 from mail.services.delivery import check_local_recipient, check_room, deliver_inbound
-from mail.smtp import replies
 from mail.smtp.handler import BaseHandler, check_data, envelope_address, received_header
-from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service
 
 
@@ -61,7 +61,7 @@ class InboundHandler(BaseHandler):
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS.reply
+            return replies.TOO_MANY_RECIPIENTS
         try:
             parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
         except SMTPReject as exc:

@@ -11,26 +11,38 @@ SMTPReject from a service becomes its reply; any other failure is ours and answe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import ipaddress
 import logging
 import re
 import ssl
+import time
 from base64 import b64decode
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, _AuthMechAttr, login_always_fail, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Session,
+    TLSSetupException,
+    _AuthMechAttr,
+    login_always_fail,
+    syntax,
+)
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from mail.smtp import replies
+from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
+from mail import replies
+from mail.replies import Reply, SMTPReject
 from mail.smtp.group_commit import GroupCommitter, heal_connections
-from mail.smtp.replies import SMTPReject
 from mail.smtp.tls import server_context
 from mail.smtp.writer import WriterProcess
 
@@ -40,6 +52,10 @@ log = logging.getLogger("mail.smtp")
 # rest stay effectively unlimited (RCPT is limited by max_recipients per message).
 AUTH_ATTEMPTS_PER_SESSION = 3
 _CALL_LIMITS = {"AUTH": AUTH_ATTEMPTS_PER_SESSION, "*": 1_000_000}
+
+# How long a connection we closed may still take to send its last bytes to a client that
+# does not read them, before the socket is aborted.
+CLOSE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,11 @@ class SMTPConfig:
     idle_timeout: float = 300
     session_timeout: float = 1800
     max_connections_per_client: int = 20
+    # Open connections per listener; more are answered 421 (see fitted_to_open_files).
+    max_connections: int = 2000
+    # When a listener is full, a connection silent this long gives its place to a new one
+    # (as Postfix shortens its timeouts to 10 s under stress).
+    evict_silent_after: float = 10.0
     plaintext_auth: bool = False
     # Commits in a child process (mail.smtp.writer) rather than a thread of this one.
     writer_process: bool = False
@@ -86,10 +107,33 @@ class SMTPConfig:
             idle_timeout=settings.EVERLOCK_SMTP_IDLE_TIMEOUT,
             session_timeout=settings.EVERLOCK_SMTP_SESSION_TIMEOUT,
             max_connections_per_client=settings.EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT,
+            max_connections=settings.EVERLOCK_SMTP_MAX_CONNECTIONS,
             plaintext_auth=settings.EVERLOCK_SUBMISSION_PLAINTEXT_AUTH,
             writer_process=settings.EVERLOCK_SMTP_WRITER_PROCESS,
             trusted_networks=trusted_networks(settings.EVERLOCK_SUBMISSION_TRUSTED_NETWORKS),
         )
+
+
+# File descriptors kept for everything but SMTP connections: database and broker
+# connections, message files, the writer's pipes, the other listeners of the process.
+RESERVED_OPEN_FILES = 256
+
+
+def fitted_to_open_files(config: SMTPConfig, *, listeners: int, open_files: int) -> SMTPConfig:
+    """`config` with max_connections lowered, when needed, so that `listeners` full listeners
+    still leave RESERVED_OPEN_FILES of the process's `open_files`: a connection over the
+    limit is answered 421 instead of accept() failing for want of a file descriptor."""
+    fitting = max(1, (open_files - RESERVED_OPEN_FILES) // max(1, listeners))
+    if config.max_connections <= fitting:
+        return config
+    log.warning(
+        "SMTP: at most %d connections per listener (EVERLOCK_SMTP_MAX_CONNECTIONS is %d, "
+        "the open file limit %d)",
+        fitting,
+        config.max_connections,
+        open_files,
+    )
+    return dataclasses.replace(config, max_connections=fitting)
 
 
 def trusted_networks(values: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -152,6 +196,78 @@ class ConnectionCounter:
             del self.counts[host]
 
 
+class _Refusal(asyncio.Protocol):
+    """A connection over the listener's total: `421` and closed (RFC 5321 section 3.8),
+    without an SMTP session (and its buffers and timers) ever being set up."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+
+    def connection_made(self, transport) -> None:
+        transport.write(wire(self.reply) + b"\r\n")
+        transport.close()
+
+
+class SMTPProtocolFactory:
+    """The protocol factory of one listener (loop.create_server): an EverlockSMTP per
+    connection while fewer than `config.max_connections` are open. When the listener is
+    full, the connection that has been silent longest makes room if it has been silent for
+    `config.evict_silent_after` seconds (it is told 421 4.4.2, RFC 5321 section 4.5.3.2); otherwise
+    the new one gets a _Refusal. So idle connections cannot keep out clients that talk."""
+
+    def __init__(self, handler, *, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool):
+        self.handler = handler
+        self.config = config
+        self.counter = counter
+        self.offers_auth = offers_auth
+        # The open connections, the one that received something longest ago first.
+        self.connections: OrderedDict[EverlockSMTP, None] = OrderedDict()
+        self._refused_logged_at = float("-inf")
+        self._refused = 0
+
+    @property
+    def open(self) -> int:
+        return len(self.connections)
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.connections) >= self.config.max_connections and not self._evict_silent():
+            self._log_refusal()
+            return _Refusal(replies.SERVER_BUSY)
+        protocol = EverlockSMTP(
+            self.handler, config=self.config, counter=self.counter, offers_auth=self.offers_auth, factory=self
+        )
+        self.connections[protocol] = None
+        return protocol
+
+    def heard(self, protocol: EverlockSMTP) -> None:
+        """`protocol` received or sent something just now."""
+        self.connections.move_to_end(protocol)
+
+    def closed(self, protocol: EverlockSMTP) -> None:
+        """`protocol` gave up its place."""
+        self.connections.pop(protocol, None)
+
+    def _evict_silent(self) -> bool:
+        oldest = next(iter(self.connections))
+        if oldest.loop.time() - oldest.heard_at < self.config.evict_silent_after:
+            return False
+        oldest.evict()
+        return True
+
+    def _log_refusal(self) -> None:
+        # At most one line a second, however fast connections are refused.
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 1.0:
+            log.warning(
+                "SMTP: %d connection(s) refused, %d open (EVERLOCK_SMTP_MAX_CONNECTIONS)",
+                self._refused,
+                self.open,
+            )
+            self._refused = 0
+            self._refused_logged_at = now
+
+
 def peer_host(peer) -> str:
     return peer[0] if isinstance(peer, tuple) and peer else str(peer or "")
 
@@ -167,11 +283,19 @@ def is_loopback(host: str) -> bool:
 # aiosmtpd's own texts for limits it enforces, replaced by the standard replies
 # (RFC 5321 section 4.5.3.1, RFC 1870 section 6 for SIZE, RFC 3463 codes).
 _REWRITES = {
-    "552 Error: Too much mail data": replies.MESSAGE_TOO_BIG.reply,
-    "552 Error: message size exceeds fixed maximum message size": replies.MESSAGE_TOO_BIG.reply,
-    "500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG.reply,
-    "500 Command line too long": "500 5.5.2 Command line too long",
+    "552 Error: Too much mail data": replies.MESSAGE_TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": replies.MESSAGE_TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": replies.LINE_TOO_LONG,
+    "500 Command line too long": replies.COMMAND_TOO_LONG,
 }
+
+
+def wire(reply: Reply | str) -> bytes:
+    """The one place a reply becomes its wire line (without CRLF): our Reply values, and
+    aiosmtpd's own texts, some rewritten to the standard replies (_REWRITES)."""
+    if isinstance(reply, str):
+        reply = _REWRITES.get(reply, reply)
+    return str(reply).encode("utf-8")
 
 
 # A reverse or forward path of plain dot-atoms (RFC 5321 section 4.1.2) that needs none of
@@ -254,7 +378,15 @@ class EverlockSMTP(SMTP):
     """aiosmtpd's protocol with our session rules: connection and session limits, one
     STARTTLS, AUTH PLAIN/LOGIN checked in a worker thread, and our reply texts."""
 
-    def __init__(self, handler, *, config: SMTPConfig, counter: ConnectionCounter, offers_auth: bool):
+    def __init__(
+        self,
+        handler,
+        *,
+        config: SMTPConfig,
+        counter: ConnectionCounter,
+        offers_auth: bool,
+        factory: SMTPProtocolFactory | None = None,
+    ):
         # What SMTP.__init__ sets up for these arguments (aiosmtpd 1.4.6), without rebuilding
         # its tables of commands, hooks and AUTH mechanisms with inspect.getmembers() for
         # every connection: they depend only on the classes and are found once (_Tables).
@@ -305,6 +437,9 @@ class EverlockSMTP(SMTP):
         self.config = config
         self.counter = counter
         self.offers_auth = offers_auth
+        # The listener whose total counts this connection (see _free_slot).
+        self._factory = factory
+        self.heard_at = self.loop.time()
         self._counted_host: str | None = None
         self._session_timer: asyncio.TimerHandle | None = None
         self._reply_lines: list[bytes] = []
@@ -313,8 +448,8 @@ class EverlockSMTP(SMTP):
         return _Session(self.loop)
 
     async def push(self, status):
-        if isinstance(status, str):
-            status = _REWRITES.get(status, status).encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        if not isinstance(status, bytes):
+            status = wire(status)
         # The lines of a multi-line reply (RFC 5321 section 4.2.1: "250-...", then "250 ...")
         # go out in one write with the last one, not in one system call each.
         if status[3:4] == b"-":
@@ -323,6 +458,7 @@ class EverlockSMTP(SMTP):
         if self._reply_lines:
             status = b"\r\n".join([*self._reply_lines, status])
             self._reply_lines.clear()
+        self._heard()  # our replies count as activity too
         self._writer.write(status + b"\r\n")
         await self._writer.drain()
 
@@ -345,8 +481,9 @@ class EverlockSMTP(SMTP):
     def _timeout_cb(self):
         # RFC 5321 section 4.5.3.2: the server may close an idle session; say so with 421.
         if self.transport is not None:
-            self.transport.write(replies.IDLE_TIMEOUT.reply.encode() + b"\r\n")
+            self.transport.write(wire(replies.IDLE_TIMEOUT) + b"\r\n")
         super()._timeout_cb()
+        self.end_connection()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The common `<local@domain>` path is read here; aiosmtpd's parser, which builds a
@@ -360,29 +497,85 @@ class EverlockSMTP(SMTP):
 
     # -- session limits -------------------------------------------------------------------
 
-    async def _handle_client(self) -> None:
-        host = peer_host(self.session.peer)
-        if not self.counter.acquire(host, self.config.max_connections_per_client):
-            log.warning("SMTP: too many connections from %s", host)
-            await self.push(replies.TOO_MANY_CONNECTIONS.reply)
-            self.transport.close()
-            return
-        self._counted_host = host
-        self._session_timer = self.loop.call_later(self.config.session_timeout, self._session_expired)
-        await super()._handle_client()
+    def connection_made(self, transport) -> None:
+        # Called for the TCP connection, and again (with the TLS transport) after STARTTLS.
+        if self.transport is None:
+            host = peer_host(transport.get_extra_info("peername"))
+            if not self.counter.acquire(host, self.config.max_connections_per_client):
+                log.warning("SMTP: too many connections from %s", host)
+                self._free_slot()
+                transport.write(wire(replies.TOO_MANY_CONNECTIONS) + b"\r\n")
+                transport.close()
+                return
+            self._counted_host = host
+            self._session_timer = self.loop.call_later(self.config.session_timeout, self._session_expired)
+        super().connection_made(transport)
 
-    def _session_expired(self) -> None:
-        if self.transport is not None:
-            self.transport.write(replies.SESSION_TOO_LONG.reply.encode() + b"\r\n")
-            self.transport.close()
-
-    def connection_lost(self, error) -> None:
+    def _free_slot(self) -> None:
+        """Give up this connection's places in the listener's total and the client's count
+        (once, whichever comes first: we end the session, or the connection is lost)."""
+        if self._factory is not None:
+            self._factory.closed(self)
+            self._factory = None
         if self._counted_host is not None:
             self.counter.release(self._counted_host)
             self._counted_host = None
         if self._session_timer is not None:
             self._session_timer.cancel()
+            self._session_timer = None
+
+    def end_connection(self) -> None:
+        """End the connection from our side. Its slot is free at once, whatever the client
+        does: over TLS our close_notify goes out and the socket closes without waiting for
+        the client's (RFC 8446 section 6.1 allows it); a socket whose client does not read
+        what is left to send is aborted after CLOSE_GRACE seconds."""
+        self._free_slot()
+        socket_transport = self._original_transport or self.transport
+        if self.transport is not None:
+            self.transport.close()
+        if socket_transport is not None:
+            socket_transport.close()
+            if socket_transport.get_write_buffer_size():
+                self.loop.call_later(CLOSE_GRACE, socket_transport.abort)
+
+    def _heard(self) -> None:
+        if self._factory is not None:
+            self.heard_at = self.loop.time()
+            self._factory.heard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._heard()
+        super().data_received(data)
+
+    def evict(self) -> None:
+        """Make room on a full listener: this silent connection is closed with 421."""
+        log.debug("SMTP: silent connection from %s closed for a new one", self._counted_host)
+        if self.transport is not None:
+            self.transport.write(wire(replies.IDLE_TIMEOUT) + b"\r\n")
+        self.end_connection()
+
+    def _session_expired(self) -> None:
+        if self.transport is not None:
+            self.transport.write(wire(replies.SESSION_TOO_LONG) + b"\r\n")
+            self.end_connection()
+
+    def connection_lost(self, error) -> None:
+        self._free_slot()
+        if self.session is None:  # refused in connection_made: no SMTP session to end
+            return
         super().connection_lost(error)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        await super().smtp_QUIT(arg)
+        if not arg:
+            self.end_connection()
+
+    async def handle_exception(self, error: Exception):
+        if isinstance(error, TLSSetupException):
+            # A client that gave up or failed the TLS handshake: nothing of ours went wrong.
+            log.info("SMTP: TLS handshake with %s failed: %r", peer_host(self.session.peer), error.__cause__)
+            return replies.LOCAL_ERROR
+        return await super().handle_exception(error)
 
     # -- TLS --------------------------------------------------------------------------------
 
@@ -391,7 +584,7 @@ class EverlockSMTP(SMTP):
         # RFC 3207 section 4.2: once TLS is up, a second STARTTLS is refused. aiosmtpd
         # itself drops bytes pipelined after STARTTLS (RFC 3207 section 4.2, CVE-2024-34083).
         if self._tls_protocol is not None:
-            await self.push(replies.TLS_ACTIVE.reply)
+            await self.push(replies.TLS_ACTIVE)
             return
         await super().smtp_STARTTLS(arg)
 
@@ -412,10 +605,10 @@ class EverlockSMTP(SMTP):
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.offers_auth:
-            await self.push(replies.AUTH_NOT_OFFERED.reply)
+            await self.push(replies.AUTH_NOT_OFFERED)
             return
         if not self.may_offer_auth():
-            await self.push(replies.AUTH_NEEDS_TLS.reply)
+            await self.push(replies.AUTH_NEEDS_TLS)
             return
         await super().smtp_AUTH(arg)
 
@@ -423,7 +616,7 @@ class EverlockSMTP(SMTP):
         try:
             login_text, password_text = login.decode("utf-8"), password.decode("utf-8")
         except UnicodeDecodeError:
-            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID.reply)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         ok, result = await call_service(
             self.event_handler.authenticate,
             login=login_text,
@@ -433,7 +626,7 @@ class EverlockSMTP(SMTP):
         if not ok:
             return AuthResult(success=False, handled=False, message=result)
         if result is None:
-            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID.reply)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         # The login was checked against the directory's latest change just now.
         self.session.authenticated_at = self.loop.time()
         return AuthResult(success=True, auth_data=result, message=replies.AUTH_OK)
@@ -506,7 +699,7 @@ async def start_server(
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: EverlockSMTP(handler, config=config, counter=counter, offers_auth=offers_auth),
+        SMTPProtocolFactory(handler, config=config, counter=counter, offers_auth=offers_auth),
         host=host,
         port=port,
         reuse_address=True,
@@ -526,6 +719,9 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
 
     if config is None:
         config = await sync_to_async(SMTPConfig.from_settings, thread_sensitive=False)()
+    listeners = sum(1 for key in ("smtp", "submission") if listens.get(key) is not None)
+    config = fitted_to_open_files(config, listeners=listeners, open_files=raise_open_file_limit())
+    AcceptErrorLog.install(asyncio.get_running_loop())
     counter = ConnectionCounter()
     committer = WriterProcess() if config.writer_process else GroupCommitter()
     servers = []
@@ -540,14 +736,15 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
             if address is None:
                 continue
             log.info("frontend-smtp: binding %s listener on %s", kind, address)
-            server = await start_server(
-                host=address.host,
-                port=address.port,
-                handler=handler,
-                config=config,
-                counter=counter,
-                offers_auth=offers_auth,
-            )
+            with binding(address):
+                server = await start_server(
+                    host=address.host,
+                    port=address.port,
+                    handler=handler,
+                    config=config,
+                    counter=counter,
+                    offers_auth=offers_auth,
+                )
             servers.append(server)
             log.info("SMTP %s listener on %s", kind, address if address.port else _bound(server))
     except BaseException:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from accounts.authentication import Throttled, authenticate
 from accounts.models import User
+from mail import replies
+from mail.replies import SMTPReject
 from mail.services.submission import (
     Recipients,
     Submission,
@@ -19,9 +21,7 @@ from mail.services.submission import (
     remembered_recipient,
     remembered_sender,
 )
-from mail.smtp import replies
 from mail.smtp.handler import BaseHandler, check_data, received_header
-from mail.smtp.replies import SMTPReject
 from mail.smtp.server import call_batched, call_service, peer_host
 
 
@@ -35,7 +35,7 @@ def authenticate_login(*, login: str, password: str, client_address: str) -> Use
             login, password, client_address=client_address, service="smtp", resolve=remembered_login
         )
     except Throttled:
-        raise replies.AUTH_THROTTLED from None
+        raise SMTPReject(replies.AUTH_THROTTLED) from None
     return user
 
 
@@ -63,10 +63,10 @@ class SubmissionHandler(BaseHandler):
         elif self.config.trusts(peer_host(session.peer)):
             # A program on a trusted network, without AUTH: only as a domain with auth=off.
             ok, result = await call_service(authorize_sender, user=None, envelope_from=address)
-            if not ok and result == replies.SENDER_NOT_ALLOWED.reply:
-                return replies.AUTH_REQUIRED.reply
+            if not ok and result == replies.SENDER_NOT_ALLOWED:
+                return replies.AUTH_REQUIRED
         else:
-            return replies.AUTH_REQUIRED.reply
+            return replies.AUTH_REQUIRED
         if not ok:
             return result
         envelope.mail_from = address
@@ -77,11 +77,11 @@ class SubmissionHandler(BaseHandler):
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS.reply
+            return replies.TOO_MANY_RECIPIENTS
         try:
             address.encode("utf-8")
         except UnicodeEncodeError:
-            return replies.BAD_RECIPIENT.reply
+            return replies.BAD_RECIPIENT
         # Answered from the directory's memory when it can (refreshed at MAIL FROM).
         result = remembered_recipient(address)
         if result is None:

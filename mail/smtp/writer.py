@@ -31,8 +31,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from mail.replies import SMTPReject
 from mail.smtp.group_commit import MAX_BATCH, GroupCommitter
-from mail.smtp.replies import SMTPReject
 
 log = logging.getLogger("mail.smtp")
 
@@ -64,13 +64,13 @@ def _outcome(ok: bool, value: Any) -> tuple:
     if ok:
         return (True, None)  # the listeners only need to know that it committed
     if isinstance(value, SMTPReject):
-        return (False, "reject", value.code, value.enhanced, value.text)
+        return (False, "reject", value.reply)
     return (False, "error", "".join(traceback.format_exception(value)))
 
 
 def _failure(outcome: tuple) -> Exception:
     if outcome[1] == "reject":
-        return SMTPReject(*outcome[2:])
+        return SMTPReject(outcome[2])
     return WriterError(outcome[2])
 
 

@@ -68,6 +68,36 @@ class Registry:
                 return cmd, n
         return None, 0
 
+    def complete(self, line: str, pos: int) -> tuple[str, int] | None:
+        """Tab completion of the word before `pos` in a typed console line: a command group,
+        then its sub-commands. Returns the new line and cursor position (the word completed
+        as far as all candidates agree, with a space after a unique one), or None when there
+        is nothing to add."""
+        head, tail = line[:pos], line[pos:]
+        if not head.startswith("/"):
+            return None
+        *typed, word = head[1:].split(" ")
+        typed = [w for w in typed if w]
+        depth = len(typed)
+        candidates = {
+            cmd.words[depth]
+            for cmd in self.commands.values()
+            if len(cmd.words) > depth
+            and list(cmd.words[:depth]) == typed
+            and cmd.words[depth].startswith(word)
+        }
+        if not candidates:
+            return None
+        # The common prefix of all candidates is that of the first and last in order.
+        first, last = min(candidates), max(candidates)
+        common = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
+        addition = first[len(word) : common]
+        if len(candidates) == 1:
+            addition += " "
+        if not addition:
+            return None
+        return head + addition + tail, pos + len(addition)
+
     def groups(self) -> dict[str, list[Command]]:
         out: dict[str, list[Command]] = {}
         for cmd in sorted(self.commands.values(), key=lambda c: c.words):

@@ -27,6 +27,6 @@ def help_(ctx: Context, group: str | None = None) -> str:
     return "\n".join(lines)
 
 
-@command("/quit", usage="/quit", summary="end the session")
+@command("/quit", usage="/quit", summary="end the session (exit and quit do too)")
 def quit_(ctx: Context) -> str:
     raise QuitConsole

@@ -39,10 +39,11 @@ def test_user_change_page_has_grants_inline_and_keys(admin_client):
 
 
 def test_grant_form_stores_the_normal_form_and_refuses_bad_input(admin_client):
+    MailDomain.objects.create(name="example.com")
     alice, _ = user_add(name="alice", password="pw")
     response = admin_client.post(
         "/accounts/accessgrant/add/",
-        {"user": alice.pk, "resource": "smtp/mail/EXAMPLE.com:Alice", "role": "reader"},
+        {"user": alice.pk, "scope": "example.com", "mailbox": "Alice", "role": "reader"},
     )
     assert response.status_code == 302
     assert list(AccessGrant.objects.values_list("resource", "role")) == [
@@ -50,12 +51,74 @@ def test_grant_form_stores_the_normal_form_and_refuses_bad_input(admin_client):
     ]
     bad = admin_client.post(
         "/accounts/accessgrant/add/",
-        {"user": alice.pk, "resource": "smtp/mail/exa_mple.com", "role": "reader"},
+        {"user": alice.pk, "scope": "example.com", "mailbox": "al ice", "role": "reader"},
     )
     assert bad.status_code == 200
     assert "malformed resource" in bad.content.decode()
     assert AccessGrant.objects.count() == 1
     assert User.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("scope", "mailbox", "error"),
+    [
+        ("example.net", "", "no mail domain example.net (create it under Mail domains first)"),
+        ("example.net", "bob", "no mail domain example.net (create it under Mail domains first)"),
+        ("admin", "bob", "a mailbox belongs to a mail domain: pick the domain"),
+        ("", "", "This field is required."),
+    ],
+)
+def test_grant_form_refuses_unknown_domains_and_stray_mailboxes(admin_client, scope, mailbox, error):
+    MailDomain.objects.create(name="example.com")
+    alice, _ = user_add(name="alice", password="pw")
+    response = admin_client.post(
+        "/accounts/accessgrant/add/", {"user": alice.pk, "scope": scope, "mailbox": mailbox, "role": "writer"}
+    )
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert not AccessGrant.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("scope", "resource"), [("admin", "admin"), ("smtp", "smtp"), ("example.com", "smtp/mail/example.com")]
+)
+def test_grant_picker_offers_the_installation_all_mail_and_each_domain(admin_client, scope, resource):
+    MailDomain.objects.create(name="example.com")
+    alice, _ = user_add(name="alice", password="pw")
+    page = admin_client.get("/accounts/accessgrant/add/").content.decode()
+    assert f'<option value="{scope}">' in page
+    assert "writer: reader, and send as their addresses (submission)" in page  # the roles explained
+    response = admin_client.post(
+        "/accounts/accessgrant/add/", {"user": alice.pk, "scope": scope, "mailbox": "", "role": "admin"}
+    )
+    assert response.status_code == 302
+    assert list(AccessGrant.objects.values_list("resource", flat=True)) == [resource]
+    grant = AccessGrant.objects.get()
+    page = admin_client.get(f"/accounts/accessgrant/{grant.pk}/change/").content.decode()
+    assert f'<option value="{scope}" selected>' in page
+
+
+def test_user_page_shows_what_everlock_uses(admin_client):
+    alice, _ = user_add(name="alice", password="pw")
+    page = admin_client.get(f"/accounts/user/{alice.pk}/change/").content.decode()
+    for shown in ('name="username"', 'name="is_active"', 'name="admin"', 'name="ssh_authorized_keys"',
+                  'name="grants-TOTAL_FORMS"', "Reset password"):  # fmt: skip
+        assert shown in page, shown
+    for hidden in ('name="groups"', 'name="user_permissions"', 'name="is_staff"', 'name="first_name"',
+                   'name="last_name"', 'name="email"', 'name="is_superuser"'):  # fmt: skip
+        assert hidden not in page, hidden
+    response = admin_client.post(
+        f"/accounts/user/{alice.pk}/change/", {**change_form(alice), **grants_inline(), "admin": "on"}
+    )
+    assert response.status_code == 302, response.content.decode()
+    alice.refresh_from_db()
+    assert (alice.is_staff, alice.is_superuser) == (True, True)
+    response = admin_client.post(
+        f"/accounts/user/{alice.pk}/change/", {**change_form(alice), **grants_inline()}
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert (alice.is_staff, alice.is_superuser) == (False, False)
 
 
 # The management form of the (empty) grants inline, as the add page sends it.
@@ -117,7 +180,7 @@ def test_grants_given_in_the_admin_create_the_mailbox_like_the_console(admin_cli
         {
             **change_form(alice),
             **grants_inline(
-                {"resource": "smtp/mail/example.com:alice", "role": "writer", "user": alice.pk},
+                {"scope": "example.com", "mailbox": "alice", "role": "writer", "user": alice.pk},
             ),
         },
     )
@@ -138,7 +201,8 @@ def test_grants_given_in_the_admin_create_the_mailbox_like_the_console(admin_cli
             **grants_inline(
                 {
                     "id": grant.pk,
-                    "resource": "smtp/mail/example.com:alice",
+                    "scope": "example.com",
+                    "mailbox": "alice",
                     "role": "writer",
                     "user": alice.pk,
                     "DELETE": "on",
@@ -156,14 +220,14 @@ def test_grant_admin_changes_and_revokes_through_the_service(admin_client):
     alice, _ = user_add(name="alice", password="pw")
     response = admin_client.post(
         "/accounts/accessgrant/add/",
-        {"user": alice.pk, "resource": "smtp/mail/example.com:alice", "role": "reader"},
+        {"user": alice.pk, "scope": "example.com", "mailbox": "alice", "role": "reader"},
     )
     assert response.status_code == 302
     assert [m.address for m in Mailbox.objects.all()] == ["alice@example.com"]
     grant = AccessGrant.objects.get()
     response = admin_client.post(
         f"/accounts/accessgrant/{grant.pk}/change/",
-        {"user": alice.pk, "resource": "smtp/mail/example.com:bob", "role": "writer"},
+        {"user": alice.pk, "scope": "example.com", "mailbox": "bob", "role": "writer"},
     )
     assert response.status_code == 302
     assert list(AccessGrant.objects.values_list("resource", "role")) == [

@@ -63,6 +63,16 @@ def submit(port: int, login: str, message: EmailMessage, password: str = "change
         return client.send_message(message)
 
 
+def message_from_alice(subject: str, to: str) -> EmailMessage:
+    """A message as alice@example.com's mail client writes it."""
+    message = EmailMessage()
+    message["From"] = "Alice <alice@example.com>"
+    message["To"] = to
+    message["Subject"] = subject
+    message.set_content("Numbers attached in spirit.\n")
+    return message
+
+
 class Everlock:
     """One installation: `start(flags)` runs `everlock serve`, `console(line)` runs a console
     command over ssh, `log` is what the process printed so far; close() stops everything and
@@ -74,7 +84,8 @@ class Everlock:
         self.env = {
             k: v
             for k, v in os.environ.items()
-            if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+            if k
+            not in ("DATABASE_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE", "EVERLOCK_LOG", "RUST_LOG")
         }
         self.env.update(EVERLOCK_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **env)
         self.pg_url = os.environ.get("DATABASE_URL", "")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from everlock_site.logging import LogSpecError, logging_config, parse_log_spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -37,3 +44,20 @@ def test_logging_config_keeps_libraries_quiet_unless_named():
     assert config["loggers"]["celery"] == {"level": "WARNING"}
     assert config["loggers"]["sshadmin"] == {"level": "WARNING"}
     assert config["formatters"]["everlock"]["format"] == "[%(levelname)s %(name)s] %(message)s"
+
+
+KOMBU_INFO = "import django; django.setup(); from kombu import Connection; Connection('filesystem://').info()"
+
+
+@pytest.mark.parametrize(("spec", "shown"), [("", False), ("info", False), ("kombu=debug", True)])
+def test_kombu_hostname_warning_shows_only_at_debug(tmp_path, spec, shown):
+    """kombu warns "No hostname was supplied" for every message through the embedded broker;
+    that is debug chatter, not a warning an operator should act on."""
+    env = {**os.environ, "EVERLOCK_DATA_DIR": str(tmp_path), "EVERLOCK_LOG": spec}
+    env.pop("RUST_LOG", None)
+    result = subprocess.run(
+        [sys.executable, "-c", KOMBU_INFO], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    expected = ["[DEBUG kombu.connection] No hostname was supplied. Reverting to default 'localhost'"]
+    assert result.stderr.splitlines() == (expected if shown else [])

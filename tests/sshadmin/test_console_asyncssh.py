@@ -93,7 +93,7 @@ def test_help_and_quit(console):
         in out
     )
     assert "/help [GROUP]  - list the commands, or those of one group (/help users)\n" in out
-    assert "/quit  - end the session\n" in out
+    assert "/quit  - end the session (exit and quit do too)\n" in out
     assert ok(console, "/help users").splitlines() == [
         "/users add NAME [PASSWORD] [--allow-weak]  - add a user (asks for the password when not given)",
         "/users del NAME  - delete a user and their grants",
@@ -207,8 +207,8 @@ def test_interactive_pty_session(console):
         async with terminal(console) as process:
             out = await process.stdout.readuntil("everlock> ")
             assert (
-                out
-                == "Everlock admin console. /help lists the commands, /quit ends the session.\r\neverlock> "
+                out == "Everlock admin console. /help lists the commands, tab completes them,"
+                " /quit ends the session.\r\neverlock> "
             )
             process.stdin.write("/users add dave dave-password\r")
             out = await process.stdout.readuntil("everlock> ")

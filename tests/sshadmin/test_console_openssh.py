@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from accounts.models import User
 from tests.sshadmin.conftest import ADMIN_PASSWORD
 from tests.sshadmin.openssh import PtySession, askpass_env, key_args, password_args, ssh_exec
@@ -50,7 +52,8 @@ def test_wrong_password_is_refused(console, tmp_path):
 def test_terminal_session_with_line_editing(console, tmp_path):
     session = PtySession(password_args(console.port, "admin"), askpass_env(tmp_path, ADMIN_PASSWORD))
     assert session.read_until("everlock> ").endswith(
-        "Everlock admin console. /help lists the commands, /quit ends the session.\r\neverlock> "
+        "Everlock admin console. /help lists the commands, tab completes them, /quit ends the session."
+        "\r\neverlock> "
     )
     session.send("/users add bob bob-password\r")
     assert session.read_until("everlock> ") == "/users add bob bob-password\r\nuser bob added\r\neverlock> "
@@ -65,6 +68,52 @@ def test_terminal_session_with_line_editing(console, tmp_path):
     session.send("/quit\r")
     assert session.wait() == 0
     assert User.objects.get(username="bob").check_password("bob-password-2")
+
+
+def _terminal(console, tmp_path) -> PtySession:
+    session = PtySession(password_args(console.port, "admin"), askpass_env(tmp_path, ADMIN_PASSWORD))
+    session.read_until("everlock> ")
+    return session
+
+
+def test_ctrl_c_discards_the_typed_line(console, tmp_path):
+    session = _terminal(console, tmp_path)
+    session.send("abc\x03")
+    session.send("/users add carol pw\r")
+    out = session.read_until("everlock> ")
+    assert out.endswith("user carol added\r\neverlock> "), out
+    assert "error" not in out
+    assert User.objects.filter(username="carol").exists()
+    session.send("/quit\r")
+    assert session.wait() == 0
+
+
+def test_tab_completes_commands_and_sub_commands(console, tmp_path):
+    session = _terminal(console, tmp_path)
+    # "/us" -> "/users ", "ad" -> "add ": the line runs as /users add erin pw.
+    session.send("/us\tad\terin pw\r")
+    out = session.read_until("everlock> ")
+    assert out.endswith("user erin added\r\neverlock> "), out
+    assert User.objects.filter(username="erin").exists()
+    # Three levels: /mail domains list.
+    session.send("/ma\tdom\tli\t\r")
+    assert session.read_until("everlock> ").endswith("no mail domains\r\neverlock> ")
+    # Nothing to add ("/mail m" is mailboxes or messages; "/zz" is nothing): the bell rings.
+    for partial in ("/mail m", "/zz"):
+        session.send(f"{partial}\t")
+        assert session.read_until("\x07").endswith(f"{partial}\x07")
+        session.send("\x15")  # ^U erases the line
+    session.send("/quit\r")
+    assert session.wait() == 0
+
+
+@pytest.mark.parametrize("word", ["exit", "quit"])
+def test_exit_and_quit_end_the_session(console, tmp_path, word):
+    session = _terminal(console, tmp_path)
+    session.send(f"{word}\r")
+    assert session.wait() == 0
+    result = ssh_exec(console.port, word, tmp=tmp_path, password=ADMIN_PASSWORD)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 def test_public_key_login_with_openssh(console, tmp_path):

@@ -2,7 +2,6 @@
 
 import pytest
 
-from accounts.models import User
 from dns_zones.models import Record
 from dns_zones.services import zone_create
 from mail.dkim.keys import txt_value
@@ -13,11 +12,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def admin_client(client, settings, tmp_path):
-    settings.DATA_DIR = tmp_path
-    settings.EVERLOCK_DNS = True
-    client.force_login(User.objects.create_superuser("root", password="x"))
-    return client
+def admin_client(site_admin_client):
+    return site_admin_client
 
 
 def test_change_page_shows_public_records_never_private_keys(admin_client):

@@ -304,3 +304,31 @@ def test_sessions_per_user_are_limited(imap, mail_users, settings):
     assert third.login("alice", "alice-secret")[0] == "OK"
     for client in (second, third):
         client.logout()
+
+
+def test_list_extended_and_list_status(imap, smtp_port):
+    deliver(smtp_port, "alice@example.com", "unread")
+    raw = RawIMAP(imap.port)
+    raw.command(b"LOGIN alice alice-secret")
+    raw.command(b"UNSUBSCRIBE Junk")
+    assert raw.command(b'LIST (SPECIAL-USE) "" "*"') == b"OK LIST completed."
+    assert sorted(raw.untagged) == [
+        b'LIST (\\HasNoChildren \\Archive) "/" Archive',
+        b'LIST (\\HasNoChildren \\Drafts) "/" Drafts',
+        b'LIST (\\HasNoChildren \\Junk) "/" Junk',
+        b'LIST (\\HasNoChildren \\Sent) "/" Sent',
+        b'LIST (\\HasNoChildren \\Trash) "/" Trash',
+    ]
+    assert raw.command(b'LIST "" (INBOX Junk) RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))') == (
+        b"OK LIST completed."
+    )
+    assert raw.untagged == [
+        b'LIST (\\HasNoChildren \\Subscribed) "/" INBOX',
+        b"STATUS INBOX (MESSAGES 1 UNSEEN 1)",
+        b'LIST (\\HasNoChildren \\Junk) "/" Junk',
+        b"STATUS Junk (MESSAGES 0 UNSEEN 0)",
+    ]
+    assert raw.command(b'LIST (SUBSCRIBED) "" "J*"') == b"OK LIST completed."
+    assert raw.untagged == []
+    assert raw.command(b'LIST (BOGUS) "" "*"') == b"BAD LIST: Invalid arguments."
+    raw.close()

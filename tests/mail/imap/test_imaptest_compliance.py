@@ -2,10 +2,10 @@
 
 The kit lives beside the checkout (../shared/tools/imaptest: build.sh builds imaptest,
 run-tests.sh runs its 71 scripted test groups). The suite must keep passing every group it
-passes today; the groups that fail are listed in ENGINE_FAILURES with the reason: each is a
-fault of pymap's protocol engine (its MIME structure and ENVELOPE code, its LSUB tree, keyword
-announcements), the same on pymap's own reference backend. A group leaving that list (fixed)
-or joining it (a regression) fails this test, so the list always says where Everlock stands.
+passes today; the groups that fail are listed below with the reason: all but one are faults of
+pymap's protocol engine (its MIME structure and ENVELOPE code, its SEARCH, its mailbox name
+decoder), the same on pymap's own reference backend. A group leaving the list (fixed) or
+joining it (a regression) fails this test, so the list always says where Everlock stands.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ ENGINE_FAILURES = {
     "search-body",
     # A mailbox name with every atom character: pymap's modified UTF-7 decoder rejects "&".
     "atoms",
-    # LSUB of a subscribed child under an unsubscribed parent (\Noselect parent expected).
-    "subscribe",
 }
-MIN_PASSED = 23
+# Everlock's own: subscriptions are kept on the folders, so a folder deleted while subscribed
+# is not listed as \NonExistent by LIST (SUBSCRIBED) (RFC 5258 §3.1).
+EVERLOCK_LIMITS = {"listext"}
+MIN_PASSED = 25
 
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed \(.*?(?:failing tests: ([^)]*))?\)$")
 
@@ -84,5 +85,5 @@ def test_imaptest_compliance_suite(imap, imaptest_users, tmp_path):
     assert match, done.stdout + done.stderr
     passed, failed = int(match.group(1)), int(match.group(2))
     failing = set(filter(None, (match.group(3) or "").split(",")))
-    assert failing == ENGINE_FAILURES, f"{summary}\n(log: {done.stderr.strip()})"
-    assert failed == len(ENGINE_FAILURES) and passed >= MIN_PASSED, summary
+    assert failing == ENGINE_FAILURES | EVERLOCK_LIMITS, f"{summary}\n(log: {done.stderr.strip()})"
+    assert failed == len(failing) and passed >= MIN_PASSED, summary

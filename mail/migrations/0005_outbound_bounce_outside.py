@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mail', '0003_folder_notifications'),
+        ('mail', '0004_mailbox_plural'),
     ]
 
     operations = [
