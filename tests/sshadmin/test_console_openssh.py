@@ -79,7 +79,7 @@ def _terminal(console, tmp_path) -> PtySession:
 def test_ctrl_c_discards_the_typed_line(console, tmp_path):
     session = _terminal(console, tmp_path)
     session.send("abc\x03")
-    session.send("/users add carol pw\r")
+    session.send("/users add carol carol-password\r")
     out = session.read_until("everlock> ")
     assert out.endswith("user carol added\r\neverlock> "), out
     assert "error" not in out
