@@ -90,8 +90,8 @@ def test_ctrl_c_discards_the_typed_line(console, tmp_path):
 
 def test_tab_completes_commands_and_sub_commands(console, tmp_path):
     session = _terminal(console, tmp_path)
-    # "/us" -> "/users ", "ad" -> "add ": the line runs as /users add erin pw.
-    session.send("/us\tad\terin pw\r")
+    # "/us" -> "/users ", "ad" -> "add ": the line runs as /users add erin erin-password.
+    session.send("/us\tad\terin erin-password\r")
     out = session.read_until("everlock> ")
     assert out.endswith("user erin added\r\neverlock> "), out
     assert User.objects.filter(username="erin").exists()
