@@ -6,13 +6,23 @@ admin follows the console's rules: a grant on a mailbox of a local domain create
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.contrib.auth.models import Group
 
+from accounts.authentication import Throttled
 from accounts.grants import MAIL_PREFIX, GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
-from accounts.services import AccountError, grant_add, grant_revoke, normalize_login, user_add, user_delete
+from accounts.services import (
+    AccountError,
+    grant_add,
+    grant_revoke,
+    normalize_login,
+    normalize_new_login,
+    user_add,
+    user_delete,
+)
 from accounts.ssh_keys import SSHKeyError, parse_authorized_keys
 from mail.models import MailDomain
 
@@ -20,10 +30,30 @@ from mail.models import MailDomain
 admin.site.unregister(Group)
 
 
+class ThrottledLoginForm(AdminAuthenticationForm):
+    """The admin login form; a client address or login that failed too often is told so."""
+
+    def clean(self):
+        try:
+            return super().clean()
+        except Throttled as exc:
+            raise forms.ValidationError(
+                "Too many failed logins; try again in %(seconds)d seconds.",
+                code="throttled",
+                params={"seconds": max(1, round(exc.retry_after))},
+            ) from None
+
+
+admin.site.login_form = ThrottledLoginForm
+
+
 def _clean_login(form: forms.ModelForm) -> str:
     """The login in stored form (casefolded, IDNA domain), unique among users."""
     try:
-        name = normalize_login(form.cleaned_data["username"])
+        if form.instance.pk and form.cleaned_data["username"] == form.instance.username:
+            name = normalize_login(form.cleaned_data["username"])  # kept as it is
+        else:
+            name = normalize_new_login(form.cleaned_data["username"])
     except AccountError as exc:
         raise forms.ValidationError(str(exc)) from None
     others = User.objects.filter(username=name)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 
 from accounts.grants import ADMIN_RESOURCE, Resource, allows, parse_resource
 from accounts.models import User
@@ -87,11 +88,12 @@ class VerifiedCredentials:
         with self._lock:
             self._entries.clear()
 
-    def checking(self, user: User) -> threading.Lock:
-        """Held while checking a password of `user` with the hasher: concurrent logins of
-        one user (a client sending in parallel) wait for the first check, then find it
-        remembered, instead of each paying the hasher."""
-        return self._checks[user.pk % len(self._checks)]
+    def checking(self, key: object) -> threading.Lock:
+        """Held while checking a password of user `key` (its pk) with the hasher: concurrent
+        logins of one user (a client sending in parallel) wait for the first check, then find
+        it remembered, instead of each paying the hasher. A login naming no user holds one
+        too (keyed by the login), so parallel guesses queue the same for either."""
+        return self._checks[hash(key) % len(self._checks)]
 
 
 verified_credentials = VerifiedCredentials()
@@ -102,7 +104,31 @@ def current_throttle() -> Throttle:
     return Throttle(
         max_failures=settings.EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS,
         window=settings.EVERLOCK_AUTH_FAILURE_WINDOW,
+        max_login_failures=settings.EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN,
+        known_good_days=settings.EVERLOCK_AUTH_KNOWN_GOOD_DAYS,
     )
+
+
+def _check_password(user: User | None, login: str, password: str) -> bool:
+    """Whether `password` is `user`'s, at the same hasher cost whether the user exists or
+    not (as Django's ModelBackend does): the time a wrong answer takes must not tell an
+    unknown login from a known one. The verified-credentials memory only ever answers for
+    a right password, so it tells nothing to a guesser."""
+    if not password:
+        return False
+    if user is None:
+        with verified_credentials.checking(login.casefold()):
+            make_password(password)  # the hasher's full work, as checking a stored hash costs
+        return False
+    if verified_credentials.matches(user, password):
+        return True
+    with verified_credentials.checking(user.pk):
+        if verified_credentials.matches(user, password):
+            return True  # verified by a login that held the check before this one
+        if user.check_password(password):
+            verified_credentials.remember(user, password)
+            return True
+    return False
 
 
 def authenticate(
@@ -119,29 +145,25 @@ def authenticate(
     forgets a user as soon as the row changes (the password hash keys the verified
     credentials, so a stale row would keep an old password valid).
 
-    Raises Throttled, without checking the password, when `client_address` has failed too
-    often recently. May sleep (up to accounts.throttle.LOGIN_DELAY_MAX seconds) when the login
-    has failed often recently, so call it from a worker thread, never on an event loop.
+    Raises Throttled, without checking the password, when `client_address` or the login has
+    failed too often recently (accounts.throttle states the policy). A wrong password costs
+    the same whether the login names a user or not. May sleep (up to
+    accounts.throttle.LOGIN_DELAY_MAX seconds) when the login has failed often recently, so
+    call it from a worker thread, never on an event loop.
     Failures are logged on "accounts.authentication" with the service and the address.
     """
     throttle = current_throttle()
     try:
         delay = throttle.check(login=login, client_address=client_address)
-    except Throttled:
-        log.warning("%s: login refused for %r from %s: too many failures", service, login, client_address)
+    except Throttled as exc:
+        log.warning("%s: login refused for %r from %s: %s", service, login, client_address, exc)
         raise
     if delay:
         time.sleep(delay)
     user = resolve(login)
-    if user is not None and password:
-        if verified_credentials.matches(user, password):
-            return user
-        with verified_credentials.checking(user):
-            if verified_credentials.matches(user, password):
-                return user  # verified by a login that held the check before this one
-            if user.check_password(password):
-                verified_credentials.remember(user, password)
-                return user
+    if _check_password(user, login, password):
+        throttle.record_success(login=login, client_address=client_address)
+        return user
     addr_failures, login_failures = throttle.record_failure(login=login, client_address=client_address)
     log.warning(
         "%s: authentication failed for %r from %s (%s; %d failures from the address, %d for the login)",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.grants import GrantError, parse_resource, role_rank
@@ -37,6 +40,38 @@ def normalize_login(login: str) -> str:
         raise AccountError(f"invalid login name {login!r}: {exc}") from None
 
 
+# The names a new user may get: a bare name or a mailbox-style name@domain whose part before
+# "@" is 1 to 64 ASCII letters, digits, ".", "_", "+" or "-", starting with a letter or digit
+# (stored in lower case; the domain in IDNA form). Nothing a shell, a log line or an address
+# would read differently.
+NEW_LOGIN_TEXT = (
+    'a name of ASCII letters, digits, ".", "_", "+" and "-", starting with a letter or digit, '
+    "at most 64 characters, optionally followed by @domain"
+)
+_NEW_LOGIN_LOCAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def normalize_new_login(name: str) -> str:
+    """normalize_login for a user about to be created: also checks the name's characters.
+
+    Raises AccountError saying which names are allowed."""
+    username = normalize_login(name)
+    local = name.rpartition("@")[0] if "@" in name else name
+    if not _NEW_LOGIN_LOCAL.fullmatch(local):
+        raise AccountError(f"invalid user name {name!r}: use {NEW_LOGIN_TEXT}")
+    return username
+
+
+def password_problems(*, name: str, password: str) -> list[str]:
+    """Why Django's password validators (settings.AUTH_PASSWORD_VALIDATORS) refuse `password`
+    for user `name`: their messages, [] when they accept it."""
+    try:
+        validate_password(password, user=User(username=name))
+    except ValidationError as exc:
+        return list(exc.messages)
+    return []
+
+
 def get_user(name: str) -> User:
     """The user stored under `name` (in any case or IDNA form). Raises AccountError."""
     try:
@@ -46,8 +81,12 @@ def get_user(name: str) -> User:
 
 
 def user_add(*, name: str, password: str, is_admin: bool = False) -> tuple[User, bool]:
-    """Create user `name`; return (user, created). An existing user is left as it is."""
-    username = normalize_login(name)
+    """Create user `name`; return (user, created). An existing user is left as it is.
+
+    Raises AccountError for a name outside NEW_LOGIN_TEXT or an empty password. The password's
+    strength is the caller's to check (password_problems), as Django's create_user leaves it
+    to forms: the console and the commands refuse a weak one unless told otherwise."""
+    username = normalize_new_login(name)
     if not password:
         raise AccountError("the password must not be empty")
     with transaction.atomic():
@@ -116,6 +155,8 @@ __all__ = [
     "grant_add",
     "grant_revoke",
     "normalize_login",
+    "normalize_new_login",
+    "password_problems",
     "user_add",
     "user_delete",
     "user_set_password",

@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 
 import dns.exception
+import dns.message
 import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.txtbase
+import dns.rrset
 import dns.tokenizer
 
 # Types an administrator may add. SOA is built from the zone's fields; DNSSEC types are not
@@ -158,6 +160,32 @@ def _parse_strings(rdtype: dns.rdatatype.RdataType, data: str) -> dns.rdata.Rdat
     cls = dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)
     assert issubclass(cls, dns.rdtypes.txtbase.TXTBase)
     return cls(dns.rdataclass.IN, rdtype, strings)
+
+
+# RFC 1035 section 4.2.2: a DNS message over TCP is at most 65,535 octets.
+MAX_MESSAGE = 65535
+
+
+def check_servable(name: str, rtype: str, data: list[str]) -> None:
+    """Raise RecordError unless the RRset of `name` and `rtype` with the records `data`
+    (stored forms) fits in one DNS answer over TCP, with its question and an EDNS OPT
+    record: a record that cannot be sent would make the whole name answer SERVFAIL."""
+    owner = dns.name.from_text(name + ".")
+    rdtype = dns.rdatatype.from_text(rtype)
+    rdatas = [parse_rdata(rtype, text) for text in data]
+    query = dns.message.make_query(owner, rdtype, use_edns=0)
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_rdata_list(owner, 0, rdatas))
+    try:
+        size = len(response.to_wire(max_size=MAX_MESSAGE))
+    except (dns.exception.DNSException, ValueError, OverflowError):
+        size = None
+    if size is None:
+        total = sum(len(r.to_wire()) for r in rdatas)
+        raise RecordError(
+            f"the {rtype} records of {name} would take {total} octets: more than one DNS answer "
+            f"can carry ({MAX_MESSAGE} octets, RFC 1035 section 4.2.2), so the name could not be served"
+        )
 
 
 def canonical_data(rtype: str, data: str, *, origin: str | None = None) -> str:

@@ -20,6 +20,7 @@ from dns_zones.models import Record, Zone
 from dns_zones.records import (
     RecordError,
     canonical_data,
+    check_servable,
     check_ttl,
     check_type,
     normalize_name,
@@ -150,6 +151,14 @@ def validate_record(*, origin: str, name: str, rtype: str, ttl: int, data: str) 
     return RecordSpec(abs_name, rtype, ttl, text)
 
 
+def _check_servable(spec: RecordSpec, others) -> None:
+    """Raise ZoneError when `spec` with the `others` data of its RRset could not be served."""
+    try:
+        check_servable(spec.name, spec.rtype, [*others, spec.data])
+    except RecordError as exc:
+        raise ZoneError(str(exc)) from None
+
+
 def record_add(
     *, origin: str, name: str, rtype: str, data: str, ttl: int | None = None
 ) -> tuple[Record, bool]:
@@ -179,6 +188,7 @@ def record_add(
             )
         if spec.rtype != "CNAME" and others.filter(rtype="CNAME").exists():
             raise ZoneError(f"{spec.name} is a CNAME; it cannot have other records (RFC 1034 section 3.6.2)")
+        _check_servable(spec, others.filter(rtype=spec.rtype).values_list("data", flat=True))
         record = Record.objects.create(
             zone=zone, name=spec.name, rtype=spec.rtype, ttl=spec.ttl, data=spec.data, source=""
         )
@@ -215,6 +225,10 @@ def record_update(*, record_id: int, name: str, rtype: str, ttl: int, data: str)
         if record.derived:
             raise ZoneError(f"record {record_id} is derived from {record.source} and cannot be changed here")
         spec = validate_record(origin=record.zone.origin, name=name, rtype=rtype, ttl=ttl, data=data)
+        rrset = Record.objects.filter(zone=record.zone, name=spec.name, rtype=spec.rtype).exclude(
+            id=record.id
+        )
+        _check_servable(spec, rrset.values_list("data", flat=True))
         record.name, record.rtype, record.ttl, record.data = spec.name, spec.rtype, spec.ttl, spec.data
         record.save(update_fields=["name", "rtype", "ttl", "data"])
         _bump_serial([record.zone_id])

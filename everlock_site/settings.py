@@ -129,8 +129,17 @@ else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 AUTH_USER_MODEL = "accounts.User"
+# The admin web login checks passwords as every listener does: through the login throttle.
+AUTHENTICATION_BACKENDS = ["accounts.backends.ThrottledModelBackend"]
 
-AUTH_PASSWORD_VALIDATORS = []
+# New passwords (console, `serve --admin-password*`, the admin web UI) are checked by Django's
+# validators; the console's --allow-weak sets a refused one anyway.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -246,10 +255,21 @@ EVERLOCK_MESSAGE_SYNC = env.str("EVERLOCK_MESSAGE_SYNC", default="filesystem")
 if EVERLOCK_MESSAGE_SYNC not in ("filesystem", "file"):
     raise ImproperlyConfigured(f'EVERLOCK_MESSAGE_SYNC is "filesystem" or "file": {EVERLOCK_MESSAGE_SYNC!r}')
 
-# Login throttle: per client address, failures in a window before further attempts from that
-# address are refused; per login, failures that slow further guesses (never a lockout).
+# Login throttle (the policy is stated in accounts/throttle.py), shared by SMTP AUTH, the SSH
+# console and the admin web login: per client address, failures in a window (seconds) before
+# further attempts from that address are refused; per login, failures in the window slow each
+# further check (0.25 s doubling to 4 s), and after EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN the
+# login is refused from every address except its known-good ones: those it logged in from
+# successfully within EVERLOCK_AUTH_KNOWN_GOOD_DAYS, where its owner is never locked out.
 EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS", default=10)
 EVERLOCK_AUTH_FAILURE_WINDOW = env.int("EVERLOCK_AUTH_FAILURE_WINDOW", default=300)
+EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN = env.int("EVERLOCK_AUTH_MAX_FAILURES_PER_LOGIN", default=30)
+EVERLOCK_AUTH_KNOWN_GOOD_DAYS = env.int("EVERLOCK_AUTH_KNOWN_GOOD_DAYS", default=30)
+
+# EVERLOCK_ADMIN_PASSWORD: the password of `everlock serve --admin-user NAME` (and of
+# runadminssh) when neither --admin-password-file nor --admin-password gives one; unlike
+# --admin-password it shows in no process list. Used only to create that user when missing.
+EVERLOCK_ADMIN_PASSWORD = env.str("EVERLOCK_ADMIN_PASSWORD", default="")
 
 # CELERY_BROKER_URL: the delivery workers' broker. Default: the embedded broker, a spool
 # directory in the data dir that needs no server (single machine only). Production:
@@ -290,6 +310,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Each worker process runs this timer itself (no beat needed), so a lost or purged broker
 # message delays delivery by at most this long.
 EVERLOCK_QUEUE_SCAN_INTERVAL = env.float("EVERLOCK_QUEUE_SCAN_INTERVAL", default=30.0)
+# EVERLOCK_ORPHAN_FILE_AGE: a message file without a row (its writer was killed before the
+# commit) is removed once it is this many seconds old: far longer than any transaction that
+# could still commit its row (a group commit lasts seconds). EVERLOCK_ORPHAN_SWEEP_INTERVAL:
+# seconds between the delivery workers' sweeps (one at each start).
+EVERLOCK_ORPHAN_FILE_AGE = env.float("EVERLOCK_ORPHAN_FILE_AGE", default=86400.0)
+EVERLOCK_ORPHAN_SWEEP_INTERVAL = env.float("EVERLOCK_ORPHAN_SWEEP_INTERVAL", default=3600.0)
 # EVERLOCK_QUEUE_FIRST_RETRY / EVERLOCK_QUEUE_MAX_RETRY: seconds before the first retry of a
 # temporary failure, doubling per attempt up to the maximum (see mail/delivery/attempts.py).
 # The first retry is also how long a claimed row waits when its worker dies mid-delivery.

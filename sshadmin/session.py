@@ -15,7 +15,9 @@ traceback on the server and prints one error line to the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncssh
@@ -111,6 +113,29 @@ def _write(process: asyncssh.SSHServerProcess, outcome: Outcome, *, errors_to_st
         (process.stderr if errors_to_stderr else process.stdout).write(outcome.error_text())
 
 
+def _secret_reader(process: asyncssh.SSHServerProcess) -> Callable[[str], str]:
+    """Context.ask_secret for an interactive session: called from a command's worker
+    thread, it reads one line on the session's event loop with the line editor's echo off
+    (so the line is neither shown nor kept in the history)."""
+    loop = asyncio.get_running_loop()
+
+    async def ask(prompt: str) -> str:
+        process.stdout.write(prompt)
+        process.channel.set_echo(False)
+        try:
+            line = await process.stdin.readline()
+        finally:
+            process.channel.set_echo(True)  # the editor still ended the line on the screen
+        if not line:
+            raise CommandError("input ended; nothing changed")
+        return line.rstrip("\r\n")
+
+    def ask_secret(prompt: str) -> str:
+        return asyncio.run_coroutine_threadsafe(ask(prompt), loop).result()
+
+    return ask_secret
+
+
 def _discard_line(line: str, pos: int) -> tuple[str, int]:
     """^C: the typed line is dropped, as a shell does, instead of staying before the next one."""
     return "", 0
@@ -128,7 +153,12 @@ def _register_keys(channel) -> None:
 async def run_session(process: asyncssh.SSHServerProcess, *, user, client_address: str) -> None:
     """Serve one SSH session channel of an authenticated admin, then exit it with a status."""
     interactive = process.term_type is not None
-    ctx = Context(user=user, client_address=client_address, interactive=interactive)
+    ctx = Context(
+        user=user,
+        client_address=client_address,
+        interactive=interactive,
+        ask_secret=_secret_reader(process) if interactive else None,
+    )
     status = 0
     try:
         if process.command is not None:

@@ -13,7 +13,10 @@ greylisting, which clears within minutes):
 A claim writes attempts+1, last_attempt_at and next_attempt_at = now + backoff in one
 committed UPDATE before anyone dials. A worker that dies mid-delivery therefore leaves a
 row that is simply due again at next_attempt_at; a recipient delivered twice is possible
-(the remote accepted, we died before recording it), a lost one is not.
+(the remote accepted, we died before recording it), a lost one is not. Just before sending
+each claimed row, the worker renews the claim (renew(): next_attempt_at moves a backoff past
+now, guarded by `attempts`), so a long batch never lets another worker claim rows it is still
+sending, and every outcome is committed before the next row is sent (mail.delivery.batch).
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ class Claim:
     content_id: int
     expires_at: datetime
     next_attempt_at: datetime
+    # How far past the last attempt the next one lies: renew() moves it on by as much.
+    lease: timedelta = timedelta(0)
+    bounce_outside: bool = True
+    # Some recipient failed in an earlier attempt: the row ends failed, not delivered.
+    failed_before: bool = False
     # (recipient id, address) of the recipients still pending.
     recipients: list[tuple[int, str]] = field(default_factory=list)
     # The sender's requests stored with the row (mail.models.OutboundDelivery).
@@ -141,18 +149,42 @@ def claim(
                 dsn_envid=row.dsn_envid,
                 requiretls=row.requiretls,
                 binarymime=row.binarymime,
+                lease=row.next_attempt_at - now,
+                bounce_outside=row.bounce_outside,
             )
             for row in rows.values()
         }
-        for rid, did, address, notify, orcpt in OutboundRecipient.objects.filter(
-            delivery_id__in=claimed, status=OutboundRecipient.Status.PENDING
-        ).values_list("id", "delivery_id", "address", "notify", "orcpt"):
+        for rid, did, address, notify, orcpt, status in OutboundRecipient.objects.filter(
+            delivery_id__in=claimed,
+            status__in=[OutboundRecipient.Status.PENDING, OutboundRecipient.Status.FAILED],
+        ).values_list("id", "delivery_id", "address", "notify", "orcpt", "status"):
+            if status == OutboundRecipient.Status.FAILED:
+                claims[did].failed_before = True
+                continue
             claims[did].recipients.append((rid, address))
             if notify:
                 claims[did].notify[rid] = notify
             if orcpt:
                 claims[did].orcpt[rid] = orcpt
     return sorted(claims.values(), key=lambda c: c.id)
+
+
+def renew(claim: Claim) -> bool:
+    """Just before a claimed row is sent: move its next attempt time `lease` past now, if the
+    row is still this claim's (not claimed again since, not held). Returns False when it is
+    not: then it must not be sent, or it would be sent twice.
+
+    A worker sends its claimed rows one after another; without this, a batch that takes
+    longer than the backoff would see its last rows due again, and claimed by a second
+    worker while the first one still sends them."""
+    now = timezone.now()
+    next_attempt_at = now + claim.lease
+    renewed = OutboundDelivery.objects.filter(
+        id=claim.id, attempts=claim.attempts, status=OutboundDelivery.Status.QUEUED
+    ).update(next_attempt_at=next_attempt_at, updated_at=now)
+    if renewed:
+        claim.next_attempt_at = next_attempt_at
+    return bool(renewed)
 
 
 def due_ids(*, limit: int = 1000) -> list[int]:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from mail.delivery.attempts import Claim, Reply, record_outcome
+from mail.delivery.attempts import Claim, Reply, record_outcome, renew
 from mail.delivery.bounces import send_dsn, wants
 from mail.delivery.client import ConnectFailed, Connection, SendOptions
 from mail.delivery.mx import Host, LookupFailed, lookup
@@ -49,9 +50,12 @@ def _read(claim: Claim) -> bytes:
 
 class Outcomes:
     """Attempt outcomes waiting to be recorded, committed together (one commit per FLUSH
-    rows instead of one per row). A worker dying before the flush leaves those rows
-    claimed: they are attempted again later, so a message may arrive twice, never zero
-    times."""
+    rows instead of one per row) while nothing is sent meanwhile; before each message goes
+    out, the outcomes so far are committed (deliver_domain flushes first). A worker dying
+    before a flush leaves those rows claimed: they are attempted again later, so a message
+    may arrive twice, never zero times; and since every delivered message is recorded before
+    the next one starts, a worker process that dies sends again at most the one message it
+    was sending: a crash of a worker with N processes duplicates at most N messages."""
 
     FLUSH = 50
 
@@ -65,18 +69,27 @@ class Outcomes:
             self.flush()
 
     def flush(self) -> None:
-        items, self.items = self.items, []
-        if not items:
-            return
+        if self.items:
+            with transaction.atomic():
+                self._record()
+
+    def before_sending(self, claim: Claim) -> bool:
+        """Commit the outcomes so far and renew `claim` (attempts.renew), in one transaction:
+        what was delivered is recorded before the next message goes, and that one is still
+        this worker's to send. False when it is not (another worker claimed it meanwhile)."""
         with transaction.atomic():
-            rest = _record_delivered(items)
-            for claim, replies, temporary, mta in rest:
-                _record(claim, replies, temporary=temporary, mta=mta)
-                if self.delay_notice_after is not None:
-                    _delay_notice(claim, self.delay_notice_after, mta=mta)
-            for claim, replies, _temporary, mta in items:
-                if claim.relayed:
-                    _relayed_notice(claim, replies, mta=mta)
+            self._record()
+            return renew(claim)
+
+    def _record(self) -> None:
+        items, self.items = self.items, []
+        for claim, replies, temporary, mta in _record_delivered(items) if items else []:
+            _record(claim, replies, temporary=temporary, mta=mta)
+            if self.delay_notice_after is not None:
+                _delay_notice(claim, self.delay_notice_after, mta=mta)
+        for claim, replies, _temporary, mta in items:
+            if claim.relayed:
+                _relayed_notice(claim, replies, mta=mta)
 
 
 def _record_delivered(items):
@@ -87,18 +100,11 @@ def _record_delivered(items):
         claim.id: (claim, replies)
         for claim, replies, temporary, _mta in items
         if claim.recipients
+        and not claim.failed_before
         and not temporary
         and set(replies) == {rid for rid, _ in claim.recipients}
         and all(200 <= r.code < 300 for r in replies.values())
     }
-    if simple:
-        earlier_failures = set(
-            OutboundRecipient.objects.filter(
-                delivery_id__in=list(simple), status=OutboundRecipient.Status.FAILED
-            ).values_list("delivery_id", flat=True)
-        )
-        for row_id in earlier_failures:
-            del simple[row_id]
     if not simple:
         return items
     now = timezone.now()
@@ -114,11 +120,13 @@ def _record_delivered(items):
         )
     for line, row_ids in rows_by_reply.items():
         # A row held meanwhile stays held (its recipients are recorded as delivered).
-        OutboundDelivery.objects.filter(id__in=row_ids, status=OutboundDelivery.Status.QUEUED).update(
-            status=OutboundDelivery.Status.DELIVERED, last_reply=line[:2000], updated_at=now
-        )
-        OutboundDelivery.objects.filter(id__in=row_ids).exclude(status=OutboundDelivery.Status.QUEUED).update(
-            last_reply=line[:2000], updated_at=now
+        OutboundDelivery.objects.filter(id__in=row_ids).update(
+            status=Case(
+                When(status=OutboundDelivery.Status.QUEUED, then=Value(OutboundDelivery.Status.DELIVERED)),
+                default=F("status"),
+            ),
+            last_reply=line[:2000],
+            updated_at=now,
         )
     return [item for item in items if item[0].id not in simple]
 
@@ -149,6 +157,7 @@ def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
         ret=row.dsn_ret,
         envid=row.dsn_envid,
         orcpts={address: orcpt for address, _, orcpt in waiting if orcpt},
+        outside=claim.bounce_outside,
     )
     OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
     log.info("delivery #%s to %s delayed; notice sent to %s", row.id, row.domain, claim.envelope_from or "<>")
@@ -168,6 +177,7 @@ def _relayed_notice(claim: Claim, replies: dict[int, Reply], *, mta: str) -> Non
         ret=claim.dsn_ret,
         envid=claim.dsn_envid,
         orcpts={addresses[rid]: claim.orcpt[rid] for rid in claim.relayed if rid in claim.orcpt},
+        outside=claim.bounce_outside,
     )
 
 
@@ -194,6 +204,7 @@ def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str
         ret=row.dsn_ret,
         envid=row.dsn_envid,
         orcpts={address: orcpt for address, _, orcpt in rows if orcpt},
+        outside=claim.bounce_outside,
     )
     log.info(
         "delivery #%s to %s failed for %s; DSN %s",
@@ -291,6 +302,9 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
             if unreachable:
                 # Every host just failed: the other rows for this domain wait too.
                 outcomes.add(claim, {}, temporary=unreachable)
+                continue
+            if not outcomes.before_sending(claim):
+                log.info("delivery #%s was claimed again meanwhile: left to that attempt", claim.id)
                 continue
             data = _read(claim)
             replies: dict[int, Reply] = {}

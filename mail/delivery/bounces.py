@@ -138,10 +138,14 @@ def send_dsn(
     ret: str = "",
     envid: str = "",
     orcpts: dict[str, str] | None = None,
+    outside: bool = True,
 ) -> bool:
     """Deliver a DSN (build_dsn's arguments) to `envelope_from` in the caller's transaction.
     Returns whether one was filed or queued (False for a null sender or a local sender
-    without a mailbox)."""
+    without a mailbox).
+
+    With `outside` False (the bounce of a rule redirect, whose sender may be forged), a
+    remote sender gets nothing: the DSN is dropped and logged, never queued (backscatter)."""
     from mail.services.delivery import deliver_inbound, resolve_mailboxes
     from mail.services.enqueue import enqueue_remote
     from mail.services.storage import StoredFiles, store_content
@@ -170,6 +174,11 @@ def send_dsn(
             log.info("DSN to %s refused by a rule: %s", envelope_from, exc)
             return False
         return True
+    if remote and not outside:
+        log.warning(
+            "DSN of a redirected message not sent to the remote sender %s (backscatter)", envelope_from
+        )
+        return False
     if remote:
         with StoredFiles() as files, transaction.atomic():
             content = store_content(raw, files=files)

@@ -9,7 +9,9 @@ nor a purged broker loses mail.
 The rescan timer: every delivery worker process (the `celery -A everlock_site worker` main
 process) runs a thread that, at start and then every EVERLOCK_QUEUE_SCAN_INTERVAL seconds,
 sends a deliver task for each batch of due rows. No beat process is needed; several workers
-scanning at once only send duplicate kicks, which claim nothing.
+scanning at once only send duplicate kicks, which claim nothing. The same thread sweeps the
+message files a killed process left without a row, at start and every
+EVERLOCK_ORPHAN_SWEEP_INTERVAL seconds (mail.services.storage.sweep_orphan_files).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from celery import shared_task
@@ -28,6 +31,7 @@ from django.db import close_old_connections
 from mail.delivery.attempts import claim, due_ids
 from mail.delivery.batch import Remote, deliver_claims
 from mail.delivery.resolver import make_resolver
+from mail.services.storage import sweep_orphan_files
 
 log = logging.getLogger("mail.delivery")
 
@@ -112,18 +116,25 @@ def kick_deliveries(ids: list[int]) -> None:
 
 
 class Rescan(threading.Thread):
-    """The worker's own timer: deliver_due() now and every `interval` seconds until stopped."""
+    """The worker's own timer: deliver_due() now and every `interval` seconds until stopped;
+    sweep_orphan_files() now and every `sweep_interval` seconds."""
 
-    def __init__(self, interval: float):
+    def __init__(self, interval: float, *, sweep_interval: float, orphan_age: float):
         super().__init__(name="everlock-queue-rescan", daemon=True)
         self.interval = interval
+        self.sweep_interval = sweep_interval
+        self.orphan_age = orphan_age
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        next_sweep = time.monotonic()
         while True:
             try:
                 close_old_connections()
                 deliver_due()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval
+                    sweep_orphan_files(older_than=self.orphan_age)
             except Exception as exc:  # the database is away: try again next time
                 log.warning("queue rescan failed: %s", exc)
             finally:
@@ -138,7 +149,11 @@ _rescan: Rescan | None = None
 @worker_ready.connect
 def _start_rescan(**_kwargs) -> None:
     global _rescan
-    _rescan = Rescan(settings.EVERLOCK_QUEUE_SCAN_INTERVAL)
+    _rescan = Rescan(
+        settings.EVERLOCK_QUEUE_SCAN_INTERVAL,
+        sweep_interval=settings.EVERLOCK_ORPHAN_SWEEP_INTERVAL,
+        orphan_age=settings.EVERLOCK_ORPHAN_FILE_AGE,
+    )
     _rescan.start()
 
 

@@ -35,6 +35,9 @@ class OutboundDelivery(models.Model):
     dsn_envid = models.CharField(max_length=100, blank=True)
     requiretls = models.BooleanField(default=False)
     binarymime = models.BooleanField(default=False)
+    # False for a message a rule redirected: its envelope sender came from outside and may be
+    # forged, so a bounce goes only to a local mailbox, never out (no backscatter).
+    bounce_outside = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -163,6 +163,7 @@ def evaluate(
                 continue
             refusal = _redirect_refusal(facts, headers, targets, redirect_targets, limits, gate)
             if refusal:
+                plan.refused.append(f"{verb} to {', '.join(targets)} refused: {refusal}")
                 trace.append(f"  {verb} to {', '.join(targets)} refused: {refusal}; kept in inbox")
                 continue
             redirect_targets.extend(targets)
@@ -241,4 +242,6 @@ def _redirected(facts: MessageFacts, targets: tuple[str, ...]) -> OutgoingMessag
     # The message as received, with a trace header naming who redirected it: the next hop's
     # rules see it and refuse to redirect it again through us (loop detection).
     header = f"{LOOP_HEADER}: {facts.recipient}\r\n".encode()
-    return OutgoingMessage(envelope_from=facts.envelope_from, recipients=targets, data=header + facts.raw)
+    return OutgoingMessage(
+        envelope_from=facts.envelope_from, recipients=targets, data=header + facts.raw, carries_message=True
+    )

@@ -79,7 +79,13 @@ Actions of a matching rule, carried out in this order:
   sender is kept. Loops (our X-Everlock-Redirected header naming this recipient, or more than
   ``max_redirect_hops`` of them) and storms (more than ``max_redirect_targets`` addresses for
   one message, or more than ``redirects_per_sender_per_hour`` from one envelope sender) are
-  refused; a refused redirect keeps the message in inbox, so nothing is lost.
+  refused; a refused redirect keeps the message in inbox, so nothing is lost. A local
+  target's own rules apply, and its redirects are followed in turn through any chain; a chain
+  that comes back to a mailbox it passed (a loop), runs past ``max_redirect_hops`` mailboxes,
+  or reaches a target that cannot take the message (no such mailbox, a rule rejects it)
+  leaves the message in the inbox of the last mailbox that redirected it, with a log line
+  saying why. Should a redirected message bounce, the bounce (DSN) goes only to a local
+  sender, never out to a remote one, whose address may be forged (backscatter).
 - ``vacation = { days = 7, subject = "...", body = "...", from = "...", addresses = [...] }``:
   an auto-reply (RFC 3834, Sieve vacation RFC 5230): sent from the null sender at most once
   per sender per ``days`` (1 to 365, default 7), never to the null sender, to mailer daemons

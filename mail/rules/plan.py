@@ -42,11 +42,15 @@ class Rejection:
 
 @dataclass(frozen=True)
 class OutgoingMessage:
-    """A message the rules send (a redirect or an auto-reply), complete with its headers."""
+    """A message the rules send (a redirect or an auto-reply), complete with its headers.
+
+    `carries_message` is true for a redirect or forward (the received message sent on): when
+    it cannot reach a local target, local delivery keeps it in the redirecting mailbox."""
 
     envelope_from: str
     recipients: tuple[str, ...]
     data: bytes
+    carries_message: bool = False
 
 
 @dataclass
@@ -59,6 +63,7 @@ class DeliveryPlan:
     discard: bool = False
     reject: Rejection | None = None
     matched: list[str] = field(default_factory=list)  # names of the rules that matched
+    refused: list[str] = field(default_factory=list)  # redirects not made, and why
 
     def folders(self) -> list[Filing]:
         if self.reject is not None or self.discard:

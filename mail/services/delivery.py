@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import re
+from collections import deque
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from mail.addresses import Address, AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
-from mail.rules.plan import DeliveryPlan, MessageFacts
+from mail.rules.plan import DeliveryPlan, MessageFacts, OutgoingMessage
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_usage
@@ -293,6 +294,12 @@ def plan_recipients(
         if plan.reject is not None:
             r = plan.reject
             raise SMTPReject(Reply(r.code, r.enhanced, r.text))
+        for refusal in plan.refused:
+            log.warning("rule of %s: %s; kept in inbox", mailbox.address, refusal)
+        if plan.discard and not plan.outgoing:
+            log.info(
+                "message for %s discarded by rule %s", mailbox.address, ", ".join(map(repr, plan.matched))
+            )
         planned.append((mailbox, plan))
     return planned
 
@@ -363,9 +370,31 @@ def file_planned(
     envelope_from: str,
     planned: list[tuple[Mailbox, DeliveryPlan]],
     files: StoredFiles,
-    follow_outgoing: bool = True,
 ) -> list[Message]:
-    """Carry out plans inside the caller's transaction: file copies, send rule messages."""
+    """Carry out plans inside the caller's transaction: file copies, send rule messages.
+
+    Rule messages to local mailboxes are delivered through those mailboxes' rules in turn,
+    following redirects through any chain (see _follow_outgoing). Returns the copies filed
+    for `planned` itself."""
+    messages = _file_copies(content=content, parsed=parsed, envelope_from=envelope_from, planned=planned)
+    _follow_outgoing(
+        [
+            _Sent(outgoing, mailbox, (mailbox.address,), content, parsed, bool(plan.folders()))
+            for mailbox, plan in planned
+            for outgoing in plan.outgoing
+        ],
+        files=files,
+    )
+    return messages
+
+
+def _file_copies(
+    *,
+    content: MessageContent,
+    parsed: ParsedMessage,
+    envelope_from: str,
+    planned: list[tuple[Mailbox, DeliveryPlan]],
+) -> list[Message]:
     wanted = {(mb.id, f.folder) for mb, plan in planned for f in plan.folders()}
     folders = _folder_ids(wanted)
     messages = []
@@ -390,46 +419,114 @@ def file_planned(
                 )
             )
     Message.objects.bulk_create(messages)
-    if follow_outgoing:
-        for mailbox, plan in planned:
-            for outgoing in plan.outgoing:
-                _send_outgoing(outgoing, mailbox=mailbox, files=files)
     return messages
 
 
-def _send_outgoing(outgoing, *, mailbox: Mailbox, files: StoredFiles) -> None:
-    # A message a rule sends (redirect, auto-reply). Its own local recipients get their
-    # rules applied, but what those rules send is not followed again: no rule loops.
-    content = store_content(outgoing.data, files=files)
-    parsed = parse_message(outgoing.data)
-    boxes, remote = resolve_mailboxes(outgoing.recipients)
-    if boxes:
-        try:
-            planned = plan_recipients(
-                mailboxes=list(boxes.values()),
+@dataclass(frozen=True)
+class _Sent:
+    """A rule message on its way: who sent it, the mailboxes it passed through (`chain`,
+    the sender last), what that mailbox received, and whether the sender kept a copy."""
+
+    outgoing: OutgoingMessage
+    sender: Mailbox
+    chain: tuple[str, ...]
+    received: MessageContent
+    received_parsed: ParsedMessage
+    kept: bool
+
+
+def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
+    """Send rule messages in the caller's transaction, following local redirects.
+
+    A local target gets the message through its own rules, and what those send is followed
+    in turn, through any chain. A chain stops at a loop (a target the message already passed
+    through) or after the rules' max_redirect_hops mailboxes; a redirected message that
+    cannot reach a local target for that or any other reason (no such mailbox, a rule of the
+    target rejects it) is filed into the inbox of the mailbox that redirected it, unless that
+    mailbox kept a copy, and the reason is logged. So every recipient's message ends stored,
+    queued or (by the queue) bounced; only a `discard` rule drops it, and that is logged too.
+    Remote targets are queued; their bounces never leave the installation (enqueue_remote's
+    `bounce_outside`), since the original sender may be forged (backscatter).
+    """
+    if not pending:
+        return
+    queue = deque(pending)
+    max_hops = current_rules().rules.limits["max_redirect_hops"]
+    while queue:
+        sent = queue.popleft()
+        outgoing = sent.outgoing
+        boxes, remote = resolve_mailboxes(outgoing.recipients)
+        # Stored once for all its targets; not at all when none can take it.
+        content = store_content(outgoing.data, files=files) if boxes or remote else None
+        parsed = parse_message(outgoing.data)
+        failures = [
+            f"{target}: no such mailbox"
+            for target in outgoing.recipients
+            if not _reached(target, boxes, remote)
+        ]
+        for mailbox in boxes.values():
+            trail = " -> ".join((*sent.chain, mailbox.address))
+            if mailbox.address in sent.chain:
+                failures.append(f"{mailbox.address}: redirect loop {trail}")
+                continue
+            if len(sent.chain) > max_hops:
+                failures.append(f"{mailbox.address}: more than {max_hops} redirect hops ({trail})")
+                continue
+            try:
+                [(_, plan)] = plan_recipients(
+                    mailboxes=[mailbox],
+                    parsed=parsed,
+                    raw=outgoing.data,
+                    envelope_from=outgoing.envelope_from,
+                    authenticated=False,
+                )
+            except SMTPReject as exc:
+                failures.append(f"{mailbox.address}: refused by a rule: {exc.reply}")
+                continue
+            _file_copies(
+                content=content,
                 parsed=parsed,
-                raw=outgoing.data,
                 envelope_from=outgoing.envelope_from,
-                authenticated=False,
+                planned=[(mailbox, plan)],
             )
-        except SMTPReject as exc:
-            log.info("rule message from %s refused by a rule: %s", mailbox.address, exc.reply)
-            planned = []
-        file_planned(
-            content=content,
-            parsed=parsed,
-            envelope_from=outgoing.envelope_from,
-            planned=planned,
-            files=files,
-            follow_outgoing=False,
-        )
-    if remote:
-        enqueue_remote(
-            content=content,
-            envelope_from=outgoing.envelope_from,
-            recipients=remote,
-            helo_hostname=mailbox.domain.effective_hostname,
-        )
+            queue.extend(
+                _Sent(
+                    next_out, mailbox, (*sent.chain, mailbox.address), content, parsed, bool(plan.folders())
+                )
+                for next_out in plan.outgoing
+            )
+        if remote:
+            enqueue_remote(
+                content=content,
+                envelope_from=outgoing.envelope_from,
+                recipients=remote,
+                helo_hostname=sent.sender.domain.effective_hostname,
+                bounce_outside=not outgoing.carries_message,
+            )
+        if not failures:
+            continue
+        if outgoing.carries_message and not sent.kept:
+            log.warning(
+                "redirect by %s not followed (%s): filed into its inbox",
+                sent.sender.address,
+                "; ".join(failures),
+            )
+            _file_copies(
+                content=sent.received,
+                parsed=sent.received_parsed,
+                envelope_from=outgoing.envelope_from,
+                planned=[(sent.sender, DeliveryPlan())],
+            )
+        else:
+            log.info("rule message from %s not delivered to %s", sent.sender.address, "; ".join(failures))
+
+
+def _reached(target: str, boxes: dict[str, Mailbox], remote: list[str]) -> bool:
+    try:
+        address = parse_address(target)
+    except AddressError:
+        return False
+    return address.key in boxes or str(address) in remote
 
 
 def deliver_inbound(

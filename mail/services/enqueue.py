@@ -31,12 +31,15 @@ def enqueue_remote(
     recipients: list[str],
     helo_hostname: str,
     params: EnvelopeParams | None = None,
+    bounce_outside: bool = True,
 ) -> list[OutboundDelivery]:
     """Queue `content` for `recipients`: one OutboundDelivery per destination domain, with an
     OutboundRecipient per distinct address, due now and expiring after QUEUE_LIFETIME. The
     sender's DSN, REQUIRETLS and BINARYMIME requests (`params`) go on the rows.
 
-    Runs in the caller's transaction (or its own when there is none); the delivery task is
+    With `bounce_outside` False (a rule redirect of mail whose sender is not authenticated), a
+    bounce or delay notice is only filed into a local sender's mailbox, never queued to a
+    remote one. Runs in the caller's transaction (or its own when there is none); the delivery task is
     kicked with the new row ids after the outermost commit. Raises
     mail.addresses.AddressError for an invalid recipient address. Returns the new rows.
     """
@@ -68,6 +71,7 @@ def enqueue_remote(
                     dsn_envid=params.mail.envid,
                     requiretls=params.mail.requiretls,
                     binarymime=params.mail.binarymime,
+                    bounce_outside=bounce_outside,
                 )
                 for domain in by_domain
             ]

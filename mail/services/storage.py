@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -227,6 +228,44 @@ def store_content(raw: bytes, *, files: StoredFiles) -> MessageContent:
     name = write_content(raw)
     files.names.append(name)
     return MessageContent.objects.create(storage_name=name, size=len(raw))
+
+
+def sweep_orphan_files(*, older_than: float, now: float | None = None) -> int:
+    """Remove the message files that no MessageContent row names and that were last
+    written more than `older_than` seconds ago; return how many were removed.
+
+    A file is written and synced before its row commits, so a process killed in between
+    leaves a file without a row. `older_than` must exceed the longest transaction that could
+    still commit such a row (a group commit lasts seconds): a younger file may be one whose
+    row is about to commit, and is never touched. Only a local filesystem storage is swept.
+    """
+    storage = message_storage()
+    if not isinstance(storage, FileSystemStorage):
+        return 0
+    root = storage.path("")
+    cutoff = (time.time() if now is None else now) - older_than
+    old: list[str] = []
+    for directory, _, files in os.walk(root):
+        for file_name in files:
+            path = os.path.join(directory, file_name)
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    old.append(os.path.relpath(path, root))
+            except FileNotFoundError:
+                continue
+    removed = 0
+    for start in range(0, len(old), 500):
+        batch = old[start : start + 500]
+        named = set(
+            MessageContent.objects.filter(storage_name__in=batch).values_list("storage_name", flat=True)
+        )
+        for name in batch:
+            if name not in named:
+                delete_content_file(name)
+                removed += 1
+    if removed:
+        log.warning("removed %d message files without a row (older than %.0f s)", removed, older_than)
+    return removed
 
 
 def read_content(content: MessageContent) -> bytes:

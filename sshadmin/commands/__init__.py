@@ -23,11 +23,15 @@ class CommandError(Exception):
 
 @dataclass
 class Context:
-    """Who runs a command, and where its output goes."""
+    """Who runs a command, and where its output goes.
+
+    `ask_secret(prompt)`, on an interactive console only (else None), prints `prompt` and
+    returns the line the admin types, without echoing it (a password)."""
 
     user: object
     client_address: str = ""
     interactive: bool = False
+    ask_secret: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)

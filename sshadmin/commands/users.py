@@ -28,10 +28,43 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-@command("/users add", usage="/users add NAME PASSWORD", summary="add a user")
+ALLOW_WEAK = "--allow-weak"
+
+
+def _new_password(ctx: Context, name: str, rest: tuple[str, ...]) -> str:
+    """The password of `/users add|passwd NAME [PASSWORD] [--allow-weak]`: the argument, or
+    asked twice without echo on an interactive console (so it shows in no process list,
+    shell history or log). Raises CommandError for a mismatch or a password Django's
+    validators refuse, unless --allow-weak."""
+    allow_weak = ALLOW_WEAK in rest
+    given = [arg for arg in rest if arg != ALLOW_WEAK]
+    if len(given) > 1:
+        raise CommandError("too many arguments")
+    if given:
+        password = given[0]
+    elif ctx.ask_secret is None:
+        raise CommandError("no password: give it, or run this on an interactive console (ssh -t) to be asked")
+    else:
+        password = ctx.ask_secret("New password: ")
+        if ctx.ask_secret("Repeat the password: ") != password:
+            raise CommandError("the two passwords differ; nothing changed")
+    if not password:
+        raise CommandError("the password must not be empty")
+    problems = services.password_problems(name=name, password=password)
+    if problems and not allow_weak:
+        raise CommandError(f"weak password: {' '.join(problems)} ({ALLOW_WEAK} sets it anyway)")
+    return password
+
+
+@command(
+    "/users add",
+    usage="/users add NAME [PASSWORD] [--allow-weak]",
+    summary="add a user (asks for the password when not given)",
+)
 @_errors
-def users_add(ctx: Context, name: str, password: str) -> str:
-    user, created = services.user_add(name=name, password=password)
+def users_add(ctx: Context, name: str, *rest: str) -> str:
+    services.normalize_new_login(name)  # a bad name is refused before the password is asked
+    user, created = services.user_add(name=name, password=_new_password(ctx, name, rest))
     if not created:
         return f"user {user.username} already exists (unchanged)"
     return f"user {user.username} added"
@@ -49,10 +82,15 @@ def users_list(ctx: Context) -> str:
     return _table(rows)
 
 
-@command("/users passwd", usage="/users passwd NAME PASSWORD", summary="set a user's password")
+@command(
+    "/users passwd",
+    usage="/users passwd NAME [PASSWORD] [--allow-weak]",
+    summary="set a user's password (asks for it when not given)",
+)
 @_errors
-def users_passwd(ctx: Context, name: str, password: str) -> str:
-    user = services.user_set_password(name=name, password=password)
+def users_passwd(ctx: Context, name: str, *rest: str) -> str:
+    services.get_user(name)  # an unknown user is refused before the password is asked
+    user = services.user_set_password(name=name, password=_new_password(ctx, name, rest))
     return f"password of {user.username} changed"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncssh
 import pytest
@@ -12,10 +13,14 @@ from accounts.services import user_add
 from tests.sshadmin.conftest import ADMIN_PASSWORD
 
 
-async def _run(port: int, command: str, *, username="admin", password=ADMIN_PASSWORD, **kw):
-    async with asyncssh.connect(
+def connect(port: int, *, username="admin", password=ADMIN_PASSWORD, **kw):
+    return asyncssh.connect(
         "127.0.0.1", port, username=username, password=password, known_hosts=None, client_keys=None, **kw
-    ) as conn:
+    )
+
+
+async def _run(port: int, command: str, **kw):
+    async with connect(port, **kw) as conn:
         return await conn.run(command)
 
 
@@ -36,16 +41,21 @@ def fails(console, command: str) -> str:
 
 
 def test_users_commands_end_to_end(console):
-    assert ok(console, "/users add alice pw1") == "user alice added\n"
-    assert ok(console, "/users add Alice other") == "user alice already exists (unchanged)\n"
-    assert ok(console, "/users add alice@Example.com pw2") == "user alice@example.com added\n"
+    assert ok(console, "/users add alice alice-password-1") == "user alice added\n"
+    assert ok(console, "/users add Alice another-password") == "user alice already exists (unchanged)\n"
+    assert ok(console, "/users add alice@Example.com alice-password-2") == "user alice@example.com added\n"
     assert ok(console, "/users list") == (
         "USER               ADMIN      GRANTS\n"
         "admin              superuser  0\n"
         "alice              no         0\n"
         "alice@example.com  no         0\n"
     )
-    assert ok(console, "/users passwd alice newpw") == "password of alice changed\n"
+    assert fails(console, "/users passwd alice newpw") == (
+        "error: weak password: This password is too short. It must contain at least 8 characters. "
+        "(--allow-weak sets it anyway)\nusage: /users passwd NAME [PASSWORD] [--allow-weak]\n"
+    )
+    assert User.objects.get(username="alice").check_password("alice-password-1")
+    assert ok(console, "/users passwd alice newpw --allow-weak") == "password of alice changed\n"
     assert User.objects.get(username="alice").check_password("newpw")
     assert ok(console, "/users grant alice smtp/mail/Example.COM:Alice writer") == (
         "granted alice writer on smtp/mail/example.com:alice\n"
@@ -73,13 +83,19 @@ def test_users_commands_end_to_end(console):
     assert list(User.objects.values_list("username", flat=True)) == ["admin"]
 
 
+ADD = "/users add NAME [PASSWORD] [--allow-weak]"
+
+
 def test_help_and_quit(console):
     out = ok(console, "/help")
-    assert "/users add NAME PASSWORD  - add a user\n" in out
+    assert (
+        "/users add NAME [PASSWORD] [--allow-weak]  - add a user (asks for the password when not given)\n"
+        in out
+    )
     assert "/help [GROUP]  - list the commands, or those of one group (/help users)\n" in out
     assert "/quit  - end the session (exit and quit do too)\n" in out
     assert ok(console, "/help users").splitlines() == [
-        "/users add NAME PASSWORD  - add a user",
+        "/users add NAME [PASSWORD] [--allow-weak]  - add a user (asks for the password when not given)",
         "/users del NAME  - delete a user and their grants",
         "/users grant NAME RESOURCE ROLE  - give a user a role (reader, writer, admin) on a resource "
         "(smtp/mail/DOMAIN[:LOCAL], admin)",
@@ -89,7 +105,7 @@ def test_help_and_quit(console):
         "/users keys del NAME NUMBER|FINGERPRINT  - remove one of a user's SSH keys",
         "/users keys list NAME  - list the SSH keys a user may log in with",
         "/users list  - list the users",
-        "/users passwd NAME PASSWORD  - set a user's password",
+        "/users passwd NAME [PASSWORD] [--allow-weak]  - set a user's password (asks for it when not given)",
         "/users revoke NAME RESOURCE  - remove a user's grant on a resource",
     ]
     assert ok(console, "/quit") == ""
@@ -103,12 +119,31 @@ def test_help_and_quit(console):
         ("users list", "error: commands start with / (try /help)\nusage: /help\n"),
         ("/users add 'alice", "error: cannot parse the line: No closing quotation\nusage: /help\n"),
         ("/help nogroup", "error: no command group nogroup\nusage: /help [GROUP]\n"),
-        ("/users add alice", "error: missing arguments\nusage: /users add NAME PASSWORD\n"),
-        ("/users add alice pw extra", "error: too many arguments\nusage: /users add NAME PASSWORD\n"),
-        ("/users add 'al ice' pw", "error: invalid login name 'al ice'\nusage: /users add NAME PASSWORD\n"),
-        ("/users add bob ''", "error: the password must not be empty\nusage: /users add NAME PASSWORD\n"),
+        ("/users add", f"error: missing arguments\nusage: {ADD}\n"),
+        (
+            "/users add alice",
+            "error: no password: give it, or run this on an interactive console (ssh -t) to be asked\n"
+            f"usage: {ADD}\n",
+        ),
+        ("/users add alice alice-password extra", f"error: too many arguments\nusage: {ADD}\n"),
+        ("/users add 'al ice' pw", f"error: invalid login name 'al ice'\nusage: {ADD}\n"),
+        (
+            "/users add '$(id)' long-password",
+            'error: invalid user name \'$(id)\': use a name of ASCII letters, digits, ".", "_", "+" and '
+            '"-", starting with a letter or digit, at most 64 characters, optionally followed by @domain\n'
+            f"usage: {ADD}\n",
+        ),
+        ("/users add bob ''", f"error: the password must not be empty\nusage: {ADD}\n"),
+        (
+            "/users add bob 12345678",
+            "error: weak password: This password is too common. This password is entirely numeric. "
+            f"(--allow-weak sets it anyway)\nusage: {ADD}\n",
+        ),
         ("/users list extra", "error: too many arguments\nusage: /users list\n"),
-        ("/users passwd bob pw", "error: no such user: bob\nusage: /users passwd NAME PASSWORD\n"),
+        (
+            "/users passwd bob pw",
+            "error: no such user: bob\nusage: /users passwd NAME [PASSWORD] [--allow-weak]\n",
+        ),
         ("/users del bob", "error: no such user: bob\nusage: /users del NAME\n"),
         (
             "/users del admin",
@@ -160,26 +195,25 @@ def test_bad_input_prints_error_and_usage_and_changes_nothing(console, command, 
     assert after == before
 
 
+@contextlib.asynccontextmanager
+async def terminal(console):
+    """An interactive console session (a pty), logged in as the admin."""
+    async with connect(console.port) as conn:
+        yield await conn.create_process(term_type="xterm", term_size=(120, 40))
+
+
 def test_interactive_pty_session(console):
     async def session():
-        async with asyncssh.connect(
-            "127.0.0.1",
-            console.port,
-            username="admin",
-            password=ADMIN_PASSWORD,
-            known_hosts=None,
-            client_keys=None,
-        ) as conn:
-            process = await conn.create_process(term_type="xterm", term_size=(120, 40))
+        async with terminal(console) as process:
             out = await process.stdout.readuntil("everlock> ")
             assert (
                 out == "Everlock admin console. /help lists the commands, tab completes them,"
                 " /quit ends the session.\r\neverlock> "
             )
-            process.stdin.write("/users add dave pw\r")
+            process.stdin.write("/users add dave dave-password\r")
             out = await process.stdout.readuntil("everlock> ")
             # The line editor echoes the typed line, then the command's output follows.
-            assert out == "/users add dave pw\r\nuser dave added\r\neverlock> "
+            assert out == "/users add dave dave-password\r\nuser dave added\r\neverlock> "
             process.stdin.write("/users nope\r")
             out = await process.stdout.readuntil("everlock> ")
             assert (
@@ -199,17 +233,53 @@ def test_interactive_pty_session(console):
     assert asyncio.run(session()) == 0
 
 
+def test_passwords_asked_twice_without_echo_on_a_terminal(console):
+    async def session():
+        async with terminal(console) as process:
+            await process.stdout.readuntil("everlock> ")
+            transcript = []
+
+            async def answer(prompt: str, typed: str) -> None:
+                transcript.append(await process.stdout.readuntil(prompt))
+                process.stdin.write(typed + "\r")
+
+            process.stdin.write("/users add dave\r")
+            await answer("New password: ", "dave's long password")
+            await answer("Repeat the password: ", "dave's long password")
+            transcript.append(await process.stdout.readuntil("everlock> "))
+            process.stdin.write("/users passwd dave\r")
+            await answer("New password: ", "one password here")
+            await answer("Repeat the password: ", "another one here")
+            transcript.append(await process.stdout.readuntil("everlock> "))
+            process.stdin.write("/users passwd dave\r")
+            await answer("New password: ", "short")
+            await answer("Repeat the password: ", "short")
+            transcript.append(await process.stdout.readuntil("everlock> "))
+            # The history holds the commands, never a password.
+            process.stdin.write("\x1b[A")
+            transcript.append(await process.stdout.readuntil("/users passwd dave"))
+            process.stdin.write("\x15/quit\r")
+            await process.wait_closed()
+            return "".join(transcript)
+
+    transcript = asyncio.run(session())
+    assert transcript == (
+        "/users add dave\r\nNew password: \r\nRepeat the password: \r\nuser dave added\r\neverlock> "
+        "/users passwd dave\r\nNew password: \r\nRepeat the password: \r\n"
+        "error: the two passwords differ; nothing changed\r\n"
+        "usage: /users passwd NAME [PASSWORD] [--allow-weak]\r\neverlock> "
+        "/users passwd dave\r\nNew password: \r\nRepeat the password: \r\n"
+        "error: weak password: This password is too short. It must contain at least 8 characters. "
+        "(--allow-weak sets it anyway)\r\nusage: /users passwd NAME [PASSWORD] [--allow-weak]\r\neverlock> "
+        "/users passwd dave"
+    )
+    assert User.objects.get(username="dave").check_password("dave's long password")
+
+
 def test_piped_lines_without_pty(console):
     async def session():
-        async with asyncssh.connect(
-            "127.0.0.1",
-            console.port,
-            username="admin",
-            password=ADMIN_PASSWORD,
-            known_hosts=None,
-            client_keys=None,
-        ) as conn:
-            return await conn.run(input="/users add erin pw\n/users nope\n/users list\n")
+        async with connect(console.port) as conn:
+            return await conn.run(input="/users add erin erin-password\n/users nope\n/users list\n")
 
     result = asyncio.run(session())
     assert result.exit_status == 1
@@ -362,11 +432,11 @@ def test_an_admin_removed_mid_session_runs_nothing_more(console):
         ) as conn:
             process = await conn.create_process(term_type="xterm")
             await process.stdout.readuntil("everlock> ")
-            process.stdin.write("/users add henry pw\r")
+            process.stdin.write("/users add henry henry-password\r")
             assert (await process.stdout.readuntil("everlock> ")).endswith("user henry added\r\neverlock> ")
             # Another admin deletes grace while her session is open.
             assert await asyncio.to_thread(ok, console, "/users del grace") == "user grace deleted\n"
-            process.stdin.write("/users add ivan pw\r")
+            process.stdin.write("/users add ivan ivan-password\r")
             rest = await process.stdout.read()
             await process.wait_closed()
             return process.exit_status, rest
@@ -374,6 +444,6 @@ def test_an_admin_removed_mid_session_runs_nothing_more(console):
     status, rest = asyncio.run(session())
     assert (status, rest) == (
         1,
-        "/users add ivan pw\r\nerror: your admin rights were withdrawn; the session ends\r\n",
+        "/users add ivan ivan-password\r\nerror: your admin rights were withdrawn; the session ends\r\n",
     )
     assert list(User.objects.values_list("username", flat=True)) == ["admin", "henry"]

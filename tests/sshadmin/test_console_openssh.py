@@ -12,7 +12,7 @@ from tests.sshadmin.openssh import PtySession, askpass_env, key_args, password_a
 
 
 def test_exec_mode_output_and_exit_status(console, tmp_path):
-    added = ssh_exec(console.port, "/users add alice s3cret", tmp=tmp_path, password=ADMIN_PASSWORD)
+    added = ssh_exec(console.port, "/users add alice alice-s3cret", tmp=tmp_path, password=ADMIN_PASSWORD)
     assert (added.returncode, added.stdout, added.stderr) == (0, "user alice added\n", "")
     granted = ssh_exec(
         console.port,
@@ -55,10 +55,10 @@ def test_terminal_session_with_line_editing(console, tmp_path):
         "Everlock admin console. /help lists the commands, tab completes them, /quit ends the session."
         "\r\neverlock> "
     )
-    session.send("/users add bob pw\r")
-    assert session.read_until("everlock> ") == "/users add bob pw\r\nuser bob added\r\neverlock> "
+    session.send("/users add bob bob-password\r")
+    assert session.read_until("everlock> ") == "/users add bob bob-password\r\nuser bob added\r\neverlock> "
     # ^A moves to the start of the line, where the missing "/" is typed.
-    session.send("users passwd bob pw2\x01/\r")
+    session.send("users passwd bob bob-password-2\x01/\r")
     out = session.read_until("everlock> ")
     assert out.endswith("password of bob changed\r\neverlock> ")
     session.send("/users del nobody\r")
@@ -67,7 +67,7 @@ def test_terminal_session_with_line_editing(console, tmp_path):
     )
     session.send("/quit\r")
     assert session.wait() == 0
-    assert User.objects.get(username="bob").check_password("pw2")
+    assert User.objects.get(username="bob").check_password("bob-password-2")
 
 
 def _terminal(console, tmp_path) -> PtySession:
@@ -79,7 +79,7 @@ def _terminal(console, tmp_path) -> PtySession:
 def test_ctrl_c_discards_the_typed_line(console, tmp_path):
     session = _terminal(console, tmp_path)
     session.send("abc\x03")
-    session.send("/users add carol pw\r")
+    session.send("/users add carol carol-password\r")
     out = session.read_until("everlock> ")
     assert out.endswith("user carol added\r\neverlock> "), out
     assert "error" not in out
@@ -90,8 +90,8 @@ def test_ctrl_c_discards_the_typed_line(console, tmp_path):
 
 def test_tab_completes_commands_and_sub_commands(console, tmp_path):
     session = _terminal(console, tmp_path)
-    # "/us" -> "/users ", "ad" -> "add ": the line runs as /users add erin pw.
-    session.send("/us\tad\terin pw\r")
+    # "/us" -> "/users ", "ad" -> "add ": the line runs as /users add erin erin-password.
+    session.send("/us\tad\terin erin-password\r")
     out = session.read_until("everlock> ")
     assert out.endswith("user erin added\r\neverlock> "), out
     assert User.objects.filter(username="erin").exists()

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.bootstrap import add_admin_arguments, check_admin_options, ensure_admin
 from everlock_site.listen import parse_listen, stop_on_signals
 
 log = logging.getLogger("everlock")
@@ -94,8 +95,7 @@ class Command(BaseCommand):
             metavar="ADDR",
             help="where the admin web UI listens (default 127.0.0.1:8080: keep it on the admin network)",
         )
-        parser.add_argument("--admin-user", default=None, help="create this admin user when missing")
-        parser.add_argument("--admin-password", default=None)
+        add_admin_arguments(parser)
 
     def handle(self, *args, **opts):
         if opts["frontend_dns_listen"]:
@@ -112,8 +112,7 @@ class Command(BaseCommand):
             for need in comp.needs:
                 if comp.name in selected and need not in selected:
                     raise CommandError(f"--{comp.name} needs --{need}")
-        if bool(opts["admin_user"]) != bool(opts["admin_password"]):
-            raise CommandError("--admin-user and --admin-password go together")
+        admin_password = check_admin_options(opts)
         listens = {
             "ssh": parse_listen(opts["frontend_ssh_listen"], option="--frontend-ssh-listen"),
             "smtp": parse_listen(opts["frontend_smtp_listen"], option="--frontend-smtp-listen")
@@ -152,12 +151,7 @@ class Command(BaseCommand):
             os.environ["EVERLOCK_DNS"] = "on"
         call_command("migrate", interactive=False, verbosity=0)
         call_command("createcachetable", verbosity=0)
-        if opts["admin_user"]:
-            from accounts.services import user_add
-
-            user, created = user_add(name=opts["admin_user"], password=opts["admin_password"], is_admin=True)
-            if created:
-                log.info("admin user %s created", user.username)
+        ensure_admin(opts, admin_password, log=log)
         asyncio.run(_run(starts, listens))
 
 

@@ -159,6 +159,9 @@ class SinkHandler:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_replies: list[str] = field(default_factory=list)
     connections: int = 0
+    # Called (in a thread) at each DATA before the reply; what it returns is kept in `observed`.
+    observe: Callable[[], object] | None = None
+    observed: list[object] = field(default_factory=list)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.rcpt_replies.get(address)
@@ -168,6 +171,8 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.observe is not None:
+            self.observed.append(await asyncio.to_thread(self.observe))
         if self.data_replies:
             reply = self.data_replies.pop(0)
             if not reply.startswith("2"):
@@ -263,7 +268,12 @@ def sender(transactional_db):
 
 
 def queue_message(
-    recipients: list[str], *, raw: bytes | None = None, envelope_from="alice@example.com", params=None
+    recipients: list[str],
+    *,
+    raw: bytes | None = None,
+    envelope_from="alice@example.com",
+    params=None,
+    bounce_outside=True,
 ):
     """Store a message and queue it for `recipients`; returns the queue rows."""
     raw = raw or (
@@ -278,4 +288,5 @@ def queue_message(
             recipients=recipients,
             helo_hostname="out.example.com",
             params=params,
+            bounce_outside=bounce_outside,
         )

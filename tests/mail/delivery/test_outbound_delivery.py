@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from delivery_world import queue_message, remote_for
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 from django.utils import timezone
 
 from mail.addresses import AddressError
@@ -70,6 +71,47 @@ def test_success_one_transaction_for_the_domain(sender, dns_server, sink, caplog
     assert inbox_dsns() == []
 
 
+def test_each_delivery_is_recorded_before_the_next_one_starts(sender, dns_server, sink):
+    # A worker killed while sending sends again only the message it was sending: every one
+    # delivered before it is already recorded when the remote gets the next one.
+    remote = sink()
+
+    def delivered_so_far():
+        try:
+            return OutboundRecipient.objects.filter(status=OutboundRecipient.Status.DELIVERED).count()
+        finally:
+            connection.close()  # this thread's own connection
+
+    remote.handler.observe = delivered_so_far
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = [row for n in range(5) for row in queue_message([f"user{n}@example.net"], raw=RAW)]
+    run(rows, dns_server, remote.port)
+    assert remote.handler.connections == 1
+    assert remote.handler.observed == [0, 1, 2, 3, 4]
+    assert OutboundRecipient.objects.filter(status=OutboundRecipient.Status.DELIVERED).count() == 5
+
+
+def test_a_row_claimed_again_meanwhile_is_left_to_that_claim(sender, dns_server, sink, caplog):
+    # A worker's batch outlasts the backoff: its last row is due again and a second worker
+    # claims it. The first worker must not send it as well.
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    first, second = (queue_message([f"user{n}@example.net"], raw=RAW)[0] for n in range(2))
+    slow_batch = claim(ids=[first.id, second.id])
+    OutboundDelivery.objects.filter(id=second.id).update(next_attempt_at=timezone.now())
+    [again] = claim(ids=[second.id])
+    deliver_claims(slow_batch, remote=remote_for(dns_server, remote.port))
+    assert [r.rcpt_tos for r in remote.received] == [["user0@example.net"]]
+    assert f"delivery #{second.id} was claimed again meanwhile: left to that attempt" in caplog.messages
+    deliver_claims([again], remote=remote_for(dns_server, remote.port))
+    assert [r.rcpt_tos for r in remote.received] == [["user0@example.net"], ["user1@example.net"]]
+    assert list(OutboundDelivery.objects.values_list("status", "attempts")) == [
+        ("delivered", 1),
+        ("delivered", 2),
+    ]
+
+
 def test_rows_per_domain(sender, dns_server, sink):
     rows = queue_message(["a@example.net", "b@example.org", "c@EXAMPLE.net"])
     assert sorted((r.domain, [x.address for x in r.recipients.all()]) for r in rows) == [
@@ -122,6 +164,29 @@ def test_4xx_then_success(sender, dns_server, sink, caplog):
     assert (row.status, row.attempts) == ("delivered", 2)
     assert len(remote.received) == 1
     assert inbox_dsns() == []
+
+
+def test_a_row_with_a_recipient_failed_earlier_ends_failed(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {
+        "nobody@example.net": "550 5.1.1 no such user",
+        "busy@example.net": "450 4.2.1 busy",
+    }
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["nobody@example.net", "busy@example.net"])
+    run(rows, dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "queued"
+    remote.handler.rcpt_replies = {}
+    OutboundDelivery.objects.update(next_attempt_at=timezone.now())
+    run(rows, dns_server, remote.port)
+    row = OutboundDelivery.objects.get()
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert dict(row.recipients.values_list("address", "status")) == {
+        "nobody@example.net": "failed",
+        "busy@example.net": "delivered",
+    }
+    assert [r.rcpt_tos for r in remote.received] == [["busy@example.net"]]
+    assert len(inbox_dsns()) == 1  # for nobody, after the first attempt
 
 
 def test_backoff_schedule():
@@ -185,6 +250,43 @@ def test_no_bounce_to_a_null_sender(sender, dns_server, sink):
     assert OutboundDelivery.objects.get().status == "failed"
     assert Message.objects.count() == 0
     assert OutboundDelivery.objects.count() == 1
+
+
+def test_a_redirect_never_bounces_to_a_remote_sender(sender, dns_server, sink, caplog):
+    # A rule redirect queues with bounce_outside off: its sender came from outside, maybe forged.
+    caplog.set_level(logging.INFO, logger="mail.delivery")
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    rows = queue_message(["bob@example.net"], envelope_from="victim@example.net", bounce_outside=False)
+    run(rows, dns_server, remote.port)
+    assert OutboundDelivery.objects.get().status == "failed"
+    assert OutboundDelivery.objects.count() == 1  # no DSN queued
+    assert (
+        "DSN of a redirected message not sent to the remote sender victim@example.net (backscatter)"
+        in caplog.messages
+    )
+    assert (
+        f"delivery #{rows[0].id} to example.net failed for bob@example.net; DSN not sent" in caplog.messages
+    )
+
+
+def test_a_redirect_still_bounces_to_a_local_sender(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"], bounce_outside=False), dns_server, remote.port)
+    [dsn] = inbox_dsns()
+    assert b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\n" in dsn
+
+
+def test_a_remote_sender_gets_the_bounce_of_its_own_message(sender, dns_server, sink):
+    remote = sink()
+    remote.handler.rcpt_replies = {"bob@example.net": "550 5.1.1 no such user"}
+    mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
+    run(queue_message(["bob@example.net"], envelope_from="carol@example.org"), dns_server, remote.port)
+    dsn_row = OutboundDelivery.objects.exclude(domain="example.net").get()
+    assert (dsn_row.domain, dsn_row.envelope_from) == ("example.org", "")
 
 
 def test_expiry_bounces(sender, dns_server, sink, caplog):

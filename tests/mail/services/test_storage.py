@@ -48,3 +48,36 @@ def test_an_unknown_sync_mode_is_refused_at_start(tmp_path):
     )
     assert done.returncode != 0
     assert 'EVERLOCK_MESSAGE_SYNC is "filesystem" or "file": \'sometimes\'' in done.stderr
+
+
+@pytest.fixture
+def messages_dir(settings, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "messages": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "messages"), "file_permissions_mode": 0o600},
+        },
+    }
+    return tmp_path / "messages"
+
+
+def test_sweep_removes_only_old_files_without_a_row(db, messages_dir):
+    from django.db import transaction
+
+    from mail.models import MessageContent
+    from mail.services.storage import store_content, sweep_orphan_files, write_content
+
+    with StoredFiles() as files, transaction.atomic():
+        kept = store_content(b"Subject: committed\r\n\r\n", files=files).storage_name
+    old_orphan = write_content(b"Subject: its writer was killed\r\n\r\n")
+    young_orphan = write_content(b"Subject: its row may still commit\r\n\r\n")
+    day_ago = os.stat(messages_dir / kept).st_mtime - 86400
+    for name in (kept, old_orphan):
+        os.utime(messages_dir / name, (day_ago, day_ago))
+    assert sweep_orphan_files(older_than=3600) == 1
+    assert sorted(p.name for p in messages_dir.rglob("*.eml")) == sorted(
+        Path(n).name for n in (kept, young_orphan)
+    )
+    assert MessageContent.objects.get().storage_name == kept
+    assert sweep_orphan_files(older_than=3600) == 0
