@@ -79,6 +79,18 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+async def serve_until_stopped(start, *, listens) -> None:
+    """`await start(listens=listens)`, then run until SIGINT or SIGTERM, then close what it
+    returned (an object with close() and wait_closed()): the body of every `run*` command."""
+    stop = stop_on_signals()
+    listeners = await start(listens=listens)
+    try:
+        await stop.wait()
+    finally:
+        listeners.close()
+        await listeners.wait_closed()
+
+
 def raise_open_file_limit() -> int:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit (each connection is a file
     descriptor; the usual soft default of 1,024 is far below what a listener can hold).

@@ -7,7 +7,7 @@ import asyncio
 from django.core.management.base import BaseCommand
 
 from dns_zones.server.listener import start_dns
-from everlock_site.listen import parse_listen, stop_on_signals
+from everlock_site.listen import parse_listen, serve_until_stopped
 
 
 class Command(BaseCommand):
@@ -20,14 +20,4 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         listen = parse_listen(opts["listen"], option="--listen")
-        asyncio.run(_run({"dns": listen}))
-
-
-async def _run(listens) -> None:
-    stop = stop_on_signals()
-    server = await start_dns(listens=listens)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
+        asyncio.run(serve_until_stopped(start_dns, listens={"dns": listen}))

@@ -6,7 +6,7 @@ import asyncio
 
 from django.core.management.base import BaseCommand, CommandError
 
-from everlock_site.listen import parse_listen, stop_on_signals
+from everlock_site.listen import parse_listen, serve_until_stopped
 from mail.imap.listener import start_listeners
 
 
@@ -28,14 +28,4 @@ class Command(BaseCommand):
         }
         if not any(listens.values()):
             raise CommandError("give --listen and/or --tls-listen")
-        asyncio.run(_serve(listens))
-
-
-async def _serve(listens) -> None:
-    stop = stop_on_signals()
-    listeners = await start_listeners(listens=listens)
-    try:
-        await stop.wait()
-    finally:
-        listeners.close()
-        await listeners.wait_closed()
+        asyncio.run(serve_until_stopped(start_listeners, listens=listens))
