@@ -170,17 +170,35 @@ def _bare_server(ready, auth: bool, cert: str = "", key: str = "") -> None:
 
 
 def _everlock_server(ready, data_dir: str) -> None:
-    setup_django(data_dir)
-    from everlock_site.listen import ListenAddress
-    from mail.smtp.server import start_listeners
+    """`everlock serve` with inbound SMTP and submission on two free loopback ports, as
+    deployed: its listener processes (BENCH_PROCESSES, default one per core) share them."""
+    import signal
+    import socket
+    import subprocess
 
-    async def main() -> None:
-        listens = {"smtp": ListenAddress("127.0.0.1", 0), "submission": ListenAddress("127.0.0.1", 0)}
-        listeners = await start_listeners(listens=listens)
-        ready.put([s.sockets[0].getsockname()[1] for s in listeners.servers])
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    processes = os.environ.get("BENCH_PROCESSES")
+    env = {**os.environ, "EVERLOCK_DATA_DIR": data_dir, "EVERLOCK_LOG": "warning,everlock=info"}
+    serve = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "serve", *(["--processes", processes] if processes else []),
+         "--backend-mail-smtp", "--frontend-smtp", "--frontend-smtp-listen", f"127.0.0.1:{ports[0]}",
+         "--frontend-smtp-submission", "--frontend-smtp-submission-listen", f"127.0.0.1:{ports[1]}"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: (serve.terminate(), serve.wait(60), os._exit(0)))
+    for line in serve.stderr:
+        if "serving:" in line:
+            break
+        if "Error" in line:
+            raise RuntimeError(line)
+    ready.put(ports)
+    for line in serve.stderr:
+        sys.stderr.write(line)
+    serve.wait()
 
 
 def start(target, *args):

@@ -109,9 +109,10 @@ class DNSServer:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         """Load the zone data, then bind UDP and TCP on (host, port); port 0 picks one free port
-        for both. Raises OSError when the address cannot be bound."""
+        for both; `reuse_port` shares them with other processes (SO_REUSEPORT). Raises OSError
+        when the address cannot be bound."""
         snapshot = await self._in_thread(load_snapshot)
         self.responder = Responder(snapshot)
         loop = self._loop = asyncio.get_running_loop()
@@ -120,12 +121,15 @@ class DNSServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20):
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self.responder), local_addr=(host, port), family=family
+                lambda: _UDPProtocol(self.responder),
+                local_addr=(host, port),
+                family=family,
+                reuse_port=reuse_port,
             )
             bound = self._udp.get_extra_info("sockname")[1]
             try:
                 self._tcp = await asyncio.start_server(
-                    self._serve_tcp, host, bound, family=family, reuse_address=True
+                    self._serve_tcp, host, bound, family=family, reuse_address=True, reuse_port=reuse_port
                 )
             except OSError:
                 self._udp.close()
@@ -271,7 +275,7 @@ async def start_dns(*, listens, poll_interval: float = POLL_INTERVAL) -> DNSServ
         tcp_per_client=settings.EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT,
     )
     with binding(listen):
-        await server.start(listen.host, listen.port)
+        await server.start(listen.host, listen.port, reuse_port=listen.reuse_port)
     bound = f"[{server.host}]:{server.port}" if ":" in server.host else f"{server.host}:{server.port}"
     log.info("DNS listener on %s (udp, tcp)", bound)
     return server

@@ -145,10 +145,10 @@ class IMAPListener:
         reader = LimitedReader(max_line=settings.EVERLOCK_IMAP_MAX_LINE, max_literal=self.max_literal)
         return asyncio.StreamReaderProtocol(reader, self._connected)
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            self._protocol, host, port, ssl=self.implicit_tls, reuse_address=True
+            self._protocol, host, port, ssl=self.implicit_tls, reuse_address=True, reuse_port=reuse_port
         )
 
     async def _connected(self, reader: LimitedReader, stream_writer: asyncio.StreamWriter) -> None:
@@ -263,7 +263,7 @@ async def start_listeners(*, listens) -> Listeners:
         kind = "STARTTLS" if starttls else "implicit TLS"
         log.info("IMAP listener (%s) on %s:%s", kind, address.host, address.port)
         with binding(address):
-            await listener.start(address.host, address.port)
+            await listener.start(address.host, address.port, reuse_port=address.reuse_port)
         listeners.append(listener)
     tasks = [
         asyncio.create_task(watch_folders(interval=settings.EVERLOCK_IMAP_NOTIFY_INTERVAL)),

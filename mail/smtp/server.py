@@ -876,8 +876,10 @@ async def start_server(
     counter: ConnectionCounter,
     offers_auth: bool,
     implicit_tls: bool = False,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
-    """A listener; with `implicit_tls`, TLS from the first byte (RFC 8314 section 3.3)."""
+    """A listener; with `implicit_tls`, TLS from the first byte (RFC 8314 section 3.3);
+    with `reuse_port`, sharing its port with other processes (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         SMTPProtocolFactory(
@@ -886,6 +888,7 @@ async def start_server(
         host=host,
         port=port,
         reuse_address=True,
+        reuse_port=reuse_port,
         ssl=config.tls_context if implicit_tls else None,
     )
 
@@ -932,6 +935,7 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
                     counter=counter,
                     offers_auth=offers_auth,
                     implicit_tls=implicit_tls,
+                    reuse_port=address.reuse_port,
                 )
             servers.append(server)
             log.info("SMTP %s listener on %s", kind, address if address.port else _bound(server))

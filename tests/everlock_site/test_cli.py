@@ -47,7 +47,7 @@ def test_help_lists_everlocks_commands_first():
         "smtpwriter",
     ]  # fmt: skip
     assert (
-        "    serve        Run the selected Everlock components (listeners, console, workers) in one process."
+        "    serve        Run the selected Everlock components (listeners, console, workers), supervised."
         in ours
     )
     django = lines[lines.index("Django commands:") + 1 :]
