@@ -15,6 +15,8 @@ DEFAULT_LEVEL = "INFO"
 NOISE = {
     # kombu, for every message through the embedded broker (a filesystem:// URL has no host).
     "kombu.connection": "No hostname was supplied",
+    # aiosmtpd, at every successful AUTH (it sets its deprecated Session.login_data itself).
+    "mail.log": "Session.login_data is deprecated",
 }
 
 LEVELS = {
@@ -80,11 +82,14 @@ def parse_log_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 def logging_config(spec: str) -> dict:
     root, modules = parse_log_spec(spec)
-    noise = {name: {"filters": [f"noise:{name}"]} for name in NOISE}
-    for name, level in modules.items():
-        if name in noise:
-            noise[name]["level"] = level
-    modules = {name: level for name, level in modules.items() if name not in noise}
+    # Library chatter stays at warning unless asked for by name.
+    loggers = {
+        name: {"level": modules.pop(name, "WARNING")}
+        for name in ("asyncssh", "mail.log", "celery", "kombu", "waitress")
+    }
+    loggers.update({name: {"level": level} for name, level in modules.items()})
+    for name in NOISE:
+        loggers.setdefault(name, {})["filters"] = [f"noise:{name}"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -92,14 +97,5 @@ def logging_config(spec: str) -> dict:
         "filters": {f"noise:{name}": {"()": DemoteNoise, "contains": text} for name, text in NOISE.items()},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "everlock"}},
         "root": {"handlers": ["console"], "level": root},
-        "loggers": {
-            # Library chatter stays at warning unless asked for by name.
-            "asyncssh": {"level": modules.pop("asyncssh", "WARNING")},
-            "mail.log": {"level": modules.pop("mail.log", "WARNING")},
-            "celery": {"level": modules.pop("celery", "WARNING")},
-            "kombu": {"level": modules.pop("kombu", "WARNING")},
-            "waitress": {"level": modules.pop("waitress", "WARNING")},
-            **{name: {"level": level} for name, level in modules.items()},
-            **noise,
-        },
+        "loggers": loggers,
     }
