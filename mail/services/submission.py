@@ -30,7 +30,9 @@ from mail.models.mailboxes import SENT
 from mail.replies import SMTPReject
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
+    POSTMASTER,
     ParsedMessage,
+    check_postmaster,
     file_planned,
     mailboxes_by_id,
     parse_message,
@@ -421,8 +423,12 @@ def check_submission_recipient(*, recipient: str) -> Mailbox | str:
     """Check RCPT TO on submission: the local mailbox, or the remote address (any valid one).
 
     Raises SMTPReject: BAD_RECIPIENT for an invalid address, UNKNOWN_USER for a missing
-    mailbox of an enabled local domain.
+    mailbox of an enabled local domain (or no mailbox for the bare <Postmaster>).
     """
+    if recipient.casefold() == POSTMASTER:
+        # The bare <Postmaster> (RFC 5321 section 4.5.1) is accepted on every port.
+        mailbox_id, _ = check_postmaster()
+        return Mailbox.objects.select_related("domain").get(id=mailbox_id)
     try:
         address = parse_address(recipient)
     except AddressError:
