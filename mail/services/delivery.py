@@ -35,7 +35,6 @@ from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_usage
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
-from mail.smtp.extensions import EnvelopeParams
 
 log = logging.getLogger("mail.smtp")
 
@@ -560,31 +559,6 @@ def deliver_inbound(
         return file_planned(
             content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
         )
-
-
-def deliver_inbound_reporting(
-    *,
-    raw: bytes,
-    envelope_from: str,
-    mailbox_ids: list[int],
-    params: EnvelopeParams,
-    reporting_host: str,
-    files: StoredFiles | None = None,
-) -> list[Message]:
-    """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
-    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for."""
-    from mail.delivery.bounces import notify_success
-
-    with transaction.atomic():
-        messages = deliver_inbound(raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files)
-        notify_success(
-            reporting_host=reporting_host,
-            envelope_from=envelope_from,
-            original=raw,
-            recipients=params.success_wanted(),
-            params=params,
-        )
-    return messages
 
 
 def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[int]]:

@@ -23,7 +23,6 @@ from accounts.grants import mailbox_resource
 from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
-from mail.delivery.bounces import notify_success
 from mail.dkim.signing import sign_for_domain
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
@@ -42,6 +41,7 @@ from mail.services.delivery import (
     store_and_file_many,
 )
 from mail.services.directory import directory
+from mail.services.dsn import notify_success
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import ensure_mailbox
 from mail.services.storage import StoredFiles, store_content

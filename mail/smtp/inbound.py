@@ -16,8 +16,8 @@ from mail.services.delivery import (
     check_postmaster,
     check_room,
     deliver_inbound,
-    deliver_inbound_reporting,
 )
+from mail.services.dsn import deliver_inbound_reporting
 from mail.smtp.handler import (
     BaseHandler,
     check_data,

@@ -46,7 +46,7 @@ COMPONENTS = (
     ),
     Component(
         "frontend-smtp",
-        "mail.smtp.server:start_listeners",
+        "mail.smtp.listeners:start_listeners",
         needs=("backend-mail-smtp",),
         listens=("smtp", "submission", "submissions"),
     ),

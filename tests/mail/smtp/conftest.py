@@ -16,7 +16,8 @@ from django.core.cache import cache
 from accounts.services import grant_add, user_add
 from everlock_site.listen import ListenAddress
 from mail.models import MailDomain, Message, MessageContent, OutboundDelivery
-from mail.smtp.server import SMTPConfig, start_listeners
+from mail.smtp.listeners import start_listeners
+from mail.smtp.server import SMTPConfig
 from mail.smtp.tls import server_context
 
 HOSTNAME = "mx.example.com"
