@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,10 +102,11 @@ async def drive(
     auth: tuple[str, str] | None,
     messages: int = MESSAGES,
     starttls: bool = False,
+    size: int = 2048,
 ) -> float:
-    """Send `messages` messages with CLIENTS concurrent clients (each with STARTTLS when
-    `starttls`); return messages per second."""
-    data = message()
+    """Send `messages` messages of `size` bytes with CLIENTS concurrent clients (each with
+    STARTTLS when `starttls`); return messages per second."""
+    data = message(size)
     blob = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()) if auth else None
     remaining = messages
 
@@ -230,29 +230,6 @@ def prepare(data_dir: str, *, dkim: bool) -> None:
     user_add(name="alice", password="change-me")
     grant_add(name="alice", resource="smtp/mail/example.com:alice", role="writer")
     grant_add(name="alice", resource="smtp/mail/example.com:bob", role="reader")
-
-
-def run(*, submission: bool, target: float) -> None:
-    data_dir = tempfile.mkdtemp(prefix="everlock-bench-")
-    prepare(data_dir, dkim=submission)
-    auth = ("alice", "change-me") if submission else None
-    sender = "alice@example.com" if submission else "carol@example.net"
-    bare, bare_port = start(_bare_server, submission)
-    ours, ports = start(_everlock_server, data_dir)
-    port = ports[1] if submission else ports[0]
-    bare_rounds, our_rounds = measure([bare_port, port], sender=sender, rcpt="bob@example.com", auth=auth)
-    bare.terminate()
-    ours.terminate()
-    bare_rate, our_rate = max(bare_rounds), max(our_rounds)
-    from mail.models import Message
-
-    kind = "submission (AUTH PLAIN, Ed25519 + RSA DKIM)" if submission else "inbound (durable local delivery)"
-    print(f"{kind}: {MESSAGES} messages of 2 KB, {CLIENTS} concurrent clients, one connection each")
-    print(f"best of {ROUNDS} rounds each, the servers taking turns, after a warm-up of {CLIENTS} messages")
-    print(f"bare aiosmtpd (discard): {bare_rate:8.1f} msgs/s  (rounds: {_rounds(bare_rounds)})")
-    print(f"everlock:                {our_rate:8.1f} msgs/s  (rounds: {_rounds(our_rounds)})")
-    print(f"ratio:                   {our_rate / bare_rate:8.1%} (target {target:.0%})")
-    print(f"messages filed:          {Message.objects.count()}")
 
 
 def _rounds(rates: list[float]) -> str:

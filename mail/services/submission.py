@@ -2,7 +2,7 @@
 
 The SMTP adapter (mail.smtp.submission) calls authorize_sender at MAIL FROM,
 check_submission_recipient at RCPT, and at DATA accept_submission in the group commit (which
-may run in the writer process: prepare_submission checks, completes and signs, then
+may run in the group commit: prepare_submission checks, completes and signs, then
 commit_submission files); each raises mail.replies.SMTPReject with the reply to give.
 """
 
@@ -186,7 +186,7 @@ class Recipients:
 @dataclass(frozen=True)
 class Submission:
     """What a submission session accepted at DATA, as plain values (it may travel to the
-    writer process): the user, the envelope sender authorised at MAIL FROM and its domain,
+    group commit's thread): the user, the envelope sender authorised at MAIL FROM and its domain,
     the recipients accepted at RCPT and the message."""
 
     user_id: int | None  # None: a trusted client without AUTH

@@ -19,7 +19,6 @@ from mail.smtp.server import (
     fitted_to_open_files,
 )
 from mail.smtp.submission import SubmissionHandler
-from mail.smtp.writer import WriterProcess
 
 log = logging.getLogger("mail.smtp")
 
@@ -27,7 +26,7 @@ log = logging.getLogger("mail.smtp")
 class Listeners:
     """The running listeners of start_listeners: close() then await wait_closed()."""
 
-    def __init__(self, servers: list[asyncio.Server], committer: GroupCommitter | WriterProcess):
+    def __init__(self, servers: list[asyncio.Server], committer: GroupCommitter):
         self.servers = servers
         self.committer = committer
 
@@ -42,11 +41,8 @@ class Listeners:
     async def wait_closed(self) -> None:
         for server in self.servers:
             await server.wait_closed()
-        if isinstance(self.committer, GroupCommitter):
-            # Its commit thread ends after what it holds (and closes its connections).
-            await asyncio.get_running_loop().run_in_executor(None, lambda: self.committer.stop(wait=True))
-        else:
-            self.committer.stop()
+        # The commit thread ends after what it holds (and closes its connections).
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.committer.stop(wait=True))
 
 
 async def start_server(
@@ -90,11 +86,9 @@ async def start_listeners(*, listens, config: SMTPConfig | None = None) -> Liste
     config = fitted_to_open_files(config, listeners=listeners, open_files=raise_open_file_limit())
     AcceptErrorLog.install(asyncio.get_running_loop())
     counter = ConnectionCounter()
-    committer = WriterProcess() if config.writer_process else GroupCommitter()
+    committer = GroupCommitter()
     servers = []
     try:
-        if isinstance(committer, WriterProcess):
-            await committer.start()
         submission = SubmissionHandler(config, committer)
         for key, kind, handler, offers_auth, implicit_tls in (
             ("smtp", "inbound", InboundHandler(config, committer), False, False),

@@ -3,7 +3,7 @@
 Each SMTP decision (a recipient, a sender, a login) is one call of a synchronous service in
 a worker thread (`call_service`), unless the directory's memory already holds the answer
 (mail.services.directory); the message itself goes to the group commit (`call_batched`),
-by default in the writer process (mail.smtp.writer). The ORM never runs on the event loop.
+in the commit thread of this process. The ORM never runs on the event loop.
 SMTPReject from a service becomes its reply; any other failure is ours and answers 451 4.3.0
 (logged, never shown to the client).
 """
@@ -33,7 +33,6 @@ from mail.smtp.data import read_data
 from mail.smtp.extensions import MailParams, RcptParams, take_mail_params, take_rcpt_params
 from mail.smtp.group_commit import GroupCommitter, heal_connections
 from mail.smtp.tls import server_context
-from mail.smtp.writer import WriterProcess
 
 log = logging.getLogger("mail.smtp")
 
@@ -73,8 +72,6 @@ class SMTPConfig:
     # (as Postfix shortens its timeouts to 10 s under stress).
     evict_silent_after: float = 10.0
     plaintext_auth: bool = False
-    # Commits in a child process (mail.smtp.writer) rather than a thread of this one.
-    writer_process: bool = False
     # Loopback clients may use plain-text AUTH without TLS (the product doc's local test).
     trust_loopback: bool = True
     # Clients that may submit without AUTH for domains whose submission auth is "none".
@@ -106,7 +103,6 @@ class SMTPConfig:
             max_connections_per_client=settings.EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT,
             max_connections=settings.EVERLOCK_SMTP_MAX_CONNECTIONS,
             plaintext_auth=settings.EVERLOCK_SUBMISSION_PLAINTEXT_AUTH,
-            writer_process=settings.EVERLOCK_SMTP_WRITER_PROCESS,
             trusted_networks=trusted_networks(settings.EVERLOCK_SUBMISSION_TRUSTED_NETWORKS),
         )
 
@@ -164,7 +160,7 @@ async def call_service(func, /, **kwargs):
         return False, replies.LOCAL_ERROR
 
 
-async def call_batched(committer: GroupCommitter | WriterProcess, func, /, **kwargs):
+async def call_batched(committer: GroupCommitter, func, /, **kwargs):
     """call_service for a message delivery, run in the group commit (mail.smtp.group_commit)."""
     try:
         return True, await committer.call(func, **kwargs)
