@@ -2,25 +2,18 @@
 
 aiosmtpd reads DATA a line at a time, a loop turn and a list item per line; a 100 KB
 message is some 1,300 of them. Here the reader is asked for everything up to the next ".\r\n"
-(or as much as its limit allows), so a message costs a few reads, each scanned once by
-C code for the end of the data and for lines over the limit.
+(or as much as its limit allows), so a message costs a few reads, each scanned by C code
+for the end of the data and split once to check the length of its lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 
 from mail import replies
 from mail.replies import Reply
 
 _END = b".\r\n"
-
-
-def _long_line(limit: int) -> re.Pattern[bytes]:
-    # A line of more than `limit` bytes before its CRLF: that many bytes and its CR, and
-    # one more, none of them a LF.
-    return re.compile(rb"[^\n]{%d}" % (limit + 2))
 
 
 async def read_data(
@@ -33,7 +26,6 @@ async def read_data(
 
     Raises asyncio.IncompleteReadError when the connection ends before the data does.
     """
-    long_line = _long_line(line_limit)
     data = bytearray()
     tail = b"\r\n"  # the last two bytes before what is read next: a line starts here
     line_so_far = 0  # bytes of the current line before what is read next
@@ -48,11 +40,10 @@ async def read_data(
         if at_end:
             piece = piece[:-3]
         size += len(piece)
+        # Each line's length without its LF; the first continues the line before.
+        lines = piece.split(b"\n")
         if failure is None:
-            first = piece.find(b"\n")
-            if (line_so_far + (len(piece) if first < 0 else first)) > line_limit + 1 or (
-                first >= 0 and long_line.search(piece, first + 1)
-            ):
+            if line_so_far + len(lines[0]) > line_limit + 1 or max(map(len, lines)) > line_limit + 1:
                 failure = replies.LINE_TOO_LONG
             elif size_limit and size > size_limit:
                 failure = replies.MESSAGE_TOO_BIG
@@ -60,8 +51,7 @@ async def read_data(
                 data.clear()
             else:
                 data += piece
-        last = piece.rfind(b"\n")
-        line_so_far = line_so_far + len(piece) if last < 0 else len(piece) - last - 1
+        line_so_far = line_so_far + len(piece) if len(lines) == 1 else len(lines[-1])
         if at_end:
             break
         tail = piece[-2:] if len(piece) >= 2 else (tail + piece)[-2:]
