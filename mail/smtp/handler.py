@@ -12,7 +12,7 @@ from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.replies import Reply, SMTPReject
 from mail.smtp.extensions import EnvelopeParams, MailParams, RcptParams
-from mail.smtp.server import peer_host
+from mail.smtp.server import peer_host, seam_names
 
 log = logging.getLogger("mail.smtp")
 
@@ -100,6 +100,10 @@ class BaseHandler:
     def __init__(self, config, committer):
         self.config = config
         self.committer = committer
+
+    def __dir__(self):
+        # What aiosmtpd looks for on a handler, for every connection (see EverlockSMTP.__dir__).
+        return seam_names(type(self), ("handle_", "auth_"))
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         """The EHLO keywords, in Postfix's order: aiosmtpd's SIZE, 8BITMIME, SMTPUTF8 and

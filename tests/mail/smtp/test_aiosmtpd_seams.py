@@ -87,6 +87,18 @@ def test_the_methods_everlock_overrides_or_calls_keep_their_signatures():
     assert SMTP.AuthLoginUsernameChallenge and SMTP.AuthLoginPasswordChallenge
 
 
+def test_the_constructor_looks_up_by_prefix_only():
+    # EverlockSMTP.__dir__ and BaseHandler.__dir__ name only smtp_*, auth_* and handle_*
+    # attributes: what SMTP.__init__ finds through dir() and inspect.getmembers().
+    source = inspect.getsource(SMTP.__init__)
+    assert source.count("inspect.getmembers(") == 1 and 'if mname.startswith("auth_")' in source
+    assert source.count("dir(") == 2
+    assert 'if m.startswith("handle_")' in source and 'if m.startswith("smtp_")' in source
+    assert {name for name in dir(SubmissionHandler) if name.startswith("handle_")} <= set(
+        SubmissionHandler.__dir__(SubmissionHandler(None, None))
+    )
+
+
 def test_the_handler_hooks_are_the_ones_aiosmtpd_calls():
     # aiosmtpd finds hooks by name (handle_<VERB>) and calls them as
     # hook(server, session, envelope, *arguments of the verb).
