@@ -157,29 +157,41 @@ def check_room(*, mailbox_id: int, quota: int | None) -> None:
 
 
 def check_local_recipient(address: Address) -> tuple[int, int | None]:
-    """The id and quota of the mailbox `address` is delivered to.
+    """The id and quota of the mailbox `address` is delivered to, remembered in the
+    directory (remembered_local_recipient answers from there on the event loop).
 
     Raises SMTPReject: RELAY_DENIED when the domain is not an enabled local domain,
     UNKNOWN_USER when it is but has no such mailbox, 452 4.2.2 when the mailbox has reached its
     quota.
     """
-    found = list(
-        Mailbox.objects.filter(
-            domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
-        )
-        .order_by()
-        .values_list("id", "quota")[:1]
-    )
-    if found:
-        mailbox_id, quota = found[0]
-        check_room(mailbox_id=mailbox_id, quota=quota)
-        return mailbox_id, quota
+    directory.refresh()
+    found = directory.remember(("local-rcpt", address.key), lambda: _local_mailbox(address))
+    if found is not None:
+        check_room(mailbox_id=found[0], quota=found[1])
+        return found
     domain = MailDomain.objects.filter(name=address.domain, enabled=True).first()
     if domain is None:
         raise SMTPReject(replies.RELAY_DENIED)
     if address.local.casefold() == POSTMASTER:
         return check_postmaster(domain=domain)
     raise SMTPReject(replies.UNKNOWN_USER)
+
+
+def _local_mailbox(address: Address) -> tuple[int, int | None] | None:
+    return (
+        Mailbox.objects.filter(
+            domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
+        )
+        .order_by()
+        .values_list("id", "quota")
+        .first()
+    )
+
+
+def remembered_local_recipient(address: Address) -> tuple[int, int | None] | None:
+    """What check_local_recipient answered for `address` if the directory still remembers
+    it, else None (then ask it). No I/O: fit for the event loop."""
+    return directory.get(("local-rcpt", address.key))
 
 
 # RFC 5321 section 4.5.1: postmaster@ every domain we take mail for, and the bare
