@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
+from everlock_site.celery import app as celery_app
 from mail.addresses import parse_address
 from mail.models import MessageContent, OutboundDelivery, OutboundRecipient
 from mail.smtp.extensions import EnvelopeParams, RcptParams
@@ -21,7 +21,8 @@ QUEUE_LIFETIME = timedelta(days=5)
 
 
 # The delivery task (mail.delivery.tasks.deliver), sent by name: a service needs the broker,
-# not the worker's code.
+# not the worker's code. Sent through the project's app, not celery.current_app: that is
+# per thread, and the group commit's thread would get Celery's default app.
 DELIVER_TASK = "mail.delivery.deliver"
 
 
@@ -29,7 +30,7 @@ def kick_deliveries(ids: list[int]) -> None:
     """Send a deliver task for `ids`. Never raises: the message is only a kick, and a kick
     that cannot be sent (or is lost) only delays delivery until the rescan (logged)."""
     try:
-        current_app.send_task(DELIVER_TASK, args=(list(ids),), retry=True, retry_policy={"max_retries": 1})
+        celery_app.send_task(DELIVER_TASK, args=(list(ids),), retry=True, retry_policy={"max_retries": 1})
     except Exception as exc:  # the broker is down: the rows wait for the rescan
         log.warning("could not send the delivery task (%s); the queue rescan will", exc)
 
