@@ -1,0 +1,42 @@
+"""Console commands of the /tls group: the certificates the TLS listeners present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from sshadmin.commands import CommandError, Context, command, table
+from tls.issuance import AcmeSettings
+from tls.services import CertificateError, presented_certificates, request_certificate
+
+
+@command("/tls list", usage="/tls list", summary="list the TLS certificates: name, issuer, expiry, source")
+def tls_list(ctx: Context) -> str:
+    presented = presented_certificates(
+        cert_file=settings.EVERLOCK_TLS_CERT,
+        key_file=settings.EVERLOCK_TLS_KEY,
+        data_dir=Path(settings.DATA_DIR),
+        hostname=settings.EVERLOCK_HOSTNAME,
+    )
+    rows = [("NAME", "ISSUER", "EXPIRES", "SOURCE")]
+    for cert in presented:
+        source = cert.source + (" (default)" if cert.default else "")
+        rows += [(name, cert.issuer, f"{cert.not_after:%Y-%m-%d %H:%M}", source) for name in cert.names]
+    return table(rows)
+
+
+@command(
+    "/tls request",
+    usage="/tls request NAME...",
+    summary="obtain one certificate for the names by ACME now",
+)
+def tls_request(ctx: Context, *names: str) -> str:
+    try:
+        cert = request_certificate(names=list(names), acme=AcmeSettings.from_settings())
+    except CertificateError as exc:
+        raise CommandError(str(exc)) from None
+    return (
+        f"certificate for {', '.join(cert.names)} issued by {cert.issuer}, "
+        f"valid until {cert.not_after:%Y-%m-%d %H:%M} UTC, renewed from {cert.renew_after:%Y-%m-%d}"
+    )
