@@ -69,6 +69,8 @@ class AcmeSettings:
 class Issued:
     chain_pem: str
     key_pem: str
+    # The challenge type that proved each name this order had to prove.
+    challenges: dict[str, str]
 
 
 def _new_key_pem() -> bytes:
@@ -134,8 +136,7 @@ def _validation_name(name: str) -> str:
     return "_acme-challenge." + name.removeprefix("*.")
 
 
-def _pick(authz: messages.Authorization, acme: AcmeSettings) -> messages.ChallengeBody:
-    name = authz.identifier.value
+def _pick(authz: messages.Authorization, name: str, acme: AcmeSettings) -> messages.ChallengeBody:
     offered = {type(c.chall): c for c in authz.challenges}
     if (
         acme.dns_hosted
@@ -192,8 +193,9 @@ def order_certificate(names: list[str], *, acme: AcmeSettings) -> Issued:
         for authzr in order.authorizations:
             if authzr.body.status == messages.STATUS_VALID:
                 continue  # proved recently; the CA reuses the authorization
-            name = authzr.body.identifier.value
-            challb = _pick(authzr.body, acme)
+            # A wildcard's authorization names the domain with wildcard=true (RFC 8555 7.1.4).
+            name = ("*." if authzr.body.wildcard else "") + authzr.body.identifier.value
+            challb = _pick(authzr.body, name, acme)
             published.append(_publish(challb, name, acme_client.net.key))
             answers.append(challb)
         if any(p.kind == "dns-01" for p in published):
@@ -207,4 +209,8 @@ def order_certificate(names: list[str], *, acme: AcmeSettings) -> Issued:
     finally:
         for item in published:
             item.withdraw()
-    return Issued(chain_pem=order.fullchain_pem, key_pem=key_pem.decode())
+    return Issued(
+        chain_pem=order.fullchain_pem,
+        key_pem=key_pem.decode(),
+        challenges={item.name: item.kind for item in published},
+    )

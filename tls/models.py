@@ -25,6 +25,8 @@ class Certificate(models.Model):
     # Two thirds into its lifetime (not_before + 2/3 of the validity): when renewal starts.
     renew_after = models.DateTimeField()
     directory = models.CharField(max_length=500, help_text="the ACME directory that issued it")
+    # How each name was proved: {"mail.example.com": "dns-01", ...}.
+    challenges = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -79,6 +79,7 @@ def request_certificate(*, names: list[str], acme: AcmeSettings) -> Certificate:
             not_after=not_after,
             renew_after=_renew_after(not_before, not_after),
             directory=acme.directory,
+            challenges=issued.challenges,
         )
     log.info(
         "certificate for %s issued by %s, valid until %s", ", ".join(wanted), issuer, f"{not_after:%Y-%m-%d}"

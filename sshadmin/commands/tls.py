@@ -36,7 +36,9 @@ def tls_request(ctx: Context, *names: str) -> str:
         cert = request_certificate(names=list(names), acme=AcmeSettings.from_settings())
     except CertificateError as exc:
         raise CommandError(str(exc)) from None
+    proofs = ", ".join(f"{name} by {kind}" for name, kind in cert.challenges.items())
     return (
         f"certificate for {', '.join(cert.names)} issued by {cert.issuer}, "
         f"valid until {cert.not_after:%Y-%m-%d %H:%M} UTC, renewed from {cert.renew_after:%Y-%m-%d}"
+        + (f"\nproved: {proofs}" if proofs else "")
     )
