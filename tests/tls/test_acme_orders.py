@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import socket
+import ssl
+import threading
+import time
 
 import pytest
 from cryptography import x509
@@ -13,6 +17,8 @@ from dns_zones.models import Record
 from dns_zones.services import record_add, zone_create
 from tls.models import AcmeAccount, Certificate, HTTPChallenge
 from tls.services import CertificateError, renew_due, request_certificate
+from tls.store import CertificateStore
+from tls.tasks import RenewalTimer
 
 
 def leaf_and_chain(cert: Certificate) -> list[x509.Certificate]:
@@ -43,6 +49,59 @@ def test_dns01_through_the_hosted_zone(acme, pebble):
     assert cert.challenges == {"mail.example.com": "dns-01", "*.example.com": "dns-01"}
     assert not Record.objects.filter(name__startswith="_acme-challenge.").exists()
     assert AcmeAccount.objects.get().email == "hostmaster@example.com"
+
+
+def presented(store: CertificateStore, server_name: str | None) -> x509.Certificate:
+    """The certificate a handshake with `server_name` (SNI) gets from the store's context."""
+    server_sock, client_sock = socket.socketpair()
+    with server_sock, client_sock:
+        server = threading.Thread(
+            target=lambda: store.context.wrap_socket(server_sock, server_side=True).close(), daemon=True
+        )
+        server.start()
+        client = ssl.create_default_context()
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        with client.wrap_socket(client_sock, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+        server.join(10)
+    return x509.load_der_x509_certificate(der)
+
+
+def test_the_store_chooses_by_server_name(acme, pebble, settings, tmp_path):
+    zone_create(origin="example.com")
+    store = CertificateStore(cert_file="", key_file="", data_dir=tmp_path, hostname="localhost")
+    default = presented(store, "mail.example.com")
+    request_certificate(names=["mail.example.com", "*.example.com"], acme=acme)
+    assert presented(store, "mail.example.com") == default  # not refreshed yet
+    assert store.refresh() is True
+    assert store.refresh() is False  # nothing new: no rebuild
+    leaf = leaf_and_chain(Certificate.objects.get())[0]
+    assert presented(store, "mail.example.com") == leaf
+    assert presented(store, "WWW.example.com.") == leaf  # the wildcard, any case, trailing dot
+    assert presented(store, "example.com") == default  # *.example.com does not cover it
+    assert presented(store, "a.b.example.com") == default
+    assert presented(store, None) == default
+
+
+def test_the_workers_timer_obtains_the_served_names(acme, pebble):
+    from mail.services.domains import domain_create
+
+    zone_create(origin="example.com")
+    domain_create(name="example.com")
+    timer = RenewalTimer(3600, first_delay=0)
+    timer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while Certificate.objects.count() < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        timer.stopped.set()
+        timer.join(60)
+    assert sorted(c.names[0] for c in Certificate.objects.all()) == [
+        "autoconfig.example.com",
+        "mail.example.com",
+        "mta-sts.example.com",
+    ]
 
 
 def test_http01_through_the_http_listener(acme, pebble, settings):
