@@ -16,6 +16,8 @@ from tests.e2e.installation import Everlock, free_port
 from tests.sshadmin.openssh import ssh_exec
 from tests.tls.pebble import Pebble
 
+pytestmark = pytest.mark.e2e
+
 
 def smtp_certificate(port: int, server_name: str | None) -> x509.Certificate:
     """The certificate the SMTP listener presents after STARTTLS, read by openssl s_client."""
