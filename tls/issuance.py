@@ -90,14 +90,20 @@ def _network(acme: AcmeSettings, key: josepy.JWKEC, account=None) -> client.Clie
     )
 
 
-def _client(acme: AcmeSettings) -> client.ClientV2:
+def account_client(acme: AcmeSettings) -> client.ClientV2:
     """A client signed in with this directory's account, registered on first use."""
     account = AcmeAccount.objects.filter(directory=acme.directory).first()
     if account is not None:
         key = josepy.JWKEC.load(account.key_pem.encode())
         regr = messages.RegistrationResource(uri=account.uri, body=messages.Registration())
         net = _network(acme, key, regr)
-        return client.ClientV2(client.ClientV2.get_directory(acme.directory, net), net)
+        acme_client = client.ClientV2(client.ClientV2.get_directory(acme.directory, net), net)
+        if account.email != acme.email:
+            # EVERLOCK_ACME_EMAIL changed: the CA writes to the new address from now on.
+            acme_client.update_registration(regr, messages.Registration.from_data(email=acme.email))
+            AcmeAccount.objects.filter(id=account.id).update(email=acme.email)
+            log.info("ACME account at %s: contact changed to %s", acme.directory, acme.email)
+        return acme_client
     key_pem = _new_key_pem()
     key = josepy.JWKEC.load(key_pem)
     net = _network(acme, key)
@@ -186,7 +192,7 @@ def order_certificate(names: list[str], *, acme: AcmeSettings) -> Issued:
     name, then the chain. Raises AcmeError with the CA's reason on any failure."""
     published: list[_Published] = []
     try:
-        acme_client = _client(acme)
+        acme_client = account_client(acme)
         key_pem = _new_key_pem()
         order = acme_client.new_order(crypto_util.make_csr(key_pem, names))
         answers = []

@@ -19,7 +19,7 @@ from django.db import transaction
 
 from dns_zones.records import RecordError, normalize_zone_origin
 from tls.issuance import AcmeError, AcmeSettings, order_certificate
-from tls.models import Certificate
+from tls.models import Certificate, HTTPChallenge
 from tls.store import CertificateStore, Presented, describe_pem
 
 log = logging.getLogger("tls")
@@ -28,6 +28,8 @@ log = logging.getLogger("tls")
 # shared cache, held at most this long.
 RENEWAL_LOCK = "tls:renewal"
 RENEWAL_LOCK_SECONDS = 3600
+# An http-01 answer older than this belongs to no running order (an order lasts minutes).
+STALE_CHALLENGE = datetime.timedelta(days=1)
 
 
 class CertificateError(ValueError):
@@ -124,6 +126,16 @@ def due_requests(*, served: list[str], now: datetime.datetime) -> list[list[str]
     return orders
 
 
+def delete_certificates(*, name: str) -> int:
+    """Delete every certificate holding `name` (so that it is neither presented nor renewed);
+    return how many there were. Raises CertificateError for an invalid name."""
+    name = normalize_certificate_name(name)
+    with transaction.atomic():
+        ids = [c.id for c in Certificate.objects.select_for_update().only("id", "names") if name in c.names]
+        Certificate.objects.filter(id__in=ids).delete()
+    return len(ids)
+
+
 @dataclass(frozen=True)
 class RenewalOutcome:
     names: tuple[str, ...]
@@ -140,6 +152,8 @@ def renew_due(
         return []
     try:
         now = now or datetime.datetime.now(datetime.UTC)
+        # Answers an order left behind when its process was killed mid-order.
+        HTTPChallenge.objects.filter(created_at__lt=now - STALE_CHALLENGE).delete()
         outcomes = []
         for names in due_requests(served=served_names(admin_host=admin_host), now=now):
             try:

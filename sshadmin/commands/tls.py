@@ -8,7 +8,7 @@ from django.conf import settings
 
 from sshadmin.commands import CommandError, Context, command, table
 from tls.issuance import AcmeSettings
-from tls.services import CertificateError, presented_certificates, request_certificate
+from tls.services import CertificateError, delete_certificates, presented_certificates, request_certificate
 
 
 @command("/tls list", usage="/tls list", summary="list the TLS certificates: name, issuer, expiry, source")
@@ -41,4 +41,22 @@ def tls_request(ctx: Context, *names: str) -> str:
         f"certificate for {', '.join(cert.names)} issued by {cert.issuer}, "
         f"valid until {cert.not_after:%Y-%m-%d %H:%M} UTC, renewed from {cert.renew_after:%Y-%m-%d}"
         + (f"\nproved: {proofs}" if proofs else "")
+    )
+
+
+@command(
+    "/tls delete",
+    usage="/tls delete NAME",
+    summary="stop presenting and renewing the certificates that hold a name",
+)
+def tls_delete(ctx: Context, name: str) -> str:
+    try:
+        deleted = delete_certificates(name=name)
+    except CertificateError as exc:
+        raise CommandError(str(exc)) from None
+    if not deleted:
+        raise CommandError(f"no certificate holds {name}")
+    return (
+        f"{deleted} certificate(s) holding {name} deleted; the listeners stop presenting them "
+        f"within {settings.EVERLOCK_TLS_RELOAD_INTERVAL:g} s"
     )

@@ -117,6 +117,14 @@ def test_issued_and_renewed_certificates_are_presented_without_a_restart(site):
     assert issuer(renewed).startswith("Pebble Intermediate CA ")
     assert imaps_certificate(ports["imaps"], "mail.example.com") == renewed
 
+    # Deleted: the listeners go back to the default certificate.
+    out = everlock.console("/tls delete mail.example.com")
+    assert out == (
+        "1 certificate(s) holding mail.example.com deleted; the listeners stop presenting them within 0.5 s\n"
+    )
+    back = wait_for(lambda: smtp_certificate(ports["smtp"], "mail.example.com"), lambda c: c == before)
+    assert back == before
+
 
 def test_console_refuses_a_bad_name(site):
     everlock, ports, _ = site

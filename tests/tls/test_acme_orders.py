@@ -15,8 +15,9 @@ from cryptography import x509
 
 from dns_zones.models import Record
 from dns_zones.services import record_add, zone_create
+from tls.issuance import account_client
 from tls.models import AcmeAccount, Certificate, HTTPChallenge
-from tls.services import CertificateError, renew_due, request_certificate
+from tls.services import CertificateError, delete_certificates, renew_due, request_certificate
 from tls.store import CertificateStore
 from tls.tasks import RenewalTimer
 
@@ -173,3 +174,32 @@ def test_acme_off_without_an_email(acme):
     with pytest.raises(CertificateError) as refused:
         request_certificate(names=["mail.example.com"], acme=dataclasses.replace(acme, email=""))
     assert str(refused.value) == "ACME is off: set EVERLOCK_ACME_EMAIL (and EVERLOCK_ACME_DIRECTORY)"
+
+
+def test_a_changed_email_updates_the_account(acme, pebble):
+    zone_create(origin="example.com")
+    request_certificate(names=["mail.example.com"], acme=acme)
+    moved = dataclasses.replace(acme, email="postmaster@example.com")
+    request_certificate(names=["mail.example.com"], acme=moved)
+    account = AcmeAccount.objects.get()
+    assert account.email == "postmaster@example.com"
+    # The CA holds the new contact: asking it for the account returns it.
+    acme_client = account_client(moved)
+    regr = acme_client.query_registration(acme_client.net.account)
+    assert regr.body.contact == ("mailto:postmaster@example.com",)
+    assert Certificate.objects.count() == 1  # the second replaced the first
+
+
+def test_deleting_by_name_and_the_sweep_of_stale_answers(acme, pebble):
+    zone_create(origin="example.com")
+    request_certificate(names=["mail.example.com", "www.example.com"], acme=acme)
+    request_certificate(names=["imap.example.com"], acme=acme)
+    assert delete_certificates(name="WWW.example.com") == 1
+    assert [c.names for c in Certificate.objects.all()] == [["imap.example.com"]]
+    assert delete_certificates(name="www.example.com") == 0
+
+    stale = HTTPChallenge.objects.create(token="left-behind", key_authorization="x.y")
+    fresh = HTTPChallenge.objects.create(token="running", key_authorization="x.z")
+    HTTPChallenge.objects.filter(id=stale.id).update(created_at=stale.created_at - datetime.timedelta(days=2))
+    renew_due(acme=acme, admin_host="")
+    assert list(HTTPChallenge.objects.values_list("id", flat=True)) == [fresh.id]
