@@ -23,6 +23,7 @@ import os
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,7 +244,7 @@ class CertificateStore:
                 finally:
                     close_old_connections()
                     first.set()
-                threading.Event().wait(interval)
+                time.sleep(interval)
 
         thread = threading.Thread(target=run, name="everlock-tls-reload", daemon=True)
         thread.start()
