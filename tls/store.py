@@ -174,7 +174,9 @@ class CertificateStore:
         stamps = []
         for path in self._default_files():
             try:
-                stamps.append(os.stat(path).st_mtime_ns)
+                st = os.stat(path)
+                # The inode too: a pair moved into place may keep its old modification time.
+                stamps.append((st.st_mtime_ns, st.st_ino, st.st_size))
             except OSError:
                 stamps.append(None)
         return tuple(stamps)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import socket
-import ssl
-import threading
 import time
 
 import pytest
@@ -15,6 +12,7 @@ from cryptography import x509
 
 from dns_zones.models import Record
 from dns_zones.services import record_add, zone_create
+from tests.tls.handshake import presented
 from tls.issuance import account_client
 from tls.models import AcmeAccount, Certificate, HTTPChallenge
 from tls.services import CertificateError, delete_certificates, renew_due, request_certificate
@@ -50,22 +48,6 @@ def test_dns01_through_the_hosted_zone(acme, pebble):
     assert cert.challenges == {"mail.example.com": "dns-01", "*.example.com": "dns-01"}
     assert not Record.objects.filter(name__startswith="_acme-challenge.").exists()
     assert AcmeAccount.objects.get().email == "hostmaster@example.com"
-
-
-def presented(store: CertificateStore, server_name: str | None) -> x509.Certificate:
-    """The certificate a handshake with `server_name` (SNI) gets from the store's context."""
-    server_sock, client_sock = socket.socketpair()
-    with server_sock, client_sock:
-        server = threading.Thread(
-            target=lambda: store.context.wrap_socket(server_sock, server_side=True).close(), daemon=True
-        )
-        server.start()
-        client = ssl.create_default_context()
-        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
-        with client.wrap_socket(client_sock, server_hostname=server_name) as tls:
-            der = tls.getpeercert(binary_form=True)
-        server.join(10)
-    return x509.load_der_x509_certificate(der)
 
 
 def test_the_store_chooses_by_server_name(acme, pebble, settings, tmp_path):
