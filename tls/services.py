@@ -154,6 +154,8 @@ def renew_due(
         now = now or datetime.datetime.now(datetime.UTC)
         # Answers an order left behind when its process was killed mid-order.
         HTTPChallenge.objects.filter(created_at__lt=now - STALE_CHALLENGE).delete()
+        # An expired certificate is never presented again.
+        Certificate.objects.filter(not_after__lte=now).delete()
         outcomes = []
         for names in due_requests(served=served_names(admin_host=admin_host), now=now):
             try:

@@ -236,7 +236,7 @@ class CertificateStore:
         first = threading.Event()
 
         def run() -> None:
-            from django.db import close_old_connections
+            from django.db import connections
 
             while True:
                 try:
@@ -244,7 +244,8 @@ class CertificateStore:
                 except Exception as exc:  # the database is away: keep what we have
                     log.warning("TLS certificate reload failed: %s", exc)
                 finally:
-                    close_old_connections()
+                    # One short connection per look: none stays open between them.
+                    connections.close_all()
                     first.set()
                 time.sleep(interval)
 

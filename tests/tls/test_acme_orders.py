@@ -172,7 +172,7 @@ def test_a_changed_email_updates_the_account(acme, pebble):
     assert Certificate.objects.count() == 1  # the second replaced the first
 
 
-def test_deleting_by_name_and_the_sweep_of_stale_answers(acme, pebble):
+def test_deleting_by_name_and_the_sweeps(acme, pebble):
     zone_create(origin="example.com")
     request_certificate(names=["mail.example.com", "www.example.com"], acme=acme)
     request_certificate(names=["imap.example.com"], acme=acme)
@@ -185,3 +185,8 @@ def test_deleting_by_name_and_the_sweep_of_stale_answers(acme, pebble):
     HTTPChallenge.objects.filter(id=stale.id).update(created_at=stale.created_at - datetime.timedelta(days=2))
     renew_due(acme=acme, admin_host="")
     assert list(HTTPChallenge.objects.values_list("id", flat=True)) == [fresh.id]
+
+    # Once expired, a certificate is dropped (not renewed: it is no longer presented).
+    held = Certificate.objects.get()
+    assert renew_due(acme=acme, admin_host="", now=held.not_after) == []
+    assert not Certificate.objects.exists()
