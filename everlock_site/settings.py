@@ -209,12 +209,14 @@ EVERLOCK_TLS_RELOAD_INTERVAL = env.float("EVERLOCK_TLS_RELOAD_INTERVAL", default
 # file of CA certificates to trust for the directory's HTTPS instead of the system's (a
 # private ACME server). EVERLOCK_ACME_CHECK_INTERVAL: seconds between the delivery workers'
 # looks for names without a certificate and certificates past two thirds of their lifetime.
+# EVERLOCK_ACME_RETRY_AFTER: seconds before an order that failed is placed again.
 EVERLOCK_ACME_DIRECTORY = env.str(
     "EVERLOCK_ACME_DIRECTORY", default="https://acme-v02.api.letsencrypt.org/directory"
 )
 EVERLOCK_ACME_EMAIL = env.str("EVERLOCK_ACME_EMAIL", default="")
 EVERLOCK_ACME_CA_FILE = env.str("EVERLOCK_ACME_CA_FILE", default="")
-EVERLOCK_ACME_CHECK_INTERVAL = env.float("EVERLOCK_ACME_CHECK_INTERVAL", default=6 * 3600.0)
+EVERLOCK_ACME_CHECK_INTERVAL = env.float("EVERLOCK_ACME_CHECK_INTERVAL", default=60.0)
+EVERLOCK_ACME_RETRY_AFTER = env.float("EVERLOCK_ACME_RETRY_AFTER", default=3600.0)
 
 # EVERLOCK_ADMIN_HOST: the name the admin web UI is reached by over HTTPS (e.g.
 # admin.example.com); with ACME on, it gets a certificate too. Empty: none.

@@ -10,6 +10,7 @@ certificate two thirds into its lifetime (Let's Encrypt's advice: with 90-day ce
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,20 @@ def due_requests(*, served: list[str], now: datetime.datetime) -> list[list[str]
     return orders
 
 
+def missing_names(*, admin_host: str, now: datetime.datetime | None = None) -> list[tuple[str, str]]:
+    """The served names no unexpired certificate holds, each with the reason its last order
+    failed ("" when it has not been tried yet)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    covered = {
+        n
+        for names in Certificate.objects.filter(not_after__gt=now).values_list("names", flat=True)
+        for n in names
+    }
+    return [
+        (name, last_failure([name])) for name in served_names(admin_host=admin_host) if name not in covered
+    ]
+
+
 def delete_certificates(*, name: str) -> int:
     """Delete every certificate holding `name` (so that it is neither presented nor renewed);
     return how many there were. Raises CertificateError for an invalid name."""
@@ -142,12 +157,24 @@ class RenewalOutcome:
     error: str = ""
 
 
+def _failure_key(names: list[str] | tuple[str, ...]) -> str:
+    return "tls:failed:" + hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()
+
+
+def last_failure(names: list[str] | tuple[str, ...]) -> str:
+    """The CA's reason for the last failed renewal order for exactly `names`, while it is
+    not retried yet (EVERLOCK_ACME_RETRY_AFTER); else ""."""
+    return cache.get(_failure_key(names), "")
+
+
 def renew_due(
-    *, acme: AcmeSettings, admin_host: str, now: datetime.datetime | None = None
+    *, acme: AcmeSettings, admin_host: str, retry_after: float, now: datetime.datetime | None = None
 ) -> list[RenewalOutcome]:
-    """Place every order due_requests() names, one after the other; return the outcomes
-    (a failure is logged and retried at the next call). Does nothing when ACME is off or
-    another process is renewing."""
+    """Place every order due_requests() names, one after the other; return the outcomes.
+
+    A failure is logged and remembered for `retry_after` seconds, during which the same
+    order is not placed again (a CA limits failed validations: Let's Encrypt to 5 per name
+    per hour). Does nothing when ACME is off or another process is renewing."""
     if not acme.enabled or not cache.add(RENEWAL_LOCK, "1", RENEWAL_LOCK_SECONDS):
         return []
     try:
@@ -158,11 +185,14 @@ def renew_due(
         Certificate.objects.filter(not_after__lte=now).delete()
         outcomes = []
         for names in due_requests(served=served_names(admin_host=admin_host), now=now):
+            if last_failure(names):
+                continue
             try:
                 request_certificate(names=names, acme=acme)
                 outcomes.append(RenewalOutcome(tuple(names)))
             except CertificateError as exc:
                 log.warning("certificate renewal failed: %s", exc)
+                cache.set(_failure_key(names), str(exc), retry_after)
                 outcomes.append(RenewalOutcome(tuple(names), str(exc)))
         return outcomes
     finally:

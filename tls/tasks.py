@@ -3,7 +3,9 @@
 Every delivery worker (the `celery -A everlock_site worker` main process, which `everlock
 serve --backend-mail-smtp` starts) runs a thread that, when ACME is on, calls
 tls.services.renew_due() a minute after start and then every EVERLOCK_ACME_CHECK_INTERVAL
-seconds. No beat process is needed: the shared cache lock lets one worker renew at a time.
+seconds (a check with nothing due costs a few queries), so a new mail domain has its
+certificates within minutes; an order that failed waits EVERLOCK_ACME_RETRY_AFTER seconds.
+No beat process is needed: the shared cache lock lets one worker renew at a time.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class RenewalTimer(threading.Thread):
             delay = self.interval
             try:
                 close_old_connections()
-                renew_due(acme=AcmeSettings.from_settings(), admin_host=settings.EVERLOCK_ADMIN_HOST)
+                renew_due(
+                    acme=AcmeSettings.from_settings(),
+                    admin_host=settings.EVERLOCK_ADMIN_HOST,
+                    retry_after=settings.EVERLOCK_ACME_RETRY_AFTER,
+                )
             except Exception as exc:  # the database is away: try again next time
                 log.warning("certificate renewal check failed: %s", exc)
             finally:

@@ -8,7 +8,13 @@ from django.conf import settings
 
 from sshadmin.commands import CommandError, Context, command, table
 from tls.issuance import AcmeSettings
-from tls.services import CertificateError, delete_certificates, presented_certificates, request_certificate
+from tls.services import (
+    CertificateError,
+    delete_certificates,
+    missing_names,
+    presented_certificates,
+    request_certificate,
+)
 
 
 @command("/tls list", usage="/tls list", summary="list the TLS certificates: name, issuer, expiry, source")
@@ -23,6 +29,13 @@ def tls_list(ctx: Context) -> str:
     for cert in presented:
         source = cert.source + (" (default)" if cert.default else "")
         rows += [(name, cert.issuer, f"{cert.not_after:%Y-%m-%d %H:%M}", source) for name in cert.names]
+    acme = AcmeSettings.from_settings()
+    for name, failure in missing_names(admin_host=settings.EVERLOCK_ADMIN_HOST):
+        if not acme.enabled:
+            state = "none (ACME off)"
+        else:
+            state = f"none: {failure}" if failure else "none yet (ordered at the next check)"
+        rows.append((name, "-", "-", state))
     return table(rows)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from django.core.cache import cache
 
 from everlock_site.http import bind_http
 from everlock_site.listen import ListenAddress
@@ -44,4 +45,7 @@ def acme(pebble, settings, tmp_path) -> AcmeSettings:
     settings.EVERLOCK_ACME_DIRECTORY = pebble.directory
     settings.EVERLOCK_ACME_EMAIL = "hostmaster@example.com"
     settings.EVERLOCK_ACME_CA_FILE = str(pebble.ca_file)
-    return AcmeSettings.from_settings()
+    # Failed orders are remembered in the cache, a table the test database flush leaves.
+    cache.clear()
+    yield AcmeSettings.from_settings()
+    cache.clear()

@@ -9,13 +9,20 @@ import time
 
 import pytest
 from cryptography import x509
+from django.core.cache import cache
 
 from dns_zones.models import Record
 from dns_zones.services import record_add, zone_create
 from tests.tls.handshake import presented
 from tls.issuance import account_client
 from tls.models import AcmeAccount, Certificate, HTTPChallenge
-from tls.services import CertificateError, delete_certificates, renew_due, request_certificate
+from tls.services import (
+    CertificateError,
+    delete_certificates,
+    last_failure,
+    renew_due,
+    request_certificate,
+)
 from tls.store import CertificateStore
 from tls.tasks import RenewalTimer
 
@@ -104,7 +111,7 @@ def test_renewal_at_two_thirds_of_the_lifetime(acme, pebble):
 
     zone_create(origin="example.com")
     domain_create(name="example.com")
-    first = renew_due(acme=acme, admin_host="admin.example.com")
+    first = renew_due(acme=acme, admin_host="admin.example.com", retry_after=3600)
     names = ["mail.example.com", "mta-sts.example.com", "autoconfig.example.com", "admin.example.com"]
     assert [(o.names, o.error) for o in first] == [((n,), "") for n in names]
     issued = {c.names[0]: c for c in Certificate.objects.all()}
@@ -112,11 +119,11 @@ def test_renewal_at_two_thirds_of_the_lifetime(acme, pebble):
 
     # Before two thirds of the lifetime nothing is due.
     before = issued["mail.example.com"].renew_after - datetime.timedelta(minutes=1)
-    assert renew_due(acme=acme, admin_host="admin.example.com", now=before) == []
+    assert renew_due(acme=acme, admin_host="admin.example.com", retry_after=3600, now=before) == []
 
     # After it, every certificate is renewed: a new one replaces each.
     after = max(c.renew_after for c in issued.values()) + datetime.timedelta(minutes=1)
-    renewed = renew_due(acme=acme, admin_host="admin.example.com", now=after)
+    renewed = renew_due(acme=acme, admin_host="admin.example.com", retry_after=3600, now=after)
     assert sorted(o.names for o in renewed) == sorted((n,) for n in names)
     assert all(o.error == "" for o in renewed)
     now_held = {c.names[0]: c for c in Certificate.objects.all()}
@@ -183,10 +190,31 @@ def test_deleting_by_name_and_the_sweeps(acme, pebble):
     stale = HTTPChallenge.objects.create(token="left-behind", key_authorization="x.y")
     fresh = HTTPChallenge.objects.create(token="running", key_authorization="x.z")
     HTTPChallenge.objects.filter(id=stale.id).update(created_at=stale.created_at - datetime.timedelta(days=2))
-    renew_due(acme=acme, admin_host="")
+    renew_due(acme=acme, admin_host="", retry_after=3600)
     assert list(HTTPChallenge.objects.values_list("id", flat=True)) == [fresh.id]
 
     # Once expired, a certificate is dropped (not renewed: it is no longer presented).
     held = Certificate.objects.get()
-    assert renew_due(acme=acme, admin_host="", now=held.not_after) == []
+    assert renew_due(acme=acme, admin_host="", retry_after=3600, now=held.not_after) == []
     assert not Certificate.objects.exists()
+
+
+def test_a_failed_order_waits_and_is_shown_by_tls_list(acme, pebble, settings):
+    from mail.services.domains import domain_create
+    from tests.sshadmin.commands.console import run
+
+    domain_create(name="example.org")  # in no zone: http-01, and no address leads here
+    failed = renew_due(acme=acme, admin_host="", retry_after=3600)
+    names = ["mail.example.org", "mta-sts.example.org", "autoconfig.example.org"]
+    assert [o.names for o in failed] == [(n,) for n in names]
+    assert all(o.error.startswith(f"{o.names[0]}: {o.names[0]} (http-01): ") for o in failed)
+    # Not placed again before the retry delay (Let's Encrypt limits failed validations).
+    assert renew_due(acme=acme, admin_host="", retry_after=3600) == []
+
+    rows = {line.split()[0]: line for line in run("/tls list").splitlines()[1:]}
+    for outcome in failed:
+        assert rows[outcome.names[0]].split(None, 3)[1:] == ["-", "-", f"none: {outcome.error}"]
+    cache.clear()
+    assert last_failure(["mail.example.org"]) == ""
+    rows = {line.split()[0]: line for line in run("/tls list").splitlines()[1:]}
+    assert rows["mail.example.org"].split(None, 3)[1:] == ["-", "-", "none yet (ordered at the next check)"]
