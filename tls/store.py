@@ -148,6 +148,7 @@ class CertificateStore:
         self.context.load_cert_chain(*self._default_files())
         self.context.sni_callback = self._choose
         self._lock = threading.Lock()
+        self.interval = 0.0
 
     def _default_files(self) -> tuple[str, str]:
         if self.cert_file and self.key_file:
@@ -230,10 +231,11 @@ class CertificateStore:
     def presented(self) -> list[Presented]:
         return list(self._presented)
 
-    def watch(self, interval: float) -> threading.Thread:
-        """Start a daemon thread that calls refresh() now and every `interval` seconds; the
-        first refresh is done when this returns."""
+    def watch(self, interval: float, *, wait: bool = True) -> threading.Thread:
+        """Start a daemon thread that calls refresh() now and every `interval` seconds; with
+        `wait`, the first refresh is done when this returns."""
         first = threading.Event()
+        self.interval = interval
 
         def run() -> None:
             from django.db import connections
@@ -251,12 +253,26 @@ class CertificateStore:
 
         thread = threading.Thread(target=run, name="everlock-tls-reload", daemon=True)
         thread.start()
-        first.wait(30)
+        if wait:
+            first.wait(30)
         return thread
 
 
 _store: CertificateStore | None = None
 _store_lock = threading.Lock()
+
+
+def _watch_in_child() -> None:
+    # Threads do not survive fork(): a listener process forked after the store was made
+    # keeps its contexts and needs a watcher of its own.
+    global _store_lock
+    _store_lock = threading.Lock()
+    if _store is not None:
+        _store._lock = threading.Lock()  # a refresh running at the fork never ends here
+        _store.watch(_store.interval, wait=False)
+
+
+os.register_at_fork(after_in_child=_watch_in_child)
 
 
 def listener_store() -> CertificateStore:

@@ -44,3 +44,24 @@ def test_a_broken_replacement_keeps_the_previous_pair(db, tmp_path):
     os.replace(other_cert, cert_file)  # a certificate that does not match the key
     store.refresh()
     assert presented(store, None) == first
+
+
+def test_a_forked_listener_process_watches_for_itself(transactional_db, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import tls.store
+
+    store = CertificateStore(cert_file="", key_file="", data_dir=tmp_path, hostname="mail.example.com")
+    monkeypatch.setattr(tls.store, "_store", store)
+    store.watch(3600)
+    pid = os.fork()
+    if pid == 0:  # the child: only the forking thread survived; a new watcher must start
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if any(t.name == "everlock-tls-reload" for t in threading.enumerate()):
+                os._exit(0)
+            time.sleep(0.05)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
