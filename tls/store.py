@@ -12,7 +12,8 @@ EVERLOCK_TLS_RELOAD_INTERVAL seconds at the newest row id, the row count and the
 files' modification times, and builds new contexts when one of them changed, so a renewed
 certificate (issued by any process, on any machine sharing the database) or a replaced
 certificate file is presented to the next connection without a restart. Open connections
-keep the certificate they started with.
+keep the certificate they started with. listener_store() makes the process's store and its
+thread; a listener process forked after that starts a thread of its own.
 """
 
 from __future__ import annotations
