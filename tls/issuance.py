@@ -22,7 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.db import IntegrityError
 
-from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
+from dns_zones.services import (
+    RecordSpec,
+    ZoneError,
+    hosted_zone_for,
+    replace_derived_records,
+    withdraw_derived_records,
+)
 from tls.models import AcmeAccount, HTTPChallenge
 
 log = logging.getLogger("tls")
@@ -210,7 +216,7 @@ def order_certificate(names: list[str], *, acme: AcmeSettings) -> Issued:
             acme_client.answer_challenge(challb, challb.response(acme_client.net.key))
         deadline = datetime.datetime.now() + ORDER_TIMEOUT
         order = acme_client.poll_and_finalize(order, deadline)
-    except (errors.Error, messages.Error, requests.RequestException, josepy.errors.Error) as exc:
+    except (errors.Error, messages.Error, requests.RequestException, josepy.errors.Error, ZoneError) as exc:
         raise AcmeError(f"{', '.join(names)}: {_describe(exc)}") from None
     finally:
         for item in published:
