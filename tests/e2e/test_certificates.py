@@ -136,3 +136,46 @@ def test_console_refuses_a_bad_name(site):
         "error: invalid host name 'bad_name.example.com': bad label 'bad_name'\n"
         "usage: /tls request NAME...\n",
     )
+
+
+def test_http01_answered_by_the_serve_processs_http_listener(tmp_path, transactional_db):
+    # The internet's DNS, standing in for the provider of example.net: a DNS server of this
+    # test (its own database) pointing mail.example.net at 127.0.0.1. The installation serves
+    # no DNS, so the name is proved over HTTP by its HTTP listener.
+    from dns_zones.services import record_add, zone_create
+    from tests.dns_server import RunningDNS
+
+    zone_create(origin="example.net")
+    record_add(origin="example.net", name="mail", rtype="A", data="127.0.0.1")
+    internet = RunningDNS()
+    ports = {k: free_port() for k in ("ssh", "smtp", "http")}
+    pebble = Pebble(tmp_path / "pebble", dns_port=internet.port, http_port=ports["http"])
+    everlock = Everlock(
+        tmp_path / "everlock",
+        EVERLOCK_ACME_DIRECTORY=pebble.directory,
+        EVERLOCK_ACME_EMAIL="hostmaster@example.net",
+        EVERLOCK_ACME_CA_FILE=str(pebble.ca_file),
+        EVERLOCK_TLS_RELOAD_INTERVAL="0.5",
+    )
+    try:
+        everlock.start(
+            [
+                "--frontend-ssh", "--frontend-ssh-listen", f"127.0.0.1:{ports['ssh']}", "--backend-admin-ssh",
+                "--frontend-smtp", "--frontend-smtp-listen", f"127.0.0.1:{ports['smtp']}",
+                "--backend-mail-smtp",
+                "--frontend-http", "--frontend-http-listen", f"127.0.0.1:{ports['http']}",
+                "--admin-user", "admin", "--admin-password", "change-me",
+            ],
+            ssh_port=ports["ssh"],
+            ready=f"HTTP admin listener on 127.0.0.1:{ports['http']}",
+        )  # fmt: skip
+        before = smtp_certificate(ports["smtp"], "mail.example.net")
+        out = everlock.console("/tls request mail.example.net")
+        assert out.rstrip().endswith("proved: mail.example.net by http-01")
+        issued = wait_for(lambda: smtp_certificate(ports["smtp"], "mail.example.net"), lambda c: c != before)
+        assert issuer(issued).startswith("Pebble Intermediate CA ")
+        assert issued.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "mail.example.net"
+    finally:
+        everlock.close()
+        pebble.stop()
+        internet.stop()
