@@ -8,7 +8,15 @@ from tls.models import Certificate
 
 @admin.register(Certificate)
 class CertificateAdmin(admin.ModelAdmin):
-    list_display = ("names_text", "issuer", "not_after", "renew_after", "days_left", "created_at")
+    list_display = (
+        "names_text",
+        "issuer",
+        "not_after",
+        "renew_after",
+        "days_left",
+        "requested",
+        "created_at",
+    )
     search_fields = ("names", "issuer")
     fields = (
         "names_text",

@@ -25,6 +25,9 @@ class Certificate(models.Model):
     # Two thirds into its lifetime (not_before + 2/3 of the validity): when renewal starts.
     renew_after = models.DateTimeField()
     directory = models.CharField(max_length=500, help_text="the ACME directory that issued it")
+    # Ordered by an administrator (/tls request): renewed for as long as it is not deleted.
+    # Otherwise it was ordered for names Everlock serves, and is renewed while it serves one.
+    requested = models.BooleanField(default=False)
     # How each name was proved: {"mail.example.com": "dns-01", ...}.
     challenges = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)

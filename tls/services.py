@@ -52,12 +52,14 @@ def _renew_after(not_before: datetime.datetime, not_after: datetime.datetime) ->
     return not_before + (not_after - not_before) * 2 / 3
 
 
-def request_certificate(*, names: list[str], acme: AcmeSettings) -> Certificate:
+def request_certificate(*, names: list[str], acme: AcmeSettings, requested: bool = True) -> Certificate:
     """Obtain one certificate for `names` and store it; return the row.
 
-    Earlier certificates for exactly these names are deleted with the same commit (the new
-    one replaces them on every listener within EVERLOCK_TLS_RELOAD_INTERVAL). Raises
-    CertificateError for an invalid name, ACME not configured, or a failed order.
+    `requested`: an administrator asked for it (renewed until deleted), rather than renewal
+    for the names Everlock serves. Earlier certificates for exactly these names are deleted
+    with the same commit (the new one replaces them on every listener within
+    EVERLOCK_TLS_RELOAD_INTERVAL). Raises CertificateError for an invalid name, ACME not
+    configured, or a failed order.
     """
     if not acme.enabled:
         raise CertificateError("ACME is off: set EVERLOCK_ACME_EMAIL (and EVERLOCK_ACME_DIRECTORY)")
@@ -82,6 +84,7 @@ def request_certificate(*, names: list[str], acme: AcmeSettings) -> Certificate:
             not_after=not_after,
             renew_after=_renew_after(not_before, not_after),
             directory=acme.directory,
+            requested=requested,
             challenges=issued.challenges,
         )
     log.info(
@@ -109,11 +112,19 @@ def served_names(*, admin_host: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def due_requests(*, served: list[str], now: datetime.datetime) -> list[list[str]]:
-    """The orders renewal should place at `now`: each certificate past its renew_after
-    (same names), then each served name no unexpired certificate covers."""
+@dataclass(frozen=True)
+class Order:
+    names: list[str]
+    requested: bool = False
+
+
+def due_requests(*, served: list[str], now: datetime.datetime) -> list[Order]:
+    """The orders renewal should place at `now`: each certificate past its renew_after (same
+    names) that an administrator requested or that holds a served name, then each served
+    name no unexpired certificate covers. A certificate for names no longer served (a
+    deleted mail domain) is left to expire."""
     covered: set[str] = set()
-    orders: list[list[str]] = []
+    orders: list[Order] = []
     seen: set[tuple[str, ...]] = set()
     for cert in Certificate.objects.filter(not_after__gt=now).order_by("-id"):
         key = tuple(sorted(cert.names))
@@ -121,9 +132,9 @@ def due_requests(*, served: list[str], now: datetime.datetime) -> list[list[str]
             continue
         seen.add(key)
         covered.update(cert.names)
-        if cert.renew_after <= now:
-            orders.append(list(cert.names))
-    orders += [[name] for name in served if name not in covered]
+        if cert.renew_after <= now and (cert.requested or set(cert.names) & set(served)):
+            orders.append(Order(list(cert.names), cert.requested))
+    orders += [Order([name]) for name in served if name not in covered]
     return orders
 
 
@@ -184,11 +195,12 @@ def renew_due(
         # An expired certificate is never presented again.
         Certificate.objects.filter(not_after__lte=now).delete()
         outcomes = []
-        for names in due_requests(served=served_names(admin_host=admin_host), now=now):
+        for order in due_requests(served=served_names(admin_host=admin_host), now=now):
+            names = order.names
             if last_failure(names):
                 continue
             try:
-                request_certificate(names=names, acme=acme)
+                request_certificate(names=names, acme=acme, requested=order.requested)
                 outcomes.append(RenewalOutcome(tuple(names)))
             except CertificateError as exc:
                 log.warning("certificate renewal failed: %s", exc)

@@ -218,3 +218,16 @@ def test_a_failed_order_waits_and_is_shown_by_tls_list(acme, pebble, settings):
     assert last_failure(["mail.example.org"]) == ""
     rows = {line.split()[0]: line for line in run("/tls list").splitlines()[1:]}
     assert rows["mail.example.org"].split(None, 3)[1:] == ["-", "-", "none yet (ordered at the next check)"]
+
+
+def test_renewal_keeps_requested_certificates_and_lets_unserved_ones_expire(acme, pebble):
+    zone_create(origin="example.com")
+    wanted = request_certificate(names=["extra.example.com"], acme=acme)
+    # Ordered for a name Everlock no longer serves (its mail domain was deleted).
+    request_certificate(names=["mail.example.com"], acme=acme, requested=False)
+    after = max(c.renew_after for c in Certificate.objects.all()) + datetime.timedelta(minutes=1)
+    renewed = renew_due(acme=acme, admin_host="", retry_after=3600, now=after)
+    assert [(o.names, o.error) for o in renewed] == [(("extra.example.com",), "")]
+    held = {c.names[0]: c for c in Certificate.objects.all()}
+    assert held["extra.example.com"].id > wanted.id and held["extra.example.com"].requested
+    assert held["mail.example.com"].requested is False
