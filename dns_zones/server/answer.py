@@ -60,12 +60,32 @@ _OPT = dns.rdatatype.OPT
 _OUR_OPT = _OPT_FIXED.pack(0, _OPT, OUR_UDP_PAYLOAD, 0, 0)
 _OUR_OPT_DO = _OPT_FIXED.pack(0, _OPT, OUR_UDP_PAYLOAD, dns.flags.DO, 0)
 _NO_OPT_HEAD = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_OPT_HEAD = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
 def _header_only(wire: bytes, rcode: int) -> bytes:
     """A response carrying only a header: the query's ID, opcode and RD, with `rcode`."""
     (msg_id, flags) = struct.unpack_from("!HH", wire)
     return _HEADER.pack(msg_id, QR | (flags & (OPCODE_MASK | RD)) | rcode, 0, 0, 0, 0)
+
+
+def _assemble(wire: bytes, template, bodies, question: bytes, opt: bytes, limit: int) -> bytes:
+    """The response to `wire` from `template` (its `bodies` for the question's length): the
+    query's ID, the flags with the query's RD, the question as asked, a body, `opt`."""
+    full, reduced = bodies
+    flags = template.flags_rd if wire[2] & 1 else template.flags
+    fixed = 12 + len(question) + len(opt)
+    if fixed + len(full.data) <= limit:
+        return b"".join((wire[:2], flags, full.head_opt if opt else full.head, question, full.data, opt))
+    # RFC 2181 section 9: the additional section is optional, except the glue a referral
+    # requires (RFC 9471 section 2.1).
+    if fixed + len(reduced.data) <= limit:
+        return b"".join(
+            (wire[:2], flags, reduced.head_opt if opt else reduced.head, question, reduced.data, opt)
+        )
+    # RFC 1035 section 4.2.1, RFC 7766: set TC so the client retries over TCP.
+    truncated = struct.pack("!H", int.from_bytes(flags, "big") | TC)
+    return b"".join((wire[:2], truncated, _OPT_HEAD if opt else _NO_OPT_HEAD, question, opt))
 
 
 class Responder:
@@ -103,6 +123,35 @@ class Responder:
         # Opcode QUERY, QDCOUNT 1, ANCOUNT 0, NSCOUNT 0.
         if wire[2] & 0x78 or wire[4:10] != b"\x00\x01\x00\x00\x00\x00":
             return None
+        # The common case first: a question the zone data holds as it is, alone or followed by
+        # an OPT record of EDNS version 0 without options. The question matching a key of
+        # `exact` is what proves the message has this shape.
+        arcount = wire[10:12]
+        if arcount == b"\x00\x00":
+            question, opt = wire[12:], b""
+        elif (
+            arcount == b"\x00\x01"
+            and wire[-11:-8] == b"\x00\x00\x29"
+            and not wire[-5]
+            and wire[-2:] == b"\x00\x00"
+        ):
+            question, opt = wire[12:-11], _OUR_OPT_DO if wire[-4] & 0x80 else _OUR_OPT
+        else:
+            question = None
+        if question is not None:
+            template = self.answers.exact.get(question[:-4].lower() + question[-4:])
+            if template is not None:
+                if tcp:
+                    limit = TCP_LIMIT
+                elif opt:
+                    payload = wire[-8] << 8 | wire[-7]
+                    limit = max(CLASSIC_UDP_PAYLOAD, min(payload, OUR_UDP_PAYLOAD))
+                else:
+                    limit = CLASSIC_UDP_PAYLOAD
+                return _assemble(wire, template, template.exact, question, opt, limit)
+        return self._parse_question(wire, tcp)
+
+    def _parse_question(self, wire: bytes, tcp: bool) -> bytes | None:
         size = len(wire)
         position = 12
         starts = []
@@ -157,29 +206,13 @@ class Responder:
             limit = TCP_LIMIT if tcp else max(CLASSIC_UDP_PAYLOAD, min(payload, OUR_UDP_PAYLOAD))
         else:
             return None
-        name_length = end_of_name - 12
         name = wire[12:end_of_name].lower()
         answers = self.answers
-        template = answers.exact.get(name + wire[end_of_name : end_of_name + 2])
+        question = wire[12:end_of_question]
+        template = answers.exact.get(name + question[-4:])
         if template is None:
             template = answers.lookup(name, starts, qtype)
-        full, reduced = template.bodies(name_length)
-        flags = template.flags_rd if wire[2] & 1 else template.flags
-        question = wire[12:end_of_question]
-        fixed = end_of_question + len(opt)
-        if fixed + len(full.data) <= limit:
-            return b"".join((wire[:2], flags, full.head_opt if opt else full.head, question, full.data, opt))
-        # RFC 2181 section 9: the additional section is optional, except the glue a referral
-        # requires (RFC 9471 section 2.1).
-        if fixed + len(reduced.data) <= limit:
-            return b"".join(
-                (wire[:2], flags, reduced.head_opt if opt else reduced.head, question, reduced.data, opt)
-            )
-        # RFC 1035 section 4.2.1, RFC 7766: set TC so the client retries over TCP.
-        truncated = struct.pack("!H", int.from_bytes(flags, "big") | TC)
-        return b"".join(
-            (wire[:2], truncated, b"\x00\x01\x00\x00\x00\x00\x00\x01" if opt else _NO_OPT_HEAD, question, opt)
-        )
+        return _assemble(wire, template, template.bodies(end_of_name - 12), question, opt, limit)
 
     def _answer(self, wire: bytes, *, tcp: bool) -> bytes:
         """The fallback: the query read by dnspython, the answer built by resolve()."""

@@ -60,7 +60,7 @@ class Template:
     `anchor`, so a compression pointer lands on the same octets of any real question.
     """
 
-    __slots__ = ("_bodies", "anchor", "asked", "flags", "flags_rd", "full", "reduced")
+    __slots__ = ("_bodies", "anchor", "asked", "exact", "flags", "flags_rd", "full", "reduced")
 
     def __init__(
         self,
@@ -78,6 +78,8 @@ class Template:
         self.anchor = anchor
         self.asked = asked
         self._bodies: dict[int, tuple[Body, Body]] = {}
+        # The bodies of a template for one name (WireAnswers.exact), for that name's length.
+        self.exact: tuple[Body, Body] | None = None
 
     def bodies(self, name_length: int) -> tuple[Body, Body]:
         """The full and reduced bodies for a question name of `name_length` octets."""
@@ -166,6 +168,7 @@ class WireAnswers:
 
     def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
+        # By question: the lowercased name, the type and the class (IN) as on the wire.
         self.exact: dict[bytes, Template] = {}
         self.names: dict[bytes, NameInfo] = {}
         self._lazy: dict[bytes, Template] = {}
@@ -186,7 +189,9 @@ class WireAnswers:
             node = zone.nodes.get(name, {})
             cut = _cut_above(zone, name)
             for rdtype in node:
-                self.exact[key + struct.pack("!H", rdtype)] = self._compile(name, rdtype, exact=True)
+                self.exact[key + struct.pack("!HH", rdtype, dns.rdataclass.IN)] = self._compile(
+                    name, rdtype, exact=True
+                )
             wildcard = dns.name.Name((b"*", *name.labels))
             self.names[key] = NameInfo(
                 zone=zone,
@@ -211,7 +216,7 @@ class WireAnswers:
         resolve(self.snapshot, self.snapshot.find_zone(name), name, qtype, response)
         if exact:
             template = compile_response(response, anchor=name)
-            template.bodies(len(name.to_wire()))  # encoded now, not on the first query
+            template.exact = template.bodies(len(name.to_wire()))  # encoded now, not on a query
             return template
         return compile_response(response, anchor=anchor, asked=asked)
 
@@ -223,9 +228,9 @@ class WireAnswers:
                 self._lazy[key] = template
         return template
 
-    def lookup(self, name: bytes, starts: list[int], qtype: int) -> Template | None:
+    def lookup(self, name: bytes, starts: list[int], qtype: int) -> Template:
         """The template for a question of `qtype` about `name` (the lowercased wire name, its
-        labels beginning at the offsets `starts`)."""
+        labels beginning at the offsets `starts`) when `exact` has none."""
         info = self.names.get(name)
         if info is not None:  # the name exists, but not with this type
             if info.nodata is not None and qtype != dns.rdatatype.ANY:
