@@ -223,8 +223,8 @@ def main() -> None:
     nsd_version = subprocess.run(["nsd", "-v"], capture_output=True, text=True).stderr.splitlines()[0]
     print(
         f"\nDNS over UDP on 127.0.0.1, example.com, Everlock {args.processes} process(es), NSD server-count "
-        f"{args.nsd_processes}, {os.cpu_count()} cores, dnsperf -c {args.clients} "
-        f"-T {args.threads} -q {args.outstanding} -e, {args.seconds} s runs, {args.rounds} rounds ({nsd_version})"
+        f"{args.nsd_processes}, {os.cpu_count()} cores, dnsperf -c {args.clients} -T {args.threads} "
+        f"-q {args.outstanding} -e, {args.seconds} s runs, {args.rounds} rounds ({nsd_version})"
     )
     for name in ("repeated", "unique"):
         everlock_qps = statistics.median(q for q, _ in results[(name, "everlock")])

@@ -112,7 +112,7 @@ class Responder:
         if len(wire) < 12 or wire[2] & 0x80:
             return None
         try:
-            return self._from_templates(wire, tcp) or self._answer(wire, tcp=tcp)
+            return self._from_templates(wire, tcp) or self.fallback(wire, tcp=tcp)
         except Exception:
             log.exception("DNS query could not be answered")
             return _header_only(wire, dns.rcode.SERVFAIL)
@@ -214,8 +214,10 @@ class Responder:
             template = answers.lookup(name, starts, qtype)
         return _assemble(wire, template, template.bodies(end_of_name - 12), question, opt, limit)
 
-    def _answer(self, wire: bytes, *, tcp: bool) -> bytes:
-        """The fallback: the query read by dnspython, the answer built by resolve()."""
+    def fallback(self, wire: bytes, *, tcp: bool) -> bytes:
+        """The answer built with dnspython's object model: the query read by dnspython, the
+        response filled by resolve(). Used for the queries the templates do not take; the
+        templates' answers are tested against it."""
         flags = struct.unpack_from("!H", wire, 2)[0]
         opcode = (flags & OPCODE_MASK) >> 11
         try:
