@@ -7,6 +7,11 @@ of `everlock serve`) is announced on commit (dns_zones.changes) and served befor
 service returns; one made by another process is seen by `data_version()`, polled every
 `poll_interval` seconds (POLL_INTERVAL, so within about 0.1 s).
 
+Several processes may serve the same address: UDP and TCP are bound with SO_REUSEPORT and the
+kernel spreads queries over them (`manage.py rundns --processes N`, the `everlock serve`
+supervisor). Each process loads its own snapshot and precompiles it (dns_zones.server.wire);
+the database poll that notices a change is one aggregate query.
+
 TCP (RFC 7766): every connection has an idle timeout and a write timeout (a client that
 sends queries but does not read the answers is dropped), at most `tcp_per_client`
 connections come from one address, and at most `tcp_connections` are open in all; when full,
@@ -305,7 +310,8 @@ class DNSServer:
 async def start_dns(*, listens, poll_interval: float = POLL_INTERVAL) -> DNSServer:
     """Start the DNS listener on listens["dns"] (a ListenAddress); return the running server.
 
-    Used by `everlock serve --backend-dns-dns` and `manage.py rundns`. Logs the bound address
+    Used by `everlock serve --backend-dns-dns` and `manage.py rundns`; safe to run in several
+    processes on one fixed port (SO_REUSEPORT), each with its own zone data. Logs the bound address
     (with the real port when port 0 was asked for) on the "dns_zones" logger.
     """
     listen = listens["dns"]
