@@ -51,7 +51,7 @@ def resolve(snapshot: Snapshot, zone: ZoneData, qname: dns.name.Name, qtype: int
     response.flags |= dns.flags.AA
     seen: set[dns.name.Name] = set()
     for step in range(MAX_CNAME_CHAIN + 1):
-        cut = _delegation(zone, lookup, qtype)
+        cut = delegation(zone, lookup, qtype)
         if cut is not None:
             # A referral is not authoritative data (RFC 1034 section 4.3.2 step 3b).
             if step == 0:
@@ -97,7 +97,7 @@ def resolve(snapshot: Snapshot, zone: ZoneData, qname: dns.name.Name, qtype: int
     # A chain longer than MAX_CNAME_CHAIN: answer what we have; the resolver continues.
 
 
-def _delegation(zone: ZoneData, name: dns.name.Name, qtype: int) -> dns.name.Name | None:
+def delegation(zone: ZoneData, name: dns.name.Name, qtype: int) -> dns.name.Name | None:
     """The highest zone cut between the apex (exclusive) and `name`, or None.
 
     At the cut itself a DS query is answered from the parent side (RFC 4035 section 3.1.4.1).

@@ -2,8 +2,8 @@
 
 For every RRset of every hosted name, WireAnswers holds the response body (the sections after
 the question) ready to send, built once by dns_zones.server.resolve when the snapshot is
-loaded; the negative answers have templates: NODATA per name, NXDOMAIN per zone, the referral
-per delegation, and wildcard expansions per (wildcard, type), compiled on first use. Answering
+loaded; the negative answers have templates: NXDOMAIN and NODATA per zone, the referral per
+delegation, and wildcard expansions per (wildcard, type), compiled on first use. Answering
 a query then costs a dictionary lookup and a join: the query's ID and question (with the
 client's letter case, RFC 4343) are copied in front of the body, the EDNS OPT record after it.
 
@@ -26,7 +26,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from dns_zones.server.resolve import negative, required_glue, resolve
+from dns_zones.server.resolve import delegation, negative, required_glue, resolve
 from dns_zones.server.snapshot import Snapshot, ZoneData
 
 # Templates compiled on first use (wildcard expansions, CNAME chains, types a name lacks at a
@@ -86,10 +86,10 @@ class Template:
         found = self._bodies.get(name_length)
         if found is None:
             question = _stand_in(self.anchor, name_length)
-            found = self._bodies[name_length] = (
-                self._encode(question, self.full),
-                self._encode(question, self.reduced),
-            )
+            full = self._encode(question, self.full)
+            # Without an additional section to cut, the reduced body is the full one.
+            same = self.reduced[2] == self.full[2]
+            found = self._bodies[name_length] = (full, full if same else self._encode(question, self.reduced))
         return found
 
     def _encode(self, question: dns.name.Name, sections: tuple[list, list, list]) -> Body:
@@ -152,7 +152,6 @@ def _response(qname: dns.name.Name, qtype: int) -> dns.message.Message:
 class NameInfo:
     """What the wire path needs to know of an existing name (or empty non-terminal)."""
 
-    zone: ZoneData
     # NODATA for the types the name lacks; None where that depends on the type (a CNAME, a
     # name at or below a delegation).
     nodata: Template | None
@@ -187,14 +186,13 @@ class WireAnswers:
                 continue  # the apex or a name of a zone hosted inside this one: filed there
             key = name.canonicalize().to_wire()
             node = zone.nodes.get(name, {})
-            cut = _cut_above(zone, name)
+            cut = delegation(zone, name, dns.rdatatype.A)
             for rdtype in node:
                 self.exact[key + struct.pack("!HH", rdtype, dns.rdataclass.IN)] = self._compile(
                     name, rdtype, exact=True
                 )
             wildcard = dns.name.Name((b"*", *name.labels))
             self.names[key] = NameInfo(
-                zone=zone,
                 nodata=nodata if cut is None and dns.rdatatype.CNAME not in node else None,
                 referral=referrals[cut] if cut is not None else None,
                 wildcard=wildcard if wildcard in zone.nodes else None,
@@ -262,14 +260,3 @@ def _negative(zone: ZoneData, rcode: int) -> dns.message.Message:
     response.flags |= dns.flags.AA
     negative(zone, response, rcode)
     return response
-
-
-def _cut_above(zone: ZoneData, name: dns.name.Name) -> dns.name.Name | None:
-    """The highest delegation point between the apex (exclusive) and `name` (inclusive)."""
-    if not zone.cuts:
-        return None
-    for depth in range(len(zone.origin) + 1, len(name) + 1):
-        candidate = name.split(depth)[1]
-        if candidate in zone.cuts:
-            return candidate
-    return None
