@@ -208,10 +208,14 @@ def test_idle_and_stalled_connections_do_not_keep_new_clients_out(served):
 
 
 def test_client_that_does_not_read_is_dropped(served):
-    served.server.tcp_write_timeout = 3.0
+    served.server.tcp_write_timeout = 0.5
     with _tcp_from(served.port, "127.0.0.2") as sock:
+        # Served while it reads its answers.
+        query = dns.message.make_query("www.example.com", "A")
+        dns.query.send_tcp(sock, query)
+        response, _ = dns.query.receive_tcp(sock, expiration=time.time() + 5)
+        assert response.id == query.id and served.server.tcp_open == 1
         _flood_without_reading(sock)
-        assert served.server.tcp_open == 1
         # The server gives up on it: its answers are dropped and the connection reset.
         assert served.wait_for(lambda: served.server.tcp_open == 0, timeout=30)
         assert _end_of(sock) in ("reset", "eof")
