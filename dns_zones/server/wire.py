@@ -30,8 +30,11 @@ from dns_zones.server.resolve import delegation, negative, required_glue, resolv
 from dns_zones.server.snapshot import Snapshot, ZoneData
 
 # Templates compiled on first use (wildcard expansions, CNAME chains, types a name lacks at a
-# delegation) are kept up to this many per snapshot; past it they are built for each query.
-MAX_LAZY_TEMPLATES = 65536
+# delegation) are kept up to this many per snapshot, each with its bodies for at most
+# LAZY_BODIES question lengths; past that they are encoded for each query. Odd questions
+# cannot grow the memory of a process by more than about 4096 * 32 small bodies.
+MAX_LAZY_TEMPLATES = 4096
+LAZY_BODIES = 32
 
 _COUNTS = struct.Struct("!HHHH")
 QR = 0x8000
@@ -60,7 +63,7 @@ class Template:
     `anchor`, so a compression pointer lands on the same octets of any real question.
     """
 
-    __slots__ = ("_bodies", "anchor", "asked", "exact", "flags", "flags_rd", "full", "reduced")
+    __slots__ = ("_bodies", "anchor", "asked", "exact", "flags", "flags_rd", "full", "keep", "reduced")
 
     def __init__(
         self,
@@ -78,6 +81,8 @@ class Template:
         self.anchor = anchor
         self.asked = asked
         self._bodies: dict[int, tuple[Body, Body]] = {}
+        # How many question lengths keep their bodies (a name is at most 255 octets).
+        self.keep = 256
         # The bodies of a template for one name (WireAnswers.exact), for that name's length.
         self.exact: tuple[Body, Body] | None = None
 
@@ -89,7 +94,9 @@ class Template:
             full = self._encode(question, self.full)
             # Without an additional section to cut, the reduced body is the full one.
             same = self.reduced[2] == self.full[2]
-            found = self._bodies[name_length] = (full, full if same else self._encode(question, self.reduced))
+            found = (full, full if same else self._encode(question, self.reduced))
+            if len(self._bodies) < self.keep:
+                self._bodies[name_length] = found
         return found
 
     def _encode(self, question: dns.name.Name, sections: tuple[list, list, list]) -> Body:
@@ -222,6 +229,7 @@ class WireAnswers:
         template = self._lazy.get(key)
         if template is None:
             template = build()
+            template.keep = LAZY_BODIES
             if len(self._lazy) < MAX_LAZY_TEMPLATES:
                 self._lazy[key] = template
         return template

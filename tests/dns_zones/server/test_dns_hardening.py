@@ -77,6 +77,7 @@ def test_templates_compiled_on_first_use_are_held_to_their_number(transactional_
         assert response.answer[0].rdtype == dns.rdatatype.CNAME
     assert len(responder.answers._lazy) == 100
     # Unique names below the apex share the zone's NXDOMAIN template: nothing is kept for them.
+    # (The limits below bound what wildcard answers keep: LAZY_BODIES lengths per template.)
     for n in range(3000):
         query = dns.message.make_query(f"n{n}.example.com", "A")
         response = dns.message.from_wire(responder.respond(query.to_wire(), tcp=False))
@@ -219,3 +220,17 @@ def test_client_that_does_not_read_is_dropped(served):
         # The server gives up on it: its answers are dropped and the connection reset.
         assert served.wait_for(lambda: served.server.tcp_open == 0, timeout=30)
         assert _end_of(sock) in ("reset", "eof")
+
+
+def test_wildcard_answers_keep_bodies_for_a_bounded_number_of_name_lengths(transactional_db):
+    zone_create(origin="example.com")
+    record_add(origin="example.com", name="*.wild", rtype="A", data="192.0.2.9")
+    responder = Responder(load_snapshot())
+    for n in range(1, 120):
+        name = "x" * min(n, 63) + ("." + "y" * (n - 63) if n > 63 else "") + ".wild.example.com"
+        query = dns.message.make_query(name, "TXT")
+        response = dns.message.from_wire(responder.respond(query.to_wire(), tcp=False))
+        assert response.rcode() == dns.rcode.NOERROR and response.answer == []
+        assert response.authority[0].rdtype == dns.rdatatype.SOA
+    (template,) = responder.answers._lazy.values()
+    assert len(template._bodies) == wire.LAZY_BODIES
