@@ -16,7 +16,9 @@ server in turn, alternating, for two query sets:
         [--port 37053] [--nsd-port 37054] [--clients 16] [--threads 1] [--outstanding 300]
 
 Before loading, every question of the mix is asked of both servers and the answers compared.
-Prints each run's queries/s and lost queries, then the median per server and the ratio.
+Prints each run's queries/s, lost queries and the server's CPU time per answered query (all
+its processes and threads, from /proc), then the medians per server and the ratio. Where the
+load generator and the servers share the cores, queries/s follow CPU time per query.
 """
 
 from __future__ import annotations
@@ -130,8 +132,33 @@ def _answers(port: int) -> list[tuple]:
     return out
 
 
-def _dnsperf(port: int, datafile: Path, args) -> tuple[float, int]:
-    """One dnsperf run against 127.0.0.1:`port`: (queries per second, queries lost)."""
+def _cpu_ns(root: int) -> int:
+    """CPU time (ns) used so far by process `root`, its descendants and all their threads."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+    return total
+
+
+def _dnsperf(port: int, datafile: Path, args, server: int) -> tuple[float, int, float]:
+    """One dnsperf run against 127.0.0.1:`port`, served by the process tree of `server`:
+    (queries per second, queries lost, server CPU microseconds per answered query)."""
+    before = _cpu_ns(server)
     out = subprocess.run(
         [
             "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", str(args.seconds),
@@ -139,9 +166,11 @@ def _dnsperf(port: int, datafile: Path, args) -> tuple[float, int]:
         ],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    cpu = _cpu_ns(server) - before
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
-    return qps, lost
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))
+    return qps, lost, cpu / 1000 / max(completed, 1)
 
 
 def main() -> None:
@@ -204,14 +233,16 @@ def main() -> None:
             )
             if mine != peer:
                 print(f"    everlock: {mine[2:]}\n    nsd:      {peer[2:]}")
-        results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+        results: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
         for name, datafile in (("repeated", repeated), ("unique", unique)):
             for n in range(args.rounds):
-                for server, port in (("everlock", args.port), ("nsd", args.nsd_port)):
-                    qps, lost = _dnsperf(port, datafile, args)
-                    results.setdefault((name, server), []).append((qps, lost))
+                for server, port, proc in (("everlock", args.port, everlock), ("nsd", args.nsd_port, nsd)):
+                    qps, lost, cpu = _dnsperf(port, datafile, args, proc.pid)
+                    results.setdefault((name, server), []).append((qps, lost, cpu))
                     print(
-                        f"  {name} round {n + 1} {server:8} {qps:>10,.0f} queries/s, {lost} lost", flush=True
+                        f"  {name} round {n + 1} {server:8} {qps:>10,.0f} queries/s, {lost} lost, "
+                        f"{cpu:.2f} us CPU per query",
+                        flush=True,
                     )
     finally:
         everlock.terminate()
@@ -227,11 +258,13 @@ def main() -> None:
         f"-q {args.outstanding} -e, {args.seconds} s runs, {args.rounds} rounds ({nsd_version})"
     )
     for name in ("repeated", "unique"):
-        everlock_qps = statistics.median(q for q, _ in results[(name, "everlock")])
-        nsd_qps = statistics.median(q for q, _ in results[(name, "nsd")])
+        everlock_qps = statistics.median(r[0] for r in results[(name, "everlock")])
+        nsd_qps = statistics.median(r[0] for r in results[(name, "nsd")])
+        everlock_cpu = statistics.median(r[2] for r in results[(name, "everlock")])
+        nsd_cpu = statistics.median(r[2] for r in results[(name, "nsd")])
         print(
             f"  {name:8}: Everlock {everlock_qps:>10,.0f} q/s, NSD {nsd_qps:>10,.0f} q/s (medians): "
-            f"{everlock_qps / nsd_qps:.2f}x NSD"
+            f"{everlock_qps / nsd_qps:.2f}x NSD; CPU per query {everlock_cpu:.2f} us against {nsd_cpu:.2f} us"
         )
 
 
