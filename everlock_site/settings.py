@@ -345,6 +345,13 @@ EVERLOCK_QUEUE_SCAN_INTERVAL = env.float("EVERLOCK_QUEUE_SCAN_INTERVAL", default
 # seconds between the delivery workers' sweeps (one at each start).
 EVERLOCK_ORPHAN_FILE_AGE = env.float("EVERLOCK_ORPHAN_FILE_AGE", default=86400.0)
 EVERLOCK_ORPHAN_SWEEP_INTERVAL = env.float("EVERLOCK_ORPHAN_SWEEP_INTERVAL", default=3600.0)
+# EVERLOCK_DKIM_ROTATION_INTERVAL: seconds between the delivery workers' steps of DKIM key
+# rotations (/mail domains dkim rotate D): looking the new key records up through
+# EVERLOCK_RESOLVER, switching signing to them once visible for their TTL, withdrawing the
+# old ones. EVERLOCK_DKIM_ROTATION_GRACE: seconds the old key records stay published after
+# the switch, so mail signed just before it still verifies when checked late.
+EVERLOCK_DKIM_ROTATION_INTERVAL = env.float("EVERLOCK_DKIM_ROTATION_INTERVAL", default=300.0)
+EVERLOCK_DKIM_ROTATION_GRACE = env.float("EVERLOCK_DKIM_ROTATION_GRACE", default=7 * 86400.0)
 # EVERLOCK_QUEUE_FIRST_RETRY / EVERLOCK_QUEUE_MAX_RETRY: seconds before the first retry of a
 # temporary failure, doubling per attempt up to the maximum (see mail/delivery/attempts.py).
 # The first retry is also how long a claimed row waits when its worker dies mid-delivery.
