@@ -164,7 +164,7 @@ def relay(messages: int) -> None:
     if available() and shutil.which("saslpasswd2"):
         from django.conf import settings
 
-        from mail.smtp.tls import self_signed_pair
+        from tls.store import self_signed_pair
 
         cert, key = self_signed_pair(directory=Path(settings.DATA_DIR) / "tls", hostname="localhost")
         with running_postfix(

@@ -64,8 +64,8 @@ def main() -> None:
     prepare(data_dir, dkim=False)
     from django.conf import settings
 
-    from mail.smtp.tls import self_signed_pair
     from tests.postfix import available, running_postfix
+    from tls.store import self_signed_pair
 
     bare, bare_port = start(_bare_server, False)
     ours, ports = start(_everlock_server, data_dir)

@@ -19,7 +19,7 @@ from mail.models import MailDomain, Message, MessageContent, OutboundDelivery
 from mail.services.directory import directory
 from mail.smtp.listeners import start_listeners
 from mail.smtp.server import SMTPConfig
-from mail.smtp.tls import server_context
+from tls.store import server_context
 
 HOSTNAME = "mx.example.com"
 
