@@ -99,14 +99,18 @@ class ChildSpec:
 
 def child_specs(components: list[tuple[Component, Callable]], *, processes: int) -> list[ChildSpec]:
     """The children that run `components` (in start order, with their start functions):
-    one spec per process name, in the order its first component comes."""
+    one spec per process name, in the order its first component comes, the listener
+    processes last: when clients can connect, the backends they reach are up."""
     grouped: dict[str, list[tuple[str, Callable]]] = {}
     for component, start in components:
         grouped.setdefault(component.process, []).append((component.name, start))
-    return [
-        ChildSpec(name, tuple(starts), copies=processes if name == LISTENER else 1)
-        for name, starts in grouped.items()
-    ]
+    return sorted(
+        (
+            ChildSpec(name, tuple(starts), copies=processes if name == LISTENER else 1)
+            for name, starts in grouped.items()
+        ),
+        key=lambda spec: spec.process == LISTENER,
+    )
 
 
 @dataclass

@@ -176,9 +176,10 @@ def test_listener_components_run_in_copies_the_others_once():
         ],
         processes=3,
     )
+    # The listener processes start last: their clients find the console and workers up.
     assert specs == [
-        ChildSpec(LISTENER, (("backend-dns-dns", start), ("frontend-smtp", start)), copies=3),
         ChildSpec("console", (("backend-admin-ssh", start), ("frontend-ssh", start)), copies=1),
+        ChildSpec(LISTENER, (("backend-dns-dns", start), ("frontend-smtp", start)), copies=3),
     ]
-    assert [specs[0].title(i) for i in range(3)] == ["listener-1", "listener-2", "listener-3"]
-    assert specs[1].title(0) == "console"
+    assert [specs[1].title(i) for i in range(3)] == ["listener-1", "listener-2", "listener-3"]
+    assert specs[0].title(0) == "console"
