@@ -331,6 +331,11 @@ EVERLOCK_DELIVERY_CONCURRENCY = env.int("EVERLOCK_DELIVERY_CONCURRENCY", default
 CELERY_TASK_ALWAYS_EAGER = env.bool("EVERLOCK_CELERY_EAGER", default=False)
 
 # EVERLOCK_LOG: "level" or "module=level,module=level" (RUST_LOG is read as an alias with the
-# product doc's target names).
+# product doc's target names). EVERLOCK_LOG_FORMAT: "text" (each line begins with an ISO 8601
+# timestamp) or "json" (one object per line: timestamp, level, logger, message and the
+# structured fields of the line, such as client and queue_id).
 LOGGING_CONFIG = "logging.config.dictConfig"
-LOGGING = logging_config(env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""))
+LOGGING = logging_config(
+    env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""),
+    env.str("EVERLOCK_LOG_FORMAT", default="text"),
+)

@@ -259,5 +259,11 @@ def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = 
     row.updated_at = now
     row.save(update_fields=["last_reply", "status", "updated_at"])
     if expired:
-        log.info("delivery #%s to %s expired: %s", row.id, row.domain, last_reply)
+        log.info(
+            "delivery #%s to %s expired: %s",
+            row.id,
+            row.domain,
+            last_reply,
+            extra={"queue_id": row.id, "domain": row.domain},
+        )
     return failed

@@ -35,6 +35,7 @@ from mail.imap.config import Config
 from mail.imap.login import Login
 from mail.imap.notify import watch_folders
 from mail.imap.threads import database_threads
+from mail.smtp.server import peer_host
 from mail.smtp.tls import server_context
 
 log = logging.getLogger("mail.imap")
@@ -175,9 +176,11 @@ class IMAPListener:
                 stack.enter_context(contextlib.closing(connection))
                 await connection.run(state)
         except (ConnectionError, EOFError, TimeoutError) as exc:
-            log.info("%s: connection from %s ended: %s", self.name, peer, exc)
+            log.info(
+                "%s: connection from %s ended: %s", self.name, peer, exc, extra={"client": peer_host(peer)}
+            )
         except Exception:
-            log.exception("%s: connection from %s failed", self.name, peer)
+            log.exception("%s: connection from %s failed", self.name, peer, extra={"client": peer_host(peer)})
         finally:
             self.connections.pop(writer, None)
             writer.close()

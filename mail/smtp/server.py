@@ -571,7 +571,7 @@ class EverlockSMTP(SMTP):
         if self.transport is None:
             host = peer_host(transport.get_extra_info("peername"))
             if not self.counter.acquire(host, self.config.max_connections_per_client):
-                log.warning("SMTP: too many connections from %s", host)
+                log.warning("SMTP: too many connections from %s", host, extra={"client": host})
                 self._free_slot()
                 transport.write(wire(replies.TOO_MANY_CONNECTIONS) + b"\r\n")
                 transport.close()
@@ -648,7 +648,10 @@ class EverlockSMTP(SMTP):
     async def handle_exception(self, error: Exception):
         if isinstance(error, TLSSetupException):
             # A client that gave up or failed the TLS handshake: nothing of ours went wrong.
-            log.info("SMTP: TLS handshake with %s failed: %r", peer_host(self.session.peer), error.__cause__)
+            client = peer_host(self.session.peer)
+            log.info(
+                "SMTP: TLS handshake with %s failed: %r", client, error.__cause__, extra={"client": client}
+            )
             return replies.LOCAL_ERROR
         return await super().handle_exception(error)
 
