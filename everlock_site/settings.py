@@ -5,6 +5,7 @@ file in the working directory (see `.env.example`). Services never read the envi
 themselves: commands, tasks and AppConfigs pass these values in.
 """
 
+import os
 import secrets
 from pathlib import Path
 
@@ -163,6 +164,16 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# Counters for /metrics (everlock_site.metrics): each process adds to its own files here, and
+# a scrape adds them up. prometheus-client reads the variable when it is first imported.
+EVERLOCK_METRICS_DIR = DATA_DIR / "metrics"
+EVERLOCK_METRICS_DIR.mkdir(exist_ok=True, mode=0o700)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(EVERLOCK_METRICS_DIR)
+
+# EVERLOCK_METRICS_TOKEN: when set, /metrics on the HTTP listener answers only requests with
+# "Authorization: Bearer TOKEN" (from any address); when empty, only loopback clients.
+EVERLOCK_METRICS_TOKEN = env.str("EVERLOCK_METRICS_TOKEN", default="")
 
 # Cross-process cache (login throttle, verified-credential generations): the database, so
 # every listener and worker sees the same counters without another server.

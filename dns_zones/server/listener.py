@@ -25,12 +25,14 @@ import struct
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import dns.rcode
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from dns_zones import changes
 from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import data_version, load_snapshot
+from everlock_site import metrics
 from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 
 log = logging.getLogger("dns_zones")
@@ -56,10 +58,29 @@ class _TCPClient:
         self.progress = now
 
 
+class _AnswerCounter:
+    """Counts the answers of one transport for the metrics, by response code (the header's
+    RCODE, RFC 1035 section 4.1.1), with the labelled counters looked up once per code."""
+
+    def __init__(self, transport: str):
+        self.transport = transport
+        self.counters: dict[int, object] = {}
+
+    def __call__(self, response: bytes) -> None:
+        rcode = response[3] & 0x0F
+        counter = self.counters.get(rcode)
+        if counter is None:
+            counter = self.counters[rcode] = metrics.DNS_QUERIES.labels(
+                self.transport, dns.rcode.to_text(rcode)
+            )
+        counter.inc()
+
+
 class _UDPProtocol(asyncio.DatagramProtocol):
     def __init__(self, responder: Responder):
         self.responder = responder
         self.transport: asyncio.DatagramTransport | None = None
+        self.count = _AnswerCounter("udp")
 
     def connection_made(self, transport):
         self.transport = transport
@@ -68,6 +89,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         response = self.responder.respond(data, tcp=False)
         if response is not None:
             self.transport.sendto(response, addr)
+            self.count(response)
 
     def error_received(self, exc):
         # ICMP errors from earlier sends (a client that went away): nothing to do.
@@ -89,6 +111,7 @@ class DNSServer:
         self.port = 0
         self.responder: Responder | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns-snapshot")
+        self._count_tcp = _AnswerCounter("tcp")
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._poller: asyncio.Task | None = None
@@ -211,6 +234,7 @@ class DNSServer:
                 if response is None:
                     continue
                 writer.write(struct.pack("!H", len(response)) + response)
+                self._count_tcp(response)
                 await asyncio.wait_for(writer.drain(), self.tcp_write_timeout)
                 client.progress = loop.time()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):

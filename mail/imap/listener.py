@@ -29,6 +29,7 @@ from proxyprotocol.sock import SocketInfoLocal
 from pymap.context import connection_exit, subsystem
 from pymap.imap import IMAPConnection
 
+from everlock_site import metrics
 from everlock_site.listen import binding
 from mail.imap.commands import CAPABILITIES, TOO_LONG, EverlockConnectionState, commands
 from mail.imap.config import Config
@@ -165,6 +166,7 @@ class IMAPListener:
             writer.close()
             return
         self.connections[writer] = reader
+        metrics.IMAP_CONNECTIONS.labels(self.name).inc()
         self.config.apply_context()
         subsystem.set(self.config.subsystem)
         info = SocketInfoLocal(writer, unique_id=uuid.uuid4().bytes)

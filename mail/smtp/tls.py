@@ -50,6 +50,28 @@ def self_signed_pair(*, directory: Path, hostname: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def certificate_file(*, cert: str, key: str, data_dir: Path) -> Path:
+    """The certificate (chain) file server_context serves for these settings: `cert`, or the
+    self-signed one in data_dir/tls/ (which may not exist before a listener made it)."""
+    return Path(cert) if cert and key else data_dir / "tls" / "cert.pem"
+
+
+def certificate_expiry(path: Path) -> tuple[str, datetime.datetime]:
+    """(name, not-after) of the first certificate in the PEM file `path`: the name is its
+    first DNS subject alternative name, else its common name.
+
+    Raises OSError when the file cannot be read, ValueError when it holds no certificate.
+    """
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        name = names.get_values_for_type(x509.DNSName)[0]
+    except (x509.ExtensionNotFound, IndexError):
+        common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(common[0].value) if common else ""
+    return name, certificate.not_valid_after_utc
+
+
 def server_context(*, cert: str, key: str, data_dir: Path, hostname: str) -> ssl.SSLContext:
     """A server SSLContext from `cert`/`key`, or the self-signed pair in data_dir/tls/."""
     if not cert or not key:
