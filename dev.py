@@ -71,6 +71,7 @@ TEST_TOOLS = {
     "curl": "curl",
     "postfix": "postfix",
     "msmtp": "msmtp",
+    "pg_dump": "postgresql-client",
 }
 
 
