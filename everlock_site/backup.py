@@ -66,6 +66,19 @@ class BackupResult:
     missing: list[str] = field(default_factory=list)
     data_files: int = 0
 
+    def report(self) -> list[str]:
+        """What `everlock backup` prints."""
+        lines = [
+            f"backup written to {self.destination}: {self.engine} database, {self.messages} messages, "
+            f"{self.data_files} files of the data dir"
+        ]
+        if self.missing:
+            lines.append(
+                f"{len(self.missing)} messages were deleted while the backup ran and are left out "
+                "(listed in manifest.json)"
+            )
+        return lines
+
 
 def engine() -> str:
     vendor = connection.vendor
@@ -245,10 +258,25 @@ def installation_in_use() -> list[str]:
 
 @dataclass
 class RestoreResult:
+    source: Path
     engine: str
     messages: int
     data_files: int
     configured_tls: dict
+
+    def report(self) -> list[str]:
+        """What `everlock restore` prints."""
+        lines = [
+            f"restored: {self.engine} database (migrated), {self.messages} messages, "
+            f"{self.data_files} files of the data dir"
+        ]
+        if self.configured_tls:
+            lines.append(
+                f"the files of EVERLOCK_TLS_CERT ({self.configured_tls['cert']}) and EVERLOCK_TLS_KEY "
+                f"({self.configured_tls['key']}) are in {self.source / 'configured-tls'}: put them back "
+                "where the settings name them"
+            )
+        return lines
 
 
 def restore(source: Path, *, force: bool = False) -> RestoreResult:
@@ -288,7 +316,11 @@ def restore(source: Path, *, force: bool = False) -> RestoreResult:
     call_command("migrate", interactive=False, verbosity=0)
     call_command("createcachetable", verbosity=0)
     return RestoreResult(
-        engine=kind, messages=messages, data_files=files, configured_tls=manifest.get("configured_tls", {})
+        source=source,
+        engine=kind,
+        messages=messages,
+        data_files=files,
+        configured_tls=manifest.get("configured_tls", {}),
     )
 
 

@@ -20,12 +20,4 @@ class Command(BaseCommand):
             result = backup(Path(opts["destination"]).resolve())
         except BackupError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(
-            f"backup written to {result.destination}: {result.engine} database, "
-            f"{result.messages} messages, {result.data_files} files of the data dir"
-        )
-        if result.missing:
-            self.stdout.write(
-                f"{len(result.missing)} messages were deleted while the backup ran and are left out "
-                "(listed in manifest.json)"
-            )
+        self.stdout.write("\n".join(result.report()))

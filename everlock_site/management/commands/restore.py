@@ -25,13 +25,4 @@ class Command(BaseCommand):
             result = restore(Path(opts["source"]).resolve(), force=opts["force"])
         except BackupError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(
-            f"restored: {result.engine} database (migrated), {result.messages} messages, "
-            f"{result.data_files} files of the data dir"
-        )
-        if result.configured_tls:
-            self.stdout.write(
-                f"the certificate and key of EVERLOCK_TLS_CERT ({result.configured_tls['cert']}) and "
-                f"EVERLOCK_TLS_KEY ({result.configured_tls['key']}) are in "
-                f"{Path(opts['source']).resolve() / 'configured-tls'}: put them back where the settings name them"
-            )
+        self.stdout.write("\n".join(result.report()))
