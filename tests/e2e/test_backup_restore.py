@@ -35,12 +35,14 @@ def everlock_command(installation: Everlock, *args: str) -> subprocess.Completed
 
 
 def start(installation: Everlock) -> dict[str, int]:
-    ports = {name: free_port() for name in ("ssh", "smtp", "imap")}
+    ports = {name: free_port() for name in ("ssh", "smtp", "submission", "imap")}
     installation.start(
         [
             "--frontend-ssh", "--frontend-ssh-listen", f"127.0.0.1:{ports['ssh']}",
             "--backend-admin-ssh", "--backend-mail-smtp",
             "--frontend-smtp", "--frontend-smtp-listen", f"127.0.0.1:{ports['smtp']}",
+            "--frontend-smtp-submission",
+            "--frontend-smtp-submission-listen", f"127.0.0.1:{ports['submission']}",
             "--frontend-imap-listen", f"127.0.0.1:{ports['imap']}",
             "--admin-user", "admin", "--admin-password", "change-me",
         ],
@@ -59,44 +61,54 @@ def send(port: int, subject: str) -> None:
         )
 
 
-def mailbox(port: int) -> dict[str, list[tuple[int, tuple, bytes]]]:
-    """{folder: [(uid, flags, message bytes)]} of carol's INBOX and Reports."""
+def mailbox(port: int) -> dict[str, tuple[int, list[tuple[int, tuple, bytes]]]]:
+    """{folder: (UIDVALIDITY, [(uid, flags, message bytes)])} of carol's INBOX and Reports."""
     seen = {}
     with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=30) as client:
         client.login("carol", "carol-secret-1")
         for folder in ("INBOX", "Reports"):
-            client.select_folder(folder, readonly=True)
+            uidvalidity = client.select_folder(folder, readonly=True)[b"UIDVALIDITY"]
             fetched = client.fetch(client.search("ALL"), ["FLAGS", "BODY.PEEK[]"])  # by UID
-            seen[folder] = sorted(
-                (uid, tuple(sorted(data[b"FLAGS"])), data[b"BODY[]"]) for uid, data in fetched.items()
+            seen[folder] = (
+                uidvalidity,
+                sorted(
+                    (uid, tuple(sorted(data[b"FLAGS"])), data[b"BODY[]"]) for uid, data in fetched.items()
+                ),
             )
     return seen
+
+
+def populate(installation: Everlock) -> dict[str, int]:
+    """Start `installation` and give it carol's mail: three messages in, a rule filing one
+    into Reports, one flagged \\Seen and \\Flagged, one expunged; DKIM keys for example.com.
+    Returns its ports."""
+    ports = start(installation)
+    for line in (
+        "/mail domains create example.com",
+        "/users add carol carol-secret-1",
+        "/users grant carol smtp/mail/example.com:carol writer",
+        "/mail domains set example.com dkim=on",
+    ):
+        installation.console(line)
+    (installation.data_dir / "everlock-mail" / "rules.toml").write_text(RULES)
+    installation.console("/mail rules import")
+    for subject in ("first", "monthly report", "second"):
+        send(ports["smtp"], subject)
+    with IMAPClient("127.0.0.1", port=ports["imap"], ssl=False, timeout=30) as client:
+        client.login("carol", "carol-secret-1")
+        client.select_folder("INBOX")
+        uids = client.search("ALL")
+        client.add_flags(uids[:1], [b"\\Seen", b"\\Flagged"])
+        client.delete_messages(uids[1:2])
+        client.expunge()
+    return ports
 
 
 @pytest.fixture
 def original(tmp_path):
     installation = Everlock(tmp_path / "original")
     try:
-        ports = start(installation)
-        for line in (
-            "/mail domains create example.com",
-            "/users add carol carol-secret-1",
-            "/users grant carol smtp/mail/example.com:carol writer",
-            "/mail domains set example.com dkim=on",
-        ):
-            installation.console(line)
-        (installation.data_dir / "everlock-mail" / "rules.toml").write_text(RULES)
-        installation.console("/mail rules import")
-        for subject in ("first", "monthly report", "second"):
-            send(ports["smtp"], subject)
-        with IMAPClient("127.0.0.1", port=ports["imap"], ssl=False, timeout=30) as client:
-            client.login("carol", "carol-secret-1")
-            client.select_folder("INBOX")
-            uids = client.search("ALL")
-            client.add_flags(uids[:1], [b"\\Seen", b"\\Flagged"])
-            client.delete_messages(uids[1:2])
-            client.expunge()
-        yield installation, ports
+        yield installation, populate(installation)
     finally:
         installation.close()
 
@@ -104,7 +116,7 @@ def original(tmp_path):
 def test_backup_of_a_running_installation_restores_into_a_fresh_one(original, tmp_path):
     installation, ports = original
     before = mailbox(ports["imap"])
-    assert [len(before["INBOX"]), len(before["Reports"])] == [1, 1]
+    assert [len(before["INBOX"][1]), len(before["Reports"][1])] == [1, 1]
     domain_before = installation.console("/mail domains show example.com")
     listed_before = installation.console("/mail messages list carol@example.com")
 
@@ -149,8 +161,9 @@ def test_backup_of_a_running_installation_restores_into_a_fresh_one(original, tm
         # New mail continues the UIDs where the original left off.
         send(new_ports["smtp"], "after the restore")
         after = mailbox(new_ports["imap"])
-        assert after["INBOX"][:-1] == before["INBOX"]
-        assert after["INBOX"][-1][0] > max(uid for uid, _, _ in before["INBOX"])
+        assert after["INBOX"][0] == before["INBOX"][0]
+        assert after["INBOX"][1][:-1] == before["INBOX"][1]
+        assert after["INBOX"][1][-1][0] > max(uid for uid, _, _ in before["INBOX"][1])
     finally:
         fresh.close()
 
