@@ -44,8 +44,8 @@ def test_help_lists_everlocks_commands_first():
     ]
     ours = lines[5 : lines.index("Django commands:") - 1]
     assert [line.split()[0] for line in ours] == [
-        "mailconfig", "mailq", "runadminssh", "rundns", "runhttp", "runimap", "runsmtp", "serve",
-        "smtpwriter",
+        "backup", "copydb", "mailconfig", "mailq", "restore", "runadminssh", "rundns", "runhttp",
+        "runimap", "runsmtp", "serve", "smtpwriter",
     ]  # fmt: skip
     assert (
         "    serve        Run the selected Everlock components (listeners, console, workers) in one process."
