@@ -160,10 +160,14 @@ def _copy_tree(source: Path, target: Path) -> int:
 def backup(destination: Path) -> BackupResult:
     """Write a backup of this installation to the new directory `destination`.
 
-    Raises BackupError when `destination` exists and is not empty, or a copy fails (a
-    partial backup is removed).
+    Raises BackupError when `destination` is inside the data dir, exists and is not empty,
+    or a copy fails (a partial backup is removed).
     """
     kind = engine()
+    if destination.is_relative_to(Path(settings.DATA_DIR)):
+        raise BackupError(
+            f"{destination} is inside the data dir {settings.DATA_DIR}: give a directory outside it"
+        )
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise BackupError(f"{destination} exists and is not empty: give a new directory")
     destination.mkdir(parents=True, exist_ok=True, mode=0o700)

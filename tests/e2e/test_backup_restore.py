@@ -136,6 +136,12 @@ def test_backup_of_a_running_installation_restores_into_a_fresh_one(original, tm
         1,
         f"CommandError: {backup} exists and is not empty: give a new directory",
     )
+    inside = everlock_command(installation, "backup", "nested")  # run in the data dir
+    assert (inside.returncode, inside.stderr.strip()) == (
+        1,
+        f"CommandError: {installation.data_dir / 'nested'} is inside the data dir {installation.data_dir}: "
+        "give a directory outside it",
+    )
     installation.stop()
 
     fresh = Everlock(tmp_path / "restored")
