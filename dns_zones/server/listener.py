@@ -22,7 +22,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.rcode
@@ -58,29 +58,29 @@ class _TCPClient:
         self.progress = now
 
 
-class _AnswerCounter:
-    """Counts the answers of one transport for the metrics, by response code (the header's
-    RCODE, RFC 1035 section 4.1.1), with the labelled counters looked up once per code."""
+class _AnswerCounts:
+    """Answers by transport and response code (the header's RCODE, RFC 1035 section 4.1.1)
+    since the last flush. Counting an answer is one dict increment on the event loop; flush()
+    hands the counts to the metrics counters (a lock and a shared-memory write each) from the
+    poll loop, so the metrics lag the answers by at most the poll interval."""
 
-    def __init__(self, transport: str):
-        self.transport = transport
-        self.counters: dict[int, object] = {}
+    def __init__(self) -> None:
+        self.pending: defaultdict[tuple[str, int], int] = defaultdict(int)
 
-    def __call__(self, response: bytes) -> None:
-        rcode = response[3] & 0x0F
-        counter = self.counters.get(rcode)
-        if counter is None:
-            counter = self.counters[rcode] = metrics.DNS_QUERIES.labels(
-                self.transport, dns.rcode.to_text(rcode)
-            )
-        counter.inc()
+    def add(self, transport: str, response: bytes) -> None:
+        self.pending[transport, response[3] & 0x0F] += 1
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, defaultdict(int)
+        for (transport, rcode), count in pending.items():
+            metrics.DNS_QUERIES.labels(transport, dns.rcode.to_text(rcode)).inc(count)
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder):
+    def __init__(self, responder: Responder, counts: _AnswerCounts):
         self.responder = responder
+        self.counts = counts
         self.transport: asyncio.DatagramTransport | None = None
-        self.count = _AnswerCounter("udp")
 
     def connection_made(self, transport):
         self.transport = transport
@@ -89,7 +89,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         response = self.responder.respond(data, tcp=False)
         if response is not None:
             self.transport.sendto(response, addr)
-            self.count(response)
+            self.counts.add("udp", response)
 
     def error_received(self, exc):
         # ICMP errors from earlier sends (a client that went away): nothing to do.
@@ -111,7 +111,7 @@ class DNSServer:
         self.port = 0
         self.responder: Responder | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns-snapshot")
-        self._count_tcp = _AnswerCounter("tcp")
+        self._counts = _AnswerCounts()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._poller: asyncio.Task | None = None
@@ -143,7 +143,7 @@ class DNSServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20):
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self.responder), local_addr=(host, port), family=family
+                lambda: _UDPProtocol(self.responder, self._counts), local_addr=(host, port), family=family
             )
             bound = self._udp.get_extra_info("sockname")[1]
             try:
@@ -195,6 +195,7 @@ class DNSServer:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
+            self._counts.flush()
             try:
                 await self.reload(if_changed=True)
             except asyncio.CancelledError:
@@ -234,7 +235,7 @@ class DNSServer:
                 if response is None:
                     continue
                 writer.write(struct.pack("!H", len(response)) + response)
-                self._count_tcp(response)
+                self._counts.add("tcp", response)
                 await asyncio.wait_for(writer.drain(), self.tcp_write_timeout)
                 client.progress = loop.time()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -272,6 +273,7 @@ class DNSServer:
         if self._poller is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        self._counts.flush()
         if self._tcp is not None:
             await self._tcp.wait_closed()
         if self._connections:
