@@ -1,10 +1,12 @@
 """/metrics of a running installation, scraped over HTTP after real traffic: SMTP (inbound
 and submission, in two listener processes), outbound deliveries by the worker processes,
-IMAP logins, DNS queries; the queue and the certificate read at scrape time."""
+IMAP logins, DNS queries; the queue and the certificate read at scrape time. And the JSON
+log of a running installation."""
 
 from __future__ import annotations
 
 import imaplib
+import json
 import smtplib
 import subprocess
 import time
@@ -230,3 +232,41 @@ def test_metrics_show_when_the_served_certificate_expires(site):
     )
     assert expiry == certificate.not_valid_after_utc.timestamp()
     assert expiry > datetime.now(UTC).timestamp()
+
+
+def test_json_log_of_a_running_installation(tmp_path):
+    """With EVERLOCK_LOG_FORMAT=json every line the server and its delivery worker print, from
+    start to stop, is one JSON object; a failed login carries the client and login fields."""
+    ports = {name: free_port() for name in ("ssh", "submission")}
+    everlock = Everlock(tmp_path / "var", EVERLOCK_LOG_FORMAT="json")
+    try:
+        everlock.start(
+            [
+                "--frontend-ssh", "--frontend-ssh-listen", f"127.0.0.1:{ports['ssh']}",
+                "--backend-admin-ssh", "--backend-mail-smtp", "--frontend-smtp-submission",
+                "--frontend-smtp-submission-listen", f"127.0.0.1:{ports['submission']}",
+                "--admin-user", "admin", "--admin-password", "change-me",
+            ],
+            ssh_port=ports["ssh"],
+            ready=f"SMTP submission listener on 127.0.0.1:{ports['submission']}",
+        )  # fmt: skip
+        with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=30) as client:
+            client.ehlo()
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("mallory", "not the password")
+        everlock.wait_for_log("authentication failed for 'mallory'")
+        assert everlock.stop() == 0
+    finally:
+        everlock.close()
+    records = [json.loads(line) for line in everlock.log_path.read_text().splitlines()]
+    assert {record["logger"] for record in records} >= {"everlock", "mail.smtp", "mail.delivery"}
+    assert records[-1]["message"] == "stopped"
+    failed = next(r for r in records if r["message"].startswith("smtp: authentication failed for 'mallory'"))
+    assert (failed["level"], failed["client"], failed["login"], failed["service"]) == (
+        "WARNING",
+        "127.0.0.1",
+        "mallory",
+        "smtp",
+    )
+    for record in records:
+        assert datetime.fromisoformat(record["timestamp"]).utcoffset() is not None
