@@ -183,5 +183,16 @@ def test_restore_refuses_what_is_not_a_backup(tmp_path):
             1,
             f"CommandError: {tmp_path / 'empty'} is not an Everlock backup (no manifest.json)",
         )
+        other = tmp_path / "other-engine"
+        other.mkdir()
+        engine = "sqlite" if "DATABASE_URL" in fresh.env else "postgresql"
+        this = "postgresql" if engine == "sqlite" else "sqlite"
+        (other / "manifest.json").write_text(json.dumps({"format": 1, "database": engine}))
+        result = everlock_command(fresh, "restore", str(other))
+        assert (result.returncode, result.stderr.strip()) == (
+            1,
+            f"CommandError: the backup holds a {engine} database and this installation uses {this}: "
+            f"restore it into a {engine} installation, then copy it with everlock copydb",
+        )
     finally:
         fresh.close()
