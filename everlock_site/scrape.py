@@ -2,7 +2,7 @@
 
 A scrape adds up the counters of every process (everlock_site.metrics, prometheus-client's
 multiprocess files) and reads the rest where it is true now: the outbound queue from the
-database, the expiry of the certificate the TLS listeners serve from its file.
+database, the certificates the TLS listeners present as tls.services sees them.
 
 Who may scrape: with EVERLOCK_METRICS_TOKEN unset, clients on loopback only; with it set,
 any client that sends `Authorization: Bearer TOKEN`, and no other (a reverse proxy on the
@@ -14,7 +14,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import ssl
 from datetime import UTC, datetime
+from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Count, Min
@@ -27,14 +29,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 # Imported for its counters: those without labels show (as 0) from the first scrape on.
 from everlock_site import metrics  # noqa: F401
 from mail.models import OutboundDelivery
-from mail.smtp.tls import certificate_expiry, certificate_file
+from tls.services import presented_certificates
 
 log = logging.getLogger("everlock_site.http")
 
 
 class StateCollector:
     """The gauges read at scrape time: queue size by status, the age of the oldest queued
-    entry, and the expiry of the served certificate."""
+    entry, and the expiry of each certificate the TLS listeners present."""
 
     def collect(self):
         now = datetime.now(UTC)
@@ -63,20 +65,23 @@ class StateCollector:
         )
         expiry = GaugeMetricFamily(
             "everlock_tls_certificate_expiry_timestamp_seconds",
-            "When the certificate the SMTP and IMAP listeners serve expires (Unix time), by name and file.",
-            labels=["name", "file"],
-        )
-        path = certificate_file(
-            cert=settings.EVERLOCK_TLS_CERT, key=settings.EVERLOCK_TLS_KEY, data_dir=settings.DATA_DIR
+            "When each certificate the TLS listeners present expires (Unix time), by its first name "
+            "and source (acme, file, self-signed).",
+            labels=["name", "source"],
         )
         try:
-            name, not_after = certificate_expiry(path)
-        except FileNotFoundError:
-            pass  # the self-signed pair is made by the first listener that needs it
-        except (OSError, ValueError) as exc:
-            log.warning("metrics: cannot read the certificate %s: %s", path, exc)
-        else:
-            expiry.add_metric([name, str(path)], not_after.timestamp())
+            presented = presented_certificates(
+                cert_file=settings.EVERLOCK_TLS_CERT,
+                key_file=settings.EVERLOCK_TLS_KEY,
+                data_dir=Path(settings.DATA_DIR),
+                hostname=settings.EVERLOCK_HOSTNAME,
+            )
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.warning("metrics: cannot read the certificates: %s", exc)
+            presented = []
+        for certificate in presented:
+            name = certificate.names[0] if certificate.names else ""
+            expiry.add_metric([name, certificate.source], certificate.not_after.timestamp())
         yield expiry
 
 

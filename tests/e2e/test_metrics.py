@@ -225,10 +225,7 @@ def test_metrics_show_when_the_served_certificate_expires(site):
     certificate = x509.load_pem_x509_certificate((everlock.data_dir / "tls" / "cert.pem").read_bytes())
     samples = scrape(ports["http"])
     expiry = value(
-        samples,
-        "everlock_tls_certificate_expiry_timestamp_seconds",
-        name="localhost",
-        file=str(everlock.data_dir / "tls" / "cert.pem"),
+        samples, "everlock_tls_certificate_expiry_timestamp_seconds", name="localhost", source="self-signed"
     )
     assert expiry == certificate.not_valid_after_utc.timestamp()
     assert expiry > datetime.now(UTC).timestamp()
