@@ -148,13 +148,20 @@ def _data_entries(data_dir: Path) -> list[Path]:
 
 
 def _copy_tree(source: Path, target: Path) -> int:
-    """Copy a file or directory keeping modes; returns the number of files copied."""
+    """Copy a file or directory keeping modes; returns the number of files copied. A file
+    that vanishes meanwhile (a running process's temporary file, such as the TLS store's) is
+    left out."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if source.is_dir():
-        shutil.copytree(source, target, symlinks=True)
-        return sum(1 for p in target.rglob("*") if p.is_file())
-    shutil.copy2(source, target)
-    return 1
+    if not source.is_dir() or source.is_symlink():
+        try:
+            shutil.copy2(source, target, follow_symlinks=False)
+        except FileNotFoundError:
+            return 0
+        return 1
+    target.mkdir(exist_ok=True, mode=0o700)
+    copied = sum(_copy_tree(entry, target / entry.name) for entry in sorted(source.iterdir()))
+    shutil.copystat(source, target)
+    return copied
 
 
 def backup(destination: Path) -> BackupResult:
