@@ -75,6 +75,7 @@ TEST_TOOLS = {
     "pebble": "pebble",
     "openssl": "openssl",
     "systemd-analyze": "systemd",
+    "pg_dump": "postgresql-client",
 }
 
 

@@ -5,6 +5,7 @@ file in the working directory (see `.env.example`). Services never read the envi
 themselves: commands, tasks and AppConfigs pass these values in.
 """
 
+import os
 import secrets
 from pathlib import Path
 
@@ -166,6 +167,16 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# Counters for /metrics (everlock_site.metrics): each process adds to its own files here, and
+# a scrape adds them up. prometheus-client reads the variable when it is first imported.
+EVERLOCK_METRICS_DIR = DATA_DIR / "metrics"
+EVERLOCK_METRICS_DIR.mkdir(exist_ok=True, mode=0o700)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(EVERLOCK_METRICS_DIR)
+
+# EVERLOCK_METRICS_TOKEN: when set, /metrics on the HTTP listener answers only requests with
+# "Authorization: Bearer TOKEN" (from any address); when empty, only loopback clients.
+EVERLOCK_METRICS_TOKEN = env.str("EVERLOCK_METRICS_TOKEN", default="")
 
 # Cross-process cache (login throttle, verified-credential generations): the database, so
 # every listener and worker sees the same counters without another server.
@@ -367,6 +378,11 @@ EVERLOCK_DELIVERY_CONCURRENCY = env.int("EVERLOCK_DELIVERY_CONCURRENCY", default
 CELERY_TASK_ALWAYS_EAGER = env.bool("EVERLOCK_CELERY_EAGER", default=False)
 
 # EVERLOCK_LOG: "level" or "module=level,module=level" (RUST_LOG is read as an alias with the
-# product doc's target names).
+# product doc's target names). EVERLOCK_LOG_FORMAT: "text" (each line begins with an ISO 8601
+# timestamp) or "json" (one object per line: timestamp, level, logger, message and the
+# structured fields of the line, such as client and queue_id).
 LOGGING_CONFIG = "logging.config.dictConfig"
-LOGGING = logging_config(env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""))
+LOGGING = logging_config(
+    env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""),
+    env.str("EVERLOCK_LOG_FORMAT", default="text"),
+)

@@ -160,7 +160,13 @@ def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
         outside=claim.bounce_outside,
     )
     OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
-    log.info("delivery #%s to %s delayed; notice sent to %s", row.id, row.domain, claim.envelope_from or "<>")
+    log.info(
+        "delivery #%s to %s delayed; notice sent to %s",
+        row.id,
+        row.domain,
+        claim.envelope_from or "<>",
+        extra={"queue_id": row.id, "domain": row.domain},
+    )
 
 
 def _relayed_notice(claim: Claim, replies: dict[int, Reply], *, mta: str) -> None:
@@ -212,6 +218,7 @@ def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str
         claim.domain,
         ", ".join(a for a, _, _ in rows) or "recipients without NOTIFY=FAILURE",
         f"sent to {claim.envelope_from}" if sent else "not sent",
+        extra={"queue_id": claim.id, "domain": claim.domain},
     )
 
 
@@ -239,7 +246,12 @@ def _connect(
                 )
             except ConnectFailed as exc:
                 error = str(exc)
-                log.info("connect to %s failed: %s", host.name, exc)
+                log.info(
+                    "connect to %s failed: %s",
+                    host.name,
+                    exc,
+                    extra={"queue_id": claim.id, "domain": claim.domain, "mx": host.name, "address": address},
+                )
     return None, len(hosts), error
 
 
@@ -274,7 +286,17 @@ def _send_one(conn: Connection, claim: Claim, data: bytes) -> tuple[dict[int, Re
     for rid, reply in replies.items():
         if reply.code >= 400:
             log.info(
-                "%s [%s] replied to %s: %s", conn.host, conn.address, dict(claim.recipients)[rid], reply.line
+                "%s [%s] replied to %s: %s",
+                conn.host,
+                conn.address,
+                dict(claim.recipients)[rid],
+                reply.line,
+                extra={
+                    "queue_id": claim.id,
+                    "domain": claim.domain,
+                    "mx": conn.host,
+                    "address": conn.address,
+                },
             )
     return replies, reusable
 
@@ -283,7 +305,12 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
     try:
         hosts = lookup(domain, resolver=remote.resolver)
     except LookupFailed as exc:
-        log.info("MX lookup for %s failed: %s", domain, exc)
+        log.info(
+            "MX lookup for %s failed: %s",
+            domain,
+            exc,
+            extra={"queue_id": [c.id for c in claims], "domain": domain},
+        )
         for claim in claims:
             if exc.permanent:
                 reply = Reply(550, f"5.1.2 {exc}")
@@ -304,7 +331,11 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                 outcomes.add(claim, {}, temporary=unreachable)
                 continue
             if not outcomes.before_sending(claim):
-                log.info("delivery #%s was claimed again meanwhile: left to that attempt", claim.id)
+                log.info(
+                    "delivery #%s was claimed again meanwhile: left to that attempt",
+                    claim.id,
+                    extra={"queue_id": claim.id, "domain": domain},
+                )
                 continue
             data = _read(claim)
             replies: dict[int, Reply] = {}
@@ -322,7 +353,17 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                     break
                 except ConnectFailed as exc:
                     error = str(exc)
-                    log.info("session with %s broke: %s", conn.host, exc)
+                    log.info(
+                        "session with %s broke: %s",
+                        conn.host,
+                        exc,
+                        extra={
+                            "queue_id": claim.id,
+                            "domain": domain,
+                            "mx": conn.host,
+                            "address": conn.address,
+                        },
+                    )
                     conn = None
                     index += 1
             mta = conn.host if conn is not None else ""
@@ -336,11 +377,18 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                     done,
                     len(claim.recipients),
                     mta or domain,
+                    extra={"queue_id": claim.id, "domain": domain, "mx": mta},
                 )
             else:
                 unreachable = f"451 4.4.1 {error or 'no host reachable'}"
                 outcomes.add(claim, {}, temporary=unreachable)
-                log.info("delivery #%s to %s deferred: %s", claim.id, domain, error)
+                log.info(
+                    "delivery #%s to %s deferred: %s",
+                    claim.id,
+                    domain,
+                    error,
+                    extra={"queue_id": claim.id, "domain": domain},
+                )
     finally:
         if conn is not None:
             conn.close()
