@@ -221,6 +221,24 @@ EVERLOCK_OUTBOUND_SOURCE_ADDRESSES = env.list("EVERLOCK_OUTBOUND_SOURCE_ADDRESSE
 # opportunistic TLS as on the public MX network.
 EVERLOCK_SMTP_TLS_VERIFY = env.bool("EVERLOCK_SMTP_TLS_VERIFY", default=False)
 
+# EVERLOCK_OUTBOUND_CA_FILE: a PEM file of the certificate authorities trusted when verifying
+# remote hosts (MX hosts under MTA-STS or EVERLOCK_SMTP_TLS_VERIFY, MTA-STS policy servers)
+# instead of the system's store; for a private network or tests.
+EVERLOCK_OUTBOUND_CA_FILE = env.str("EVERLOCK_OUTBOUND_CA_FILE", default="")
+# EVERLOCK_MTA_STS_PORT: the HTTPS port MTA-STS policies of remote domains are fetched from
+# (443 on the internet, RFC 8461 section 3.3).
+EVERLOCK_MTA_STS_PORT = env.int("EVERLOCK_MTA_STS_PORT", default=443)
+
+# EVERLOCK_PUBLIC_ADDRESSES: the public IPv4 and IPv6 addresses of this server (e.g.
+# "192.0.2.25,2001:db8::25"). When set, a mail domain in a hosted zone derives A/AAAA records
+# for its mail host and for mta-sts., autoconfig. and autodiscover.<domain>; when empty those
+# three names are CNAMEs of the mail host, whose addresses the administrator publishes.
+EVERLOCK_PUBLIC_ADDRESSES = env.list("EVERLOCK_PUBLIC_ADDRESSES", default=[])
+# EVERLOCK_PUBLIC_PORTS: the ports clients reach this server on, as published in the SRV
+# records (RFC 6186, RFC 8314) and the autoconfig file: "submissions=465,submission=587,
+# imaps=993,imap=143" (any subset; the rest keep these defaults).
+EVERLOCK_PUBLIC_PORTS = env.dict("EVERLOCK_PUBLIC_PORTS", cast={"value": int}, default={})
+
 # EVERLOCK_SUBMISSION_TRUSTED_NETWORKS: clients that may submit without AUTH, as addresses of
 # a domain set to auth=off (submission auth "none"): programs on this host or your own network
 # (comma separated CIDR networks). Mail from anyone else, and for other domains, needs AUTH.
