@@ -1,0 +1,81 @@
+"""The HTTPS listener: the MTA-STS policy, mail client autoconfiguration and the admin.
+
+aiohttp terminates TLS on the event loop (a slow handshake holds no thread) with the same
+certificate context as the SMTP and IMAP listeners (mail.smtp.tls.server_context), and hands
+each request to the Django WSGI application the HTTP listener serves, through aiohttp-wsgi in
+a small thread pool. What a request gets is Django's answer: the MTA-STS and autoconfig files
+for a mail domain's names (mail.client_files), the admin for the admin's host names.
+The socket is bound with SO_REUSEPORT, so several processes can share the port.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp_wsgi import WSGIHandler
+from django.conf import settings
+
+from everlock_site.listen import ListenAddress, binding
+from mail.smtp.tls import server_context
+
+log = logging.getLogger("everlock_site.http")
+
+# Requests served at once (each holds a thread and a database connection), as over HTTP.
+HTTPS_THREADS = 4
+# The largest request body taken (an admin form); larger ones are answered 413.
+MAX_BODY = 10 * 1024 * 1024
+
+
+class HTTPSListener:
+    """A running aiohttp site; close() and wait_closed() stop it."""
+
+    def __init__(self, runner: web.AppRunner, executor: ThreadPoolExecutor) -> None:
+        self.runner = runner
+        self.executor = executor
+        host, port = runner.addresses[0][:2]
+        self.address = ListenAddress(host, port)
+
+    def close(self) -> None:
+        """Nothing to do at once: wait_closed() stops accepting and lets requests finish."""
+
+    async def wait_closed(self) -> None:
+        await self.runner.cleanup()
+        self.executor.shutdown(wait=True)
+
+
+async def start_https(*, listens) -> HTTPSListener:
+    """Bind and start the HTTPS listener on listens["https"] (a ListenAddress); return it.
+
+    The certificate is EVERLOCK_TLS_CERT/EVERLOCK_TLS_KEY (or the self-signed pair of the data
+    dir). Raises CommandError when the address cannot be bound.
+    """
+    from everlock_site.wsgi import application
+
+    listen: ListenAddress = listens["https"]
+    context = server_context(
+        cert=settings.EVERLOCK_TLS_CERT,
+        key=settings.EVERLOCK_TLS_KEY,
+        data_dir=Path(settings.DATA_DIR),
+        hostname=settings.EVERLOCK_HOSTNAME,
+    )
+    executor = ThreadPoolExecutor(HTTPS_THREADS, thread_name_prefix="frontend-https")
+    app = web.Application()
+    handler = WSGIHandler(application, executor=executor, max_request_body_size=MAX_BODY)
+    app.router.add_route("*", "/{path_info:.*}", handler.handle_request)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context, reuse_port=True)
+    log.info("frontend-https: binding HTTPS listener on %s", listen)
+    try:
+        with binding(listen):
+            await site.start()
+    except BaseException:
+        await runner.cleanup()
+        executor.shutdown(wait=False)
+        raise
+    listener = HTTPSListener(runner, executor)
+    log.info("HTTPS listener on %s", listener.address)
+    return listener
