@@ -100,7 +100,8 @@ def test_serve_on_a_busy_port_says_which_flag_to_change(tmp_path, busy_port, lis
 @pytest.mark.parametrize(
     ("command", "option"),
     [("runsmtp", "--listen"), ("runsmtp", "--submission-listen"), ("runadminssh", "--listen"),
-     ("runhttp", "--listen"), ("runhttps", "--listen"), ("rundns", "--listen"), ("runimap", "--listen"), ("runimap", "--tls-listen")],
+     ("runhttp", "--listen"), ("runhttps", "--listen"), ("rundns", "--listen"), ("runimap", "--listen"),
+     ("runimap", "--tls-listen")],
 )  # fmt: skip
 def test_run_commands_on_a_busy_port_say_which_flag_to_change(tmp_path, busy_port, command, option):
     env = _env(tmp_path)
