@@ -164,6 +164,8 @@ def _check(resolver, name: str, rtype: str, record: DerivedRecord | None) -> Che
     if record.rtype == "CNAME":
         # Any way of giving the name the mail host's addresses will do (a CNAME or the
         # same A/AAAA records).
+        if canonical_data("CNAME", record.data) in _lookup(resolver, name, "CNAME"):
+            return CheckResult(name, rtype, "ok", (record.data,))
         seen = _addresses(resolver, name)
         host = _addresses(resolver, record.data.rstrip("."))
         if not seen:
