@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from dns_zones.services import RecordSpec
+from dns_zones.models import Record
+from dns_zones.services import RecordSpec, hosted_zone_for
 from mail.dkim.keys import txt_presentation
 from mail.models import MailDomain
 
@@ -45,13 +46,27 @@ def public_ports() -> dict[str, int]:
     return DEFAULT_PORTS | {k: v for k, v in settings.EVERLOCK_PUBLIC_PORTS.items() if k in DEFAULT_PORTS}
 
 
+def mx_hosts(domain: MailDomain) -> list[str]:
+    """The domain's MX hosts: its mail host, and those of MX records the administrator set
+    in its hosted zone (which stand in for the derived MX)."""
+    hosts = [domain.effective_hostname]
+    zone = hosted_zone_for(domain.name) if settings.EVERLOCK_DNS else None
+    if zone is not None:
+        admin = Record.objects.filter(zone=zone, name=domain.name, rtype="MX", source="")
+        for data in admin.order_by("data").values_list("data", flat=True):
+            host = data.split()[-1].rstrip(".").lower()
+            if host and host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
 def mta_sts_policy(domain: MailDomain) -> str:
     """The policy file served at https://mta-sts.<domain>/.well-known/mta-sts.txt
-    (RFC 8461 section 3.2): CRLF-terminated "key: value" lines."""
+    (RFC 8461 section 3.2): CRLF-terminated "key: value" lines, one mx line per MX host."""
     lines = [
         "version: STSv1",
         f"mode: {domain.mta_sts_mode}",
-        f"mx: {domain.effective_hostname}",
+        *(f"mx: {host}" for host in mx_hosts(domain)),
         f"max_age: {MTA_STS_MAX_AGE}",
     ]
     return "".join(f"{line}\r\n" for line in lines)

@@ -379,6 +379,17 @@ def _change_line(name: str, before: DomainConfig, after: DomainConfig) -> str:
     return f"mail domain {name}: " + " ".join(parts)
 
 
+def domains_publish_dns() -> int:
+    """Bring the derived DNS records of every mail domain up to date (after the settings they
+    depend on, EVERLOCK_PUBLIC_ADDRESSES or EVERLOCK_PUBLIC_PORTS, changed); return how
+    many domains there are. Idempotent: records already current are left as they are."""
+    domains = list(MailDomain.objects.order_by("name"))
+    for domain in domains:
+        with transaction.atomic():
+            _publish_dns(domain)
+    return len(domains)
+
+
 def domain_delete(*, name: str) -> bool:
     """Delete domain `name` with its mailboxes, withdraw its DKIM records, remove its file.
 

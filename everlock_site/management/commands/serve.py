@@ -168,6 +168,11 @@ class Command(BaseCommand):
             os.environ["EVERLOCK_DNS"] = "on"
         call_command("migrate", interactive=False, verbosity=0)
         call_command("createcachetable", verbosity=0)
+        if "backend-dns-dns" in selected:
+            # Settings the derived records follow may have changed since the last start.
+            from mail.services.domains import domains_publish_dns
+
+            domains_publish_dns()
         ensure_admin(opts, admin_password, log=log)
         asyncio.run(_run(starts, listens))
 

@@ -13,7 +13,7 @@ from dns_zones.records import canonical_data
 from dns_zones.services import record_add, zone_create
 from mail.services.dns_records import mta_sts_id, mta_sts_policy
 from mail.services.dns_status import domain_records
-from mail.services.domains import domain_create, domain_set, get_domain
+from mail.services.domains import domain_create, domain_set, domains_publish_dns, get_domain
 from tests.dns_server import RunningDNS
 from tests.sshadmin.commands.console import run
 
@@ -137,6 +137,20 @@ def test_the_administrators_records_are_never_overwritten(dns_server):
     ]
     assert answer(dns_server, "example.com", "MX") == ["example.com. 3600 IN MX 5 mx.example.net."]
     assert Record.objects.filter(source="mail.dns:example.com", rtype="SRV").count() == 2
+    # The MTA-STS policy names the administrator's MX host too.
+    assert "mx: mail.example.com\r\nmx: mx.example.net\r\n" in mta_sts_policy(get_domain("example.com"))
+
+
+def test_records_follow_the_public_addresses_at_the_next_start(settings, dns_server):
+    zone_create(origin="example.com")
+    domain_create(name="example.com")
+    assert answer(dns_server, "mail.example.com", "A") == []
+    settings.EVERLOCK_PUBLIC_ADDRESSES = ["192.0.2.25"]
+    assert domains_publish_dns() == 1  # what `everlock serve --backend-dns-dns` does at start
+    assert answer(dns_server, "mail.example.com", "A") == ["mail.example.com. 3600 IN A 192.0.2.25"]
+    assert answer(dns_server, "autoconfig.example.com", "A") == [
+        "autoconfig.example.com. 3600 IN A 192.0.2.25"
+    ]
 
 
 def test_records_command_prints_zone_file_lines_for_a_zone_hosted_elsewhere(settings):
