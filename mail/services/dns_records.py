@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from dns_zones.models import Record
+from dns_zones.records import canonical_data
 from dns_zones.services import RecordSpec, hosted_zone_for
 from mail.dkim.keys import txt_presentation
 from mail.models import MailDomain
@@ -95,7 +96,9 @@ class DerivedRecord:
         return RecordSpec(self.name, self.rtype, self.ttl, self.data)
 
     def zone_line(self) -> str:
-        return f"{self.name}. {self.ttl} IN {self.rtype} {self.data}"
+        """The record as a zone-file line; TXT data longer than 255 octets is split into
+        several strings (RFC 1035 section 3.3), which readers join."""
+        return f"{self.name}. {self.ttl} IN {self.rtype} {canonical_data(self.rtype, self.data)}"
 
 
 def _txt(value: str) -> str:

@@ -102,12 +102,8 @@ def zone_lines(domain: MailDomain) -> list[str]:
         if record is None:
             lines.append(f"; {name}. A/AAAA: the public addresses of this server ({purpose})")
         else:
-            lines.append(_zone_line(record))
+            lines.append(record.zone_line())
     return lines
-
-
-def _zone_line(record: DerivedRecord) -> str:
-    return f"{record.name}. {record.ttl} IN {record.rtype} {canonical_data(record.rtype, record.data)}"
 
 
 @dataclass(frozen=True)
@@ -129,10 +125,12 @@ def _lookup(resolver, name: str, rtype: str) -> list[str]:
         answer = resolver.resolve(name, rtype, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         return []
-    if answer.rrset is None or answer.rrset.name.to_text(omit_final_dot=True).lower() != name:
-        # No records, or only those of a name the CNAME points to: for TXT, MX and SRV what
-        # counts is the name itself.
-        return [] if rtype not in ("A", "AAAA") or answer.rrset is None else [rr.to_text() for rr in answer]
+    if answer.rrset is None:
+        return []
+    # TXT, MX, SRV and CNAME records must be the name's own, not those of the name a CNAME
+    # points to; addresses may come through a CNAME.
+    if rtype not in ("A", "AAAA") and answer.rrset.name.to_text(omit_final_dot=True).lower() != name:
+        return []
     return [rr.to_text() for rr in answer]
 
 
@@ -160,7 +158,7 @@ def _check(resolver, name: str, rtype: str, record: DerivedRecord | None) -> Che
         return CheckResult(
             name, rtype, "missing", fix=f"add A and/or AAAA records of {name} with this server's addresses"
         )
-    add = _zone_line(record)
+    add = record.zone_line()
     if record.rtype == "CNAME":
         # Any way of giving the name the mail host's addresses will do (a CNAME or the
         # same A/AAAA records).

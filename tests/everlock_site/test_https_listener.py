@@ -159,3 +159,19 @@ def test_serve_starts_the_https_frontend(tmp_path):
         )  # fmt: skip
         assert result.stdout == "200", result.stderr
     assert process.returncode == 0
+
+
+def test_the_policy_is_never_served_over_plain_http(client, settings, tmp_path, transactional_db):
+    # RFC 8461 section 3.3: a policy fetched without HTTPS must not be used; none is offered.
+    settings.DATA_DIR = tmp_path
+    domain_create(name="example.com")
+    plain = client.get("/.well-known/mta-sts.txt", HTTP_HOST="mta-sts.example.com")
+    assert plain.status_code == 404
+    secure = client.get("/.well-known/mta-sts.txt", HTTP_HOST="mta-sts.example.com", secure=True)
+    assert (secure.status_code, secure["Content-Type"]) == (200, "text/plain; charset=utf-8")
+    assert (
+        client.post("/.well-known/mta-sts.txt", HTTP_HOST="mta-sts.example.com", secure=True).status_code
+        == 405
+    )
+    # Autoconfig is plain data: clients also ask for it over HTTP.
+    assert client.get("/mail/config-v1.1.xml", HTTP_HOST="autoconfig.example.com").status_code == 200
