@@ -5,6 +5,7 @@ file in the working directory (see `.env.example`). Services never read the envi
 themselves: commands, tasks and AppConfigs pass these values in.
 """
 
+import ipaddress
 import secrets
 from pathlib import Path
 
@@ -235,11 +236,25 @@ EVERLOCK_MTA_STS_PORT = env.int("EVERLOCK_MTA_STS_PORT", default=443)
 # "192.0.2.25,2001:db8::25"). When set, a mail domain in a hosted zone derives A/AAAA records
 # for its mail host and for mta-sts., autoconfig. and autodiscover.<domain>; when empty those
 # three names are CNAMEs of the mail host, whose addresses the administrator publishes.
-EVERLOCK_PUBLIC_ADDRESSES = env.list("EVERLOCK_PUBLIC_ADDRESSES", default=[])
+EVERLOCK_PUBLIC_ADDRESSES = [
+    a.strip() for a in env.list("EVERLOCK_PUBLIC_ADDRESSES", default=[]) if a.strip()
+]
+for _address in EVERLOCK_PUBLIC_ADDRESSES:
+    try:
+        ipaddress.ip_address(_address)
+    except ValueError:
+        raise ImproperlyConfigured(f"EVERLOCK_PUBLIC_ADDRESSES: {_address!r} is not an IP address") from None
 # EVERLOCK_PUBLIC_PORTS: the ports clients reach this server on, as published in the SRV
 # records (RFC 6186, RFC 8314) and the autoconfig file: "submissions=465,submission=587,
 # imaps=993,imap=143" (any subset; the rest keep these defaults).
-EVERLOCK_PUBLIC_PORTS = env.dict("EVERLOCK_PUBLIC_PORTS", cast={"value": int}, default={})
+EVERLOCK_PUBLIC_PORTS: dict[str, int] = {}
+for _item in env.list("EVERLOCK_PUBLIC_PORTS", default=[]):
+    _service, _, _port = _item.strip().partition("=")
+    if _service not in ("submissions", "submission", "imaps", "imap") or not _port.isdigit():
+        raise ImproperlyConfigured(
+            f"EVERLOCK_PUBLIC_PORTS: expected submissions|submission|imaps|imap=PORT, got {_item!r}"
+        )
+    EVERLOCK_PUBLIC_PORTS[_service] = int(_port)
 
 # EVERLOCK_SUBMISSION_TRUSTED_NETWORKS: clients that may submit without AUTH, as addresses of
 # a domain set to auth=off (submission auth "none"): programs on this host or your own network

@@ -107,7 +107,7 @@ def _txt(value: str) -> str:
 
 def _address_records(name: str, host: str, purpose: str) -> list[DerivedRecord]:
     """A/AAAA of this server's public addresses for `name`, or a CNAME to the mail host."""
-    addresses = [ipaddress.ip_address(a.strip()) for a in settings.EVERLOCK_PUBLIC_ADDRESSES if a.strip()]
+    addresses = [ipaddress.ip_address(a) for a in settings.EVERLOCK_PUBLIC_ADDRESSES]
     if not addresses:
         return [] if name == host else [DerivedRecord(name, "CNAME", f"{host}.", purpose)]
     return [DerivedRecord(name, "A" if a.version == 4 else "AAAA", str(a), purpose) for a in addresses]

@@ -4,7 +4,11 @@ dig), the administrator's records left alone, printed for a zone hosted elsewher
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,8 @@ from tests.dns_server import RunningDNS
 from tests.sshadmin.commands.console import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
@@ -220,3 +226,29 @@ def test_check_of_a_zone_nobody_serves_says_each_record_is_missing(settings, dns
     ]
     # DKIM is off (the zone was not hosted when the domain was created): 11 records.
     assert out[-1] == "11 of 11 records of example.com need attention"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "error"),
+    [
+        (
+            "EVERLOCK_PUBLIC_ADDRESSES",
+            "192.0.2.25,mail.example.com",
+            "'mail.example.com' is not an IP address",
+        ),
+        (
+            "EVERLOCK_PUBLIC_PORTS",
+            "imap=1143,pop3=110",
+            "expected submissions|submission|imaps|imap=PORT, got 'pop3=110'",
+        ),
+    ],
+)
+def test_public_settings_are_checked_at_start(tmp_path, variable, value, error):
+    env = {**os.environ, "EVERLOCK_DATA_DIR": str(tmp_path), variable: value}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.splitlines()[-1] == f"django.core.exceptions.ImproperlyConfigured: {variable}: {error}"
+    )
