@@ -25,7 +25,7 @@ from dns_zones.records import (
     check_type,
     normalize_name,
     normalize_zone_origin,
-    parse_rdata,
+    txt_kind,
 )
 
 
@@ -290,17 +290,6 @@ def replace_derived_records(*, source: str, records: list[RecordSpec]) -> int:
     return len(wanted)
 
 
-def _txt_kind(data: str) -> str:
-    """The version tag that says what a TXT record is ("v=spf1", "v=DMARC1", "v=STSv1"...),
-    lowercased; "" for other text."""
-    try:
-        text = b"".join(parse_rdata("TXT", data).strings).decode("ascii", "replace")
-    except RecordError:
-        return ""
-    first = text.split(";")[0].split()[0] if text.strip() else ""
-    return first.lower() if first.lower().startswith("v=") else ""
-
-
 def stands_in_for(rtype: str, data: str, admin: tuple[str, str]) -> bool:
     """Whether an administrator's record (type, data) at a name stands in for a derived
     record of `rtype` and `data` there: the administrator's records are never overwritten, so
@@ -315,8 +304,8 @@ def stands_in_for(rtype: str, data: str, admin: tuple[str, str]) -> bool:
     if rtype != admin_type:
         return False
     if rtype == "TXT":
-        kind = _txt_kind(data)
-        return bool(kind) and kind == _txt_kind(admin_data)
+        kind = txt_kind(data)
+        return bool(kind) and kind == txt_kind(admin_data)
     return True
 
 

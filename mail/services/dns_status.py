@@ -17,7 +17,7 @@ import dns.resolver
 from django.conf import settings
 
 from dns_zones.models import Record
-from dns_zones.records import RecordError, canonical_data, parse_rdata
+from dns_zones.records import canonical_data, txt_kind, txt_text
 from dns_zones.services import hosted_zone_for, stands_in_for
 from mail.dkim.keys import txt_presentation
 from mail.models import MailDomain
@@ -138,18 +138,6 @@ def _addresses(resolver, name: str) -> set[str]:
     return {a for rtype in ("A", "AAAA") for a in _lookup(resolver, name, rtype)}
 
 
-def _txt_text(data: str) -> str:
-    """The text of TXT data, its strings joined (RFC 7208 section 3.3, RFC 6376 3.6.2.2)."""
-    try:
-        return b"".join(parse_rdata("TXT", data).strings).decode("utf-8", "replace")
-    except RecordError:
-        return data
-
-
-def _txt_kind(data: str) -> str:
-    return (_txt_text(data).split(";")[0].split() or [""])[0].lower()
-
-
 def _check(resolver, name: str, rtype: str, record: DerivedRecord | None) -> CheckResult:
     if record is None:
         seen = _addresses(resolver, name)
@@ -176,9 +164,9 @@ def _check(resolver, name: str, rtype: str, record: DerivedRecord | None) -> Che
     seen = _lookup(resolver, name, record.rtype)
     want = canonical_data(record.rtype, record.data)
     if record.rtype == "TXT":
-        text, kind = _txt_text(record.data), _txt_kind(record.data)
-        same_kind = [s for s in seen if _txt_kind(s) == kind]
-        if any(_txt_text(s) == text for s in same_kind):
+        text, kind = txt_text(record.data), txt_kind(record.data)
+        same_kind = [s for s in seen if txt_kind(s) == kind]
+        if any(txt_text(s) == text for s in same_kind):
             return CheckResult(name, rtype, "ok", tuple(same_kind))
         if not same_kind:
             return CheckResult(name, rtype, "missing", tuple(seen), f"add {add}")
