@@ -11,6 +11,9 @@ mail domains only, and passes every other request on.
 - /mail/config-v1.1.xml and /.well-known/autoconfig/mail/config-v1.1.xml on
   autoconfig.<domain> (or any name with ?emailaddress=user@<domain>): the IMAP and
   submission servers, ports and security, and the login (the whole address).
+- POST /autodiscover/autodiscover.xml on autodiscover.<domain>: Outlook's "POX"
+  autodiscover answer (responseschema 2006a) with the same servers, for the address the
+  request names.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from mail.services.dns_records import mta_sts_policy, public_ports
 
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
 AUTOCONFIG_PATHS = ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml")
+AUTODISCOVER_PATHS = ("/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml")
+# An autodiscover request is a few hundred bytes of XML; anything much larger is refused unread.
+MAX_AUTODISCOVER_REQUEST = 16 * 1024
+_RESPONSE_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
+_OUTLOOK_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
 
 
 def _host(request: HttpRequest) -> str:
@@ -50,30 +58,33 @@ def mta_sts_response(request: HttpRequest) -> HttpResponse:
     return HttpResponse(mta_sts_policy(domain), content_type="text/plain; charset=utf-8")
 
 
+def _servers(domain: MailDomain) -> list[tuple[str, str, int, bool]]:
+    """(incoming/outgoing, protocol, port, implicit TLS) of the servers a client of `domain`
+    uses, in order of preference (RFC 8314 section 5.1 prefers implicit TLS)."""
+    ports = public_ports()
+    servers = [("incoming", "imap", ports["imaps"], True), ("incoming", "imap", ports["imap"], False)]
+    if domain.submission_enabled:
+        servers += [
+            ("outgoing", "smtp", ports["submissions"], True),
+            ("outgoing", "smtp", ports["submission"], False),
+        ]
+    return servers
+
+
 def autoconfig_xml(domain: MailDomain) -> bytes:
     """Thunderbird's clientConfig 1.1 for `domain`: IMAP over implicit TLS, then STARTTLS;
     submission likewise when the domain takes submission (RFC 8314 section 5.1 prefers
     implicit TLS)."""
-    ports = public_ports()
     root = ElementTree.Element("clientConfig", version="1.1")
     provider = ElementTree.SubElement(root, "emailProvider", id=domain.name)
     ElementTree.SubElement(provider, "domain").text = domain.name
     ElementTree.SubElement(provider, "displayName").text = domain.name
     ElementTree.SubElement(provider, "displayShortName").text = domain.name
-    servers = [
-        ("incomingServer", "imap", ports["imaps"], "SSL"),
-        ("incomingServer", "imap", ports["imap"], "STARTTLS"),
-    ]
-    if domain.submission_enabled:
-        servers += [
-            ("outgoingServer", "smtp", ports["submissions"], "SSL"),
-            ("outgoingServer", "smtp", ports["submission"], "STARTTLS"),
-        ]
-    for tag, kind, port, socket_type in servers:
-        server = ElementTree.SubElement(provider, tag, type=kind)
+    for kind, protocol, port, implicit in _servers(domain):
+        server = ElementTree.SubElement(provider, f"{kind}Server", type=protocol)
         ElementTree.SubElement(server, "hostname").text = domain.effective_hostname
         ElementTree.SubElement(server, "port").text = str(port)
-        ElementTree.SubElement(server, "socketType").text = socket_type
+        ElementTree.SubElement(server, "socketType").text = "SSL" if implicit else "STARTTLS"
         ElementTree.SubElement(server, "username").text = "%EMAILADDRESS%"
         ElementTree.SubElement(server, "authentication").text = "password-cleartext"
     ElementTree.indent(root)
@@ -97,13 +108,66 @@ def autoconfig_response(request: HttpRequest) -> HttpResponse:
     return HttpResponse(autoconfig_xml(domain), content_type="application/xml; charset=utf-8")
 
 
+def autodiscover_xml(domain: MailDomain, address: str) -> bytes:
+    """Outlook's autodiscover answer for `address`: IMAP and, when the domain takes
+    submission, SMTP, each over implicit TLS with the address as login."""
+    root = ElementTree.Element("Autodiscover", xmlns=_RESPONSE_NS)
+    response = ElementTree.SubElement(root, "Response", xmlns=_OUTLOOK_NS)
+    account = ElementTree.SubElement(response, "Account")
+    ElementTree.SubElement(account, "AccountType").text = "email"
+    ElementTree.SubElement(account, "Action").text = "settings"
+    for _kind, protocol, port, implicit in _servers(domain):
+        if not implicit:
+            continue
+        entry = ElementTree.SubElement(account, "Protocol")
+        for tag, text in (
+            ("Type", protocol.upper()),
+            ("Server", domain.effective_hostname),
+            ("Port", str(port)),
+            ("LoginName", address),
+            ("SSL", "on"),
+            ("SPA", "off"),
+            ("AuthRequired", "on"),
+        ):
+            ElementTree.SubElement(entry, tag).text = text
+    ElementTree.indent(root)
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def autodiscover_response(request: HttpRequest) -> HttpResponse:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = MAX_AUTODISCOVER_REQUEST + 1
+    if length > MAX_AUTODISCOVER_REQUEST:
+        return HttpResponse("request too large\n", status=413, content_type="text/plain")
+    try:
+        tree = ElementTree.fromstring(request.body)
+    except ElementTree.ParseError:
+        return HttpResponse("expected an autodiscover request\n", status=400, content_type="text/plain")
+    text = next((e.text for e in tree.iter() if e.tag.rpartition("}")[2] == "EMailAddress"), "") or ""
+    try:
+        address = parse_address(text.strip())
+    except AddressError:
+        return HttpResponse("invalid EMailAddress\n", status=400, content_type="text/plain")
+    domain = _domain(address.domain)
+    if domain is None:
+        return HttpResponse("no mail domain here\n", status=404, content_type="text/plain")
+    return HttpResponse(autodiscover_xml(domain, str(address)), content_type="application/xml; charset=utf-8")
+
+
 class ClientFilesMiddleware:
-    """Answer the MTA-STS and autoconfig paths (GET and HEAD); pass anything else on."""
+    """Answer the MTA-STS and autoconfig paths (GET and HEAD) and Outlook's autodiscover
+    (POST); pass anything else on."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path in AUTODISCOVER_PATHS:
+            if request.method != "POST":
+                return HttpResponse(status=405, headers={"Allow": "POST"})
+            return autodiscover_response(request)
         if request.path == MTA_STS_PATH:
             handler = mta_sts_response
         elif request.path in AUTOCONFIG_PATHS:

@@ -43,7 +43,7 @@ class RunningHTTPS:
 @pytest.fixture
 def https(tmp_path, settings, transactional_db):
     ca = PrivateCA(tmp_path / "ca")
-    names = ["mta-sts.example.com", "autoconfig.example.com", "localhost"]
+    names = ["mta-sts.example.com", "autoconfig.example.com", "autodiscover.example.com", "localhost"]
     issued = ca.issue("web", names)
     settings.DATA_DIR = tmp_path
     settings.EVERLOCK_TLS_CERT, settings.EVERLOCK_TLS_KEY = str(issued.cert), str(issued.key)
@@ -125,6 +125,53 @@ def test_autoconfig_names_the_imap_and_submission_servers(https):
     assert head.startswith("HTTP/1.1 404")
     head, _ = curl(https, "localhost", "/mail/config-v1.1.xml?emailaddress=not-an-address")
     assert head.startswith("HTTP/1.1 400")
+
+
+AUTODISCOVER_REQUEST = """<?xml version="1.0" encoding="utf-8"?>
+<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006">
+  <Request>
+    <EMailAddress>alice@example.com</EMailAddress>
+    <AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema>
+  </Request>
+</Autodiscover>
+"""
+
+
+def test_outlook_autodiscover_names_the_servers(https):
+    domain_create(name="example.com")
+    domain_set(name="example.com", values={"submission": "on"})
+    post = ("-X", "POST", "-H", "Content-Type: text/xml")
+    head, body = curl(
+        https,
+        "autodiscover.example.com",
+        "/autodiscover/autodiscover.xml",
+        *post,
+        "--data-binary",
+        AUTODISCOVER_REQUEST,
+    )
+    assert head.startswith("HTTP/1.1 200 OK")
+    ns = {"r": "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"}
+    account = ElementTree.fromstring(body).find("r:Response/r:Account", ns)
+    assert account.findtext("r:Action", namespaces=ns) == "settings"
+    protocols = [
+        tuple(p.findtext(f"r:{tag}", namespaces=ns) for tag in ("Type", "Server", "Port", "LoginName", "SSL"))
+        for p in account.findall("r:Protocol", ns)
+    ]
+    assert protocols == [
+        ("IMAP", "mail.example.com", "993", "alice@example.com", "on"),
+        ("SMTP", "mail.example.com", "465", "alice@example.com", "on"),
+    ]
+    # Another domain's address, a request that is not XML, a GET: refused.
+    other = AUTODISCOVER_REQUEST.replace("example.com<", "example.net<")
+    assert curl(
+        https, "autodiscover.example.com", "/autodiscover/autodiscover.xml", *post, "--data-binary", other
+    )[0].startswith("HTTP/1.1 404")
+    assert curl(
+        https, "autodiscover.example.com", "/autodiscover/autodiscover.xml", *post, "--data-binary", "x"
+    )[0].startswith("HTTP/1.1 400")
+    assert curl(https, "autodiscover.example.com", "/autodiscover/autodiscover.xml")[0].startswith(
+        "HTTP/1.1 405"
+    )
 
 
 def test_the_admin_is_served_over_https(https):
