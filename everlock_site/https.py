@@ -64,7 +64,7 @@ async def start_https(*, listens) -> HTTPSListener:
     executor = ThreadPoolExecutor(HTTPS_THREADS, thread_name_prefix="frontend-https")
     app = web.Application()
     handler = WSGIHandler(application, executor=executor, max_request_body_size=MAX_BODY)
-    app.router.add_route("*", "/{path_info:.*}", handler.handle_request)
+    app.router.add_route("*", "/{path_info:.*}", handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context, reuse_port=True)
