@@ -64,7 +64,9 @@ async def start_https(*, listens) -> HTTPSListener:
     executor = ThreadPoolExecutor(HTTPS_THREADS, thread_name_prefix="frontend-https")
     app = web.Application()
     handler = WSGIHandler(application, executor=executor, max_request_body_size=MAX_BODY)
-    app.router.add_route("*", "/{path_info:.*}", handler)
+    # The coroutine method itself (as aiohttp-wsgi's own run_server does): aiohttp takes a
+    # callable object that is not a coroutine function as a deprecated "bare function".
+    app.router.add_route("*", "/{path_info:.*}", handler.handle_request)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context, reuse_port=True)
