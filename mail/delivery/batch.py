@@ -326,7 +326,7 @@ def _apply_policy(domain: str, hosts: list[Host], remote: Remote) -> tuple[list[
     found = remote.policy(domain)
     policy = found.policy if found.policy is not None and found.policy.mode != "none" else None
     if found.failure:
-        record_result(domain=domain, policy=found.policy, result=found.failure)
+        record_result(domain=domain, policy=found.policy, result=found.failure, policy_id=found.advertised_id)
     if policy is None or policy.mode != "enforce":
         return hosts, policy, ""
     allowed = [h for h in hosts if policy.matches(h.name)]

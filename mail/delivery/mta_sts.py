@@ -218,6 +218,8 @@ class Lookup:
     policy: Policy | None
     failure: str = ""
     message: str = ""
+    # The id the TXT record advertised when its policy could not be used.
+    advertised_id: str = ""
 
 
 def policy_for(domain: str, *, resolver, fetcher: PolicyFetcher, now: datetime | None = None) -> Lookup:
@@ -234,7 +236,7 @@ def policy_for(domain: str, *, resolver, fetcher: PolicyFetcher, now: datetime |
         mode, mx, max_age = parse_policy(fetcher.fetch(domain))
     except PolicyError as exc:
         log.info("MTA-STS policy of %s (id %s) not fetched: %s", domain, policy_id, exc)
-        return Lookup(_policy(row) if row is not None else None, exc.result, str(exc))
+        return Lookup(_policy(row) if row is not None else None, exc.result, str(exc), policy_id)
     MtaStsPolicy.objects.update_or_create(
         domain=domain,
         defaults={
@@ -250,13 +252,17 @@ def policy_for(domain: str, *, resolver, fetcher: PolicyFetcher, now: datetime |
     return Lookup(Policy(domain, policy_id, mode, mx, max_age))
 
 
-def record_result(*, domain: str, policy: Policy | None, mx_host: str = "", result: str) -> None:
-    """Count one session (or policy failure) of `domain` today under `result`."""
+def record_result(
+    *, domain: str, policy: Policy | None, mx_host: str = "", result: str, policy_id: str = ""
+) -> None:
+    """Count one session (or policy failure) of `domain` today under `result`, for
+    `policy` (or, when a published policy could not be had, its advertised `policy_id`)."""
+    policy_id = policy.policy_id if policy else policy_id
     key = dict(
         domain=domain,
         day=timezone.now().date(),
-        policy_type=TlsResult.PolicyType.STS if policy else TlsResult.PolicyType.NO_POLICY,
-        policy_id=policy.policy_id if policy else "",
+        policy_type=TlsResult.PolicyType.STS if policy_id else TlsResult.PolicyType.NO_POLICY,
+        policy_id=policy_id,
         mx_host=mx_host,
         result=result,
     )

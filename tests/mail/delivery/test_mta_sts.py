@@ -219,7 +219,11 @@ def test_policy_cache_follows_the_txt_id(world):
     world.dns.zone.records["_mta-sts.example.net."]["TXT"] = ['"v=STSv1; id=3"']
     world.policy.status = 302
     found = policy_for("example.net", resolver=resolver, fetcher=fetcher)
-    assert (found.policy.policy_id, found.failure) == ("2", "sts-policy-fetch-error")
+    assert (found.policy.policy_id, found.failure, found.advertised_id) == (
+        "2",
+        "sts-policy-fetch-error",
+        "3",
+    )
     assert found.message == "mta-sts.example.net answered HTTP 302"
     # An expired policy is not used.
     MtaStsPolicy.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
@@ -322,3 +326,14 @@ class RequireTLSPeer:
                 conn.sendall(b"250 2.0.0 OK\r\n")
         conn.close()
         self.listener.close()
+
+
+def test_a_policy_that_cannot_be_fetched_is_reported_and_mail_goes_as_without_one(world):
+    world.policy.status = 404
+    mx = world.mx(valid=True)
+    world.deliver(queue_message(["bob@example.net"], raw=RAW), mx.port)
+    assert len(mx.received) == 1
+    assert results() == [
+        ("example.net", "no-policy-found", "", "mx.example.net", "success", 1),
+        ("example.net", "sts", "1", "", "sts-policy-fetch-error", 1),
+    ]
