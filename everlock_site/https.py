@@ -1,7 +1,8 @@
 """The HTTPS listener: the MTA-STS policy, mail client autoconfiguration and the admin.
 
 aiohttp terminates TLS on the event loop (a slow handshake holds no thread) with the same
-certificate context as the SMTP and IMAP listeners (mail.smtp.tls.server_context), and hands
+certificate context as the SMTP and IMAP listeners (tls.store: chosen by SNI among the ACME
+certificates and the configured pair, renewed without a restart), and hands
 each request to the Django WSGI application the HTTP listener serves, through aiohttp-wsgi in
 a small thread pool. What a request gets is Django's answer: the MTA-STS and autoconfig files
 for a mail domain's names (mail.client_files), the admin for the admin's host names.
@@ -10,16 +11,16 @@ The socket is bound with SO_REUSEPORT, so several processes can share the port.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp_wsgi import WSGIHandler
-from django.conf import settings
 
 from everlock_site.listen import ListenAddress, binding
-from mail.smtp.tls import server_context
+from tls.store import listener_store
 
 log = logging.getLogger("everlock_site.http")
 
@@ -46,21 +47,17 @@ class HTTPSListener:
         self.executor.shutdown(wait=True)
 
 
-async def start_https(*, listens) -> HTTPSListener:
+async def start_https(*, listens, context: ssl.SSLContext | None = None) -> HTTPSListener:
     """Bind and start the HTTPS listener on listens["https"] (a ListenAddress); return it.
 
-    The certificate is EVERLOCK_TLS_CERT/EVERLOCK_TLS_KEY (or the self-signed pair of the data
-    dir). Raises CommandError when the address cannot be bound.
+    The certificates are this process's store's (tls.store.listener_store), unless `context`
+    is given. Raises CommandError when the address cannot be bound.
     """
     from everlock_site.wsgi import application
 
     listen: ListenAddress = listens["https"]
-    context = server_context(
-        cert=settings.EVERLOCK_TLS_CERT,
-        key=settings.EVERLOCK_TLS_KEY,
-        data_dir=Path(settings.DATA_DIR),
-        hostname=settings.EVERLOCK_HOSTNAME,
-    )
+    if context is None:
+        context = (await asyncio.to_thread(listener_store)).context
     executor = ThreadPoolExecutor(HTTPS_THREADS, thread_name_prefix="frontend-https")
     app = web.Application()
     handler = WSGIHandler(application, executor=executor, max_request_body_size=MAX_BODY)

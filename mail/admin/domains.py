@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 
 from mail.addresses import AddressError, normalize_domain, parse_address
 from mail.models import MailDomain
+from mail.services import dkim_rotation
 from mail.services import domains as services
 from mail.services.dns_status import zone_lines
 
@@ -94,6 +95,7 @@ class MailDomainAdmin(admin.ModelAdmin):
     fields = (
         *EDITABLE,
         "dkim_selectors",
+        "dkim_key_rotation",
         "dkim_keys",
         "dkim_dns_records",
         "dns_records",
@@ -102,6 +104,7 @@ class MailDomainAdmin(admin.ModelAdmin):
     )
     readonly_fields = (
         "dkim_selectors",
+        "dkim_key_rotation",
         "dkim_keys",
         "dkim_dns_records",
         "dns_records",
@@ -120,6 +123,10 @@ class MailDomainAdmin(admin.ModelAdmin):
     @admin.display(description="DKIM selectors")
     def dkim_selectors(self, obj: MailDomain) -> str:
         return f"{obj.dkim_selector} (Ed25519), {obj.dkim_rsa_selector} (RSA)"
+
+    @admin.display(description="DKIM key rotation")
+    def dkim_key_rotation(self, obj: MailDomain) -> str:
+        return (dkim_rotation.rotation_state(obj) if obj.pk else "") or "none in progress"
 
     @admin.display(description="DKIM keys")
     def dkim_keys(self, obj: MailDomain) -> str:

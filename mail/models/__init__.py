@@ -1,4 +1,4 @@
-from mail.models.domains import MailDomain
+from mail.models.domains import DkimRotation, MailDomain
 from mail.models.mailboxes import Folder, Mailbox
 from mail.models.messages import Message, MessageContent
 from mail.models.outbound import OutboundDelivery, OutboundRecipient
@@ -6,6 +6,7 @@ from mail.models.rules import RedirectRecord, RuleSet, VacationReply
 from mail.models.tls import MtaStsPolicy, TlsResult
 
 __all__ = [
+    "DkimRotation",
     "Folder",
     "MailDomain",
     "Mailbox",

@@ -17,17 +17,18 @@ from mail.services.dns_records import mta_sts_id, mta_sts_policy
 from mail.services.domains import domain_create, domain_set, get_domain
 from tests.certificates import PrivateCA
 from tests.everlock_site.test_http_listener import base_env, free_port, running
+from tls.store import CertificateStore
 
 
 class RunningHTTPS:
     """start_https() on its own event loop in a thread of the test process."""
 
-    def __init__(self):
+    def __init__(self, context):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            start_https(listens={"https": ListenAddress("127.0.0.1", 0)}), self.loop
+            start_https(listens={"https": ListenAddress("127.0.0.1", 0)}, context=context), self.loop
         )
         self.listener = future.result(timeout=30)
         self.port = self.listener.address.port
@@ -46,8 +47,11 @@ def https(tmp_path, settings, transactional_db):
     names = ["mta-sts.example.com", "autoconfig.example.com", "autodiscover.example.com", "localhost"]
     issued = ca.issue("web", names)
     settings.DATA_DIR = tmp_path
-    settings.EVERLOCK_TLS_CERT, settings.EVERLOCK_TLS_KEY = str(issued.cert), str(issued.key)
-    server = RunningHTTPS()
+    # The store the listeners share, with the test CA's certificate as its default.
+    store = CertificateStore(
+        cert_file=str(issued.cert), key_file=str(issued.key), data_dir=tmp_path, hostname="localhost"
+    )
+    server = RunningHTTPS(store.context)
     server.ca = ca
     yield server
     server.stop()
