@@ -100,10 +100,7 @@ def test_rundns_in_two_processes_sharing_the_port(env, tmp_path):
     try:
         assert bound == port
         log_path = tmp_path / "server.log"
-        deadline = time.monotonic() + 30
-        while "2 listener processes running" not in log_path.read_text():
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        _wait_for_line(log_path, "2 listener processes running")
         assert log_path.read_text().count(f"DNS listener on 127.0.0.1:{port} (udp, tcp)") == 2
         assert _dig(port, "www.example.com", "A", "+short") == "192.0.2.1\n"
         # A change made by another process reaches both listener processes: every query, from
@@ -134,3 +131,33 @@ def test_rundns_processes_need_a_fixed_port(env, tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "several processes need a fixed port to share" in result.stderr
+
+
+def test_a_listener_process_that_dies_is_started_again(env, tmp_path):
+    port = free_port(udp=True)
+    proc, _, _ = _start(env, tmp_path, "rundns", "--listen", f"127.0.0.1:{port}", "--processes", "2")
+    log_path = tmp_path / "server.log"
+    try:
+        _wait_for_line(log_path, "2 listener processes running")
+        children = [
+            int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        _wait_for_line(log_path, f"listener process {children[0]} exited (code -9); starting another")
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count(f"DNS listener on 127.0.0.1:{port}") < 3:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        for _ in range(10):
+            assert _dig(port, "www.example.com", "A", "+short") == "192.0.2.1\n"
+    finally:
+        code = _stop(proc)
+    assert code == 0
+
+
+def _wait_for_line(path: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.1)
