@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from mail.delivery.attempts import Claim, Reply, record_outcome, renew
 from mail.delivery.bounces import send_dsn, wants
-from mail.delivery.client import ConnectFailed, Connection, SendOptions
+from mail.delivery.client import ConnectFailed, Connection, SendOptions, TLSFailed
+from mail.delivery.mta_sts import Lookup, Policy, PolicyFetcher, policy_for, record_result
 from mail.delivery.mx import Host, LookupFailed, lookup
 from mail.models import OutboundDelivery, OutboundRecipient
 from mail.services.storage import message_storage
@@ -36,6 +37,16 @@ class Remote:
     timeout: float = 60.0
     # Local addresses to connect from, at most one per address family; () lets the system choose.
     source_addresses: tuple[str, ...] = ()
+    # The CA file remote certificates are verified against ("": the system's store).
+    ca_file: str = ""
+    # Where MTA-STS policies come from (RFC 8461); None: no policy is looked for.
+    mta_sts: PolicyFetcher | None = None
+
+    def policy(self, domain: str) -> Lookup:
+        """The MTA-STS policy in force for `domain` (mail.delivery.mta_sts.policy_for)."""
+        if self.mta_sts is None:
+            return Lookup(None)
+        return policy_for(domain, resolver=self.resolver, fetcher=self.mta_sts)
 
     def source_for(self, address: str) -> str | None:
         """The configured local address of `address`'s family, or None."""
@@ -222,28 +233,57 @@ def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str
     )
 
 
+def _dial(host: Host, address: str, claim: Claim, remote: Remote, policy: Policy | None) -> Connection:
+    """A session with `host` at `address` under the domain's MTA-STS `policy` (None: no
+    policy in force), its TLS outcome recorded (mta_sts.record_result). A host the policy
+    names is held to verified TLS; in enforce mode a failure there raises TLSFailed, in
+    testing mode it is logged and the host is dialled again as without a policy (RFC 8461
+    section 5). Raises ConnectFailed when the host takes no session."""
+    common = dict(
+        host=host.name,
+        address=address,
+        port=remote.port,
+        helo_hostname=claim.helo_hostname,
+        timeout=remote.timeout,
+        source_address=remote.source_for(address),
+        ca_file=remote.ca_file,
+    )
+    if policy is not None and policy.matches(host.name):
+        try:
+            conn = Connection(**common, tls_verify=True, require_tls=True)
+        except TLSFailed as exc:
+            record_result(domain=claim.domain, policy=policy, mx_host=host.name, result=exc.result)
+            if policy.mode == "enforce":
+                raise
+            log.warning("MTA-STS policy of %s (testing) not met, delivering anyway: %s", claim.domain, exc)
+        else:
+            record_result(domain=claim.domain, policy=policy, mx_host=host.name, result="success")
+            return conn
+    elif policy is not None:
+        # Only in testing mode: enforce mode never dials a host its policy does not name.
+        record_result(domain=claim.domain, policy=policy, mx_host=host.name, result="validation-failure")
+        log.warning(
+            "MTA-STS policy of %s (testing) does not name MX host %s, delivering anyway",
+            claim.domain,
+            host.name,
+        )
+    conn = Connection(**common, tls_verify=remote.tls_verify)
+    result = "success" if conn.tls else "starttls-not-supported"
+    record_result(domain=claim.domain, policy=policy, mx_host=host.name, result=result)
+    return conn
+
+
 def _connect(
-    hosts: list[Host], start: int, claim: Claim, remote: Remote
+    hosts: list[Host], start: int, claim: Claim, remote: Remote, policy: Policy | None = None
 ) -> tuple[Connection | None, int, str]:
-    """The first host from index `start` that takes a session; (None, len, last error) if none."""
+    """The first host from index `start` that takes a session (under `policy`, see _dial);
+    (None, len, last error) if none."""
     error = ""
     for index in range(start, len(hosts)):
         host = hosts[index]
         for address in host.addresses:
             try:
-                return (
-                    Connection(
-                        host=host.name,
-                        address=address,
-                        port=remote.port,
-                        helo_hostname=claim.helo_hostname,
-                        tls_verify=remote.tls_verify,
-                        timeout=remote.timeout,
-                        source_address=remote.source_for(address),
-                    ),
-                    index,
-                    "",
-                )
+                return _dial(host, address, claim, remote, policy), index, ""
             except ConnectFailed as exc:
                 error = str(exc)
                 log.info(
@@ -301,6 +341,27 @@ def _send_one(conn: Connection, claim: Claim, data: bytes) -> tuple[dict[int, Re
     return replies, reusable
 
 
+def _apply_policy(domain: str, hosts: list[Host], remote: Remote) -> tuple[list[Host], Policy | None, str]:
+    """The MX hosts to try under `domain`'s MTA-STS policy, the policy in force (None when
+    there is none, or its mode is "none") and, when enforce mode leaves no host, the
+    temporary failure to record for every row (RFC 8461 section 5: the mail waits)."""
+    found = remote.policy(domain)
+    policy = found.policy if found.policy is not None and found.policy.mode != "none" else None
+    if found.failure:
+        record_result(domain=domain, policy=found.policy, result=found.failure, policy_id=found.advertised_id)
+    if policy is None or policy.mode != "enforce":
+        return hosts, policy, ""
+    allowed = [h for h in hosts if policy.matches(h.name)]
+    for host in hosts:
+        if host not in allowed:
+            record_result(domain=domain, policy=policy, mx_host=host.name, result="validation-failure")
+    if allowed:
+        return allowed, policy, ""
+    names = ", ".join(h.name for h in hosts)
+    log.info("MTA-STS policy of %s (enforce) names none of its MX hosts (%s)", domain, names)
+    return [], policy, f"451 4.7.5 MTA-STS policy of {domain} names none of its MX hosts ({names})"
+
+
 def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: Outcomes) -> None:
     try:
         hosts = lookup(domain, resolver=remote.resolver)
@@ -317,6 +378,11 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                 outcomes.add(claim, {rid: reply for rid, _ in claim.recipients})
             else:
                 outcomes.add(claim, {}, temporary=f"451 4.4.3 {exc}")
+        return
+    hosts, policy, refusal = _apply_policy(domain, hosts, remote)
+    if refusal:
+        for claim in claims:
+            outcomes.add(claim, {}, temporary=refusal)
         return
     conn: Connection | None = None
     index = 0
@@ -342,7 +408,7 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
             error = ""
             while index < len(hosts):
                 if conn is None:
-                    conn, index, error = _connect(hosts, index, claim, remote)
+                    conn, index, error = _connect(hosts, index, claim, remote, policy)
                     if conn is None:
                         break
                 try:

@@ -45,7 +45,7 @@ def test_help_lists_everlocks_commands_first():
     ours = lines[5 : lines.index("Django commands:") - 1]
     assert [line.split()[0] for line in ours] == [
         "backup", "copydb", "mailconfig", "mailq", "restore", "runadminssh", "rundns", "runhttp",
-        "runimap", "runsmtp", "serve", "smtpwriter",
+        "runhttps", "runimap", "runsmtp", "serve", "smtpwriter",
     ]  # fmt: skip
     assert (
         "    serve        Run the selected Everlock components (listeners, console, workers) in one process."
@@ -101,7 +101,8 @@ def test_serve_on_a_busy_port_says_which_flag_to_change(tmp_path, busy_port, lis
 @pytest.mark.parametrize(
     ("command", "option"),
     [("runsmtp", "--listen"), ("runsmtp", "--submission-listen"), ("runadminssh", "--listen"),
-     ("runhttp", "--listen"), ("rundns", "--listen"), ("runimap", "--listen"), ("runimap", "--tls-listen")],
+     ("runhttp", "--listen"), ("runhttps", "--listen"), ("rundns", "--listen"), ("runimap", "--listen"),
+     ("runimap", "--tls-listen")],
 )  # fmt: skip
 def test_run_commands_on_a_busy_port_say_which_flag_to_change(tmp_path, busy_port, command, option):
     env = _env(tmp_path)
