@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from base64 import b64decode
@@ -26,6 +27,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, TLSSetupException
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from everlock_site import metrics
 from mail import replies
 from mail.replies import Reply, SMTPReject
 from mail.smtp.data import read_data
@@ -218,6 +220,7 @@ class SMTPProtocolFactory:
         self.implicit_tls = implicit_tls
         # The open connections, the one that received something longest ago first.
         self.connections: OrderedDict[EverlockSMTP, None] = OrderedDict()
+        self.listener = listener_name(offers_auth=offers_auth, implicit_tls=implicit_tls)
         self._refused_logged_at = float("-inf")
         self._refused = 0
 
@@ -228,6 +231,7 @@ class SMTPProtocolFactory:
     def __call__(self) -> asyncio.Protocol:
         if len(self.connections) >= self.config.max_connections and not self._evict_silent():
             self._log_refusal()
+            metrics.SMTP_REFUSED.labels(self.listener, "CONNECT", "server_busy").inc()
             return _Refusal(replies.SERVER_BUSY)
         protocol = EverlockSMTP(
             self.handler,
@@ -334,6 +338,27 @@ def wire(reply: Reply | str) -> bytes:
     return str(reply).encode("utf-8")
 
 
+def listener_name(*, offers_auth: bool, implicit_tls: bool) -> str:
+    """The listener label of the metrics: inbound, submission or submissions."""
+    return "submissions" if implicit_tls else "submission" if offers_auth else "inbound"
+
+
+# The reason label of a refusal: the name of one of our replies, by its wire line.
+_REASONS = {wire(value): name.lower() for name, value in vars(replies).items() if isinstance(value, Reply)}
+_ENHANCED = re.compile(rb"^[45]\d\d ([45]\.\d{1,3}\.\d{1,3}) ")
+_ACCEPTED = wire(replies.ACCEPTED)
+
+
+def refusal_reason(line: bytes) -> str:
+    """The reason label for a 4xx or 5xx wire line: the reply's name in mail.replies
+    ("relay_denied"), else its enhanced status code ("5.5.4"), else its code ("554")."""
+    reason = _REASONS.get(line)
+    if reason is not None:
+        return reason
+    enhanced = _ENHANCED.match(line)
+    return (enhanced[1] if enhanced else line[:3]).decode("ascii", "replace")
+
+
 @functools.cache
 def seam_names(cls: type, prefixes: tuple[str, ...]) -> tuple[str, ...]:
     """The attributes of `cls` whose names start with one of `prefixes`, found once."""
@@ -405,6 +430,10 @@ class EverlockSMTP(SMTP):
         # The TCP connection, under the TLS transport once STARTTLS succeeded.
         self._tcp_transport: asyncio.BaseTransport | None = None
         self._reply_lines: list[bytes] = []
+        self.listener = listener_name(offers_auth=offers_auth, implicit_tls=implicit_tls)
+        # The transaction command (MAIL, RCPT, DATA, BDAT) whose final reply is still to be
+        # counted for the metrics (see _count).
+        self._counting: str | None = None
 
     async def push(self, status):
         if not isinstance(status, bytes):
@@ -414,11 +443,22 @@ class EverlockSMTP(SMTP):
         if status[3:4] == b"-":
             self._reply_lines.append(status)
             return
+        if self._counting is not None and status[:1] != b"3":  # 354 is not DATA's answer yet
+            self._count(status)
         if self._reply_lines:
             status = b"\r\n".join([*self._reply_lines, status])
             self._reply_lines.clear()
         self._heard()  # our replies count as activity too
         await super().push(status)
+
+    def _count(self, line: bytes) -> None:
+        """Count the final reply `line` to the transaction command being counted: a refusal,
+        or a message accepted."""
+        command, self._counting = self._counting, None
+        if line[:1] in b"45":
+            metrics.SMTP_REFUSED.labels(self.listener, command, refusal_reason(line)).inc()
+        elif line == _ACCEPTED and command in ("DATA", "BDAT"):
+            metrics.SMTP_ACCEPTED.labels(self.listener).inc()
 
     def _idle_check(self) -> None:
         # One timer per connection, moved on only when it fires before the deadline: the
@@ -441,7 +481,8 @@ class EverlockSMTP(SMTP):
         if self.transport is None:
             host = peer_host(transport.get_extra_info("peername"))
             if not self.counter.acquire(host, self.config.max_connections_per_client):
-                log.warning("SMTP: too many connections from %s", host)
+                log.warning("SMTP: too many connections from %s", host, extra={"client": host})
+                metrics.SMTP_REFUSED.labels(self.listener, "CONNECT", "too_many_connections").inc()
                 self._free_slot()
                 transport.write(wire(replies.TOO_MANY_CONNECTIONS) + b"\r\n")
                 transport.close()
@@ -526,7 +567,10 @@ class EverlockSMTP(SMTP):
     async def handle_exception(self, error: Exception):
         if isinstance(error, TLSSetupException):
             # A client that gave up or failed the TLS handshake: nothing of ours went wrong.
-            log.info("SMTP: TLS handshake with %s failed: %r", peer_host(self.session.peer), error.__cause__)
+            client = peer_host(self.session.peer)
+            log.info(
+                "SMTP: TLS handshake with %s failed: %r", client, error.__cause__, extra={"client": client}
+            )
             return replies.LOCAL_ERROR
         return await super().handle_exception(error)
 
@@ -553,6 +597,7 @@ class EverlockSMTP(SMTP):
     async def smtp_MAIL(self, arg: str | None) -> None:
         # Our parameters come off the argument; aiosmtpd reads the rest (and refuses what
         # neither knows with 555). The values go on the envelope once MAIL is accepted.
+        self._counting = "MAIL"
         params = MailParams()
         if arg is not None and self.session.extended_smtp:
             try:
@@ -567,6 +612,7 @@ class EverlockSMTP(SMTP):
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
+        self._counting = "RCPT"
         params = RcptParams()
         if arg is not None and self.session.extended_smtp:
             try:
@@ -588,6 +634,7 @@ class EverlockSMTP(SMTP):
         # up to the reader's limit, with the same replies (RFC 5321 sections 3.3, 4.5.2).
         # RFC 3030 section 3: BODY=BINARYMIME comes with BDAT only; section 2: no DATA
         # once BDAT has begun.
+        self._counting = "DATA"
         if getattr(self.envelope, "mail_params", MailParams()).binarymime:
             await self.push("503 5.5.1 BODY=BINARYMIME requires BDAT")
             return
@@ -614,6 +661,7 @@ class EverlockSMTP(SMTP):
 
     @syntax("BDAT <chunk-size> [LAST]")
     async def smtp_BDAT(self, arg: str | None) -> None:
+        self._counting = "BDAT"
         words = (arg or "").split()
         if (
             not 1 <= len(words) <= 2
