@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
+from mail.auth import results as authentication_results
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
@@ -263,6 +264,22 @@ def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], lis
     return boxes, remote
 
 
+def received_results(
+    headers: tuple[tuple[str, str], ...], domain: MailDomain | None
+) -> tuple[tuple[str, ...] | None, bool]:
+    """What the inbound checks recorded for mail to `domain`, read from the message's topmost
+    Authentication-Results when it is ours (authserv-id the domain's hostname): the
+    "method=result" outcomes, and whether DMARC quarantine applies. (None, False) for a
+    message we did not check."""
+    outcomes = authentication_results.ours(headers, domain.effective_hostname) if domain else None
+    if outcomes is None:
+        return None, False
+    quarantined = any(
+        o.method == "dmarc" and o.result == "fail" and o.get("policy.dmarc") == "quarantine" for o in outcomes
+    )
+    return tuple(f"{o.method}={o.result}" for o in outcomes), quarantined
+
+
 def plan_recipients(
     *,
     mailboxes: list[Mailbox],
@@ -280,6 +297,9 @@ def plan_recipients(
         rules = current_rules()
     planned = []
     for mailbox in mailboxes:
+        auth, quarantined = (
+            (None, False) if authenticated else received_results(parsed.headers, mailbox.domain)
+        )
         plan = plan_delivery(
             MessageFacts(
                 envelope_from=envelope_from,
@@ -288,6 +308,8 @@ def plan_recipients(
                 size=len(raw),
                 authenticated=authenticated,
                 raw=raw,
+                auth=auth,
+                quarantined=quarantined,
             ),
             compiled=rules,
         )

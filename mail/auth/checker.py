@@ -1,0 +1,157 @@
+"""Running the checks for the inbound listener without blocking its event loop.
+
+SPF and iprev start at MAIL FROM, in a thread pool, so their DNS waits overlap the DATA
+transfer; DKIM, ARC and DMARC run at the end of DATA. The DNSBLs are asked once per
+connection, before its first transaction is accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import dkim
+
+from mail.auth import checks, dmarc, results
+from mail.auth.lookups import Lookups
+from mail.auth.verdict import Verdict
+from mail.replies import Reply, dnsbl_listed
+
+log = logging.getLogger("mail.auth")
+
+# How long the list of our domains' hostnames (the authserv-ids) is kept.
+HOSTNAMES_TTL = 30.0
+
+
+@dataclass
+class Pending:
+    """The checks started at MAIL FROM for one transaction."""
+
+    ip: str
+    spf: Future
+    iprev: Future
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the end of DATA needs: the verdict, the header to prepend and the message with the
+    outside claims to our authserv-id removed."""
+
+    verdict: Verdict
+    header: bytes
+    raw: bytes
+
+
+class InboundChecks:
+    """The checks of one listener process. `hostnames` returns {mail domain: its hostname}
+    (the authserv-id of mail for it, mail.services.domains.receiving_hostnames), called in
+    the pool and kept HOSTNAMES_TTL seconds; `default_hostname` is the server's own."""
+
+    def __init__(
+        self,
+        *,
+        lookups: Lookups,
+        hostnames,
+        default_hostname: str,
+        dnsbl_zones: tuple[str, ...] = (),
+        workers: int = 16,
+    ):
+        self.lookups = lookups
+        self.dnsbl_zones = dnsbl_zones
+        self.default_hostname = default_hostname.lower()
+        self._hostnames_source = hostnames
+        self._hostnames: dict[str, str] = {}
+        self._hostnames_at = float("-inf")
+        # Threads mostly wait on DNS; DKIM's RSA and Ed25519 checks release the GIL.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mail-auth")
+        checks.install_spf_lookups(lookups)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def dnsbl_refusal(self, ip: str) -> Reply | None:
+        """554 5.7.1 with the list's text when a DNSBL lists `ip`, else None."""
+        if not self.dnsbl_zones:
+            return None
+        loop = asyncio.get_running_loop()
+        listing = await loop.run_in_executor(
+            self.pool, checks.check_dnsbls, self.lookups, ip, self.dnsbl_zones
+        )
+        if listing is None:
+            return None
+        log.info("SMTP: %s refused, listed by %s: %s", ip, listing.zone, listing.text)
+        return dnsbl_listed(listing.text)
+
+    def begin(self, *, ip: str, helo: str, mail_from: str) -> Pending:
+        """Start SPF and iprev for a transaction (MAIL FROM; "" for the null sender)."""
+        return Pending(
+            ip=ip,
+            spf=self.pool.submit(checks.check_spf, self.lookups, ip=ip, mail_from=mail_from, helo=helo),
+            iprev=self.pool.submit(checks.check_iprev, self.lookups, ip),
+        )
+
+    async def finish(self, pending: Pending, raw: bytes, *, recipient_domain: str) -> Checked:
+        """The verdict on message `raw` (as received, before our trace fields)."""
+        spf = await asyncio.wrap_future(pending.spf)
+        iprev = await asyncio.wrap_future(pending.iprev)
+        loop = asyncio.get_running_loop()
+        hostnames = await self._current_hostnames(loop)
+        verdict = await loop.run_in_executor(self.pool, self._message_checks, raw, pending.ip, spf, iprev)
+        authserv_id = hostnames.get(recipient_domain, self.default_hostname)
+        claims = frozenset({self.default_hostname, *hostnames.values()})
+        return Checked(verdict, results.header(authserv_id, verdict), results.without_claims(raw, claims))
+
+    def _message_checks(self, raw: bytes, ip: str, spf: checks.SPFResult, iprev) -> Verdict:
+        signatures = tuple(checks.check_dkim(self.lookups, raw))
+        arc = (
+            checks.check_arc(self.lookups, raw)
+            if b"arc-seal" in raw[: raw.find(b"\r\n\r\n")].lower()
+            else "none"
+        )
+        from_domain = author_domain(raw)
+        return Verdict(
+            ip=ip,
+            spf=spf,
+            dkim=signatures,
+            arc=arc,
+            dmarc=dmarc.evaluate(self.lookups, from_domain=from_domain, spf=spf, dkim=list(signatures)),
+            iprev=iprev,
+        )
+
+    async def _current_hostnames(self, loop) -> dict[str, str]:
+        if time.monotonic() - self._hostnames_at > HOSTNAMES_TTL:
+            self._hostnames = await loop.run_in_executor(self.pool, self._hostnames_source)
+            self._hostnames_at = time.monotonic()
+        return self._hostnames
+
+
+def author_domain(raw: bytes) -> str:
+    """The domain of the RFC5322.From address (RFC 7489 section 3.1.1), "" when the message
+    has no From or its first From field names no single address with a domain."""
+    headers, _body = dkim.rfc822_parse(raw)
+    for name, value in headers:
+        if name.lower() == b"from":
+            addresses = email.utils.getaddresses([value.decode("utf-8", "replace")])
+            domains = {addr.rpartition("@")[2].lower().rstrip(".") for _, addr in addresses if "@" in addr}
+            return domains.pop() if len(domains) == 1 else ""
+    return ""
+
+
+def checks_from_settings() -> InboundChecks | None:
+    """The inbound checks as the settings configure them; None when EVERLOCK_INBOUND_CHECKS
+    is off."""
+    from django.conf import settings
+
+    from mail.services.domains import receiving_hostnames
+
+    if not settings.EVERLOCK_INBOUND_CHECKS:
+        return None
+    return InboundChecks(
+        lookups=Lookups.from_spec(settings.EVERLOCK_RESOLVER),
+        hostnames=receiving_hostnames,
+        default_hostname=settings.EVERLOCK_HOSTNAME,
+        dnsbl_zones=tuple(z.strip().rstrip(".") for z in settings.EVERLOCK_DNSBL_ZONES if z.strip()),
+    )

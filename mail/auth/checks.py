@@ -1,0 +1,159 @@
+"""The individual checks, each turning DNS answers and the message into a result of RFC 8601
+section 2.7: SPF (RFC 7208, pyspf), DKIM (RFC 6376 and RFC 8463, dkimpy), ARC (RFC 8617,
+dkimpy), iprev (RFC 8601 section 3) and DNSBLs (RFC 5782). Synchronous: they wait on DNS, so
+the SMTP listener runs them in a thread pool (mail.auth.verdict)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dkim
+import dkim.util
+import dns.reversename
+import spf
+
+from mail.auth.lookups import Lookups, TemporaryDNSError
+
+log = logging.getLogger("mail.auth")
+
+# RFC 7208 section 4.6.4: at most 20 seconds for the whole SPF evaluation.
+SPF_TIME_LIMIT = 20
+# RFC 8601 section 3 leaves the number of PTR names to try to us; mox and Postfix try 10.
+MAX_PTR_NAMES = 10
+
+
+@dataclass(frozen=True)
+class SPFResult:
+    result: str  # pass fail softfail neutral none permerror temperror (RFC 7208 section 2.6)
+    domain: str  # the domain checked: of MAIL FROM, or the HELO name for the null sender
+    scope: str  # "mailfrom" or "helo"
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
+class DKIMResult:
+    result: str  # pass fail neutral permerror temperror (RFC 8601 section 2.7.1)
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: str  # a=
+    identity: str = ""  # i=
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Listing:
+    zone: str
+    text: str  # the list's TXT record, or a line naming the zone
+
+
+def check_spf(lookups: Lookups, *, ip: str, mail_from: str, helo: str) -> SPFResult:
+    """SPF of MAIL FROM's domain, or of the HELO name when MAIL FROM is the null sender
+    (RFC 7208 section 2.4). pyspf enforces the limits of section 4.6.4 (10 DNS mechanisms,
+    2 void lookups) and the 20 s of section 4.6.4; every query goes through `lookups`
+    (installed as pyspf's DNSLookup hook at start, see install_spf_lookups)."""
+    scope = "mailfrom" if mail_from else "helo"
+    domain = mail_from.rpartition("@")[2] if mail_from else helo
+    if not domain:
+        return SPFResult("none", "", scope)
+    try:
+        query = spf.query(
+            i=ip, s=mail_from or f"postmaster@{helo}", h=helo or domain, querytime=SPF_TIME_LIMIT
+        )
+        result, _code, explanation = query.check()
+    except spf.TempError as exc:
+        return SPFResult("temperror", domain, scope, str(exc))
+    # pyspf answers "ambiguous" only in its strict mode 2, which is not used.
+    return SPFResult(
+        result, domain, scope, explanation if result in ("fail", "permerror", "temperror") else ""
+    )
+
+
+def install_spf_lookups(lookups: Lookups) -> None:
+    """Route pyspf's DNS through `lookups` (its public hook: the module's DNSLookup)."""
+    spf.DNSLookup = lookups.spf_lookup
+
+
+def check_dkim(lookups: Lookups, raw: bytes) -> list[DKIMResult]:
+    """Every DKIM-Signature of `raw` verified (RSA and Ed25519); [] when there is none."""
+    verifier = dkim.DKIM(raw)
+    signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
+    results = []
+    for index, value in enumerate(signatures):
+        try:
+            tags = dkim.util.parse_tag_value(value)
+        except dkim.util.InvalidTagValueList:
+            tags = {}
+        facts = {
+            "domain": tags.get(b"d", b"").decode("ascii", "replace").lower(),
+            "selector": tags.get(b"s", b"").decode("ascii", "replace"),
+            "algorithm": tags.get(b"a", b"").decode("ascii", "replace"),
+            "identity": tags.get(b"i", b"").decode("ascii", "replace"),
+        }
+        try:
+            ok = verifier.verify(idx=index, dnsfunc=lookups.dkim_txt)
+        except TemporaryDNSError as exc:
+            results.append(DKIMResult("temperror", **facts, reason=str(exc)))
+            continue
+        except dkim.DKIMException as exc:
+            reason = str(exc)
+            if reason.startswith("body hash mismatch"):
+                # RFC 6376 section 6.1.3: the body was changed on the way.
+                results.append(DKIMResult("fail", **facts, reason="body hash mismatch"))
+                continue
+            # RFC 6376 section 6.1: a signature that cannot be checked (syntax, expired, no
+            # or unusable key) is PERMFAIL; RFC 8601 section 2.7.1 calls it permerror.
+            results.append(DKIMResult("permerror", **facts, reason=reason))
+            continue
+        if ok:
+            results.append(DKIMResult("pass", **facts))
+        else:
+            results.append(DKIMResult("fail", **facts, reason="signature did not verify"))
+    return results
+
+
+def check_arc(lookups: Lookups, raw: bytes) -> str:
+    """The ARC chain validation status (RFC 8617 section 5.2): none, pass, fail, or
+    temperror when a key could not be fetched."""
+    try:
+        status, _results, _reason = dkim.arc_verify(raw, dnsfunc=lookups.dkim_txt)
+    except TemporaryDNSError:
+        return "temperror"
+    except dkim.DKIMException:
+        return "fail"
+    # dkimpy answers None for a chain an earlier hop already reported failed (section 5.2).
+    return status.decode("ascii").lower() if status else "fail"
+
+
+def check_iprev(lookups: Lookups, ip: str) -> tuple[str, str]:
+    """iprev (RFC 8601 section 3): (result, the name found). pass when a PTR name of `ip`
+    resolves back to it; fail when none does; temperror on DNS trouble."""
+    try:
+        names = lookups.pointers(ip)
+        for name in names[:MAX_PTR_NAMES]:
+            if ip in lookups.addresses(name):
+                return "pass", name
+    except TemporaryDNSError:
+        return "temperror", ""
+    return ("fail", names[0]) if names else ("fail", "")
+
+
+def check_dnsbls(lookups: Lookups, ip: str, zones: tuple[str, ...]) -> Listing | None:
+    """The first of `zones` that lists `ip` (an A record in 127.0.0.0/8, RFC 5782 section
+    2.1), with its TXT reason; None when none does. A list that does not answer is skipped
+    (logged): a DNSBL outage must not stop mail."""
+    for zone in zones:
+        name = dns.reversename.from_address(
+            ip, v4_origin=dns.name.from_text(zone), v6_origin=dns.name.from_text(zone)
+        )
+        try:
+            listed = [a for a in lookups.addresses(name.to_text()) if a.startswith("127.")]
+            if not listed:
+                continue
+            texts = lookups.txt(name.to_text())
+        except TemporaryDNSError as exc:
+            log.warning("DNSBL %s did not answer for %s: %s", zone, ip, exc)
+            continue
+        text = texts[0].decode("utf-8", "replace") if texts else f"{ip} is listed by {zone}"
+        return Listing(zone, text)
+    return None
