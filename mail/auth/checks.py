@@ -107,9 +107,28 @@ def check_dkim(lookups: Lookups, raw: bytes) -> list[DKIMResult]:
             continue
         if ok:
             results.append(DKIMResult("pass", **facts))
+            continue
+        # dkimpy answers False both for a signature that does not verify (fail) and for a
+        # key it could not use (missing, revoked with an empty p=, malformed): PERMFAIL, as
+        # RFC 6376 section 6.1.2 says. The key lookup tells them apart (from the cache).
+        unusable = _unusable_key(lookups, tags)
+        if unusable:
+            results.append(DKIMResult("permerror", **facts, reason=unusable))
         else:
             results.append(DKIMResult("fail", **facts, reason="signature did not verify"))
     return results
+
+
+def _unusable_key(lookups: Lookups, tags: dict) -> str:
+    """Why the key of a signature with these tags cannot be used, or "" when it can."""
+    name = tags.get(b"s", b"") + b"._domainkey." + tags.get(b"d", b"") + b"."
+    try:
+        dkim.load_pk_from_dns(name, dnsfunc=lookups.dkim_txt)
+    except dkim.KeyFormatError as exc:
+        return str(exc) or "unusable key"
+    except (ValueError, TypeError) as exc:
+        return f"unusable key: {exc}"
+    return ""
 
 
 def check_arc(lookups: Lookups, raw: bytes) -> str:
