@@ -33,7 +33,8 @@ use strict;
 use JSON::PP;
 use Mail::DKIM::Verifier;
 use Net::DNS::Resolver;
-my $res = Net::DNS::Resolver->new(nameservers => ['127.0.0.1'], port => $ARGV[0], recurse => 0, udp_timeout => 5);
+my $res = Net::DNS::Resolver->new(
+    nameservers => ['127.0.0.1'], port => $ARGV[0], recurse => 0, udp_timeout => 5);
 Mail::DKIM::DNS::resolver($res);
 my $messages = decode_json(do { local $/; <STDIN> });
 my @out;
@@ -51,13 +52,17 @@ use strict;
 use JSON::PP;
 use Mail::SPF;
 use Net::DNS::Resolver;
-my $res = Net::DNS::Resolver->new(nameservers => ['127.0.0.1'], port => $ARGV[0], recurse => 0, udp_timeout => 5, tcp_timeout => 5, retry => 1);
+my $res = Net::DNS::Resolver->new(
+    nameservers => ['127.0.0.1'], port => $ARGV[0], recurse => 0,
+    udp_timeout => 5, tcp_timeout => 5, retry => 1);
 my $server = Mail::SPF::Server->new(dns_resolver => $res);
 my $queries = decode_json(do { local $/; <STDIN> });
 my @out;
 foreach my $q (@$queries) {
     my $request = $q->{mail_from}
-        ? Mail::SPF::Request->new(scope => 'mfrom', identity => $q->{mail_from}, ip_address => $q->{ip}, helo_identity => $q->{helo})
+        ? Mail::SPF::Request->new(
+            scope => 'mfrom', identity => $q->{mail_from}, ip_address => $q->{ip},
+            helo_identity => $q->{helo})
         : Mail::SPF::Request->new(scope => 'helo', identity => $q->{helo}, ip_address => $q->{ip});
     push @out, $server->process($request)->code;
 }
