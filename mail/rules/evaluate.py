@@ -251,5 +251,9 @@ def _redirected(facts: MessageFacts, targets: tuple[str, ...]) -> OutgoingMessag
     # rules see it and refuse to redirect it again through us (loop detection).
     header = f"{LOOP_HEADER}: {facts.recipient}\r\n".encode()
     return OutgoingMessage(
-        envelope_from=facts.envelope_from, recipients=targets, data=header + facts.raw, carries_message=True
+        envelope_from=facts.envelope_from,
+        recipients=targets,
+        data=header + facts.raw,
+        carries_message=True,
+        sender_verified=facts.sender_verified,
     )

@@ -73,12 +73,16 @@ class OutgoingMessage:
     """A message the rules send (a redirect or an auto-reply), complete with its headers.
 
     `carries_message` is true for a redirect or forward (the received message sent on): when
-    it cannot reach a local target, local delivery keeps it in the redirecting mailbox."""
+    it cannot reach a local target, local delivery keeps it in the redirecting mailbox; sent
+    to another server, its envelope sender is rewritten (mail.auth.srs)."""
 
     envelope_from: str
     recipients: tuple[str, ...]
     data: bytes
     carries_message: bool = False
+    # The original sender passed SPF or DMARC (MessageFacts.sender_verified): a bounce of the
+    # message sent on may go back to it (mail.auth.srs).
+    sender_verified: bool = True
 
 
 @dataclass

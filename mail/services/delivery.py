@@ -27,6 +27,7 @@ from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.auth import results as authentication_results
+from mail.auth import srs
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
@@ -182,6 +183,34 @@ def check_local_recipient(address: Address) -> tuple[int, int | None]:
     if address.local.casefold() == POSTMASTER:
         return check_postmaster(domain=domain)
     raise SMTPReject(replies.UNKNOWN_USER)
+
+
+def check_bounce_recipient(*, address: Address, null_sender: bool) -> str:
+    """The original sender an SRS address of ours (mail.auth.srs) stands for, when a bounce
+    (null sender, RFC 5321 section 4.5.5) is sent to it. Raises SMTPReject: UNKNOWN_USER for
+    anything else (another sender, an address that does not reverse), RELAY_DENIED when the
+    domain is not ours."""
+    if not MailDomain.objects.filter(name=address.domain, enabled=True).exists():
+        raise SMTPReject(replies.RELAY_DENIED)
+    original = srs.reverse(str(address)) if null_sender else None
+    if original is None:
+        raise SMTPReject(replies.UNKNOWN_USER)
+    return original
+
+
+def forward_bounce(*, raw: bytes, recipients: list[str], helo_hostname: str) -> None:
+    """Send a bounce that came back to SRS addresses on to the original senders, once: from
+    the null sender, so nothing bounces again. A local sender gets it in its mailbox, a
+    remote one through the queue. Committed before returning."""
+    boxes, remote = resolve_mailboxes(recipients)
+    with StoredFiles() as files, transaction.atomic():
+        if boxes:
+            deliver_inbound(
+                raw=raw, envelope_from="", mailbox_ids=[m.id for m in boxes.values()], files=files
+            )
+        if remote:
+            content = store_content(raw, files=files)
+            enqueue_remote(content=content, envelope_from="", recipients=remote, helo_hostname=helo_hostname)
 
 
 # RFC 5321 section 4.5.1: postmaster@ every domain we take mail for, and the bare
@@ -457,6 +486,17 @@ class _Sent:
     kept: bool
 
 
+def _sent_on_sender(outgoing: OutgoingMessage, domain: str) -> str:
+    """The envelope sender of a rule message going to another server. A redirect's original
+    sender is rewritten with SRS to an address of `domain`, so that SPF passes at the next
+    hop and a bounce comes back here to be sent on once (forward_bounce); an original sender
+    that passed neither SPF nor DMARC is replaced by the null sender instead: a bounce must
+    not reach an address that may be forged (backscatter)."""
+    if not outgoing.carries_message or not outgoing.envelope_from:
+        return outgoing.envelope_from
+    return srs.forward(outgoing.envelope_from, domain) if outgoing.sender_verified else ""
+
+
 def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
     """Send rule messages in the caller's transaction, following local redirects.
 
@@ -520,7 +560,7 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
         if remote:
             enqueue_remote(
                 content=content,
-                envelope_from=outgoing.envelope_from,
+                envelope_from=_sent_on_sender(outgoing, sent.sender.domain.name),
                 recipients=remote,
                 helo_hostname=sent.sender.domain.effective_hostname,
                 bounce_outside=not outgoing.carries_message,

@@ -9,15 +9,18 @@ from __future__ import annotations
 import time
 
 from mail import replies
+from mail.auth import srs
 from mail.auth.checker import checks_from_settings
 from mail.replies import SMTPReject
 from mail.services.delivery import (
     POSTMASTER,
+    check_bounce_recipient,
     check_local_recipient,
     check_postmaster,
     check_room,
     deliver_inbound,
     deliver_inbound_reporting,
+    forward_bounce,
 )
 from mail.smtp.handler import (
     BaseHandler,
@@ -103,6 +106,17 @@ class InboundHandler(BaseHandler):
                 parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
             except SMTPReject as exc:
                 return exc.reply
+            if srs.is_srs(parsed.local):
+                # A bounce of mail a rule sent on (mail.auth.srs): sent on to its sender.
+                ok, result = await call_service(
+                    check_bounce_recipient, address=parsed, null_sender=envelope.mail_from == "<>"
+                )
+                if not ok:
+                    return result
+                envelope.bounce_to = [*getattr(envelope, "bounce_to", ()), result]
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+                return replies.RECIPIENT_OK
             result = self.recipients.get(parsed.key)
             if result is None:
                 ok, result = await call_service(check_local_recipient, address=parsed)
@@ -136,6 +150,12 @@ class InboundHandler(BaseHandler):
             raw, results = checked.raw, checked.header
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
         raw = return_path + results + received_header(server=server, session=session, envelope=envelope) + raw
+        if getattr(envelope, "bounce_to", None):
+            ok, result = await call_service(
+                forward_bounce, raw=raw, recipients=envelope.bounce_to, helo_hostname=self.config.hostname
+            )
+            if not ok or not envelope.mailbox_ids:
+                return replies.ACCEPTED if ok else result
         params = envelope_params(envelope, delivered_here=envelope.rcpt_tos)
         if params.success_wanted():
             ok, result = await call_batched(

@@ -10,6 +10,8 @@ use; names under example.net are not hosted, so asking for them is a temporary f
 from __future__ import annotations
 
 import base64
+import email.utils
+import smtplib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,9 @@ from mail.dkim.keys import (
     txt_presentation,
     txt_value,
 )
+from mail.dkim.signing import sign
 from tests.dns_server import RunningDNS
+from tests.mail.smtp.conftest import example_com, start_smtp  # noqa: F401
 
 ZONES = ("corpus.test", "strict.test", "half.test", "watch.test", "plain.test", "0.0.127.in-addr.arpa")
 SPF_RECORDS = {
@@ -127,3 +131,43 @@ def corpus_dns(transactional_db, settings, tmp_path) -> CorpusDNS:
     )
     yield CorpusDNS(server, Keys(rsa_pem, rsa_file, ed_pem, base64.b64encode(seed)))
     server.stop()
+
+
+AUTHSERV_ID = "mail.example.com"  # example.com's hostname: its outbound hostname default
+
+
+@pytest.fixture
+def checked_smtp(start_smtp, corpus_dns, example_com, settings):  # noqa: F811
+    """The inbound listener with the checks on, asking the corpus DNS."""
+    settings.EVERLOCK_INBOUND_CHECKS = True
+    settings.EVERLOCK_RESOLVER = corpus_dns.spec
+    return start_smtp()
+
+
+def letter(
+    from_domain: str, *, extra: str = "", subject: str = "Hello", to: str = "bob@example.com"
+) -> bytes:
+    return (
+        f"{extra}From: Carol <carol@{from_domain}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{subject.replace(' ', '.')}@{from_domain}>\r\n"
+        "\r\nHello Bob.\r\n"
+    ).encode()
+
+
+def signed(raw: bytes, corpus_dns, domain: str) -> bytes:
+    return (
+        sign(raw, domain=domain, selector="ed", private_key_pem=corpus_dns.keys.ed25519_pem)
+        + sign(raw, domain=domain, selector="rsa", private_key_pem=corpus_dns.keys.rsa_pem)
+        + raw
+    )
+
+
+def send(server, raw: bytes, *, mail_from: str, source: str = "127.0.0.1", rcpt: str = "bob@example.com"):
+    with smtplib.SMTP("127.0.0.1", server.inbound_port, timeout=30, source_address=(source, 0)) as client:
+        client.ehlo("mx.corpus.test")
+        client.mail(mail_from)
+        client.rcpt(rcpt)
+        try:
+            return client.data(raw)
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code, exc.smtp_error

@@ -4,57 +4,18 @@ from 127.0.0.1 (allowed by the senders' SPF, with a PTR name that resolves back)
 
 from __future__ import annotations
 
-import email.utils
 import smtplib
 
 import dkim
-import pytest
 
 from dns_zones.services import record_add, zone_create
 from mail.auth import results
-from mail.dkim.signing import sign
 from mail.models import Message, VacationReply
+from mail.services.delivery import parse_message
 from mail.services.rules import dry_run, set_rules
 from mail.services.storage import read_content
-from tests.mail.smtp.conftest import example_com, nothing_stored, start_smtp  # noqa: F401
-
-AUTHSERV_ID = "mail.example.com"  # example.com's hostname: its outbound hostname default
-
-
-@pytest.fixture
-def checked_smtp(start_smtp, corpus_dns, example_com, settings):  # noqa: F811
-    settings.EVERLOCK_INBOUND_CHECKS = True
-    settings.EVERLOCK_RESOLVER = corpus_dns.spec
-    return start_smtp()
-
-
-def letter(
-    from_domain: str, *, extra: str = "", subject: str = "Hello", to: str = "bob@example.com"
-) -> bytes:
-    return (
-        f"{extra}From: Carol <carol@{from_domain}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{subject.replace(' ', '.')}@{from_domain}>\r\n"
-        "\r\nHello Bob.\r\n"
-    ).encode()
-
-
-def signed(raw: bytes, corpus_dns, domain: str) -> bytes:
-    return (
-        sign(raw, domain=domain, selector="ed", private_key_pem=corpus_dns.keys.ed25519_pem)
-        + sign(raw, domain=domain, selector="rsa", private_key_pem=corpus_dns.keys.rsa_pem)
-        + raw
-    )
-
-
-def send(server, raw: bytes, *, mail_from: str, source: str = "127.0.0.1", rcpt: str = "bob@example.com"):
-    with smtplib.SMTP("127.0.0.1", server.inbound_port, timeout=30, source_address=(source, 0)) as client:
-        client.ehlo("mx.corpus.test")
-        client.mail(mail_from)
-        client.rcpt(rcpt)
-        try:
-            return client.data(raw)
-        except smtplib.SMTPDataError as exc:
-            return exc.smtp_code, exc.smtp_error
+from tests.mail.auth.conftest import AUTHSERV_ID, letter, send, signed
+from tests.mail.smtp.conftest import nothing_stored, start_smtp  # noqa: F401
 
 
 def stored(folder: str = "inbox") -> bytes:
@@ -63,13 +24,7 @@ def stored(folder: str = "inbox") -> bytes:
 
 
 def our_results(raw: bytes) -> list[str]:
-    headers = tuple(
-        (name, value)
-        for name, _, value in (
-            f.partition(": ") for f in raw.decode().split("\r\n\r\n")[0].replace("\r\n\t", " ").split("\r\n")
-        )
-    )
-    return [str(o) for o in results.ours(headers, AUTHSERV_ID)]
+    return [str(o) for o in results.ours(parse_message(raw).headers, AUTHSERV_ID)]
 
 
 def test_signed_mail_passes_and_signatures_still_verify(checked_smtp, corpus_dns):
