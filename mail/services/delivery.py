@@ -309,6 +309,15 @@ def received_results(
     return tuple(f"{o.method}={o.result}" for o in outcomes), quarantined
 
 
+def stored_results(message: Message, raw: bytes) -> list[str]:
+    """The inbound checks' results of stored `message` (whose bytes are `raw`), one
+    "method=result property=value..." line each, as its Authentication-Results of ours
+    records them; [] for a message that was not checked here."""
+    domain = message.folder.mailbox.domain
+    outcomes = authentication_results.ours(parse_message(raw).headers, domain.effective_hostname)
+    return [str(o) for o in outcomes or ()]
+
+
 def plan_recipients(
     *,
     mailboxes: list[Mailbox],

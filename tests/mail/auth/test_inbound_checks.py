@@ -169,3 +169,26 @@ def test_rules_match_on_results_and_vacation_answers_verified_senders_only(check
     assert trace[0].startswith("authentication results: spf=fail dkim=none dmarc=fail arc=none iprev=fail")
     assert "rule 'failed dmarc' matches" in trace
     assert "  vacation: no reply (the sender carol@watch.test passed neither SPF nor DMARC)" in trace
+
+
+def test_console_and_admin_show_the_results(checked_smtp, corpus_dns, client):
+    from accounts.models import User
+    from tests.sshadmin.commands.console import run
+
+    raw = signed(letter("corpus.test"), corpus_dns, "corpus.test")
+    assert send(checked_smtp, raw, mail_from="carol@corpus.test") == (250, b"2.0.0 Accepted")
+    message = Message.objects.get()
+    shown = run(f"/mail messages show {message.id}")
+    assert shown.startswith(
+        "checks: spf=pass smtp.mailfrom=corpus.test\n"
+        "checks: dkim=pass header.d=corpus.test header.a=ed25519-sha256 header.s=ed\n"
+        "checks: dkim=pass header.d=corpus.test header.a=rsa-sha256 header.s=rsa\n"
+        "checks: dmarc=pass header.from=corpus.test\n"
+        "checks: arc=none\n"
+        "checks: iprev=pass policy.iprev=127.0.0.1\n"
+        "\nReturn-Path: <carol@corpus.test>\r\n"
+    )
+    client.force_login(User.objects.create_superuser("root", password="x"))
+    page = client.get(f"/mail/message/{message.id}/change/").content.decode()
+    assert "Authentication results" in page
+    assert "dmarc=pass header.from=corpus.test\narc=none\niprev=pass policy.iprev=127.0.0.1" in page
