@@ -11,6 +11,15 @@ from mail.replies import Reply
 
 
 @dataclass(frozen=True)
+class Summary:
+    """What delivery and the rules need of the checks: "method=result" each (as "spf=pass",
+    "dkim=fail", "dmarc=pass"), and whether DMARC quarantine applies."""
+
+    results: tuple[str, ...]
+    quarantined: bool = False
+
+
+@dataclass(frozen=True)
 class Verdict:
     ip: str
     spf: SPFResult
@@ -43,3 +52,16 @@ class Verdict:
     def quarantine(self) -> bool:
         """DMARC p=quarantine applies: the copies go to the recipients' Junk folder."""
         return self.dmarc.result == "fail" and self.dmarc.disposition == "quarantine"
+
+    @property
+    def summary(self) -> Summary:
+        """The results as the Authentication-Results header written for them tells them."""
+        results = [
+            f"spf={self.spf.result}",
+            *(f"dkim={d.result}" for d in self.dkim),
+            *(() if self.dkim else ("dkim=none",)),
+            f"dmarc={self.dmarc.result}",
+            f"arc={self.arc}",
+            f"iprev={self.iprev[0]}",
+        ]
+        return Summary(tuple(results), self.quarantine)

@@ -28,6 +28,7 @@ from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.auth import results as authentication_results
 from mail.auth import srs
+from mail.auth.verdict import Summary
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
@@ -293,20 +294,17 @@ def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], lis
     return boxes, remote
 
 
-def received_results(
-    headers: tuple[tuple[str, str], ...], domain: MailDomain | None
-) -> tuple[tuple[str, ...] | None, bool]:
-    """What the inbound checks recorded for mail to `domain`, read from the message's topmost
-    Authentication-Results when it is ours (authserv-id the domain's hostname): the
-    "method=result" outcomes, and whether DMARC quarantine applies. (None, False) for a
-    message we did not check."""
+def received_results(headers: tuple[tuple[str, str], ...], domain: MailDomain | None) -> Summary | None:
+    """What the inbound checks recorded for stored mail to `domain`, read from the message's
+    topmost Authentication-Results when it is ours (authserv-id the domain's hostname); None
+    for a message we did not check."""
     outcomes = authentication_results.ours(headers, domain.effective_hostname) if domain else None
     if outcomes is None:
-        return None, False
+        return None
     quarantined = any(
         o.method == "dmarc" and o.result == "fail" and o.get("policy.dmarc") == "quarantine" for o in outcomes
     )
-    return tuple(f"{o.method}={o.result}" for o in outcomes), quarantined
+    return Summary(tuple(f"{o.method}={o.result}" for o in outcomes), quarantined)
 
 
 def stored_results(message: Message, raw: bytes) -> list[str]:
@@ -326,18 +324,17 @@ def plan_recipients(
     envelope_from: str,
     authenticated: bool,
     rules: CurrentRules | None = None,
+    checked: Summary | None = None,
 ) -> list[tuple[Mailbox, DeliveryPlan]]:
     """The rules' plan for each mailbox; call inside the delivery's transaction (the rules
     record their memory there). Raises SMTPReject when a rule rejects the message.
 
-    `rules` is current_rules(), read once for all the messages a caller delivers at once."""
+    `rules` is current_rules(), read once for all the messages a caller delivers at once;
+    `checked` is what the inbound checks found (mail.auth), None for mail they did not check."""
     if rules is None:
         rules = current_rules()
     planned = []
     for mailbox in mailboxes:
-        auth, quarantined = (
-            (None, False) if authenticated else received_results(parsed.headers, mailbox.domain)
-        )
         plan = plan_delivery(
             MessageFacts(
                 envelope_from=envelope_from,
@@ -346,8 +343,8 @@ def plan_recipients(
                 size=len(raw),
                 authenticated=authenticated,
                 raw=raw,
-                auth=auth,
-                quarantined=quarantined,
+                auth=checked.results if checked is not None else None,
+                quarantined=checked is not None and checked.quarantined,
             ),
             compiled=rules,
         )
@@ -601,11 +598,17 @@ def _reached(target: str, boxes: dict[str, Mailbox], remote: list[str]) -> bool:
 
 
 def deliver_inbound(
-    *, raw: bytes, envelope_from: str, mailbox_ids: list[int], files: StoredFiles | None = None
+    *,
+    raw: bytes,
+    envelope_from: str,
+    mailbox_ids: list[int],
+    files: StoredFiles | None = None,
+    checked: Summary | None = None,
 ) -> list[Message]:
     """Deliver a message received on port 25 to local mailboxes, committed before returning.
 
-    `raw` already carries the Return-Path and Received headers. Raises SMTPReject when a
+    `raw` already carries the Return-Path and Received headers (and the Authentication-Results
+    of `checked`, the inbound checks' summary, None when they did not run). Raises SMTPReject when a
     rule rejects the message (nothing is stored); any other exception means nothing was
     committed and no stored file remains. With `files` (group commit), the caller owns the
     outer transaction and removes those files if it does not commit.
@@ -624,6 +627,7 @@ def deliver_inbound(
             raw=raw,
             envelope_from=envelope_from,
             authenticated=False,
+            checked=checked,
         )
         if all(not plan.folders() and not plan.outgoing for _, plan in planned):
             return []
@@ -641,13 +645,16 @@ def deliver_inbound_reporting(
     params: EnvelopeParams,
     reporting_host: str,
     files: StoredFiles | None = None,
+    checked: Summary | None = None,
 ) -> list[Message]:
     """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
     Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for."""
     from mail.delivery.bounces import notify_success
 
     with transaction.atomic():
-        messages = deliver_inbound(raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files)
+        messages = deliver_inbound(
+            raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
+        )
         notify_success(
             reporting_host=reporting_host,
             envelope_from=envelope_from,
@@ -681,6 +688,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
                 envelope_from=item["envelope_from"],
                 authenticated=False,
                 rules=rules,
+                checked=item.get("checked"),
             )
         )
     stored = store_and_file_many(

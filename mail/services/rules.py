@@ -130,7 +130,7 @@ def dry_run(*, recipient: str, raw: bytes | None = None, message_id: int | None 
         # A pasted message: the Return-Path stands for the envelope sender when present.
         envelope_from = str(parsed.get("Return-Path", "")).strip().strip("<>")
     headers = tuple((n, str(v)) for n, v in parsed.items())
-    auth, quarantined = received_results(headers, MailDomain.objects.filter(name=address.domain).first())
+    checked = received_results(headers, MailDomain.objects.filter(name=address.domain).first())
     facts = MessageFacts(
         envelope_from=envelope_from,
         recipient=address.key,
@@ -138,7 +138,7 @@ def dry_run(*, recipient: str, raw: bytes | None = None, message_id: int | None 
         size=len(raw),
         authenticated=authenticated,
         raw=raw,
-        auth=auth,
-        quarantined=quarantined,
+        auth=checked.results if checked is not None else None,
+        quarantined=checked is not None and checked.quarantined,
     )
     return engine.dry_run(facts)

@@ -140,14 +140,14 @@ class InboundHandler(BaseHandler):
             check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
-        results = b""
+        results, summary = b"", None
         if self.checks is not None:
             checked = await self.checks.finish(
                 envelope.auth, raw, recipient_domain=envelope.rcpt_tos[0].rpartition("@")[2].lower()
             )
             if checked.verdict.reply is not None:
                 return checked.verdict.reply
-            raw, results = checked.raw, checked.header
+            raw, results, summary = checked.raw, checked.header, checked.verdict.summary
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
         raw = return_path + results + received_header(server=server, session=session, envelope=envelope) + raw
         if getattr(envelope, "bounce_to", None):
@@ -166,6 +166,7 @@ class InboundHandler(BaseHandler):
                 mailbox_ids=list(envelope.mailbox_ids),
                 params=params,
                 reporting_host=self.config.hostname,
+                checked=summary,
             )
             return replies.ACCEPTED if ok else result
         ok, result = await call_batched(
@@ -174,5 +175,6 @@ class InboundHandler(BaseHandler):
             raw=raw,
             envelope_from=sender_of(envelope),
             mailbox_ids=list(envelope.mailbox_ids),
+            checked=summary,
         )
         return replies.ACCEPTED if ok else result
