@@ -98,6 +98,7 @@ def main() -> None:
             "EVERLOCK_INBOUND_CHECKS": "true",
             "EVERLOCK_RESOLVER": f"127.0.0.1:{dns_port}",
         },
+        daemon=False,  # it checks signatures in worker processes of its own
     )
     unchecked, unchecked_ports = start(_everlock_server, data_dir, {"EVERLOCK_INBOUND_CHECKS": "false"})
     try:

@@ -192,10 +192,13 @@ def _everlock_server(ready, data_dir: str, env: dict[str, str] | None = None) ->
     asyncio.run(main())
 
 
-def start(target, *args):
+def start(target, *args, daemon: bool = True):
+    """Run target(ready, *args) in a new process; returns it and what it put on `ready`. A
+    server that starts processes of its own runs with `daemon` False (the caller terminates
+    it)."""
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    process = ctx.Process(target=target, args=(ready, *args), daemon=True)
+    process = ctx.Process(target=target, args=(ready, *args), daemon=daemon)
     process.start()
     return process, ready.get(timeout=60)
 

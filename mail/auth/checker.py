@@ -1,16 +1,22 @@
 """Running the checks for the inbound listener without blocking its event loop.
 
 SPF and iprev start at MAIL FROM, in a thread pool, so their DNS waits overlap the DATA
-transfer; DKIM, ARC and DMARC run at the end of DATA. The DNSBLs are asked once per
-connection, before its first transaction is accepted."""
+transfer. At the end of DATA a thread fetches the DKIM and ARC keys, worker processes verify
+the signatures (CPU work that would otherwise hold the GIL the event loop needs), and a
+thread decides DMARC. The DNSBLs are asked once per connection, before its first transaction
+is accepted."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
+import multiprocessing
+import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import dkim
@@ -65,12 +71,11 @@ class InboundChecks:
         self._hostnames_source = hostnames
         self._hostnames: dict[str, str] = {}
         self._hostnames_at = float("-inf")
-        # Threads mostly wait on DNS; DKIM's RSA and Ed25519 checks release the GIL.
+        # Threads wait on DNS; signatures are checked beside the event loop, in worker
+        # processes (the threads where a process may not have any).
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mail-auth")
+        self.signatures = signature_workers() or self.pool
         checks.install_spf_lookups(lookups)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def dnsbl_refusal(self, ip: str) -> Reply | None:
         """554 5.7.1 with the list's text when a DNSBL lists `ip`, else None."""
@@ -99,33 +104,48 @@ class InboundChecks:
         iprev = await asyncio.wrap_future(pending.iprev)
         loop = asyncio.get_running_loop()
         hostnames = await self._current_hostnames(loop)
-        verdict = await loop.run_in_executor(self.pool, self._message_checks, raw, pending.ip, spf, iprev)
+        keys = await loop.run_in_executor(self.pool, checks.fetch_keys, self.lookups, raw)
+        signatures, arc = await loop.run_in_executor(self.signatures, checks.check_signatures, raw, keys)
+        policy = await loop.run_in_executor(self.pool, self._dmarc, raw, spf, signatures)
+        verdict = Verdict(ip=pending.ip, spf=spf, dkim=tuple(signatures), arc=arc, dmarc=policy, iprev=iprev)
         authserv_id = hostnames.get(recipient_domain, self.default_hostname)
         claims = frozenset({self.default_hostname, *hostnames.values()})
         return Checked(verdict, results.header(authserv_id, verdict), results.without_claims(raw, claims))
 
-    def _message_checks(self, raw: bytes, ip: str, spf: checks.SPFResult, iprev) -> Verdict:
-        signatures = tuple(checks.check_dkim(self.lookups, raw))
-        arc = (
-            checks.check_arc(self.lookups, raw)
-            if b"arc-seal" in raw[: raw.find(b"\r\n\r\n")].lower()
-            else "none"
-        )
-        from_domain = author_domain(raw)
-        return Verdict(
-            ip=ip,
-            spf=spf,
-            dkim=signatures,
-            arc=arc,
-            dmarc=dmarc.evaluate(self.lookups, from_domain=from_domain, spf=spf, dkim=list(signatures)),
-            iprev=iprev,
-        )
+    def _dmarc(self, raw: bytes, spf: checks.SPFResult, signatures: list[checks.DKIMResult]):
+        return dmarc.evaluate(self.lookups, from_domain=author_domain(raw), spf=spf, dkim=signatures)
 
     async def _current_hostnames(self, loop) -> dict[str, str]:
         if time.monotonic() - self._hostnames_at > HOSTNAMES_TTL:
             self._hostnames = await loop.run_in_executor(self.pool, self._hostnames_source)
             self._hostnames_at = time.monotonic()
         return self._hostnames
+
+
+@functools.cache
+def signature_workers() -> ProcessPoolExecutor | None:
+    """The worker processes of this process that check signatures (one per CPU, started on
+    first use), or None in a daemonic process (as test and benchmark harnesses start
+    servers), which may not have children."""
+    if multiprocessing.current_process().daemon:
+        return None
+    return ProcessPoolExecutor(
+        os.cpu_count() or 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A worker waits for work on a pipe it holds both ends of: it would outlive a listener
+    # that was killed. It ends within a second of its parent instead.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def author_domain(raw: bytes) -> str:

@@ -74,7 +74,7 @@ def install_spf_lookups(lookups: Lookups) -> None:
     spf.DNSLookup = lookups.spf_lookup
 
 
-def check_dkim(lookups: Lookups, raw: bytes) -> list[DKIMResult]:
+def check_dkim(lookups: Lookups | FetchedKeys, raw: bytes) -> list[DKIMResult]:
     """Every DKIM-Signature of `raw` verified (RSA and Ed25519); [] when there is none."""
     verifier = dkim.DKIM(raw)
     signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
@@ -119,7 +119,7 @@ def check_dkim(lookups: Lookups, raw: bytes) -> list[DKIMResult]:
     return results
 
 
-def _unusable_key(lookups: Lookups, tags: dict) -> str:
+def _unusable_key(lookups: Lookups | FetchedKeys, tags: dict) -> str:
     """Why the key of a signature with these tags cannot be used, or "" when it can."""
     name = tags.get(b"s", b"") + b"._domainkey." + tags.get(b"d", b"") + b"."
     try:
@@ -131,7 +131,7 @@ def _unusable_key(lookups: Lookups, tags: dict) -> str:
     return ""
 
 
-def check_arc(lookups: Lookups, raw: bytes) -> str:
+def check_arc(lookups: Lookups | FetchedKeys, raw: bytes) -> str:
     """The ARC chain validation status (RFC 8617 section 5.2): none, pass, fail, or
     temperror when a key could not be fetched."""
     try:
@@ -176,3 +176,58 @@ def check_dnsbls(lookups: Lookups, ip: str, zones: tuple[str, ...]) -> Listing |
         text = texts[0].decode("utf-8", "replace") if texts else f"{ip} is listed by {zone}"
         return Listing(zone, text)
     return None
+
+
+# -- DKIM and ARC in a worker process --------------------------------------------------------
+# Verifying signatures is CPU work (dkimpy canonicalises and checks RSA in Python): the SMTP
+# listener fetches the keys in its threads (DNS) and has them checked in worker processes
+# (mail.auth.checker), whose answers to dkimpy's key lookups come from what was fetched.
+
+_KEY_HEADERS = (b"dkim-signature", b"arc-seal", b"arc-message-signature")
+
+
+@dataclass(frozen=True)
+class FetchedKeys:
+    """Key records by the name dkimpy asks for (b"sel._domainkey.example.com."): the TXT
+    value, or None when there is none; the names in `failed` could not be fetched now."""
+
+    records: dict[bytes, bytes | None]
+    failed: frozenset[bytes] = frozenset()
+
+    def dkim_txt(self, name: bytes, timeout: float = 0) -> bytes | None:
+        if name in self.failed:
+            raise TemporaryDNSError(name.decode("ascii", "replace"))
+        return self.records.get(name)
+
+
+def fetch_keys(lookups: Lookups, raw: bytes) -> FetchedKeys:
+    """The key records every DKIM-Signature, ARC-Seal and ARC-Message-Signature of `raw`
+    names (its s= and d=), fetched through `lookups`."""
+    headers, _body = dkim.rfc822_parse(raw)
+    records: dict[bytes, bytes | None] = {}
+    failed = set()
+    for name, value in headers:
+        if name.lower() not in _KEY_HEADERS:
+            continue
+        try:
+            tags = dkim.util.parse_tag_value(value)
+        except dkim.util.InvalidTagValueList:
+            continue
+        if not tags.get(b"s") or not tags.get(b"d"):
+            continue
+        key = tags[b"s"] + b"._domainkey." + tags[b"d"] + b"."
+        if key in records or key in failed:
+            continue
+        try:
+            records[key] = lookups.dkim_txt(key)
+        except TemporaryDNSError:
+            failed.add(key)
+    return FetchedKeys(records, frozenset(failed))
+
+
+def check_signatures(raw: bytes, keys: FetchedKeys) -> tuple[list[DKIMResult], str]:
+    """check_dkim and check_arc of `raw` with the fetched `keys`: no DNS, fit for a worker
+    process."""
+    end = raw.find(b"\r\n\r\n")
+    arc = check_arc(keys, raw) if b"arc-seal" in raw[:end].lower() else "none"
+    return check_dkim(keys, raw), arc
