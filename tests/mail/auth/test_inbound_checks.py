@@ -192,3 +192,16 @@ def test_console_and_admin_show_the_results(checked_smtp, corpus_dns, client):
     page = client.get(f"/mail/message/{message.id}/change/").content.decode()
     assert "Authentication results" in page
     assert "dmarc=pass header.from=corpus.test\narc=none\niprev=pass policy.iprev=127.0.0.1" in page
+
+
+def test_an_arc_sealed_message_is_recorded_arc_pass(checked_smtp, corpus_dns):
+    # A list at corpus.test received the message, recorded its results, and sealed it.
+    received = b"Authentication-Results: lists.corpus.test; spf=pass smtp.mailfrom=watch.test\r\n" + letter(
+        "watch.test"
+    )
+    seal = dkim.arc_sign(
+        received, b"rsa", b"corpus.test", corpus_dns.keys.rsa_pem.encode(), b"lists.corpus.test"
+    )
+    raw = b"".join(seal) + received
+    assert send(checked_smtp, raw, mail_from="list@corpus.test") == (250, b"2.0.0 Accepted")
+    assert "arc=pass" in our_results(stored())
