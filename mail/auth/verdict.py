@@ -18,6 +18,11 @@ class Summary:
     results: tuple[str, ...]
     quarantined: bool = False
 
+    @property
+    def sender_verified(self) -> bool:
+        """The envelope sender passed SPF or DMARC: an automatic message may go to it."""
+        return "spf=pass" in self.results or "dmarc=pass" in self.results
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -44,7 +44,7 @@ class MessageFacts:
         backscatter). Unchecked mail (checks off) is not held back."""
         if self.authenticated or self.auth is None:
             return True
-        return "pass" in self.results("spf") or "pass" in self.results("dmarc")
+        return "spf=pass" in self.auth or "dmarc=pass" in self.auth
 
     @property
     def keep_folder(self) -> str:

@@ -648,13 +648,18 @@ def deliver_inbound_reporting(
     checked: Summary | None = None,
 ) -> list[Message]:
     """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
-    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for."""
+    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for: unless the inbound
+    checks found that the sender passed neither SPF nor DMARC (it may be forged, and the
+    report would be backscatter)."""
     from mail.delivery.bounces import notify_success
 
     with transaction.atomic():
         messages = deliver_inbound(
             raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
         )
+        if checked is not None and not checked.sender_verified:
+            log.info("no success DSN to %s: it passed neither SPF nor DMARC", envelope_from)
+            return messages
         notify_success(
             reporting_host=reporting_host,
             envelope_from=envelope_from,

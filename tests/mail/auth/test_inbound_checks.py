@@ -205,3 +205,27 @@ def test_an_arc_sealed_message_is_recorded_arc_pass(checked_smtp, corpus_dns):
     raw = b"".join(seal) + received
     assert send(checked_smtp, raw, mail_from="list@corpus.test") == (250, b"2.0.0 Accepted")
     assert "arc=pass" in our_results(stored())
+
+
+def test_success_reports_go_only_to_verified_senders(checked_smtp, corpus_dns):
+    from mail.models import OutboundDelivery
+
+    def send_asking_for_success(raw: bytes, sender: str, source: str) -> None:
+        with smtplib.SMTP(
+            "127.0.0.1", checked_smtp.inbound_port, timeout=30, source_address=(source, 0)
+        ) as client:
+            client.ehlo("mx.corpus.test")
+            client.mail(sender)
+            assert client.rcpt("bob@example.com", ["NOTIFY=SUCCESS"]) == (250, b"2.1.5 Recipient OK")
+            assert client.data(raw) == (250, b"2.0.0 Accepted")
+
+    send_asking_for_success(letter("watch.test", subject="Forged"), "carol@watch.test", "127.0.0.2")
+    assert not OutboundDelivery.objects.exists()  # no backscatter to a sender that may be forged
+    send_asking_for_success(
+        signed(letter("corpus.test"), corpus_dns, "corpus.test"), "carol@corpus.test", "127.0.0.1"
+    )
+    report = OutboundDelivery.objects.get()
+    assert (report.envelope_from, list(report.recipients.values_list("address", flat=True))) == (
+        "",
+        ["carol@corpus.test"],
+    )
