@@ -108,6 +108,16 @@ class InboundChecks:
         signatures, arc = await loop.run_in_executor(self.signatures, checks.check_signatures, raw, keys)
         policy = await loop.run_in_executor(self.pool, self._dmarc, raw, spf, signatures)
         verdict = Verdict(ip=pending.ip, spf=spf, dkim=tuple(signatures), arc=arc, dmarc=policy, iprev=iprev)
+        if verdict.reply is not None:
+            log.info(
+                "SMTP: message from %s (header.from=%s, spf=%s, dmarc=%s p=%s) refused: %s",
+                pending.ip,
+                policy.domain,
+                spf.result,
+                policy.result,
+                policy.policy,
+                verdict.reply,
+            )
         authserv_id = hostnames.get(recipient_domain, self.default_hostname)
         claims = frozenset({self.default_hostname, *hostnames.values()})
         return Checked(verdict, results.header(authserv_id, verdict), results.without_claims(raw, claims))
