@@ -45,7 +45,7 @@ class Lookups:
             return list(self.resolver.resolve(name, rdtype, search=False))
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
-        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong):
+        except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.IDNAException):
             return []  # not a name that can exist
         except (dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout, dns.exception.Timeout) as exc:
             raise TemporaryDNSError(f"{name}/{rdtype}: {exc.__class__.__name__}") from None

@@ -133,9 +133,15 @@ def without_claims(raw: bytes, authserv_ids: frozenset[str]) -> bytes:
     removed = False
     for field in fields:
         name, colon, value = field.partition(b":")
-        if colon and name.strip().lower() == b"authentication-results":
-            parsed = parse(value.decode("utf-8", "replace"))
-            claimed = parsed[0] if parsed else value.split(b";")[0].strip().decode("utf-8", "replace").lower()
+        text = value.decode("utf-8", "replace")
+        # Parsed (authres is thorough, not fast) only when one of our names is in it at all.
+        if (
+            colon
+            and name.strip().lower() == b"authentication-results"
+            and any(i in text.lower() for i in authserv_ids)
+        ):
+            parsed = parse(text)
+            claimed = parsed[0] if parsed else text.split(";")[0].strip().lower()
             if claimed in authserv_ids:
                 removed = True
                 continue
