@@ -22,7 +22,6 @@ import logging
 import re
 import time
 import uuid
-from pathlib import Path
 
 from django.conf import settings
 from proxyprotocol.sock import SocketInfoLocal
@@ -35,7 +34,7 @@ from mail.imap.config import Config
 from mail.imap.login import Login
 from mail.imap.notify import watch_folders
 from mail.imap.threads import database_threads
-from mail.smtp.tls import server_context
+from tls.store import listener_store
 
 log = logging.getLogger("mail.imap")
 
@@ -231,12 +230,7 @@ async def _sweep(listeners: list[IMAPListener], every: float) -> None:
 async def start_listeners(*, listens) -> Listeners:
     """Bind the STARTTLS listener (listens["imap"]) and the implicit-TLS one
     (listens["imaps"]); either may be None."""
-    tls = server_context(
-        cert=settings.EVERLOCK_TLS_CERT,
-        key=settings.EVERLOCK_TLS_KEY,
-        data_dir=Path(settings.DATA_DIR),
-        hostname=settings.EVERLOCK_HOSTNAME,
-    )
+    tls = (await asyncio.to_thread(listener_store)).context
     common = dict(
         ssl_context=tls,
         hostname=settings.EVERLOCK_HOSTNAME,
