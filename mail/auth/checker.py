@@ -1,10 +1,10 @@
 """Running the checks for the inbound listener without blocking its event loop.
 
 SPF and iprev start at MAIL FROM, in a thread pool, so their DNS waits overlap the DATA
-transfer. At the end of DATA a thread fetches the DKIM and ARC keys, worker processes verify
-the signatures (CPU work that would otherwise hold the GIL the event loop needs), and a
-thread decides DMARC. The DNSBLs are asked once per connection, before its first transaction
-is accepted."""
+transfer. At the end of DATA a thread fetches what DNS has for the message (the DKIM and ARC
+keys, the DMARC record), then a worker process verifies the signatures and decides DMARC
+(CPU work that would otherwise hold the GIL the event loop needs). The DNSBLs are asked once
+per connection, before its first transaction is accepted."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import dkim
 
 from mail.auth import checks, dmarc, results
-from mail.auth.lookups import Lookups
+from mail.auth.lookups import Lookups, TemporaryDNSError
 from mail.auth.verdict import Verdict
 from mail.replies import Reply, dnsbl_listed
 
@@ -37,8 +37,36 @@ class Pending:
     """The checks started at MAIL FROM for one transaction."""
 
     ip: str
-    spf: Future
-    iprev: Future
+    sender: Future  # (SPFResult, iprev)
+
+
+TEMPORARY = "temporary"  # the DMARC record could not be fetched now
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the DNS had for a message: its signatures' keys, its From domain's DMARC record
+    (None for none, TEMPORARY) and whether that came from the organizational domain."""
+
+    keys: checks.FetchedKeys
+    from_domain: str
+    record: dict[str, str] | str | None
+    inherited: bool
+
+
+def verify(raw: bytes, fetched: Fetched, spf: checks.SPFResult):
+    """The signatures' results, the ARC status and the DMARC result of `raw`, from what was
+    fetched: no DNS, so a worker process runs it."""
+    signatures, arc = checks.check_signatures(raw, fetched.keys)
+    if not fetched.from_domain:
+        policy = dmarc.DMARCResult("none", "")
+    elif fetched.record == TEMPORARY:
+        policy = dmarc.DMARCResult("temperror", fetched.from_domain)
+    else:
+        policy = dmarc.decide(
+            fetched.record, fetched.inherited, from_domain=fetched.from_domain, spf=spf, dkim=signatures
+        )
+    return signatures, arc, policy
 
 
 @dataclass(frozen=True)
@@ -92,21 +120,21 @@ class InboundChecks:
 
     def begin(self, *, ip: str, helo: str, mail_from: str) -> Pending:
         """Start SPF and iprev for a transaction (MAIL FROM; "" for the null sender)."""
-        return Pending(
-            ip=ip,
-            spf=self.pool.submit(checks.check_spf, self.lookups, ip=ip, mail_from=mail_from, helo=helo),
-            iprev=self.pool.submit(checks.check_iprev, self.lookups, ip),
+        return Pending(ip=ip, sender=self.pool.submit(self._sender_checks, ip, mail_from, helo))
+
+    def _sender_checks(self, ip: str, mail_from: str, helo: str):
+        return (
+            checks.check_spf(self.lookups, ip=ip, mail_from=mail_from, helo=helo),
+            checks.check_iprev(self.lookups, ip),
         )
 
     async def finish(self, pending: Pending, raw: bytes, *, recipient_domain: str) -> Checked:
         """The verdict on message `raw` (as received, before our trace fields)."""
-        spf = await asyncio.wrap_future(pending.spf)
-        iprev = await asyncio.wrap_future(pending.iprev)
+        spf, iprev = await asyncio.wrap_future(pending.sender)
         loop = asyncio.get_running_loop()
         hostnames = await self._current_hostnames(loop)
-        keys = await loop.run_in_executor(self.pool, checks.fetch_keys, self.lookups, raw)
-        signatures, arc = await loop.run_in_executor(self.signatures, checks.check_signatures, raw, keys)
-        policy = await loop.run_in_executor(self.pool, self._dmarc, raw, spf, signatures)
+        fetched = await loop.run_in_executor(self.pool, self._fetch, raw)
+        signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
         verdict = Verdict(ip=pending.ip, spf=spf, dkim=tuple(signatures), arc=arc, dmarc=policy, iprev=iprev)
         if verdict.reply is not None:
             log.info(
@@ -122,8 +150,15 @@ class InboundChecks:
         claims = frozenset({self.default_hostname, *hostnames.values()})
         return Checked(verdict, results.header(authserv_id, verdict), results.without_claims(raw, claims))
 
-    def _dmarc(self, raw: bytes, spf: checks.SPFResult, signatures: list[checks.DKIMResult]):
-        return dmarc.evaluate(self.lookups, from_domain=author_domain(raw), spf=spf, dkim=signatures)
+    def _fetch(self, raw: bytes) -> Fetched:
+        from_domain = author_domain(raw)
+        try:
+            record, inherited = (
+                dmarc.policy_record(self.lookups, from_domain) if from_domain else (None, False)
+            )
+        except TemporaryDNSError:
+            record, inherited = TEMPORARY, False
+        return Fetched(checks.fetch_keys(self.lookups, raw), from_domain, record, inherited)
 
     async def _current_hostnames(self, loop) -> dict[str, str]:
         if time.monotonic() - self._hostnames_at > HOSTNAMES_TTL:

@@ -101,6 +101,19 @@ def evaluate(
         record, inherited = policy_record(lookups, from_domain)
     except TemporaryDNSError:
         return DMARCResult("temperror", from_domain)
+    return decide(record, inherited, from_domain=from_domain, spf=spf, dkim=dkim, sample=sample)
+
+
+def decide(
+    record: dict[str, str] | None,
+    inherited: bool,
+    *,
+    from_domain: str,
+    spf: SPFResult,
+    dkim: list[DKIMResult],
+    sample: Callable[[], float] = random.random,
+) -> DMARCResult:
+    """evaluate() once policy_record() gave `record` and `inherited`: no DNS."""
     if record is None:
         return DMARCResult("none", from_domain)
     policy = record["p"].lower()
