@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import dkim
@@ -134,7 +135,15 @@ class InboundChecks:
         loop = asyncio.get_running_loop()
         hostnames = await self._current_hostnames(loop)
         fetched = await loop.run_in_executor(self.pool, self._fetch, raw)
-        signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
+        try:
+            signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): the pool is no more use. New workers
+            # take this message and the next ones.
+            log.warning("SMTP: a signature worker process died; starting new ones")
+            signature_workers.cache_clear()
+            self.signatures = signature_workers() or self.pool
+            signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
         verdict = Verdict(ip=pending.ip, spf=spf, dkim=tuple(signatures), arc=arc, dmarc=policy, iprev=iprev)
         if verdict.reply is not None:
             log.info(
