@@ -40,6 +40,7 @@ DEFAULT_SERVE_FLAGS: dict[str, str | None] = {
     "--backend-mail-smtp": None,
     "--frontend-http": None,
     "--frontend-http-listen": "127.0.0.1:8080",
+    "--frontend-https-listen": "127.0.0.1:8443",
     "--frontend-imap-listen": "127.0.0.1:1143",
     "--frontend-imaps-listen": "127.0.0.1:1993",
     "--admin-user": "admin",
@@ -76,6 +77,7 @@ TEST_TOOLS = {
     "pebble": "pebble",
     "openssl": "openssl",
     "systemd-analyze": "systemd",
+    "pg_dump": "postgresql-client",
 }
 
 

@@ -28,12 +28,14 @@ from proxyprotocol.sock import SocketInfoLocal
 from pymap.context import connection_exit, subsystem
 from pymap.imap import IMAPConnection
 
+from everlock_site import metrics
 from everlock_site.listen import binding
 from mail.imap.commands import CAPABILITIES, TOO_LONG, EverlockConnectionState, commands
 from mail.imap.config import Config
 from mail.imap.login import Login
 from mail.imap.notify import watch_folders
 from mail.imap.threads import database_threads
+from mail.smtp.server import peer_host
 from tls.store import listener_store
 
 log = logging.getLogger("mail.imap")
@@ -163,6 +165,7 @@ class IMAPListener:
             writer.close()
             return
         self.connections[writer] = reader
+        metrics.IMAP_CONNECTIONS.labels(self.name).inc()
         self.config.apply_context()
         subsystem.set(self.config.subsystem)
         info = SocketInfoLocal(writer, unique_id=uuid.uuid4().bytes)
@@ -174,9 +177,11 @@ class IMAPListener:
                 stack.enter_context(contextlib.closing(connection))
                 await connection.run(state)
         except (ConnectionError, EOFError, TimeoutError) as exc:
-            log.info("%s: connection from %s ended: %s", self.name, peer, exc)
+            log.info(
+                "%s: connection from %s ended: %s", self.name, peer, exc, extra={"client": peer_host(peer)}
+            )
         except Exception:
-            log.exception("%s: connection from %s failed", self.name, peer)
+            log.exception("%s: connection from %s failed", self.name, peer, extra={"client": peer_host(peer)})
         finally:
             self.connections.pop(writer, None)
             writer.close()

@@ -27,6 +27,7 @@ from pysasl.creds.server import ServerCredentials
 
 from accounts.authentication import Throttled, authenticate
 from accounts.models import User
+from everlock_site import metrics
 from mail.imap import store
 from mail.imap.config import Config
 from mail.imap.session import MailboxSet, Session
@@ -56,9 +57,12 @@ class Login(LoginInterface):
         try:
             await run(credentials.verify, check)
         except Throttled:
+            metrics.IMAP_LOGINS.labels("throttled").inc()
             raise LoginThrottled() from None
         if check.user is None:
+            metrics.IMAP_LOGINS.labels("failed").inc()
             raise InvalidAuth()
+        metrics.IMAP_LOGINS.labels("ok").inc()
         return Identity(check.user, self.config, login=credentials.authcid)
 
     async def authorize(self, authenticated: IdentityInterface, authzid: str) -> Identity:
@@ -134,9 +138,11 @@ class Identity(IdentityInterface):
             raise TooManySessions()
         accesses = await run(_open_accesses, self.user)
         _sessions[self.user.pk] += 1
+        metrics.IMAP_SESSIONS.inc()
         try:
             yield Session(self.user.username, MailboxSet(accesses), self.config)
         finally:
+            metrics.IMAP_SESSIONS_CLOSED.inc()
             _sessions[self.user.pk] -= 1
             if not _sessions[self.user.pk]:
                 del _sessions[self.user.pk]

@@ -188,6 +188,8 @@ def test_each_domain_gets_its_records_and_dkim_from_the_console(sites):
             "DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)\n"
             f"DKIM TXT published in hosted zone {d}: default._domainkey.{d}\n"
             f"DKIM TXT published in hosted zone {d}: default-rsa._domainkey.{d}\n"
+            f"MX, SPF, DMARC, MTA-STS, TLS-RPT, SRV and autoconfig records published in hosted zone {d}"
+            f" (/mail domains records {d} lists them)\n"
         ), created
         assert site.txt_lookup(f"default._domainkey.{d}".encode()).startswith(b"v=DKIM1; k=ed25519; p=")
 
