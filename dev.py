@@ -66,6 +66,7 @@ TEST_TOOLS = {
     "dig": "bind9-dnsutils",
     "opendkim-testmsg": "opendkim-tools",
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
+    "/usr/share/perl5/Mail/SPF.pm": "libmail-spf-perl",
     "/usr/bin/chromium": "chromium",
     "mbsync": "isync",
     "neomutt": "neomutt",
