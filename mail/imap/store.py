@@ -1,6 +1,6 @@
 """What an IMAP session reads and changes, over the mail models: synchronous, one transaction
-per call, run in worker threads (mail.imap.threads) by the pymap backend (mail.imap.login,
-session, folders, messages).
+per call, run in worker threads (mail.imap.threads) by the protocol engine (mail.imap.server
+and the command modules).
 
 Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
@@ -32,7 +32,7 @@ from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelive
 from mail.models.mailboxes import INBOX, SENT
 from mail.services.delivery import parse_message
 from mail.services.mailboxes import mailbox_usage
-from mail.services.storage import StoredFiles, delete_content_file, store_content
+from mail.services.storage import StoredFiles, delete_content_file, message_storage, store_content
 
 log = logging.getLogger("mail.imap")
 
@@ -109,6 +109,8 @@ class Row:
     size: int
     storage_name: str
     prepended: bytes
+    modseq: int
+    content_id: int
 
 
 @dataclass(frozen=True)
@@ -291,14 +293,16 @@ _ROW_FIELDS = (
     "size",
     "content__storage_name",
     "prepended_headers",
+    "modseq",
+    "content_id",
 )
 
 
 def _rows(queryset) -> list[Row]:
     rows = []
     for values in queryset.values_list(*_ROW_FIELDS):
-        pk, uid, seen, answered, flagged, deleted, draft, keywords, received_at, size, name, prepended = (
-            values
+        (pk, uid, seen, answered, flagged, deleted, draft, keywords, received_at, size, name, prepended) = (
+            values[:12]
         )
         rows.append(
             Row(
@@ -309,6 +313,8 @@ def _rows(queryset) -> list[Row]:
                 size=size,
                 storage_name=name,
                 prepended=bytes(prepended),
+                modseq=values[12],
+                content_id=values[13],
             )
         )
     return rows
@@ -440,14 +446,22 @@ def _bump(folder_id: int) -> int:
     return folder.highest_modseq
 
 
-def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> None:
-    """Give each (uid, flags) its flags: the complete new set."""
+def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> int:
+    """Give each (uid, flags) its flags: the complete new set; one UPDATE per distinct new
+    set. Returns the modseq the changed messages now have."""
     if not updates:
-        return
+        return 0
+    by_flags: dict[frozenset[str], list[int]] = {}
+    for uid, flags in updates:
+        by_flags.setdefault(flags, []).append(uid)
     with metadata_change():
         modseq = _bump(folder_id)
-        for uid, flags in updates:
-            Message.objects.filter(folder_id=folder_id, uid=uid).update(modseq=modseq, **_flag_values(flags))
+        for flags, uids in by_flags.items():
+            for start in range(0, len(uids), 500):
+                Message.objects.filter(folder_id=folder_id, uid__in=uids[start : start + 500]).update(
+                    modseq=modseq, **_flag_values(flags)
+                )
+    return modseq
 
 
 def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
@@ -635,3 +649,54 @@ def recent_count(folder_id: int) -> int:
     if first is None:
         return 0
     return Message.objects.filter(folder_id=folder_id, uid__gte=first).count()
+
+
+def summaries(content_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
+    """(ENVELOPE, BODYSTRUCTURE) of the contents that have them stored."""
+    ids = list(set(content_ids))
+    found: dict[int, tuple[bytes, bytes]] = {}
+    for start in range(0, len(ids), 900):
+        rows = MessageContent.objects.filter(
+            id__in=ids[start : start + 900], imap_envelope__isnull=False, imap_structure__isnull=False
+        ).values_list("id", "imap_envelope", "imap_structure")
+        for pk, envelope, structure in rows:
+            found[pk] = (bytes(envelope), bytes(structure))
+    return found
+
+
+def save_summaries(computed: dict[int, tuple[bytes, bytes]]) -> None:
+    """Keep the ENVELOPE and BODYSTRUCTURE computed for these contents."""
+    if not computed:
+        return
+    with metadata_change():
+        rows = [
+            MessageContent(id=pk, imap_envelope=envelope, imap_structure=structure)
+            for pk, (envelope, structure) in computed.items()
+        ]
+        MessageContent.objects.bulk_update(rows, ["imap_envelope", "imap_structure"], batch_size=500)
+
+
+def read_content(row: Row, *, header_only: bool = False) -> bytes | None:
+    """The message as IMAP shows it (the copy's prepended header lines, then the stored
+    content), or only its header section; None when the file is gone (its last copy was
+    expunged since the session listed it)."""
+    try:
+        fh = message_storage().open(row.storage_name, "rb")
+    except FileNotFoundError:
+        return None
+    with fh:
+        if not header_only:
+            return row.prepended + fh.read()
+        head = b""
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            chunk = fh.read(65536)
+            if not chunk:
+                break
+            head += chunk
+    return row.prepended + head
+
+
+def folder_size(folder_id: int) -> int:
+    """The bytes of the folder's messages (STATUS SIZE, RFC 8438)."""
+    numbered = Message.objects.filter(folder_id=folder_id, uid__isnull=False)
+    return numbered.aggregate(total=Sum("size"))["total"] or 0

@@ -11,11 +11,6 @@ from functools import partial
 from typing import TypeVar
 
 from django.db import DatabaseError, close_old_connections, connection
-from pymap.exceptions import (
-    ResponseError,
-)
-from pymap.parsing.response import ResponseNo
-from pymap.parsing.response.code import ResponseCode
 
 log = logging.getLogger("mail.imap")
 
@@ -53,11 +48,9 @@ class DatabaseThreads:
             raise ServerTrouble() from exc
 
 
-class ServerTrouble(ResponseError):
-    """The database or the message storage failed while answering a command."""
-
-    def get_response(self, tag: bytes) -> ResponseNo:
-        return ResponseNo(tag, b"Temporary server problem, try again later.", ResponseCode.of(b"UNAVAILABLE"))
+class ServerTrouble(Exception):
+    """The database or the message storage failed while answering a command: the connection
+    answers `NO [UNAVAILABLE]` and the session goes on."""
 
 
 def _in_thread(func: Callable[..., T], *args, **kwargs) -> T:

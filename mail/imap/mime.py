@@ -1,0 +1,315 @@
+"""A message's MIME structure as IMAP shows it: ENVELOPE, BODY and BODYSTRUCTURE
+(RFC 9051 §7.5.2), and the exact bytes of a body section (BODY[1.2.MIME], ...).
+
+The email package reads header fields and their parameters; the tree of parts is split here on
+the raw bytes, so a section is the very bytes the message holds, and its offsets and sizes are
+what a client counts.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message as HeaderFields
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from mail.imap.responses import string
+
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)
+
+
+def split_header(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section with its closing empty line, body)."""
+    if raw.startswith(b"\r\n"):
+        return b"\r\n", raw[2:]
+    if raw.startswith(b"\n"):
+        return b"\n", raw[1:]
+    crlf = raw.find(b"\r\n\r\n")
+    lf = raw.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return raw[: crlf + 4], raw[crlf + 4 :]
+    if lf >= 0:
+        return raw[: lf + 2], raw[lf + 2 :]
+    return raw, b""
+
+
+def header_lines(header: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case field name, the field's raw lines) in order."""
+    fields: list[tuple[str, bytes]] = []
+    starts = [m.start() for m in _FIELD_START.finditer(header)]
+    for index, start in enumerate(starts):
+        stop = starts[index + 1] if index + 1 < len(starts) else len(header)
+        chunk = header[start:stop]
+        colon = chunk.find(b":")
+        if colon <= 0:
+            continue
+        if not chunk.endswith(b"\n"):
+            chunk += b"\r\n"
+        fields.append((chunk[:colon].strip().decode("ascii", "replace").lower(), chunk))
+    return fields
+
+
+def header_fields(header: bytes, names: list[str], *, exclude: bool) -> bytes:
+    """HEADER.FIELDS / HEADER.FIELDS.NOT: the chosen fields, then the empty line."""
+    wanted = {name.lower() for name in names}
+    chosen = [raw for name, raw in header_lines(header) if (name in wanted) != exclude]
+    return b"".join(chosen) + b"\r\n"
+
+
+class Part:
+    """One entity: its header section and body, its children when multipart, the embedded
+    message when message/rfc822."""
+
+    __slots__ = ("body", "children", "fields", "header", "message")
+
+    def __init__(self, raw: bytes, *, default_type: str = "text/plain") -> None:
+        self.header, self.body = split_header(raw)
+        self.fields: HeaderFields = _HEADER_PARSER.parsebytes(self.header)
+        self.fields.set_default_type(default_type)
+        self.children: list[Part] = []
+        self.message: Part | None = None
+        maintype = self.fields.get_content_maintype()
+        if maintype == "multipart":
+            boundary = self.fields.get_param("boundary")
+            if isinstance(boundary, str) and boundary:
+                child_type = "message/rfc822" if self.content_type[1] == "digest" else "text/plain"
+                self.children = [
+                    Part(chunk, default_type=child_type) for chunk in _split(self.body, boundary)
+                ]
+        elif self.fields.get_content_type() == "message/rfc822":
+            self.message = Part(self.body)
+
+    @property
+    def content_type(self) -> tuple[str, str]:
+        maintype, _, subtype = self.fields.get_content_type().partition("/")
+        return maintype, subtype
+
+    def field(self, name: str) -> str | None:
+        value = self.fields.get(name)
+        if value is None:
+            return None
+        return _unfold(str(value))
+
+    def params(self, header: str = "content-type") -> bytes:
+        params = self.fields.get_params(header=header)
+        if not params or len(params) <= 1:
+            return b"NIL"
+        items = []
+        for name, value in params[1:]:
+            if isinstance(value, tuple):
+                value = compat32_collapse(value)
+            items.append(string(name.upper()) + b" " + string(value))
+        return b"(" + b" ".join(items) + b")"
+
+    def find(self, numbers: list[int]) -> Part | None:
+        """The part a section number names (RFC 9051 §6.4.5), from this message."""
+        current: Part = self
+        for depth, number in enumerate(numbers):
+            if depth and current.message is not None:
+                current = current.message
+            if current.children:
+                if number > len(current.children):
+                    return None
+                current = current.children[number - 1]
+            elif number != 1:
+                return None
+        return current
+
+    # -- ENVELOPE, BODY, BODYSTRUCTURE -----------------------------------------------------
+
+    def envelope(self) -> bytes:
+        def field(name):
+            return string(self.field(name))
+
+        items = [
+            field("date"),
+            field("subject"),
+            addresses(self.field("from")),
+            addresses(self.field("sender") if self.fields.get("sender") else self.field("from")),
+            addresses(self.field("reply-to") if self.fields.get("reply-to") else self.field("from")),
+            addresses(self.field("to")),
+            addresses(self.field("cc")),
+            addresses(self.field("bcc")),
+            field("in-reply-to"),
+            field("message-id"),
+        ]
+        return b"(" + b" ".join(items) + b")"
+
+    def structure(self, *, extended: bool = True) -> bytes:
+        maintype, subtype = self.content_type
+        if self.children:
+            inner = b"".join(child.structure(extended=extended) for child in self.children)
+            out = inner + b" " + string(subtype.upper())
+            if extended:
+                out += b" " + self.params() + b" " + self._disposition() + b" " + self._language()
+                out += b" " + string(self.field("content-location"))
+            return b"(" + out + b")"
+        if maintype == "multipart":
+            # A multipart without parts (no boundary found): shown as an empty text part.
+            maintype, subtype = "text", "plain"
+        encoding = (self.field("content-transfer-encoding") or "7BIT").strip().upper()
+        params = self.params()
+        if params == b"NIL" and maintype == "text":
+            params = b'("CHARSET" "us-ascii")'
+        items = [
+            string(maintype.upper()),
+            string(subtype.upper()),
+            params,
+            string(self.field("content-id")),
+            string(self.field("content-description")),
+            string(encoding),
+            b"%d" % len(self.body),
+        ]
+        if self.message is not None:
+            items += [
+                self.message.envelope(),
+                self.message.structure(extended=extended),
+                b"%d" % _lines(self.body),
+            ]
+        elif maintype == "text":
+            items.append(b"%d" % _lines(self.body))
+        if extended:
+            items += [
+                string(self.field("content-md5")),
+                self._disposition(),
+                self._language(),
+                string(self.field("content-location")),
+            ]
+        return b"(" + b" ".join(items) + b")"
+
+    def _disposition(self) -> bytes:
+        value = self.fields.get("content-disposition")
+        if value is None:
+            return b"NIL"
+        kind = str(value).split(";", 1)[0].strip()
+        if not kind:
+            return b"NIL"
+        return b"(" + string(kind.upper()) + b" " + self.params("content-disposition") + b")"
+
+    def _language(self) -> bytes:
+        value = self.field("content-language")
+        if value is None:
+            return b"NIL"
+        tags = [tag.strip() for tag in value.split(",") if tag.strip()]
+        if not tags:
+            return b"NIL"
+        if len(tags) == 1:
+            return string(tags[0])
+        return b"(" + b" ".join(string(tag) for tag in tags) + b")"
+
+
+def compat32_collapse(value: tuple) -> str:
+    from email.utils import collapse_rfc2231_value
+
+    return collapse_rfc2231_value(value)
+
+
+def _split(body: bytes, boundary: str) -> list[bytes]:
+    """The parts between the boundary delimiters (RFC 2046 §5.1.1): the line break before a
+    delimiter belongs to it; the preamble and the epilogue are no parts."""
+    delimiter = re.compile(
+        rb"(?:\A|\r?\n)--"
+        + re.escape(boundary.encode("utf-8", "surrogateescape"))
+        + rb"(--)?[ \t]*(?:\r?\n|\Z)"
+    )
+    parts = []
+    start = None
+    for match in delimiter.finditer(body):
+        if start is not None:
+            parts.append(body[start : match.start()])
+        if match.group(1):
+            return parts
+        start = match.end()
+    if start is not None:
+        parts.append(body[start:])
+    return parts
+
+
+def _lines(body: bytes) -> int:
+    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+
+
+def _unfold(value: str) -> str:
+    return re.sub(r"\r?\n(?=[ \t])", "", value)
+
+
+# -- addresses (RFC 5322 §3.4) as ENVELOPE lists ---------------------------------------------
+
+_TOKEN = re.compile(r'\s+|"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|[<>:;,@]|[^\s"(<>:;,@]+')
+
+
+def addresses(value: str | None) -> bytes:
+    """An address list as ENVELOPE shows it: ((name adl mailbox host) ...), groups as
+    (NIL NIL group NIL) ... (NIL NIL NIL NIL); NIL when there is none."""
+    if value is None or not value.strip():
+        return b"NIL"
+    out: list[bytes] = []
+    for kind, name, local, host in _parse_addresses(value):
+        if kind == "start":
+            out.append(b"(NIL NIL " + string(name) + b" NIL)")
+        elif kind == "end":
+            out.append(b"(NIL NIL NIL NIL)")
+        else:
+            out.append(b"(" + string(name) + b" NIL " + string(local) + b" " + string(host) + b")")
+    return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def _parse_addresses(value: str):
+    tokens = [t for t in _TOKEN.findall(value) if not t.isspace() and not t.startswith("(")]
+    entries = []
+    phrase: list[str] = []
+    in_group = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == ":" and not in_group:
+            entries.append(("start", _phrase(phrase), None, None))
+            phrase = []
+            in_group = True
+        elif token == ";" and in_group:
+            if phrase:
+                entries.append(_bare(phrase))
+                phrase = []
+            entries.append(("end", None, None, None))
+            in_group = False
+        elif token == "<":
+            close = tokens.index(">", i) if ">" in tokens[i:] else len(tokens)
+            route = tokens[i + 1 : close]
+            if ":" in route:  # an obsolete source route: dropped
+                route = route[route.index(":") + 1 :]
+            local, host = _addr_spec(route)
+            entries.append(("addr", _phrase(phrase) or None, local, host))
+            phrase = []
+            i = close
+        elif token == ",":
+            if phrase:
+                entries.append(_bare(phrase))
+                phrase = []
+        else:
+            phrase.append(token)
+        i += 1
+    if phrase:
+        entries.append(_bare(phrase))
+    if in_group:
+        entries.append(("end", None, None, None))
+    return entries
+
+
+def _phrase(tokens: list[str]) -> str:
+    words = [t[1:-1].replace('\\"', '"').replace("\\\\", "\\") if t.startswith('"') else t for t in tokens]
+    return " ".join(words)
+
+
+def _addr_spec(tokens: list[str]) -> tuple[str | None, str | None]:
+    if "@" in tokens:
+        at = len(tokens) - 1 - tokens[::-1].index("@")
+        local = "".join(tokens[:at])
+        host = "".join(tokens[at + 1 :])
+        return local, host or None
+    return "".join(tokens) or None, None
+
+
+def _bare(tokens: list[str]) -> tuple:
+    local, host = _addr_spec(tokens)
+    return ("addr", None, local, host)
