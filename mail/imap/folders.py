@@ -132,6 +132,23 @@ class Selected:
         # §7.5.1: not during FETCH, STORE, SEARCH): still numbered, shown as they were.
         self.ghosts: dict[int, Row] = {}
         self.gone = False
+        self.keywords: set[str] = set()  # the keywords FLAGS has named to the session
+
+    def flags_lines(self) -> bytes:
+        """FLAGS and PERMANENTFLAGS (RFC 9051 §7.3.5): the system flags and every keyword in
+        use; any keyword may be added (\\*) where the session may write."""
+        self.keywords = set(self.state.keywords)
+        known = [*SYSTEM_FLAGS, *sorted(self.keywords)]
+        out = b"* FLAGS " + flag_list(known) + b"\r\n"
+        if self.readonly:
+            return out + b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
+        return out + b"* OK [PERMANENTFLAGS " + flag_list([*known, "\\*"]) + b"] Flags permitted.\r\n"
+
+    def new_keywords(self) -> bytes:
+        """FLAGS again when messages carry keywords the session was not told of."""
+        if self.state.keywords <= self.keywords:
+            return b""
+        return self.flags_lines()
 
     @property
     def folder_id(self) -> int:
@@ -217,7 +234,8 @@ class Selected:
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             out.append(b"* %d RECENT\r\n" % len(self.recent))
         self.modseq = max(self.modseq, state.modseq)
-        return out
+        keywords = self.new_keywords()
+        return [keywords, *out] if keywords else out
 
 
 def _ghost(uid: int, flags: frozenset[str]) -> Row:
@@ -226,6 +244,7 @@ def _ghost(uid: int, flags: frozenset[str]) -> Row:
     return Row(0, uid, flags, datetime.now(UTC), 0, "", b"", 0, 0)
 
 
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _ORDER = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4}
 
 

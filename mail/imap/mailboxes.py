@@ -21,7 +21,6 @@ WRITER_RIGHTS = b"lrswipkxte"
 READER_RIGHTS = b"lr"
 _NO_ACL_CHANGES = "Access is granted on the Everlock console (/users grant)."
 _NO_QUOTA_CHANGES = "Quotas are set on the Everlock console (/mail mailboxes set ADDRESS quota=...)."
-_SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 def _no_such(name: str) -> No:
@@ -76,24 +75,17 @@ async def _select(conn: Connection, p: Parser, *, examine: bool) -> bytes:
     readonly = examine or not access.writable
     selected = Selected(state, name=name, readonly=readonly, access=access)
     selected.load()
-    if not readonly:
+    if readonly:
+        selected.recent.update(await run(store.recent_uids, info.id))
+    else:
         state.claimed_up_to = max(state.claimed_up_to, state.info.uid_next)
         selected.recent.update(await run(store.claim_recent, info.id))
     uids = selected.uids
     unseen_first = next(
         (seq for seq, uid in enumerate(uids, 1) if "\\Seen" not in state.messages[uid].flags), None
     )
-    keywords = sorted(state.keywords)
     out = conn.out
-    out += b"* FLAGS " + flag_list([*_SYSTEM_FLAGS, *keywords]) + b"\r\n"
-    if readonly:
-        out += b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
-    else:
-        out += (
-            b"* OK [PERMANENTFLAGS "
-            + flag_list([*_SYSTEM_FLAGS, *keywords, "\\*"])
-            + b"] Flags permitted.\r\n"
-        )
+    out += selected.flags_lines()
     out += b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(selected.recent))
     if unseen_first is not None:
         out += b"* OK [UNSEEN %d] First unseen.\r\n" % unseen_first
@@ -336,7 +328,7 @@ async def lsub(conn: Connection, tag: bytes, p: Parser) -> bytes:
 
 
 async def _status_line(conn: Connection, name: str, items: list[str]) -> bytes:
-    _, info = await _folder(conn, name)
+    _, info = await _folder(conn, name, fresh=True)
     folder, messages, unseen = await run(store.folder_status, info.id)
     values = {
         "MESSAGES": messages,

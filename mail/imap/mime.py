@@ -17,6 +17,7 @@ from mail.imap.responses import string
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 _FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 def split_header(raw: bytes) -> tuple[bytes, bytes]:
@@ -37,6 +38,7 @@ def split_header(raw: bytes) -> tuple[bytes, bytes]:
 def header_lines(header: bytes) -> list[tuple[str, bytes]]:
     """(lower-case field name, the field's raw lines) in order."""
     fields: list[tuple[str, bytes]] = []
+    header = header.removesuffix(b"\r\n\r\n").removesuffix(b"\n\n") + b"\r\n"
     starts = [m.start() for m in _FIELD_START.finditer(header)]
     for index, start in enumerate(starts):
         stop = starts[index + 1] if index + 1 < len(starts) else len(header)
@@ -65,7 +67,8 @@ class Part:
 
     def __init__(self, raw: bytes, *, default_type: str = "text/plain") -> None:
         self.header, self.body = split_header(raw)
-        self.fields: HeaderFields = _HEADER_PARSER.parsebytes(self.header)
+        # Unfolded first (RFC 5322 §2.2.3), so a parameter folded over two lines is whole.
+        self.fields: HeaderFields = _HEADER_PARSER.parsebytes(_FOLD.sub(b"", self.header))
         self.fields.set_default_type(default_type)
         self.children: list[Part] = []
         self.message: Part | None = None
@@ -245,7 +248,7 @@ def addresses(value: str | None) -> bytes:
     if value is None or not value.strip():
         return b"NIL"
     out: list[bytes] = []
-    for kind, name, local, host in _parse_addresses(value):
+    for kind, name, local, host in parse_addresses(value):
         if kind == "start":
             out.append(b"(NIL NIL " + string(name) + b" NIL)")
         elif kind == "end":
@@ -255,10 +258,20 @@ def addresses(value: str | None) -> bytes:
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 
-def _parse_addresses(value: str):
-    tokens = [t for t in _TOKEN.findall(value) if not t.isspace() and not t.startswith("(")]
+def parse_addresses(value: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(kind, name, local part, host) of each entry: kind "addr", or "start" / "end" of a
+    group (named by `name`)."""
     entries = []
     phrase: list[str] = []
+    comment = None  # a comment after an address names it when no phrase does
+    tokens = []
+    for token in _TOKEN.findall(value):
+        if token.startswith("("):
+            comment = token[1:-1].strip() if token.endswith(")") else token[1:].strip()
+            tokens.append(("(", comment))
+        elif not token.isspace():
+            tokens.append(token)
+    tokens = _name_by_comments(tokens)
     in_group = False
     i = 0
     while i < len(tokens):
@@ -294,6 +307,34 @@ def _parse_addresses(value: str):
     if in_group:
         entries.append(("end", None, None, None))
     return entries
+
+
+def _name_by_comments(tokens: list) -> list[str]:
+    """Drop comments; an addr-spec without a phrase (user@host (Name)) takes the comment after
+    it as its phrase."""
+    out: list[str] = []
+    start = 0  # where the current address began in out
+    for index, token in enumerate(tokens):
+        if isinstance(token, tuple):
+            following = tokens[index + 1] if index + 1 < len(tokens) else ","
+            segment = out[start:]
+            if (
+                following in (",", ";")
+                and segment
+                and "<" not in segment
+                and "@" in segment
+                and ":" not in segment
+            ):
+                out[start:start] = ["<"]
+                out.insert(start, '"' + token[1].replace("\\", "\\\\").replace('"', '\\"') + '"')
+                out.append(">")
+            continue
+        if token in (",", ":", ";"):
+            out.append(token)
+            start = len(out)
+            continue
+        out.append(token)
+    return out
 
 
 def _phrase(tokens: list[str]) -> str:

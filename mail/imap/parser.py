@@ -26,6 +26,11 @@ class Bad(Exception):
     """The command's syntax is wrong: str() says how, for a tagged BAD."""
 
 
+class InvalidName(Exception):
+    """A mailbox name that is not valid modified UTF-7 (RFC 3501 §5.1.3): no such mailbox can
+    exist, the command is answered NO."""
+
+
 class Parser:
     def __init__(self, data: bytes, pos: int = 0) -> None:
         self.data = data
@@ -154,7 +159,10 @@ class Parser:
             value = self._match(_LIST_MAILBOX)
         if value is None:
             raise Bad("expected a mailbox pattern")
-        return decode_name(value, pattern=True)
+        try:
+            return decode_name(value, pattern=True)
+        except InvalidName:
+            return "\0"  # no mailbox has such a name: the pattern matches none
 
     def paren_list(self, item) -> list:
         """ "(" item *(SP item) ")", possibly empty."""
@@ -205,7 +213,7 @@ def decode_name(raw: bytes, *, pattern: bool = False) -> str:
     try:
         name = decode_mutf7(raw)
     except BadName:
-        raise Bad("invalid mailbox name") from None
+        raise InvalidName(raw) from None
     if name.upper() == "INBOX" or name.upper().startswith("INBOX/"):
         name = "INBOX" + name[5:]
     return name

@@ -19,7 +19,7 @@ from datetime import date, datetime
 from email.utils import parsedate_to_datetime
 
 from mail.imap import store
-from mail.imap.mime import Part
+from mail.imap.mime import Part, parse_addresses
 from mail.imap.parser import Bad, Parser
 from mail.imap.store import Row
 
@@ -38,6 +38,7 @@ _FLAG_KEYS = {
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
 _CHARSETS = {"UTF-8", "US-ASCII"}
+_ADDRESS_FIELDS = {"from", "to", "cc", "bcc", "sender", "reply-to"}
 
 
 class BadCharset(Exception):
@@ -216,8 +217,14 @@ class Candidate:
         return self._part
 
     def header(self, name: str) -> list[str]:
-        values = self.part.fields.get_all(name) or []
-        return [decode_words(str(value)) for value in values]
+        values = [decode_words(str(value)) for value in self.part.fields.get_all(name) or []]
+        if name in _ADDRESS_FIELDS:
+            # Also each address as "name <local@host>", comments and quoting undone.
+            for value in list(values):
+                for kind, phrase, local, host in parse_addresses(value):
+                    if kind == "addr":
+                        values.append(f"{phrase or ''} <{local or ''}@{host or ''}>")
+        return values
 
     def headers_text(self) -> str:
         return decode_words(self.part.header.decode("utf-8", "replace"))

@@ -54,8 +54,8 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
     p.sp()
     numbers = p.sequence_set()
     request = fetch.parse(p, uid=uid)
-    if request.changed_since is not None:
-        conn.enabled.add("CONDSTORE")
+    if request.changed_since is not None or "MODSEQ" in request.items:
+        conn.enable_condstore()
     if request.vanished and "QRESYNC" not in conn.enabled:
         raise Bad("VANISHED needs QRESYNC")
     await conn.sync(expunges=uid, uid_fetch=uid)
@@ -130,7 +130,7 @@ async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         unchanged_since = p.number()
         p.expect(b")")
         p.sp()
-        conn.enabled.add("CONDSTORE")
+        conn.enable_condstore()
     action = p.atom().decode().upper()
     silent = action.endswith(".SILENT")
     mode = action.removesuffix(".SILENT")
@@ -165,6 +165,7 @@ async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         selected.state.poke()
         await selected.state.refresh()
     changed = {u for u, _ in updates}
+    conn.out += selected.new_keywords()
     for u in uids:
         row = selected.row(u)
         if row is None or u in failed:
@@ -228,7 +229,7 @@ async def _search(conn: Connection, tag: bytes, p: Parser, *, uid: bool) -> byte
     numbers = [c.row.uid if uid else c.seq for c in found]
     highest = max((c.row.modseq for c in found), default=0) if query.uses_modseq else None
     if query.uses_modseq:
-        conn.enabled.add("CONDSTORE")
+        conn.enable_condstore()
     returns = query.returns
     if returns is None:
         line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)

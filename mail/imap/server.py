@@ -25,7 +25,7 @@ from django.conf import settings
 from accounts.authentication import Throttled, authenticate
 from mail.imap import store
 from mail.imap.folders import Selected
-from mail.imap.parser import Bad, Parser, tag_of
+from mail.imap.parser import Bad, InvalidName, Parser, tag_of
 from mail.imap.session import MailboxSet
 from mail.imap.threads import ServerTrouble, run
 
@@ -288,6 +288,12 @@ class Connection:
             code = b"[" + exc.code.encode() + b"] " if exc.code else b""
             self.out += tag + b" NO " + code + str(exc).encode() + b"\r\n"
             return
+        except store.FolderGone:
+            self.out += tag + b" NO [NONEXISTENT] No such mailbox.\r\n"
+            return
+        except InvalidName:
+            self.out += tag + b" NO [CANNOT] Invalid mailbox name.\r\n"
+            return
         except store.StoreError as exc:
             self.out += tag + b" NO [" + exc.code.encode() + b"] " + str(exc).encode() + b"\r\n"
             return
@@ -325,6 +331,15 @@ class Connection:
     @property
     def condstore(self) -> bool:
         return "CONDSTORE" in self.enabled
+
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): with a mailbox selected, the first
+        one tells its HIGHESTMODSEQ."""
+        if "CONDSTORE" in self.enabled:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.out += b"* OK [HIGHESTMODSEQ %d] Highest.\r\n" % self.selected.state.modseq
 
 
 # -- commands of any state ------------------------------------------------------------------
@@ -380,10 +395,12 @@ async def enable(conn: Connection, tag: bytes, p: Parser) -> bytes:
     now = []
     for name in names:
         if name in ("CONDSTORE", "QRESYNC") and name not in conn.enabled:
+            if name == "CONDSTORE":
+                conn.enable_condstore()
             conn.enabled.add(name)
             now.append(name)
             if name == "QRESYNC":
-                conn.enabled.add("CONDSTORE")
+                conn.enable_condstore()
     conn.out += b"* ENABLED" + b"".join(b" " + n.encode() for n in now) + b"\r\n"
     return b"OK ENABLE completed."
 

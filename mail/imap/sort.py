@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 from mail.imap import search
+from mail.imap.mime import parse_addresses
 from mail.imap.parser import Bad, Parser
 from mail.imap.selected import _selected, matching
 from mail.imap.server import SEL, Connection, No, command
 from mail.imap.threads import run
 
 _CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
-_SUBJECT_LEADER = re.compile(r"^(?:\s*(?:re|fwd?)\s*(?:\[[^\]]*\]\s*)?:|\s*\[[^\]]*\]\s*(?=.))", re.I)
+_SUBJECT_LEADER = re.compile(r"^(?:\s*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)?:|\s*\[[^\[\]]*\]\s*(?=.))", re.I)
 _SUBJECT_TRAILER = re.compile(r"(?:\s*\(fwd\))+\s*$", re.I)
 _MESSAGE_ID = re.compile(r"<[^<>]+>")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -35,7 +36,8 @@ def base_subject(subject: str) -> str:
         if text.lower().startswith("[fwd:") and text.endswith("]"):
             text = text[5:-1].strip()
         if text == before:
-            return text.casefold()
+            # Compared with i;ascii-casemap (RFC 5256 §2.1): ASCII letters as upper case.
+            return text.upper()
 
 
 def _sent(candidate: search.Candidate) -> datetime:
@@ -53,14 +55,18 @@ def _sent(candidate: search.Candidate) -> datetime:
 
 
 def _first_address(candidate: search.Candidate, field: str, *, display: bool) -> str:
-    values = [str(v) for v in candidate.part.fields.get_all(field) or []]
-    found = getaddresses(values)
-    if not found:
+    """RFC 5256 §3: the mailbox of the first address (a group's name for a group); RFC 5957:
+    its display name, else its address."""
+    value = candidate.part.field(field)
+    entries = parse_addresses(value) if value else []
+    if not entries:
         return ""
-    name, address = found[0]
-    if display and name:
-        return search.decode_words(name).casefold()
-    return address.split("@", 1)[0].casefold() if not display else address.casefold()
+    _, name, local, host = entries[0]
+    if display:
+        if name:
+            return search.decode_words(name).upper()
+        return f"{local or ''}@{host}".upper() if host else (local or "").upper()
+    return (name if entries[0][0] == "start" else local or "").upper()
 
 
 def _key(candidate: search.Candidate, criterion: str):

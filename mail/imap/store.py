@@ -407,6 +407,14 @@ def claim_recent(folder_id: int) -> list[int]:
     return sorted(uids)
 
 
+def recent_uids(folder_id: int) -> list[int]:
+    """The UIDs still \\Recent in the folder, left so (a read-only look)."""
+    first = Folder.objects.filter(pk=folder_id).values_list("first_recent_uid", flat=True).first()
+    if first is None:
+        return []
+    return sorted(Message.objects.filter(folder_id=folder_id, uid__gte=first).values_list("uid", flat=True))
+
+
 def all_uids(folder_id: int) -> set[int]:
     return set(Message.objects.filter(folder_id=folder_id, uid__isnull=False).values_list("uid", flat=True))
 
