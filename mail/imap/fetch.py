@@ -7,12 +7,13 @@ ENVELOPE and BODYSTRUCTURE are computed once per stored content and kept with it
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from mail.imap import store
-from mail.imap.mime import Part, header_fields, split_header
+from mail.imap.mime import Part, decode_transfer, header_fields, split_header
 from mail.imap.parser import Bad, Parser
 from mail.imap.store import Row
 
@@ -50,6 +51,7 @@ class Section:
     fields: list[str]
     partial: tuple[int, int] | None
     peek: bool
+    kind: str = "BODY"  # or BINARY, BINARY.SIZE (RFC 3516)
 
 
 @dataclass
@@ -117,6 +119,47 @@ def _section(p: Parser, peek: bool) -> Section:
     return Section(b"BODY[" + name_inside + b"]", numbers, text, fields, partial, peek)
 
 
+def _binary_section(p: Parser, name: str) -> Section:
+    """BINARY[1.2]<partial>, BINARY.PEEK[...], BINARY.SIZE[...]: part numbers only."""
+    numbers: list[int] = []
+    start = p.pos
+    while p.peek().isdigit():
+        numbers.append(p.number(nonzero=True))
+        if not p.skip(b"."):
+            break
+    spec = p.data[start : p.pos]
+    p.expect(b"]")
+    partial = None
+    if name != "BINARY.SIZE" and p.skip(b"<"):
+        origin = p.number()
+        p.expect(b".")
+        length = p.number(nonzero=True)
+        p.expect(b">")
+        partial = (origin, length)
+    kind = "BINARY.SIZE" if name == "BINARY.SIZE" else "BINARY"
+    return Section(kind.encode() + b"[" + spec + b"]", numbers, "", [], partial, name != "BINARY", kind)
+
+
+class UnknownEncoding(Exception):
+    """BINARY of a part in a transfer encoding that cannot be undone (RFC 3516 §4.3)."""
+
+
+def binary_bytes(raw: bytes, numbers: list[int]) -> bytes:
+    """A part's content with its transfer encoding undone (the whole message for no part)."""
+    if not numbers:
+        return raw
+    part = Part(raw).find(numbers)
+    if part is None:
+        return b""
+    if part.children or part.message is not None:
+        return part.body
+    try:
+        return decode_transfer(part)
+    except (ValueError, binascii.Error):
+        encoding = (part.field("content-transfer-encoding") or "").strip()
+        raise UnknownEncoding(encoding) from None
+
+
 def _item(p: Parser) -> list[str | Section]:
     word = p._match(_ITEM)
     if word is None:
@@ -124,6 +167,8 @@ def _item(p: Parser) -> list[str | Section]:
     name = word.decode().upper()
     if name in ("BODY", "BODY.PEEK") and p.skip(b"["):
         return [_section(p, peek=name == "BODY.PEEK")]
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and p.skip(b"["):
+        return [_binary_section(p, name)]
     if name in _SIMPLE:
         return [name]
     raise Bad(f"unknown fetch item {name}")
@@ -246,7 +291,18 @@ def build(
             summaries[row.content_id] = computed[row.content_id] = summary(raw)
         parts = []
         for item in items:
-            if isinstance(item, Section):
+            if isinstance(item, Section) and item.kind == "BINARY.SIZE":
+                parts.append(item.name + b" %d" % len(binary_bytes(raw, item.numbers)))
+            elif isinstance(item, Section) and item.kind == "BINARY":
+                data = binary_bytes(raw, item.numbers)
+                name = item.name
+                if item.partial is not None:
+                    origin, length = item.partial
+                    data = data[origin : origin + length]
+                    name += b"<%d>" % origin
+                # RFC 3516 §4.2: content with NUL goes as a literal8.
+                parts.append(name + b" " + (b"~" + _literal(data) if b"\0" in data else _literal(data)))
+            elif isinstance(item, Section):
                 data = section_bytes(raw, item)
                 name = item.name
                 if item.partial is not None:

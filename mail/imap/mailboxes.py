@@ -10,6 +10,7 @@ from datetime import datetime
 
 from mail.imap import store
 from mail.imap.folders import Selected, folder_state, poke
+from mail.imap.mime import without_nul
 from mail.imap.parser import Bad, Parser
 from mail.imap.responses import flag_list, mailbox, sequence_set, string
 from mail.imap.server import AUTH, AUTHENTICATED, SELECTED, Connection, No, command
@@ -259,52 +260,49 @@ async def _list(conn: Connection, p: Parser, *, lsub: bool) -> None:
         conn.out += b'* %s (\\Noselect) "/" %s\r\n' % (b"LSUB" if lsub else b"LIST", string(root))
         return
     folders = await conn.mailboxes.folders()
-    by_name = {f.name: f for f in folders}
+    by_name = {f.name: f for f in folders if f.exists}
     names = set(by_name)
-    parents: set[str] = set()
-    for name in names:
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            parents.add("/".join(parts[:depth]))
     subscribed = {f.name for f in folders if f.subscribed}
     regexes = [pattern_regex(reference, pattern) for pattern in patterns]
     subscribed_only = lsub or "SUBSCRIBED" in select
     recursive = "RECURSIVEMATCH" in select
     special_only = "SPECIAL-USE" in select
-    candidates = names | parents
+    shown = subscribed if subscribed_only else names
+    candidates = set(shown)
+    for name in shown:
+        parts = name.split("/")
+        candidates.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    matched = {name for name in candidates if any(regex.match(name) for regex in regexes)}
     listed = []
-    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
-        if not any(regex.match(name) for regex in regexes):
-            continue
+    for name in sorted(matched, key=lambda n: (n != "INBOX", n)):
         folder = by_name.get(name)
-        has_children = any(other.startswith(name + "/") for other in names)
         child_info = False
         if subscribed_only and name not in subscribed:
-            if recursive and any(other.startswith(name + "/") for other in subscribed):
-                child_info = True
-            elif (
-                lsub
-                and any(other.startswith(name + "/") for other in subscribed)
-                and "%" in "".join(patterns)
-            ):
-                child_info = True  # LSUB: a parent of subscribed folders, as \Noselect
-            else:
+            # RFC 5258 §3.5: a parent of subscribed children the patterns do not list
+            # (CHILDINFO; LSUB shows it as \Noselect, RFC 3501 §6.3.9).
+            unlisted = any(other.startswith(name + "/") and other not in matched for other in subscribed)
+            if not unlisted or not (recursive or lsub):
                 continue
+            child_info = not lsub
         if special_only and (folder is None or folder.special_use is None):
             continue
         attributes = []
-        if folder is None:
-            attributes.append("\\Noselect" if lsub or not select else "\\NonExistent")
-        if not lsub:
+        if lsub and name not in subscribed:
+            attributes.append("\\Noselect")  # listed for its subscribed children only
+        elif folder is None:
+            if subscribed_only and name in subscribed and not lsub:
+                attributes.append("\\NonExistent")
+            elif not child_info:
+                attributes.append("\\Noselect")
+        if not lsub and (folder is not None or not subscribed_only or child_info):
+            has_children = any(other.startswith(name + "/") for other in names)
             attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
-        elif folder is not None and child_info:
-            attributes.append("\\Noselect")
         if folder is not None and folder.special_use and not lsub:
             attributes.append(folder.special_use)
         if not lsub and (subscribed_only or "SUBSCRIBED" in returns) and name in subscribed:
             attributes.append("\\Subscribed")
         line = b'* %s %s "/" %s' % (b"LSUB" if lsub else b"LIST", flag_list(attributes), mailbox(name))
-        if child_info and recursive:
+        if child_info:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         listed.append(line + b"\r\n")
         if status and folder is not None:
@@ -371,50 +369,49 @@ def _date_time(value: bytes) -> datetime:
 
 @command("APPEND", AUTH)
 async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
+    """APPEND, with several messages at once (MULTIAPPEND, RFC 3502): all are stored or none."""
     p.sp()
     name = p.mailbox()
-    p.sp()
-    flags: list[str] = []
-    when = None
-    if p.peek() == b"(":
-        flags = p.paren_list(p.flag)
-        p.sp()
-    if p.peek() == b'"':
-        when = _date_time(p.string())
-        p.sp()
-    raw = p.literal()
-    if raw is None:
-        raise Bad("expected the message literal")
+    messages: list[tuple[bytes, frozenset[str], datetime | None]] = []
+    while p.skip(b" "):
+        flags: list[str] = []
+        when = None
+        if p.peek() == b"(":
+            flags = p.paren_list(p.flag)
+            p.sp()
+        if p.peek() == b'"':
+            when = _date_time(p.string())
+            p.sp()
+        raw = p.literal()
+        if raw is None:
+            raise Bad("expected the message literal")
+        if any(flag.lower() == "\\recent" for flag in flags):
+            raise Bad("\\Recent cannot be set")
+        messages.append((without_nul(raw), frozenset(flags), when))
     p.finish()
-    if any(flag.lower() == "\\recent" for flag in flags):
-        raise Bad("\\Recent cannot be set")
+    if not messages:
+        raise Bad("no message")
     try:
         access, info = await conn.mailboxes.info(name)
     except KeyError:
         raise No("TRYCREATE", "No such mailbox.") from None
     if not access.writable:
         raise No("READ-ONLY", "Mailbox is read-only.")
-    if not raw:
+    if any(not raw for raw, _, _ in messages):
         raise No("CANNOT", "An empty message is not stored.")
     selected = conn.selected
     here = selected is not None and selected.folder_id == info.id
     try:
-        validity, uid = await run(
-            store.append,
-            info.id,
-            access=access,
-            raw=raw,
-            flags=frozenset(flags),
-            when=when,
-            seen_by_appender=here,
+        validity, uids = await run(
+            store.append, info.id, access=access, messages=messages, seen_by_appender=here
         )
     except store.FolderGone:
         raise No("TRYCREATE", "No such mailbox.") from None
     poke(info.id)
     if here:
-        selected.recent.add(uid)
+        selected.recent.update(uids)
         await conn.sync(expunges=False)
-    return b"OK [APPENDUID %d %d] APPEND completed." % (validity, uid)
+    return b"OK [APPENDUID %d %s] APPEND completed." % (validity, sequence_set(uids))
 
 
 # -- NAMESPACE, ACL, QUOTA ------------------------------------------------------------------

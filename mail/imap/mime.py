@@ -8,6 +8,7 @@ what a client counts.
 
 from __future__ import annotations
 
+import base64
 import re
 from email.message import Message as HeaderFields
 from email.parser import BytesHeaderParser
@@ -202,6 +203,66 @@ class Part:
         return b"(" + b" ".join(string(tag) for tag in tags) + b")"
 
 
+def without_nul(raw: bytes) -> bytes:
+    """The message with each part whose content holds NUL octets re-encoded as base64: such
+    content cannot be sent in a plain literal (RFC 3516 §4.2), and an APPEND of binary
+    content (literal8) is stored so every client can read it."""
+    if b"\0" not in raw:
+        return raw
+    for part in list(_leaves(Part(raw))):
+        if b"\0" not in part.body:
+            continue
+        kept = b"".join(
+            line for name, line in header_lines(part.header) if name != "content-transfer-encoding"
+        )
+        encoded = base64.encodebytes(part.body).replace(b"\n", b"\r\n")
+        entity = kept + b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded
+        raw = raw.replace(part.header + part.body, entity, 1)
+    return raw
+
+
+def _leaves(part: Part):
+    if part.children:
+        for child in part.children:
+            yield from _leaves(child)
+    elif part.message is not None:
+        yield from _leaves(part.message)
+    else:
+        yield part
+
+
+def decode_transfer(part: Part) -> bytes:
+    """The part's body with its Content-Transfer-Encoding undone (RFC 2045 §6). Raises
+    ValueError for an encoding that is none of 7bit, 8bit, binary, base64,
+    quoted-printable."""
+    encoding = (part.field("content-transfer-encoding") or "7bit").strip().lower()
+    if encoding in ("7bit", "8bit", "binary"):
+        return part.body
+    if encoding == "base64":
+        data = re.sub(rb"[^A-Za-z0-9+/]", b"", part.body)
+        return base64.b64decode(data[: len(data) // 4 * 4 + (len(data) % 4 > 1) * 4] + b"==")
+    if encoding == "quoted-printable":
+        return decode_quoted_printable(part.body)
+    raise ValueError(encoding)
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_quoted_printable(data: bytes) -> bytes:
+    """RFC 2045 §6.7: trailing white space of each line dropped, "=" at a line's end joins it
+    to the next, =XX is the octet XX; anything else stays as it is."""
+    out = []
+    for line in data.splitlines(keepends=True):
+        body = line.rstrip(b"\r\n")
+        ending = line[len(body) :]
+        body = body.rstrip(b" \t")
+        if body.endswith(b"="):
+            body, ending = body[:-1], b""
+        out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), body) + ending)
+    return b"".join(out)
+
+
 def compat32_collapse(value: tuple) -> str:
     from email.utils import collapse_rfc2231_value
 
@@ -248,18 +309,20 @@ def addresses(value: str | None) -> bytes:
     if value is None or not value.strip():
         return b"NIL"
     out: list[bytes] = []
-    for kind, name, local, host in parse_addresses(value):
+    for kind, name, adl, local, host in parse_addresses(value):
         if kind == "start":
             out.append(b"(NIL NIL " + string(name) + b" NIL)")
         elif kind == "end":
             out.append(b"(NIL NIL NIL NIL)")
         else:
-            out.append(b"(" + string(name) + b" NIL " + string(local) + b" " + string(host) + b")")
+            out.append(
+                b"(" + string(name) + b" " + string(adl) + b" " + string(local) + b" " + string(host) + b")"
+            )
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 
-def parse_addresses(value: str) -> list[tuple[str, str | None, str | None, str | None]]:
-    """(kind, name, local part, host) of each entry: kind "addr", or "start" / "end" of a
+def parse_addresses(value: str) -> list[tuple[str, str | None, str | None, str | None, str | None]]:
+    """(kind, name, source route, local part, host) of each entry: kind "addr", or "start" / "end" of a
     group (named by `name`)."""
     entries = []
     phrase: list[str] = []
@@ -277,22 +340,24 @@ def parse_addresses(value: str) -> list[tuple[str, str | None, str | None, str |
     while i < len(tokens):
         token = tokens[i]
         if token == ":" and not in_group:
-            entries.append(("start", _phrase(phrase), None, None))
+            entries.append(("start", _phrase(phrase), None, None, None))
             phrase = []
             in_group = True
         elif token == ";" and in_group:
             if phrase:
                 entries.append(_bare(phrase))
                 phrase = []
-            entries.append(("end", None, None, None))
+            entries.append(("end", None, None, None, None))
             in_group = False
         elif token == "<":
             close = tokens.index(">", i) if ">" in tokens[i:] else len(tokens)
             route = tokens[i + 1 : close]
-            if ":" in route:  # an obsolete source route: dropped
+            adl = None
+            if ":" in route:  # an obsolete source route (RFC 5322 §4.4)
+                adl = "".join(route[: route.index(":")]) or None
                 route = route[route.index(":") + 1 :]
             local, host = _addr_spec(route)
-            entries.append(("addr", _phrase(phrase) or None, local, host))
+            entries.append(("addr", _phrase(phrase) or None, adl, local, host))
             phrase = []
             i = close
         elif token == ",":
@@ -305,7 +370,7 @@ def parse_addresses(value: str) -> list[tuple[str, str | None, str | None, str |
     if phrase:
         entries.append(_bare(phrase))
     if in_group:
-        entries.append(("end", None, None, None))
+        entries.append(("end", None, None, None, None))
     return entries
 
 
@@ -353,4 +418,4 @@ def _addr_spec(tokens: list[str]) -> tuple[str | None, str | None]:
 
 def _bare(tokens: list[str]) -> tuple:
     local, host = _addr_spec(tokens)
-    return ("addr", None, local, host)
+    return ("addr", None, None, local, host)

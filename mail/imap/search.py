@@ -9,17 +9,14 @@ undone.
 
 from __future__ import annotations
 
-import contextlib
 import email.header
-import quopri
 import re
-from base64 import b64decode
 from binascii import Error as Base64Error
 from datetime import date, datetime
 from email.utils import parsedate_to_datetime
 
 from mail.imap import store
-from mail.imap.mime import Part, parse_addresses
+from mail.imap.mime import Part, decode_transfer, parse_addresses
 from mail.imap.parser import Bad, Parser
 from mail.imap.store import Row
 
@@ -221,7 +218,7 @@ class Candidate:
         if name in _ADDRESS_FIELDS:
             # Also each address as "name <local@host>", comments and quoting undone.
             for value in list(values):
-                for kind, phrase, local, host in parse_addresses(value):
+                for kind, phrase, _, local, host in parse_addresses(value):
                     if kind == "addr":
                         values.append(f"{phrase or ''} <{local or ''}@{host or ''}>")
         return values
@@ -247,13 +244,10 @@ def decode_words(value: str) -> str:
 
 
 def _decode_body(part: Part) -> str:
-    encoding = (part.field("content-transfer-encoding") or "").strip().lower()
-    data = part.body
-    if encoding == "base64":
-        with contextlib.suppress(Base64Error, ValueError):
-            data = b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", data) + b"===")
-    elif encoding == "quoted-printable":
-        data = quopri.decodestring(data)
+    try:
+        data = decode_transfer(part)
+    except (ValueError, Base64Error):
+        data = part.body
     charset = part.fields.get_content_charset() or "utf-8"
     try:
         return data.decode(charset, "replace")

@@ -95,7 +95,10 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         summaries = await run(store.summaries, [row.content_id for _, row, _ in messages])
     # Large answers are built in slices, so other sessions are served in between.
     for start in range(0, len(messages), 2000):
-        data, computed = await run(fetch.build, messages[start : start + 2000], request, summaries)
+        try:
+            data, computed = await run(fetch.build, messages[start : start + 2000], request, summaries)
+        except fetch.UnknownEncoding as exc:
+            raise No("UNKNOWN-CTE", f"Cannot decode the {exc} transfer encoding.") from None
         conn.out += data
         if computed:
             await run(store.save_summaries, computed)
@@ -227,7 +230,15 @@ async def _search(conn: Connection, tag: bytes, p: Parser, *, uid: bool) -> byte
     await conn.sync(expunges=uid)
     found = await matching(conn, selected, query.keys)
     numbers = [c.row.uid if uid else c.seq for c in found]
-    highest = max((c.row.modseq for c in found), default=0) if query.uses_modseq else None
+    highest = None
+    if query.uses_modseq:
+        # RFC 7162 §3.1.5: the highest modseq of the messages returned.
+        returned = found
+        if query.returns is not None and not {"ALL", "COUNT"} & set(query.returns) and found:
+            returned = [found[0]] if "MIN" in query.returns else []
+            if "MAX" in query.returns:
+                returned.append(found[-1])
+        highest = max((c.row.modseq for c in returned), default=0)
     if query.uses_modseq:
         conn.enable_condstore()
     returns = query.returns

@@ -15,9 +15,19 @@ from mail.imap.threads import run
 class Folder:
     """A folder name as the session lists it."""
 
-    __slots__ = ("access", "name", "special_use", "stored", "subscribed")
+    __slots__ = ("access", "exists", "name", "special_use", "stored", "subscribed")
 
-    def __init__(self, name: str, subscribed: bool, special_use: str | None, access: Access, stored: str):
+    def __init__(
+        self,
+        name: str,
+        subscribed: bool,
+        special_use: str | None,
+        access: Access,
+        stored: str,
+        *,
+        exists: bool = True,
+    ):
+        self.exists = exists
         self.name = name
         self.subscribed = subscribed
         self.special_use = special_use
@@ -58,7 +68,8 @@ class MailboxSet:
         return access, folder
 
     async def folders(self) -> list[Folder]:
-        """Every folder the user sees, in name order."""
+        """Every folder the user sees, and the subscribed names without a folder
+        (exists=False)."""
 
         def names():
             result = []
@@ -66,6 +77,8 @@ class MailboxSet:
                 for stored, shown, subscribed in store.folder_rows(access):
                     use = store.special_use(stored) if not access.prefix else None
                     result.append(Folder(shown, subscribed, use, access, stored))
+                for shown in store.orphan_subscriptions(access):
+                    result.append(Folder(shown, True, None, access, shown, exists=False))
             return result
 
         return await run(names)

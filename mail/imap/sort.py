@@ -61,7 +61,7 @@ def _first_address(candidate: search.Candidate, field: str, *, display: bool) ->
     entries = parse_addresses(value) if value else []
     if not entries:
         return ""
-    _, name, local, host = entries[0]
+    _, name, _, local, host = entries[0]
     if display:
         if name:
             return search.decode_words(name).upper()
@@ -102,9 +102,16 @@ def _charset_and_keys(p: Parser) -> tuple:
     return search.parse_keys(p)
 
 
-async def _sort(conn: Connection, p: Parser, *, uid: bool) -> bytes:
+async def _sort(conn: Connection, tag: bytes, p: Parser, *, uid: bool) -> bytes:
     selected = _selected(conn)
     p.sp()
+    returns = None
+    if p.skip(b"RETURN "):
+        # ESORT (RFC 5267): the answer as ESEARCH.
+        returns = p.paren_list(p.keyword) or ["ALL"]
+        if not set(returns) <= {"MIN", "MAX", "ALL", "COUNT"}:
+            raise Bad("bad return option")
+        p.sp()
     words = p.paren_list(p.keyword)
     criteria: list[tuple[str, bool]] = []
     reverse = False
@@ -124,18 +131,45 @@ async def _sort(conn: Connection, p: Parser, *, uid: bool) -> bytes:
     await conn.sync(expunges=uid)
     found = await matching(conn, selected, keys)
     ordered = await run(sort_candidates, found, criteria)
-    conn.out += b"* SORT" + b"".join(b" %d" % (c.row.uid if uid else c.seq) for c in ordered) + b"\r\n"
+    numbers = [c.row.uid if uid else c.seq for c in ordered]
+    if returns is None:
+        conn.out += b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n"
+    else:
+        line = b'* ESEARCH (TAG "' + tag + b'")' + (b" UID" if uid else b"")
+        if numbers and "MIN" in returns:
+            line += b" MIN %d" % numbers[0]
+        if numbers and "MAX" in returns:
+            line += b" MAX %d" % numbers[-1]
+        if numbers and "ALL" in returns:
+            line += b" ALL " + _in_order(numbers)
+        if "COUNT" in returns:
+            line += b" COUNT %d" % len(numbers)
+        conn.out += line + b"\r\n"
     return b"OK %sSORT completed." % (b"UID " if uid else b"")
+
+
+def _in_order(numbers: list[int]) -> bytes:
+    """Numbers in the order given, ascending runs as ranges (RFC 5267 §3.2)."""
+    parts: list[bytes] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        if n is not None:
+            start = prev = n
+    return b",".join(parts)
 
 
 @command("SORT", SEL)
 async def sort(conn: Connection, tag: bytes, p: Parser) -> bytes:
-    return await _sort(conn, p, uid=False)
+    return await _sort(conn, tag, p, uid=False)
 
 
 @command("UID SORT", SEL)
 async def uid_sort(conn: Connection, tag: bytes, p: Parser) -> bytes:
-    return await _sort(conn, p, uid=True)
+    return await _sort(conn, tag, p, uid=True)
 
 
 # -- THREAD ----------------------------------------------------------------------------------

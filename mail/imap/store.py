@@ -24,7 +24,6 @@ from datetime import datetime
 
 from django.db import connection, transaction
 from django.db.models import Count, F, Max, Q, Sum
-from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
@@ -216,8 +215,13 @@ def create_folder(access: Access, name: str) -> int:
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
         mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
+        # A name subscribed before (and deleted since) is subscribed again.
+        subscribed = stored in mailbox.orphan_subscriptions
+        if subscribed:
+            mailbox.orphan_subscriptions.remove(stored)
+            Mailbox.objects.filter(pk=mailbox.pk).update(orphan_subscriptions=mailbox.orphan_subscriptions)
         folder = Folder.objects.create(
-            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=False
+            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=subscribed
         )
     return folder.id
 
@@ -235,6 +239,9 @@ def delete_folder(access: Access, name: str) -> None:
         content_ids = set(Message.objects.filter(folder=folder).values_list("content_id", flat=True))
         Message.objects.filter(folder=folder).delete()
         folder.delete()
+        if folder.subscribed:
+            # RFC 9051 §6.3.4: deleting a mailbox leaves its subscription.
+            _keep_orphan(access.mailbox_id, stored, keep=True)
         names = _orphaned_contents(content_ids)
     _remove_files(names)
 
@@ -266,11 +273,34 @@ def rename_folder(access: Access, before: str, after: str) -> None:
 
 
 def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
-    updated = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored_name(access, name)).update(
-        subscribed=subscribed
+    stored = stored_name(access, name)
+    updated = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).update(subscribed=subscribed)
+    if not updated:
+        if subscribed:
+            raise StoreError("NONEXISTENT", "No such mailbox.")
+        with transaction.atomic():
+            _keep_orphan(access.mailbox_id, stored, keep=False)
+
+
+def _keep_orphan(mailbox_id: int, stored: str, *, keep: bool) -> None:
+    """Add `stored` to (or remove it from) the mailbox's subscriptions without a folder, in
+    the caller's transaction."""
+    mailbox = Mailbox.objects.select_for_update().filter(pk=mailbox_id).first()
+    if mailbox is None:
+        return
+    names = [n for n in mailbox.orphan_subscriptions if n != stored]
+    if keep:
+        names.append(stored)
+    if names != mailbox.orphan_subscriptions:
+        Mailbox.objects.filter(pk=mailbox_id).update(orphan_subscriptions=sorted(names))
+
+
+def orphan_subscriptions(access: Access) -> list[str]:
+    """The IMAP names subscribed in the mailbox that no folder has."""
+    names = (
+        Mailbox.objects.filter(pk=access.mailbox_id).values_list("orphan_subscriptions", flat=True).first()
     )
-    if not updated and subscribed:
-        raise StoreError("NONEXISTENT", "No such mailbox.")
+    return [access.imap_name(name) for name in names or []]
 
 
 def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[str]:
@@ -488,49 +518,52 @@ def append(
     folder_id: int,
     *,
     access: Access,
-    raw: bytes,
-    flags: frozenset[str],
-    when: datetime | None,
+    messages: Sequence[tuple[bytes, frozenset[str], datetime | None]],
     seen_by_appender: bool,
-) -> tuple[int, int]:
-    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid). With
-    `seen_by_appender` (the appending session has the folder selected) the message is
-    \\Recent for that session only, as if it had claimed it.
+) -> tuple[int, list[int]]:
+    """Store each (raw, flags, internal date or None) as a new message of the folder, all in
+    one transaction: (uid validity, uids). With `seen_by_appender` (the appending session has
+    the folder selected) the messages are \\Recent for that session only, as if it had
+    claimed them.
 
-    Raises StoreError OVERQUOTA when the mailbox has no room for it."""
+    Raises StoreError OVERQUOTA when the mailbox has no room for them."""
     mailbox_id = access.mailbox_id
-    parsed = parse_message(raw)
+    parsed = [parse_message(raw) for raw, _, _ in messages]
+    uids = []
     with StoredFiles() as files, transaction.atomic():
-        _check_quota(mailbox_id, len(raw))
+        _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None:
             raise FolderGone(folder_id)
-        content = store_content(raw, files=files)
         folder.highest_modseq += 1
-        uid = folder.uid_next
-        Message.objects.create(
-            folder=folder,
-            content=content,
-            envelope_to=access.address,
-            header_from=parsed.header_from,
-            header_to=parsed.header_to,
-            subject=parsed.subject,
-            date=parsed.date,
-            message_id=parsed.message_id,
-            size=len(raw),
-            received_at=when or timezone.now(),
-            uid=uid,
-            modseq=folder.highest_modseq,
-            **_flag_values(flags),
-        )
-        folder.uid_next += 1
-        if seen_by_appender and folder.first_recent_uid == uid:
+        first_new = folder.uid_next
+        for (raw, flags, when), headers in zip(messages, parsed, strict=True):
+            content = store_content(raw, files=files)
+            uid = folder.uid_next
+            message = Message.objects.create(
+                folder=folder,
+                content=content,
+                envelope_to=access.address,
+                header_from=headers.header_from,
+                header_to=headers.header_to,
+                subject=headers.subject,
+                date=headers.date,
+                message_id=headers.message_id,
+                size=len(raw),
+                uid=uid,
+                modseq=folder.highest_modseq,
+                **_flag_values(flags),
+            )
+            # auto_now_add ignores the value given: the internal date of an APPEND is the
+            # client's.
+            if when is not None:
+                Message.objects.filter(pk=message.pk).update(received_at=when)
+            folder.uid_next += 1
+            uids.append(uid)
+        if seen_by_appender and folder.first_recent_uid == first_new:
             folder.first_recent_uid = folder.uid_next
         _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
-        # auto_now_add ignores the value given: the internal date of an APPEND is the client's.
-        if when is not None:
-            Message.objects.filter(folder=folder, uid=uid).update(received_at=when)
-    return folder.uid_validity, uid
+    return folder.uid_validity, uids
 
 
 def _copy_rows(messages: list[Message], target: Folder, *, move: bool) -> list[tuple[int, int]]:
