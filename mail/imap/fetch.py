@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mail.imap import store
-from mail.imap.mime import Part, decode_transfer, header_fields, split_header
+from mail.imap.mime import Part, decode_transfer, header_fields, imap_summary, split_header
 from mail.imap.parser import Bad, Parser
 from mail.imap.store import Row
 
@@ -261,12 +261,6 @@ def section_bytes(raw: bytes, section: Section) -> bytes:
     return header_fields(entity_header, section.fields, exclude=section.text.endswith(".NOT"))
 
 
-def summary(raw: bytes) -> tuple[bytes, bytes]:
-    """(ENVELOPE, BODYSTRUCTURE) of a message."""
-    part = Part(raw)
-    return part.envelope(), part.structure()
-
-
 def build(
     messages: list[tuple[int, Row, bytes]],
     request: Request,
@@ -288,7 +282,7 @@ def build(
             if raw is None:
                 continue
         if request.needs_summary and row.content_id not in summaries and raw is not None:
-            summaries[row.content_id] = computed[row.content_id] = summary(raw)
+            summaries[row.content_id] = computed[row.content_id] = imap_summary(raw)
         parts = []
         for item in items:
             if isinstance(item, Section) and item.kind == "BINARY.SIZE":

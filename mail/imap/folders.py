@@ -17,6 +17,7 @@ import bisect
 import logging
 import weakref
 from collections import deque
+from datetime import UTC, datetime
 
 from mail.imap import store
 from mail.imap.responses import flag_list
@@ -44,6 +45,7 @@ class FolderState:
         self.stale = True
         self.claimed_up_to = 0  # uid_next when sessions of this process last claimed \Recent
         self.keywords: set[str] = set()  # every keyword seen on a message of the folder
+        self.removed: dict[int, Row] = {}  # the messages expunged last, as they were
 
     def poke(self) -> None:
         """The folder may have changed: the next refresh asks the database, and the sessions
@@ -75,7 +77,10 @@ class FolderState:
                 present = await run(store.all_uids, self.folder_id)
                 expunged = set(self.messages) - present
                 for uid in expunged:
-                    del self.messages[uid]
+                    # Kept a while: sessions not yet told of the expunge still show it.
+                    self.removed[uid] = self.messages.pop(uid)
+                while len(self.removed) > self.LOG_LENGTH:
+                    del self.removed[next(iter(self.removed))]
             self.modseq = delta.folder.highest_modseq
             if changed or expunged:
                 self.version += 1
@@ -197,7 +202,7 @@ class Selected:
                 continue
             ghost_flags = self.flags.get(uid)
             if ghost_flags is not None and uid not in self.ghosts:
-                self.ghosts[uid] = _ghost(uid, ghost_flags)
+                self.ghosts[uid] = state.removed.get(uid) or _ghost(uid, ghost_flags, state.modseq)
         if expunges and self.ghosts:
             for uid in sorted(self.ghosts, reverse=True):
                 seq = self.seq_of(uid)
@@ -238,10 +243,9 @@ class Selected:
         return [keywords, *out] if keywords else out
 
 
-def _ghost(uid: int, flags: frozenset[str]) -> Row:
-    from datetime import UTC, datetime
-
-    return Row(0, uid, flags, datetime.now(UTC), 0, "", b"", 0, 0)
+def _ghost(uid: int, flags: frozenset[str], modseq: int) -> Row:
+    """An expunged message no longer remembered: its flags, no content."""
+    return Row(0, uid, flags, datetime.now(UTC), 0, "", b"", modseq, 0)
 
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")

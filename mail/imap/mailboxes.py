@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.conf import settings
+
 from mail.imap import store
 from mail.imap.folders import Selected, folder_state, poke
 from mail.imap.mime import without_nul
@@ -399,6 +401,9 @@ async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
         raise No("READ-ONLY", "Mailbox is read-only.")
     if any(not raw for raw, _, _ in messages):
         raise No("CANNOT", "An empty message is not stored.")
+    if any(len(raw) > settings.EVERLOCK_SMTP_MAX_MESSAGE_SIZE for raw, _, _ in messages):
+        # RFC 7889: larger than APPENDLIMIT.
+        raise No("TOOBIG", "Message larger than the server accepts.")
     selected = conn.selected
     here = selected is not None and selected.folder_id == info.id
     try:

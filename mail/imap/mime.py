@@ -203,6 +203,12 @@ class Part:
         return b"(" + b" ".join(string(tag) for tag in tags) + b")"
 
 
+def imap_summary(raw: bytes) -> tuple[bytes, bytes]:
+    """(ENVELOPE, BODYSTRUCTURE) of a message."""
+    part = Part(raw)
+    return part.envelope(), part.structure()
+
+
 def without_nul(raw: bytes) -> bytes:
     """The message with each part whose content holds NUL octets re-encoded as base64: such
     content cannot be sent in a plain literal (RFC 3516 §4.2), and an APPEND of binary

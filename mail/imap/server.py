@@ -199,7 +199,7 @@ class Connection:
 
     def capabilities(self) -> bytes:
         if self.state != NOT_AUTHENTICATED:
-            return CAPABILITIES
+            return CAPABILITIES + b" APPENDLIMIT=%d" % settings.EVERLOCK_SMTP_MAX_MESSAGE_SIZE
         caps = _PRE_LOGIN
         if not self.tls and self.listener.starttls is not None:
             caps += b" STARTTLS"
@@ -459,7 +459,7 @@ async def _log_in(conn: Connection, login: str, password: str) -> bytes:
     conn.login_name = login
     conn.mailboxes = MailboxSet(accesses)
     conn.state = AUTHENTICATED
-    return b"OK [CAPABILITY " + CAPABILITIES + b"] Logged in."
+    return b"OK [CAPABILITY " + conn.capabilities() + b"] Logged in."
 
 
 def _open_accesses(user) -> list[store.Access]:

@@ -17,6 +17,7 @@ that no longer matches; the session then compares UIDs.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ from django.db.models import Count, F, Max, Q, Sum
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
+from mail.imap.mime import imap_summary
 from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
 from mail.models.mailboxes import INBOX, SENT
 from mail.services.delivery import parse_message
 from mail.services.mailboxes import mailbox_usage
-from mail.services.storage import StoredFiles, delete_content_file, message_storage, store_content
+from mail.services.storage import StoredFiles, delete_content_file, message_storage, write_content
 
 log = logging.getLogger("mail.imap")
 
@@ -171,6 +173,11 @@ def accesses(user: User) -> list[Access]:
 def ensure_special_folders(mailbox_id: int) -> None:
     """Create the SPECIAL-USE folders the mailbox lacks (idempotent)."""
     wanted = [name for name in SPECIAL_USE if name != "Sent"]
+    present = set(
+        Folder.objects.filter(mailbox_id=mailbox_id, name__in=wanted).values_list("name", flat=True)
+    )
+    if present >= set(wanted):
+        return  # the usual case: no write at login
     Folder.objects.bulk_create(
         [Folder(mailbox_id=mailbox_id, name=name) for name in wanted], ignore_conflicts=True
     )
@@ -211,7 +218,7 @@ def create_folder(access: Access, name: str) -> int:
     stored = stored_name(access, name.rstrip(DELIMITER))
     if not stored:
         raise StoreError("CANNOT", "Invalid mailbox name.")
-    with transaction.atomic():
+    with writing():
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
         mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
@@ -232,7 +239,7 @@ def delete_folder(access: Access, name: str) -> None:
     stored = stored_name(access, name)
     if stored == INBOX:
         raise StoreError("CANNOT", "INBOX cannot be deleted.")
-    with transaction.atomic():
+    with writing():
         folder = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).first()
         if folder is None:
             raise StoreError("NONEXISTENT", "No such mailbox.")
@@ -250,7 +257,7 @@ def rename_folder(access: Access, before: str, after: str) -> None:
     """Rename a folder and its children (RFC 9051 §6.3.6). Renaming INBOX moves its messages
     into the new folder and leaves INBOX empty."""
     old, new = stored_name(access, before), stored_name(access, after)
-    with transaction.atomic():
+    with writing():
         folders = Folder.objects.select_for_update().filter(mailbox_id=access.mailbox_id)
         existing = {f.name: f for f in folders}
         if old not in existing:
@@ -278,7 +285,7 @@ def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
     if not updated:
         if subscribed:
             raise StoreError("NONEXISTENT", "No such mailbox.")
-        with transaction.atomic():
+        with writing():
             _keep_orphan(access.mailbox_id, stored, keep=False)
 
 
@@ -350,21 +357,39 @@ def _rows(queryset) -> list[Row]:
     return rows
 
 
+# SQLite has one writer at a time; its busy handler makes a waiting writer sleep (1 ms, then
+# longer and longer). The sessions of one process take turns here instead, handing over at once.
+_sqlite_writer = threading.RLock()
+
+
+@contextmanager
+def writing():
+    """A write transaction; on SQLite, one of this process at a time."""
+    if connection.vendor != "sqlite":
+        with transaction.atomic():
+            yield
+        return
+    with _sqlite_writer, transaction.atomic():
+        yield
+
+
 @contextmanager
 def metadata_change():
     """A transaction that changes only IMAP state (flags, UIDs, \\Recent). On
     SQLite it commits without waiting for the disk (synchronous=NORMAL in WAL mode: a crash of
     the process loses nothing, a power failure at most the last moments of such changes, never
     a message); mail itself (APPEND, delivery) is committed with a sync as ever."""
-    relax = connection.vendor == "sqlite"
-    if relax:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA synchronous=NORMAL")
-    try:
+    if connection.vendor != "sqlite":
         with transaction.atomic():
             yield
-    finally:
-        if relax:
+        return
+    with _sqlite_writer:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with transaction.atomic():
+                yield
+        finally:
             with connection.cursor() as cursor:
                 cursor.execute("PRAGMA synchronous=FULL")
 
@@ -529,40 +554,50 @@ def append(
     Raises StoreError OVERQUOTA when the mailbox has no room for them."""
     mailbox_id = access.mailbox_id
     parsed = [parse_message(raw) for raw, _, _ in messages]
+    summaries = [imap_summary(raw) for raw, _, _ in messages]
     uids = []
-    with StoredFiles() as files, transaction.atomic():
-        _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
-        folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
-        if folder is None:
-            raise FolderGone(folder_id)
-        folder.highest_modseq += 1
-        first_new = folder.uid_next
-        for (raw, flags, when), headers in zip(messages, parsed, strict=True):
-            content = store_content(raw, files=files)
-            uid = folder.uid_next
-            message = Message.objects.create(
-                folder=folder,
-                content=content,
-                envelope_to=access.address,
-                header_from=headers.header_from,
-                header_to=headers.header_to,
-                subject=headers.subject,
-                date=headers.date,
-                message_id=headers.message_id,
-                size=len(raw),
-                uid=uid,
-                modseq=folder.highest_modseq,
-                **_flag_values(flags),
-            )
-            # auto_now_add ignores the value given: the internal date of an APPEND is the
-            # client's.
-            if when is not None:
-                Message.objects.filter(pk=message.pk).update(received_at=when)
-            folder.uid_next += 1
-            uids.append(uid)
-        if seen_by_appender and folder.first_recent_uid == first_new:
-            folder.first_recent_uid = folder.uid_next
-        _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
+    with StoredFiles() as files:
+        # The files are written and synced before the transaction: its lock is held only for
+        # the rows.
+        for raw, _, _ in messages:
+            files.names.append(write_content(raw))
+        with writing():
+            _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
+            folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
+            if folder is None:
+                raise FolderGone(folder_id)
+            folder.highest_modseq += 1
+            first_new = folder.uid_next
+            for (raw, flags, when), headers, name, (envelope, structure) in zip(
+                messages, parsed, files.names, summaries, strict=True
+            ):
+                content = MessageContent.objects.create(
+                    storage_name=name, size=len(raw), imap_envelope=envelope, imap_structure=structure
+                )
+                uid = folder.uid_next
+                message = Message.objects.create(
+                    folder=folder,
+                    content=content,
+                    envelope_to=access.address,
+                    header_from=headers.header_from,
+                    header_to=headers.header_to,
+                    subject=headers.subject,
+                    date=headers.date,
+                    message_id=headers.message_id,
+                    size=len(raw),
+                    uid=uid,
+                    modseq=folder.highest_modseq,
+                    **_flag_values(flags),
+                )
+                # auto_now_add ignores the value given: the internal date of an APPEND is the
+                # client's.
+                if when is not None:
+                    Message.objects.filter(pk=message.pk).update(received_at=when)
+                folder.uid_next += 1
+                uids.append(uid)
+            if seen_by_appender and folder.first_recent_uid == first_new:
+                folder.first_recent_uid = folder.uid_next
+            _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
     return folder.uid_validity, uids
 
 
@@ -603,7 +638,7 @@ def copy(
     """COPY or MOVE (RFC 6851) `uids` from one folder to another, keeping flags and internal
     dates: (target uid validity, [(source uid, target uid)]). A move raises the source's
     modseq so its sessions see the expunges."""
-    with transaction.atomic():
+    with writing():
         folders = {
             f.id: f for f in Folder.objects.select_for_update().filter(pk__in=sorted({source_id, target_id}))
         }
@@ -625,7 +660,7 @@ def expunge(folder_id: int, uids: Iterable[int]) -> None:
     uids = list(uids)
     if not uids:
         return
-    with transaction.atomic():
+    with writing():
         _bump(folder_id)
         doomed = Message.objects.filter(folder_id=folder_id, uid__in=uids)
         content_ids = set(doomed.values_list("content_id", flat=True))
@@ -721,6 +756,8 @@ def read_content(row: Row, *, header_only: bool = False) -> bytes | None:
     """The message as IMAP shows it (the copy's prepended header lines, then the stored
     content), or only its header section; None when the file is gone (its last copy was
     expunged since the session listed it)."""
+    if not row.storage_name:
+        return None
     try:
         fh = message_storage().open(row.storage_name, "rb")
     except FileNotFoundError:
