@@ -2,7 +2,8 @@
 as bytes.
 
 ENVELOPE and BODYSTRUCTURE are computed once per stored content and kept with it
-(MessageContent.imap_envelope / imap_structure), so listing a folder reads no message file.
+(MessageContent.imap_envelope / imap_structure / imap_body), so listing a folder reads no
+message file.
 """
 
 from __future__ import annotations
@@ -62,9 +63,7 @@ class Request:
 
     @property
     def needs_content(self) -> bool:
-        return any(
-            isinstance(item, Section) or item in ("RFC822", "RFC822.TEXT", "BODY") for item in self.items
-        )
+        return any(isinstance(item, Section) or item in ("RFC822", "RFC822.TEXT") for item in self.items)
 
     @property
     def needs_header(self) -> bool:
@@ -72,7 +71,7 @@ class Request:
 
     @property
     def needs_summary(self) -> bool:
-        return "ENVELOPE" in self.items or "BODYSTRUCTURE" in self.items
+        return "ENVELOPE" in self.items or "BODYSTRUCTURE" in self.items or "BODY" in self.items
 
     @property
     def sets_seen(self) -> bool:
@@ -264,12 +263,12 @@ def section_bytes(raw: bytes, section: Section) -> bytes:
 def build(
     messages: list[tuple[int, Row, bytes]],
     request: Request,
-    summaries: dict[int, tuple[bytes, bytes]],
-) -> tuple[bytes, dict[int, tuple[bytes, bytes]]]:
+    summaries: dict[int, tuple[bytes, bytes, bytes]],
+) -> tuple[bytes, dict[int, tuple[bytes, bytes, bytes]]]:
     """The FETCH responses of (seq, row, flag list) in order, and the summaries computed on
     the way (for the caller to keep). Reads message files: run in a worker thread."""
     out = bytearray()
-    computed: dict[int, tuple[bytes, bytes]] = {}
+    computed: dict[int, tuple[bytes, bytes, bytes]] = {}
     items = request.items
     for seq, row, flags in messages:
         raw = None
@@ -317,7 +316,7 @@ def build(
             elif item == "BODYSTRUCTURE":
                 parts.append(b"BODYSTRUCTURE " + summaries[row.content_id][1])
             elif item == "BODY":
-                parts.append(b"BODY " + Part(raw).structure(extended=False))
+                parts.append(b"BODY " + summaries[row.content_id][2])
             elif item == "MODSEQ":
                 parts.append(b"MODSEQ (%d)" % row.modseq)
             elif item == "RFC822":

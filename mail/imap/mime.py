@@ -9,6 +9,7 @@ what a client counts.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from email.message import Message as HeaderFields
 from email.parser import BytesHeaderParser
@@ -64,25 +65,42 @@ class Part:
     """One entity: its header section and body, its children when multipart, the embedded
     message when message/rfc822."""
 
-    __slots__ = ("body", "children", "fields", "header", "message")
+    __slots__ = ("_children", "_fields", "_message", "body", "default_type", "header")
 
     def __init__(self, raw: bytes, *, default_type: str = "text/plain") -> None:
         self.header, self.body = split_header(raw)
-        # Unfolded first (RFC 5322 §2.2.3), so a parameter folded over two lines is whole.
-        self.fields: HeaderFields = _HEADER_PARSER.parsebytes(_FOLD.sub(b"", self.header))
-        self.fields.set_default_type(default_type)
-        self.children: list[Part] = []
-        self.message: Part | None = None
-        maintype = self.fields.get_content_maintype()
-        if maintype == "multipart":
-            boundary = self.fields.get_param("boundary")
-            if isinstance(boundary, str) and boundary:
-                child_type = "message/rfc822" if self.content_type[1] == "digest" else "text/plain"
-                self.children = [
-                    Part(chunk, default_type=child_type) for chunk in _split(self.body, boundary)
-                ]
-        elif self.fields.get_content_type() == "message/rfc822":
-            self.message = Part(self.body)
+        self.default_type = default_type
+        # Read when asked: a FETCH of one part or of header fields parses no more than that.
+        self._fields: HeaderFields | None = None
+        self._children: list[Part] | None = None
+        self._message: Part | bool | None = False
+
+    @property
+    def fields(self) -> HeaderFields:
+        if self._fields is None:
+            # Unfolded first (RFC 5322 §2.2.3), so a parameter folded over two lines is whole.
+            self._fields = _HEADER_PARSER.parsebytes(_FOLD.sub(b"", self.header))
+            self._fields.set_default_type(self.default_type)
+        return self._fields
+
+    @property
+    def children(self) -> list[Part]:
+        if self._children is None:
+            self._children = []
+            if self.fields.get_content_maintype() == "multipart":
+                boundary = self.fields.get_param("boundary")
+                if isinstance(boundary, str) and boundary:
+                    child_type = "message/rfc822" if self.content_type[1] == "digest" else "text/plain"
+                    self._children = [
+                        Part(chunk, default_type=child_type) for chunk in _split(self.body, boundary)
+                    ]
+        return self._children
+
+    @property
+    def message(self) -> Part | None:
+        if self._message is False:
+            self._message = Part(self.body) if self.fields.get_content_type() == "message/rfc822" else None
+        return self._message
 
     @property
     def content_type(self) -> tuple[str, str]:
@@ -203,10 +221,10 @@ class Part:
         return b"(" + b" ".join(string(tag) for tag in tags) + b")"
 
 
-def imap_summary(raw: bytes) -> tuple[bytes, bytes]:
-    """(ENVELOPE, BODYSTRUCTURE) of a message."""
+def imap_summary(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(ENVELOPE, BODYSTRUCTURE, BODY) of a message."""
     part = Part(raw)
-    return part.envelope(), part.structure()
+    return part.envelope(), part.structure(), part.structure(extended=False)
 
 
 def without_nul(raw: bytes) -> bytes:
@@ -275,14 +293,19 @@ def compat32_collapse(value: tuple) -> str:
     return collapse_rfc2231_value(value)
 
 
-def _split(body: bytes, boundary: str) -> list[bytes]:
-    """The parts between the boundary delimiters (RFC 2046 §5.1.1): the line break before a
-    delimiter belongs to it; the preamble and the epilogue are no parts."""
-    delimiter = re.compile(
+@functools.lru_cache(maxsize=1024)
+def _delimiter(boundary: str) -> re.Pattern:
+    return re.compile(
         rb"(?:\A|\r?\n)--"
         + re.escape(boundary.encode("utf-8", "surrogateescape"))
         + rb"(--)?[ \t]*(?:\r?\n|\Z)"
     )
+
+
+def _split(body: bytes, boundary: str) -> list[bytes]:
+    """The parts between the boundary delimiters (RFC 2046 §5.1.1): the line break before a
+    delimiter belongs to it; the preamble and the epilogue are no parts."""
+    delimiter = _delimiter(boundary)
     parts = []
     start = None
     for match in delimiter.finditer(body):

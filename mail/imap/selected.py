@@ -90,7 +90,7 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         if "FLAGS" in request.items:
             selected.flags[u] = row.flags
         messages.append((selected.seq_of(u), row, flag_list(selected.message_flags(u))))
-    summaries: dict[int, tuple[bytes, bytes]] = {}
+    summaries: dict[int, tuple[bytes, bytes, bytes]] = {}
     if request.needs_summary and messages:
         summaries = await run(store.summaries, [row.content_id for _, row, _ in messages])
     # Large answers are built in slices, so other sessions are served in between.

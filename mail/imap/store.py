@@ -597,11 +597,15 @@ def append(
                 raise FolderGone(folder_id)
             folder.highest_modseq += 1
             first_new = folder.uid_next
-            for (raw, flags, when), headers, name, (envelope, structure) in zip(
+            for (raw, flags, when), headers, name, (envelope, structure, body) in zip(
                 messages, parsed, files.names, summaries, strict=True
             ):
                 content = MessageContent.objects.create(
-                    storage_name=name, size=len(raw), imap_envelope=envelope, imap_structure=structure
+                    storage_name=name,
+                    size=len(raw),
+                    imap_envelope=envelope,
+                    imap_structure=structure,
+                    imap_body=body,
                 )
                 uid = folder.uid_next
                 message = Message.objects.create(
@@ -767,33 +771,34 @@ def recent_count(folder_id: int) -> int:
     return rows[0][0]
 
 
-def summaries(content_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
-    """(ENVELOPE, BODYSTRUCTURE) of the contents that have them stored."""
+def summaries(content_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, bytes]]:
+    """(ENVELOPE, BODYSTRUCTURE, BODY) of the contents that have them stored."""
     ids = list(set(content_ids))
-    found: dict[int, tuple[bytes, bytes]] = {}
+    found: dict[int, tuple[bytes, bytes, bytes]] = {}
     for start in range(0, len(ids), 900):
         chunk = ids[start : start + 900]
         rows = _query(
-            f"SELECT id, imap_envelope, imap_structure FROM {_C} "
-            f"WHERE id IN ({', '.join(['%s'] * len(chunk))}) AND imap_envelope IS NOT NULL "
-            f"AND imap_structure IS NOT NULL",
+            f"SELECT id, imap_envelope, imap_structure, imap_body FROM {_C} "
+            f"WHERE id IN ({', '.join(['%s'] * len(chunk))}) AND imap_body IS NOT NULL",
             chunk,
         )
-        for pk, envelope, structure in rows:
-            found[pk] = (bytes(envelope), bytes(structure))
+        for pk, envelope, structure, body in rows:
+            found[pk] = (bytes(envelope), bytes(structure), bytes(body))
     return found
 
 
-def save_summaries(computed: dict[int, tuple[bytes, bytes]]) -> None:
-    """Keep the ENVELOPE and BODYSTRUCTURE computed for these contents."""
+def save_summaries(computed: dict[int, tuple[bytes, bytes, bytes]]) -> None:
+    """Keep the ENVELOPE, BODYSTRUCTURE and BODY computed for these contents."""
     if not computed:
         return
     with metadata_change():
         rows = [
-            MessageContent(id=pk, imap_envelope=envelope, imap_structure=structure)
-            for pk, (envelope, structure) in computed.items()
+            MessageContent(id=pk, imap_envelope=envelope, imap_structure=structure, imap_body=body)
+            for pk, (envelope, structure, body) in computed.items()
         ]
-        MessageContent.objects.bulk_update(rows, ["imap_envelope", "imap_structure"], batch_size=500)
+        MessageContent.objects.bulk_update(
+            rows, ["imap_envelope", "imap_structure", "imap_body"], batch_size=500
+        )
 
 
 def read_content(row: Row, *, header_only: bool = False) -> bytes | None:
