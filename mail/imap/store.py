@@ -16,6 +16,7 @@ that no longer matches; the session then compares UIDs.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -193,6 +194,8 @@ def stored_name(access: Access, name: str) -> str:
 _M = Message._meta.db_table
 _F = Folder._meta.db_table
 _C = MessageContent._meta.db_table
+_MB = Mailbox._meta.db_table
+_OUT = OutboundDelivery._meta.db_table
 _FOLDER_INFO = "id, uid_validity, uid_next, highest_modseq, subscribed"
 
 
@@ -322,9 +325,10 @@ def _keep_orphan(mailbox_id: int, stored: str, *, keep: bool) -> None:
 
 def orphan_subscriptions(access: Access) -> list[str]:
     """The IMAP names subscribed in the mailbox that no folder has."""
-    names = (
-        Mailbox.objects.filter(pk=access.mailbox_id).values_list("orphan_subscriptions", flat=True).first()
-    )
+    rows = _query(f"SELECT orphan_subscriptions FROM {_MB} WHERE id = %s", [access.mailbox_id])
+    names = rows[0][0] if rows else []
+    if isinstance(names, str):  # SQLite hands back the JSON text
+        names = json.loads(names)
     return [access.imap_name(name) for name in names or []]
 
 
@@ -563,7 +567,8 @@ def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
 
 
 def _check_quota(mailbox_id: int, adding: int) -> None:
-    limit = Mailbox.objects.filter(pk=mailbox_id).values_list("quota", flat=True).first()
+    rows = _query(f"SELECT quota FROM {_MB} WHERE id = %s", [mailbox_id])
+    limit = rows[0][0] if rows else None
     if limit is not None and mailbox_usage(mailbox_id) + adding > limit:
         raise StoreError("OVERQUOTA", "Mailbox is over its quota.")
 
@@ -711,14 +716,23 @@ def expunge(folder_id: int, uids: Iterable[int]) -> None:
 def _orphaned_contents(content_ids: set[int]) -> list[str]:
     """Delete the MessageContent rows among `content_ids` that no copy and no queue row uses
     any longer (in the caller's transaction); their storage names."""
-    if not content_ids:
-        return []
-    in_use = set(
-        Message.objects.filter(content_id__in=content_ids).values_list("content_id", flat=True)
-    ) | set(OutboundDelivery.objects.filter(content_id__in=content_ids).values_list("content_id", flat=True))
-    unused = MessageContent.objects.filter(id__in=content_ids - in_use)
-    names = list(unused.values_list("storage_name", flat=True))
-    unused.delete()
+    names = []
+    ids = sorted(content_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        unused = _query(
+            f"SELECT id, storage_name FROM {_C} c WHERE id IN ({', '.join(['%s'] * len(chunk))}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {_M} WHERE content_id = c.id) "
+            f"AND NOT EXISTS (SELECT 1 FROM {_OUT} WHERE content_id = c.id)",
+            chunk,
+        )
+        if unused:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {_C} WHERE id IN ({', '.join(['%s'] * len(unused))})",
+                    [pk for pk, _ in unused],
+                )
+            names.extend(name for _, name in unused)
     return names
 
 
