@@ -270,17 +270,22 @@ def build(
     out = bytearray()
     computed: dict[int, tuple[bytes, bytes, bytes]] = {}
     items = request.items
+    needs_content, needs_header, needs_summary = (
+        request.needs_content,
+        request.needs_header,
+        request.needs_summary,
+    )
     for seq, row, flags in messages:
         raw = None
-        if request.needs_content or (request.needs_summary and row.content_id not in summaries):
+        if needs_content or (needs_summary and row.content_id not in summaries):
             raw = store.read_content(row)
             if raw is None:
                 continue  # expunged meanwhile: its content is gone
-        elif request.needs_header:
+        elif needs_header:
             raw = store.read_content(row, header_only=True)
             if raw is None:
                 continue
-        if request.needs_summary and row.content_id not in summaries and raw is not None:
+        if needs_summary and row.content_id not in summaries and raw is not None:
             summaries[row.content_id] = computed[row.content_id] = imap_summary(raw)
         parts = []
         for item in items:

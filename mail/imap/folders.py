@@ -40,7 +40,7 @@ class FolderState:
         self.version = 0  # this process's count of refreshes that changed something
         self.log: deque[tuple[int, frozenset[int], frozenset[int]]] = deque(maxlen=self.LOG_LENGTH)
         self.lock = asyncio.Lock()
-        self.changed = asyncio.Event()
+        self._changed: asyncio.Future | None = None
         self.gone = False
         self.stale = True
         self.claimed_up_to = 0  # uid_next when sessions of this process last claimed \Recent
@@ -51,8 +51,15 @@ class FolderState:
         """The folder may have changed: the next refresh asks the database, and the sessions
         waiting in IDLE wake up."""
         self.stale = True
-        self.changed.set()
-        self.changed = asyncio.Event()
+        waiter, self._changed = self._changed, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def changed(self) -> asyncio.Future:
+        """Done at the next poke: one future for every session that waits (IDLE)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
     async def refresh(self, *, force: bool = False) -> None:
         """Bring the messages up to date. Asks the database only when the folder may have
@@ -107,10 +114,20 @@ class FolderState:
 _states: weakref.WeakValueDictionary[int, FolderState] = weakref.WeakValueDictionary()
 
 
+# The folders selected last stay in memory a while after their last session ends: the next
+# SELECT (a client that logs in for every check) reads only what changed since.
+_kept: dict[int, FolderState] = {}
+KEPT_STATES = 256
+
+
 def folder_state(folder_id: int) -> FolderState:
     state = _states.get(folder_id)
     if state is None:
         state = _states[folder_id] = FolderState(folder_id)
+    _kept.pop(folder_id, None)
+    _kept[folder_id] = state
+    if len(_kept) > KEPT_STATES:
+        del _kept[next(iter(_kept))]
     return state
 
 
@@ -120,8 +137,22 @@ def open_states() -> list[FolderState]:
 
 
 class Selected:
-    """The folder a session has selected: the UIDs it was told of, in sequence order, and the
-    flags it was last told of each (to report only changes)."""
+    """The folder a session has selected: the UIDs it was told of, in sequence order."""
+
+    __slots__ = (
+        "access",
+        "ghosts",
+        "gone",
+        "keywords",
+        "modseq",
+        "name",
+        "readonly",
+        "recent",
+        "state",
+        "told",
+        "uids",
+        "version",
+    )
 
     def __init__(self, state: FolderState, *, name: str, readonly: bool, access: store.Access) -> None:
         self.state = state
@@ -129,20 +160,22 @@ class Selected:
         self.readonly = readonly
         self.access = access
         self.uids: list[int] = []
-        self.flags: dict[int, frozenset[str]] = {}
         self.recent: set[int] = set()
         self.version = -1
         self.modseq = 0
         # Messages expunged by others while EXPUNGE responses were not allowed (RFC 9051
         # §7.5.1: not during FETCH, STORE, SEARCH): still numbered, shown as they were.
         self.ghosts: dict[int, Row] = {}
+        # Flags the session was told by the command it gave (FETCH, STORE) since the last
+        # update: the change is not told again.
+        self.told: dict[int, frozenset[str]] = {}
         self.gone = False
-        self.keywords: set[str] = set()  # the keywords FLAGS has named to the session
+        self.keywords: frozenset[str] = frozenset()  # the keywords FLAGS has named
 
     def flags_lines(self) -> bytes:
         """FLAGS and PERMANENTFLAGS (RFC 9051 §7.3.5): the system flags and every keyword in
         use; any keyword may be added (\\*) where the session may write."""
-        self.keywords = set(self.state.keywords)
+        self.keywords = frozenset(self.state.keywords)
         known = [*SYSTEM_FLAGS, *sorted(self.keywords)]
         out = b"* FLAGS " + flag_list(known) + b"\r\n"
         if self.readonly:
@@ -168,20 +201,37 @@ class Selected:
             return index + 1
         return None
 
-    def message_flags(self, uid: int) -> list[str]:
-        row = self.row(uid)
-        flags = sorted(row.flags, key=_flag_order) if row else []
-        if uid in self.recent:
-            flags.append("\\Recent")
-        return flags
+    def flag_list(self, uid: int, row: Row | None = None) -> bytes:
+        """The message's flags as FETCH FLAGS shows them, \\Recent included."""
+        if row is None:
+            row = self.row(uid)
+        key = (row.flags if row else frozenset(), uid in self.recent)
+        shown = _shown_flags.get(key)
+        if shown is None:
+            flags = sorted(key[0], key=_flag_order)
+            if key[1]:
+                flags.append("\\Recent")
+            if len(_shown_flags) > 4096:
+                _shown_flags.clear()
+            shown = _shown_flags[key] = flag_list(flags)
+        return shown
 
     def load(self) -> None:
         """Take the folder's messages as they are now (SELECT)."""
         self.uids = sorted(self.state.messages)
-        self.flags = {uid: row.flags for uid, row in self.state.messages.items()}
         self.version = self.state.version
         self.modseq = self.state.modseq
         self.ghosts.clear()
+        self.told.clear()
+
+    def forget(self, uids) -> None:
+        """The session was told these UIDs are gone (EXPUNGE or VANISHED)."""
+        for uid in sorted(uids, reverse=True):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                del self.uids[seq - 1]
+            self.recent.discard(uid)
+            self.ghosts.pop(uid, None)
 
     def updates(self, *, expunges: bool, condstore: bool, uid_fetch: bool = False) -> list[bytes]:
         """The untagged responses that tell the session what changed since it was last told
@@ -191,48 +241,46 @@ class Selected:
         state = self.state
         delta = state.since(self.version)
         if delta is None:
-            changed = [row for uid, row in state.messages.items() if self.flags.get(uid) != row.flags]
-            expunged = set(self.flags) - set(state.messages)
+            # The change log no longer reaches back: every message's flags are told again.
+            changed = sorted(state.messages.values(), key=lambda row: row.uid)
+            expunged = {uid for uid in self.uids if uid not in state.messages}
         else:
             changed, expunged = delta
-            expunged = set(expunged) & set(self.flags)
         self.version = state.version
         for uid in expunged:
-            if uid in state.messages:
+            if uid in state.messages or uid in self.ghosts or self.seq_of(uid) is None:
                 continue
-            ghost_flags = self.flags.get(uid)
-            if ghost_flags is not None and uid not in self.ghosts:
-                self.ghosts[uid] = state.removed.get(uid) or _ghost(uid, ghost_flags, state.modseq)
+            self.ghosts[uid] = state.removed.get(uid) or _ghost(
+                uid, self.told.get(uid, frozenset()), state.modseq
+            )
         if expunges and self.ghosts:
             for uid in sorted(self.ghosts, reverse=True):
                 seq = self.seq_of(uid)
                 if seq is not None:
                     del self.uids[seq - 1]
                     out.append(b"* %d EXPUNGE\r\n" % seq)
-                self.flags.pop(uid, None)
                 self.recent.discard(uid)
             self.ghosts.clear()
+        last = self.uids[-1] if self.uids else 0
         new = []
         for row in changed:
             uid = row.uid
-            if uid in self.ghosts:
+            if uid > last:
+                new.append(uid)
                 continue
-            known = self.flags.get(uid)
-            if known is None:
-                if not self.uids or uid > self.uids[-1]:
-                    new.append(uid)
-                    self.flags[uid] = row.flags
+            if uid in self.ghosts or self.told.get(uid) == row.flags:
                 continue
-            if known != row.flags:
-                self.flags[uid] = row.flags
-                seq = self.seq_of(uid)
-                items = b""
-                if uid_fetch:
-                    items += b"UID %d " % uid
-                items += b"FLAGS " + flag_list(self.message_flags(uid))
-                if condstore:
-                    items += b" MODSEQ (%d)" % row.modseq
-                out.append(b"* %d FETCH (%s)\r\n" % (seq, items))
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            items = b""
+            if uid_fetch:
+                items += b"UID %d " % uid
+            items += b"FLAGS " + self.flag_list(uid, row)
+            if condstore:
+                items += b" MODSEQ (%d)" % row.modseq
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, items))
+        self.told.clear()
         if new:
             new.sort()
             self.uids.extend(new)
@@ -248,6 +296,8 @@ def _ghost(uid: int, flags: frozenset[str], modseq: int) -> Row:
     return Row(0, uid, flags, datetime.now(UTC), 0, "", b"", modseq, 0)
 
 
+# Flag lists as sent, by (flags, recent): a folder has few distinct ones.
+_shown_flags: dict[tuple[frozenset[str], bool], bytes] = {}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _ORDER = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4}
 

@@ -114,7 +114,7 @@ async def _select(conn: Connection, p: Parser, *, examine: bool) -> bytes:
                 out += b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
                     seq,
                     uid,
-                    flag_list(selected.message_flags(uid)),
+                    selected.flag_list(uid, row),
                     row.modseq,
                 )
     conn.selected = selected

@@ -11,7 +11,7 @@ from __future__ import annotations
 from mail.imap import fetch, search, store
 from mail.imap.folders import Selected, poke
 from mail.imap.parser import Bad, Parser, SequenceSet
-from mail.imap.responses import flag_list, sequence_set
+from mail.imap.responses import sequence_set
 from mail.imap.server import AUTHENTICATED, SEL, Connection, No, command
 from mail.imap.threads import run
 
@@ -28,22 +28,32 @@ def _writable(selected: Selected) -> None:
         raise No("READ-ONLY", "Mailbox is read-only.")
 
 
+def _numbered(
+    conn: Connection, selected: Selected, numbers: SequenceSet, *, uid: bool
+) -> list[tuple[int, int]]:
+    """(message number, UID) of each message a sequence set names, in order."""
+    if numbers.saved or uid:
+        if numbers.saved:
+            chosen = set(conn.saved)
+        else:
+            chosen = set(numbers.select(selected.uids, selected.uids[-1] if selected.uids else 0))
+        return [(seq, u) for seq, u in enumerate(selected.uids, 1) if u in chosen]
+    count = len(selected.uids)
+    ranges = numbers.resolve(count)
+    if count == 0 or any(high > count for _, high in ranges):
+        raise Bad("no such message")
+    if len(ranges) == 1:
+        low, high = ranges[0]
+        return list(zip(range(low, high + 1), selected.uids[low - 1 : high], strict=True))
+    chosen: set[int] = set()
+    for low, high in ranges:
+        chosen.update(range(low, high + 1))
+    return [(seq, selected.uids[seq - 1]) for seq in sorted(chosen)]
+
+
 def _targets(conn: Connection, selected: Selected, numbers: SequenceSet, *, uid: bool) -> list[int]:
     """The UIDs a sequence set names, in order."""
-    if numbers.saved:
-        saved = set(conn.saved)
-        return [u for u in selected.uids if u in saved]
-    if uid:
-        largest = selected.uids[-1] if selected.uids else 0
-        return numbers.select(selected.uids, largest)
-    count = len(selected.uids)
-    for _, high in numbers.resolve(count):
-        if count == 0 or high > count:
-            raise Bad("no such message")
-    chosen = set()
-    for low, high in numbers.resolve(count):
-        chosen.update(range(low, high + 1))
-    return [selected.uids[seq - 1] for seq in sorted(chosen)]
+    return [u for _, u in _numbered(conn, selected, numbers, uid=uid)]
 
 
 # -- FETCH -----------------------------------------------------------------------------------
@@ -59,7 +69,8 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
     if request.vanished and "QRESYNC" not in conn.enabled:
         raise Bad("VANISHED needs QRESYNC")
     await conn.sync(expunges=uid, uid_fetch=uid)
-    uids = _targets(conn, selected, numbers, uid=uid)
+    numbered = _numbered(conn, selected, numbers, uid=uid)
+    uids = [u for _, u in numbered]
     if request.vanished:
         largest = selected.state.info.uid_next - 1 if selected.state.info else 0
         asked = numbers.select(list(range(1, largest + 1)), largest)
@@ -81,15 +92,15 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
     if conn.condstore and "FLAGS" in request.items and "MODSEQ" not in request.items:
         request.items.append("MODSEQ")
     messages = []
-    for u in uids:
+    told = selected.told if "FLAGS" in request.items else None
+    since = request.changed_since
+    for seq, u in numbered:
         row = selected.row(u)
-        if row is None:
+        if row is None or (since is not None and row.modseq <= since):
             continue
-        if request.changed_since is not None and row.modseq <= request.changed_since:
-            continue
-        if "FLAGS" in request.items:
-            selected.flags[u] = row.flags
-        messages.append((selected.seq_of(u), row, flag_list(selected.message_flags(u))))
+        if told is not None:
+            told[u] = row.flags
+        messages.append((seq, row, selected.flag_list(u, row)))
     summaries: dict[int, tuple[bytes, bytes, bytes]] = {}
     if request.needs_summary and messages:
         summaries = await run(store.summaries, [row.content_id for _, row, _ in messages])
@@ -173,7 +184,7 @@ async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         row = selected.row(u)
         if row is None or u in failed:
             continue
-        selected.flags[u] = row.flags
+        selected.told[u] = row.flags
         # RFC 7162 §3.1.3: with UNCHANGEDSINCE, the messages left alone are told too when
         # their flags differ from what the client holds; without .SILENT every one is.
         if silent and not (conn.condstore and u in changed):
@@ -181,7 +192,7 @@ async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         items = b""
         if uid:
             items += b"UID %d " % u
-        items += b"FLAGS " + flag_list(selected.message_flags(u))
+        items += b"FLAGS " + selected.flag_list(u, row)
         if conn.condstore:
             items += b" MODSEQ (%d)" % row.modseq
         conn.out += b"* %d FETCH (%s)\r\n" % (selected.seq_of(u), items)
@@ -319,7 +330,7 @@ async def _transfer(conn: Connection, p: Parser, *, uid: bool, move: bool) -> by
         code = b"[COPYUID %d %s %s] " % (
             validity,
             sequence_set(s for s, _ in pairs),
-            b",".join(b"%d" % t for _, t in pairs) if len(pairs) < 2 else _ordered_set([t for _, t in pairs]),
+            sequence_set(t for _, t in pairs),
         )
     if not move:
         return b"OK " + code + verb + b" completed."
@@ -329,20 +340,10 @@ async def _transfer(conn: Connection, p: Parser, *, uid: bool, move: bool) -> by
     await selected.state.refresh()
     if "QRESYNC" in conn.enabled:
         moved = {s for s, _ in pairs}
-        for u in moved:
-            seq = selected.seq_of(u)
-            if seq is not None:
-                del selected.uids[seq - 1]
-                selected.flags.pop(u, None)
-                selected.recent.discard(u)
+        selected.forget(moved)
         conn.out += b"* VANISHED " + sequence_set(moved) + b"\r\n"
     await conn.sync()
     return b"OK " + verb + b" completed."
-
-
-def _ordered_set(values: list[int]) -> bytes:
-    # The target UIDs in the order of the source UIDs (they ascend together).
-    return sequence_set(values)
 
 
 @command("COPY", SEL)
@@ -384,12 +385,7 @@ async def _expunge(conn: Connection, selected: Selected, only: set[int] | None, 
         return
     await selected.state.refresh()
     if "QRESYNC" in conn.enabled and doomed:
-        for u in doomed:
-            seq = selected.seq_of(u)
-            if seq is not None:
-                del selected.uids[seq - 1]
-                selected.flags.pop(u, None)
-                selected.recent.discard(u)
+        selected.forget(doomed)
         conn.out += b"* VANISHED " + sequence_set(doomed) + b"\r\n"
     await conn.sync()
 

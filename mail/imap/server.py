@@ -544,11 +544,8 @@ async def idle(conn: Connection, tag: bytes, p: Parser) -> bytes:
             selected = conn.selected
             waiters = {reading}
             if selected is not None:
-                waiters.add(asyncio.ensure_future(selected.state.changed.wait()))
-            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in pending:
-                if waiter is not reading:
-                    waiter.cancel()
+                waiters.add(selected.state.changed())
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if reading in done:
                 break
             await conn.sync()
