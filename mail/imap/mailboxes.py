@@ -17,7 +17,7 @@ from mail.imap.parser import Bad, Parser
 from mail.imap.responses import flag_list, mailbox, sequence_set, string
 from mail.imap.server import AUTH, AUTHENTICATED, SELECTED, Connection, No, command
 from mail.imap.session import pattern_regex
-from mail.imap.threads import run
+from mail.imap.threads import run, write
 
 # RFC 4314 rights of the two grant roles. Neither has "a": grants change on the console only.
 WRITER_RIGHTS = b"lrswipkxte"
@@ -407,8 +407,9 @@ async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
     selected = conn.selected
     here = selected is not None and selected.folder_id == info.id
     try:
-        validity, uids = await run(
-            store.append, info.id, access=access, messages=messages, seen_by_appender=here
+        new = await run(store.store_files, messages)
+        validity, uids = await write(
+            store.append, info.id, access=access, new=new, seen_by_appender=here, durable=True
         )
     except store.FolderGone:
         raise No("TRYCREATE", "No such mailbox.") from None

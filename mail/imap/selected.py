@@ -13,7 +13,7 @@ from mail.imap.folders import Selected, poke
 from mail.imap.parser import Bad, Parser, SequenceSet
 from mail.imap.responses import sequence_set
 from mail.imap.server import AUTHENTICATED, SEL, Connection, No, command
-from mail.imap.threads import run
+from mail.imap.threads import run, write
 
 
 def _selected(conn: Connection) -> Selected:
@@ -84,7 +84,7 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
             if (row := selected.row(u)) and "\\Seen" not in row.flags
         ]
         if unseen:
-            await run(store.set_flags, selected.folder_id, unseen)
+            await write(store.set_flags, selected.folder_id, unseen, durable=False)
             selected.state.poke()
             await selected.state.refresh()
             if "FLAGS" not in request.items:
@@ -112,7 +112,7 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
             raise No("UNKNOWN-CTE", f"Cannot decode the {exc} transfer encoding.") from None
         conn.out += data
         if computed:
-            await run(store.save_summaries, computed)
+            await write(store.save_summaries, computed, durable=False)
         if len(conn.out) > 1 << 20:
             await conn.flush()
     return b"OK %sFETCH completed." % (b"UID " if uid else b"")
@@ -175,7 +175,7 @@ async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         if new != row.flags:
             updates.append((u, new))
     if updates:
-        await run(store.set_flags, selected.folder_id, updates)
+        await write(store.set_flags, selected.folder_id, updates, durable=False)
         selected.state.poke()
         await selected.state.refresh()
     changed = {u for u, _ in updates}
@@ -321,8 +321,14 @@ async def _transfer(conn: Connection, p: Parser, *, uid: bool, move: bool) -> by
     verb = (b"UID " if uid else b"") + (b"MOVE" if move else b"COPY")
     if not uids:
         return b"OK " + verb + b" completed."
-    validity, pairs = await run(
-        store.copy, selected.folder_id, uids, info.id, move=move, target_mailbox_id=access.mailbox_id
+    validity, pairs = await write(
+        store.copy,
+        selected.folder_id,
+        uids,
+        info.id,
+        move=move,
+        target_mailbox_id=access.mailbox_id,
+        durable=True,
     )
     poke(info.id)
     code = b""
@@ -379,7 +385,7 @@ async def _expunge(conn: Connection, selected: Selected, only: set[int] | None, 
         and (only is None or u in only)
     ]
     if doomed:
-        await run(store.expunge, selected.folder_id, doomed)
+        await write(store.expunge, selected.folder_id, doomed, durable=True)
         selected.state.poke()
     if not report:
         return

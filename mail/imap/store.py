@@ -270,8 +270,7 @@ def delete_folder(access: Access, name: str) -> None:
         if folder.subscribed:
             # RFC 9051 §6.3.4: deleting a mailbox leaves its subscription.
             _keep_orphan(access.mailbox_id, stored, keep=True)
-        names = _orphaned_contents(content_ids)
-    _remove_files(names)
+        _remove_files_on_commit(_orphaned_contents(content_ids))
 
 
 def rename_folder(access: Access, before: str, after: str) -> None:
@@ -384,8 +383,9 @@ _sqlite_writer = threading.RLock()
 
 @contextmanager
 def writing():
-    """A write transaction; on SQLite, one of this process at a time."""
-    if connection.vendor != "sqlite":
+    """A write transaction (a savepoint inside one, as in a group commit of
+    mail.imap.threads); on SQLite, one of this process at a time."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
         with transaction.atomic():
             yield
         return
@@ -399,19 +399,29 @@ def metadata_change():
     SQLite it commits without waiting for the disk (synchronous=NORMAL in WAL mode: a crash of
     the process loses nothing, a power failure at most the last moments of such changes, never
     a message); mail itself (APPEND, delivery) is committed with a sync as ever."""
-    if connection.vendor != "sqlite":
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
         with transaction.atomic():
             yield
         return
+    with group_transaction(durable=False):
+        yield
+
+
+@contextmanager
+def group_transaction(*, durable: bool):
+    """One write transaction of this process on SQLite, committed with a sync when `durable`
+    (else as metadata_change says)."""
     with _sqlite_writer:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA synchronous=NORMAL")
+        if not durable:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA synchronous=NORMAL")
         try:
             with transaction.atomic():
                 yield
         finally:
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA synchronous=FULL")
+            if not durable:
+                with connection.cursor() as cursor:
+                    cursor.execute("PRAGMA synchronous=FULL")
 
 
 def _save_counters(folder: Folder, *fields: str) -> None:
@@ -573,28 +583,45 @@ def _check_quota(mailbox_id: int, adding: int) -> None:
         raise StoreError("OVERQUOTA", "Mailbox is over its quota.")
 
 
+@dataclass
+class NewMessages:
+    """Messages to APPEND, their files written and synced, their fields read."""
+
+    messages: Sequence[tuple[bytes, frozenset[str], datetime | None]]
+    names: list[str]
+    parsed: list
+    summaries: list[tuple[bytes, bytes, bytes]]
+
+
+def store_files(messages: Sequence[tuple[bytes, frozenset[str], datetime | None]]) -> NewMessages:
+    """Write and sync the files of (raw, flags, internal date or None) messages, before the
+    transaction that files them (append): the files of many sessions are written at once, the
+    transaction holds its lock only for the rows."""
+    with StoredFiles() as files:
+        for raw, _, _ in messages:
+            files.names.append(write_content(raw))
+        return NewMessages(
+            messages,
+            files.names,
+            [parse_message(raw) for raw, _, _ in messages],
+            [imap_summary(raw) for raw, _, _ in messages],
+        )
+
+
 def append(
-    folder_id: int,
-    *,
-    access: Access,
-    messages: Sequence[tuple[bytes, frozenset[str], datetime | None]],
-    seen_by_appender: bool,
+    folder_id: int, *, access: Access, new: NewMessages, seen_by_appender: bool
 ) -> tuple[int, list[int]]:
-    """Store each (raw, flags, internal date or None) as a new message of the folder, all in
-    one transaction: (uid validity, uids). With `seen_by_appender` (the appending session has
-    the folder selected) the messages are \\Recent for that session only, as if it had
-    claimed them.
+    """File the messages of store_files as new messages of the folder, all in one
+    transaction: (uid validity, uids). With `seen_by_appender` (the appending session has the
+    folder selected) the messages are \\Recent for that session only, as if it had claimed
+    them. The files go when this fails.
 
     Raises StoreError OVERQUOTA when the mailbox has no room for them."""
     mailbox_id = access.mailbox_id
-    parsed = [parse_message(raw) for raw, _, _ in messages]
-    summaries = [imap_summary(raw) for raw, _, _ in messages]
+    messages, parsed, summaries = new.messages, new.parsed, new.summaries
     uids = []
     with StoredFiles() as files:
-        # The files are written and synced before the transaction: its lock is held only for
-        # the rows.
-        for raw, _, _ in messages:
-            files.names.append(write_content(raw))
+        files.names = new.names
         with writing():
             _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
             folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
@@ -709,8 +736,7 @@ def expunge(folder_id: int, uids: Iterable[int]) -> None:
             )
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {_M} {where}", [folder_id, *chunk])
-        names = _orphaned_contents(content_ids)
-    _remove_files(names)
+        _remove_files_on_commit(_orphaned_contents(content_ids))
 
 
 def _orphaned_contents(content_ids: set[int]) -> list[str]:
@@ -736,10 +762,14 @@ def _orphaned_contents(content_ids: set[int]) -> list[str]:
     return names
 
 
-def _remove_files(names: list[str]) -> None:
+def _remove_files_on_commit(names: list[str]) -> None:
     # After the commit: a file goes only once no committed row can name it.
-    for name in names:
-        delete_content_file(name)
+    def remove() -> None:
+        for name in names:
+            delete_content_file(name)
+
+    if names:
+        transaction.on_commit(remove)
 
 
 def acl(mailbox_id: int) -> list[tuple[str, bool]]:
