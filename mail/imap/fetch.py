@@ -81,7 +81,8 @@ class Request:
         )
 
 
-def _section(p: Parser, peek: bool) -> Section:
+def parse_section(p: Parser, peek: bool) -> Section:
+    """A section spec after "BODY[", through its "]" and any <partial>."""
     numbers: list[int] = []
     text = ""
     fields: list[str] = []
@@ -165,7 +166,7 @@ def _item(p: Parser) -> list[str | Section]:
         raise Bad("expected a fetch item")
     name = word.decode().upper()
     if name in ("BODY", "BODY.PEEK") and p.skip(b"["):
-        return [_section(p, peek=name == "BODY.PEEK")]
+        return [parse_section(p, peek=name == "BODY.PEEK")]
     if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and p.skip(b"["):
         return [_binary_section(p, name)]
     if name in _SIMPLE:

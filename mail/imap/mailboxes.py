@@ -6,14 +6,16 @@ LISTRIGHTS; SETACL and DELETEACL answer that grants are made on the console) and
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from urllib.parse import unquote
 
 from django.conf import settings
 
-from mail.imap import store
+from mail.imap import fetch, store
 from mail.imap.folders import Selected, folder_state, poke
 from mail.imap.mime import without_nul
-from mail.imap.parser import Bad, Parser
+from mail.imap.parser import Bad, Parser, decode_name
 from mail.imap.responses import flag_list, mailbox, sequence_set, string
 from mail.imap.server import AUTH, AUTHENTICATED, SELECTED, Connection, No, command
 from mail.imap.session import pattern_regex
@@ -371,10 +373,12 @@ def _date_time(value: bytes) -> datetime:
 
 @command("APPEND", AUTH)
 async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
-    """APPEND, with several messages at once (MULTIAPPEND, RFC 3502): all are stored or none."""
+    """APPEND, with several messages at once (MULTIAPPEND, RFC 3502): all are stored or none;
+    a message may be put together from literals and parts of stored messages (CATENATE,
+    RFC 4469)."""
     p.sp()
     name = p.mailbox()
-    messages: list[tuple[bytes, frozenset[str], datetime | None]] = []
+    given: list[tuple[bytes | list, frozenset[str], datetime | None]] = []
     while p.skip(b" "):
         flags: list[str] = []
         when = None
@@ -384,19 +388,29 @@ async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
         if p.peek() == b'"':
             when = _date_time(p.string())
             p.sp()
-        raw = p.literal()
-        if raw is None:
-            raise Bad("expected the message literal")
+        if p.skip(b"CATENATE "):
+            content: bytes | list = p.paren_list(lambda: _catenate_part(p))
+            if not content:
+                raise Bad("empty CATENATE")
+        else:
+            content = p.literal()
+            if content is None:
+                raise Bad("expected the message literal")
         if any(flag.lower() == "\\recent" for flag in flags):
             raise Bad("\\Recent cannot be set")
-        messages.append((without_nul(raw), frozenset(flags), when))
+        given.append((content, frozenset(flags), when))
     p.finish()
-    if not messages:
+    if not given:
         raise Bad("no message")
     try:
         access, info = await conn.mailboxes.info(name)
     except KeyError:
         raise No("TRYCREATE", "No such mailbox.") from None
+    messages = []
+    for content, flags, when in given:
+        if isinstance(content, list):
+            content = b"".join([await _catenated(conn, part) for part in content])
+        messages.append((without_nul(content), flags, when))
     if not access.writable:
         raise No("READ-ONLY", "Mailbox is read-only.")
     if any(not raw for raw, _, _ in messages):
@@ -418,6 +432,62 @@ async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
         selected.recent.update(uids)
         await conn.sync(expunges=False)
     return b"OK [APPENDUID %d %s] APPEND completed." % (validity, sequence_set(uids))
+
+
+_IMAP_URL = re.compile(
+    r"/(?P<mailbox>[^;/?]+)(?:;UIDVALIDITY=(?P<validity>[0-9]+))?/;UID=(?P<uid>[0-9]+)"
+    r"(?:/;SECTION=(?P<section>[^/]+))?(?:/;PARTIAL=(?P<origin>[0-9]+)(?:\.(?P<length>[0-9]+))?)?",
+    re.IGNORECASE,
+)
+
+
+def _catenate_part(p: Parser) -> tuple[str, bytes]:
+    kind = p.keyword()
+    p.sp()
+    if kind == "TEXT":
+        text = p.literal()
+        if text is None:
+            raise Bad("TEXT takes a literal")
+        return ("TEXT", text)
+    if kind == "URL":
+        return ("URL", p.astring())
+    raise Bad("unknown CATENATE part")
+
+
+async def _catenated(conn: Connection, part: tuple[str, bytes]) -> bytes:
+    """A CATENATE part's bytes: the text, or what an IMAP URL (RFC 5092) of this server names
+    in a mailbox the user may read. Raises No BADURL (RFC 4469 §5) for any other URL."""
+    kind, value = part
+    if kind == "TEXT":
+        return value
+    url = value.decode("utf-8", "replace")
+    found = _IMAP_URL.fullmatch(url)
+    bad = No(f"BADURL {url}", "The URL names no message part of this server.")
+    if found is None:
+        raise bad
+    name = decode_name(unquote(found["mailbox"]).encode("utf-8", "surrogateescape"))
+    try:
+        _, info = await conn.mailboxes.info(name)
+    except KeyError:
+        raise bad from None
+    if found["validity"] and int(found["validity"]) != info.uid_validity:
+        raise bad
+    state = folder_state(info.id)
+    await state.refresh()
+    row = state.messages.get(int(found["uid"]))
+    raw = await run(store.read_content, row) if row is not None else None
+    if raw is None:
+        raise bad
+    if found["section"]:
+        try:
+            section = fetch.parse_section(Parser(unquote(found["section"]).encode() + b"]"), peek=True)
+        except Bad:
+            raise bad from None
+        raw = fetch.section_bytes(raw, section)
+    if found["origin"] is not None:
+        origin = int(found["origin"])
+        raw = raw[origin : origin + int(found["length"])] if found["length"] else raw[origin:]
+    return raw
 
 
 # -- NAMESPACE, ACL, QUOTA ------------------------------------------------------------------

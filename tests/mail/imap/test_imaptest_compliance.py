@@ -3,7 +3,7 @@
 The kit lives beside the checkout (../shared/tools/imaptest: build.sh builds imaptest,
 run-tests.sh runs its 71 scripted test groups). Every group that runs must pass; groups whose
 capability Everlock does not offer are skipped by imaptest and never counted as passed
-(CATENATE, CONTEXT=SEARCH, CONTEXT=SORT, NOTIFY, URLAUTH).
+(CONTEXT=SEARCH, CONTEXT=SORT, NOTIFY, URLAUTH).
 """
 
 from __future__ import annotations
