@@ -607,7 +607,7 @@ async def getquotaroot(conn: Connection, tag: bytes, p: Parser) -> bytes:
     p.sp()
     name = p.mailbox()
     p.finish()
-    access = _access(conn, name)
+    access, _ = await _folder(conn, name)
     usage, limit = await run(store.mailbox_quota, access.mailbox_id)
     if limit is None:
         conn.out += b"* QUOTAROOT " + mailbox(name) + b"\r\n"

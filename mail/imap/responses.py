@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 
-_QUOTABLE = frozenset(range(0x20, 0x7F))
-_ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x00, 0x21)) | {0x7F}
+_QUOTABLE = bytes(range(0x20, 0x7F))
+# The bytes an atom may hold (RFC 9051 ATOM-CHAR): printable ASCII but atom-specials.
+_ATOM_CHARS = bytes(b for b in range(0x21, 0x7F) if b not in b'(){ %*"\\]')
 
 
 def string(value: bytes | str | None) -> bytes:
@@ -17,7 +18,8 @@ def string(value: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if len(value) < 1024 and all(b in _QUOTABLE for b in value):
+    # translate(None, allowed) leaves the bytes outside `allowed`: none, the value is quotable.
+    if len(value) < 1024 and not value.translate(None, _QUOTABLE):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(value) + value
 
@@ -26,7 +28,7 @@ def astring(value: bytes | str) -> bytes:
     """An atom when the value is one, else a string."""
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if value and not any(b in _ATOM_SPECIALS or b > 0x7E for b in value):
+    if value and not value.translate(None, _ATOM_CHARS):
         return value
     return string(value)
 

@@ -440,16 +440,20 @@ def number_new(folder_id: int) -> None:
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None:
             return
-        pending = list(
-            Message.objects.filter(folder_id=folder_id, uid__isnull=True).order_by("id").only("id")
-        )
+        pending = [
+            pk
+            for (pk,) in _query(
+                f"SELECT id FROM {_M} WHERE folder_id = %s AND uid IS NULL ORDER BY id", [folder_id]
+            )
+        ]
         if not pending:
             return
         folder.highest_modseq += 1
-        for offset, message in enumerate(pending):
-            message.uid = folder.uid_next + offset
-            message.modseq = folder.highest_modseq
-        Message.objects.bulk_update(pending, ["uid", "modseq"], batch_size=500)
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"UPDATE {_M} SET uid = %s, modseq = %s WHERE id = %s",
+                [(folder.uid_next + offset, folder.highest_modseq, pk) for offset, pk in enumerate(pending)],
+            )
         folder.uid_next += len(pending)
         _save_counters(folder, "uid_next", "highest_modseq")
 
@@ -835,13 +839,10 @@ def save_summaries(computed: dict[int, tuple[bytes, bytes, bytes]]) -> None:
     """Keep the ENVELOPE, BODYSTRUCTURE and BODY computed for these contents."""
     if not computed:
         return
-    with metadata_change():
-        rows = [
-            MessageContent(id=pk, imap_envelope=envelope, imap_structure=structure, imap_body=body)
-            for pk, (envelope, structure, body) in computed.items()
-        ]
-        MessageContent.objects.bulk_update(
-            rows, ["imap_envelope", "imap_structure", "imap_body"], batch_size=500
+    with metadata_change(), connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {_C} SET imap_envelope = %s, imap_structure = %s, imap_body = %s WHERE id = %s",
+            [(envelope, structure, body, pk) for pk, (envelope, structure, body) in computed.items()],
         )
 
 
