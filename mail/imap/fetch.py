@@ -262,12 +262,12 @@ def section_bytes(raw: bytes, section: Section) -> bytes:
 
 
 def build(
-    messages: list[tuple[int, Row, bytes]],
-    request: Request,
-    summaries: dict[int, tuple[bytes, bytes, bytes]],
+    messages: list[tuple[int, Row, bytes]], request: Request
 ) -> tuple[bytes, dict[int, tuple[bytes, bytes, bytes]]]:
     """The FETCH responses of (seq, row, flag list) in order, and the summaries computed on
-    the way (for the caller to keep). Reads message files: run in a worker thread."""
+    the way (for the caller to keep). Reads the database and message files: run in a worker
+    thread."""
+    summaries = store.summaries([row.content_id for _, row, _ in messages]) if request.needs_summary else {}
     out = bytearray()
     computed: dict[int, tuple[bytes, bytes, bytes]] = {}
     items = request.items

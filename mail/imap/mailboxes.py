@@ -429,7 +429,9 @@ async def append(conn: Connection, tag: bytes, p: Parser) -> bytes:
         raise No("TRYCREATE", "No such mailbox.") from None
     poke(info.id)
     if here:
+        # The APPEND made them \\Recent for this session only: nothing left to claim.
         selected.recent.update(uids)
+        selected.state.claimed_up_to = max(selected.state.claimed_up_to, uids[-1] + 1)
         await conn.sync(expunges=False)
     return b"OK [APPENDUID %d %s] APPEND completed." % (validity, sequence_set(uids))
 

@@ -101,13 +101,10 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         if told is not None:
             told[u] = row.flags
         messages.append((seq, row, selected.flag_list(u, row)))
-    summaries: dict[int, tuple[bytes, bytes, bytes]] = {}
-    if request.needs_summary and messages:
-        summaries = await run(store.summaries, [row.content_id for _, row, _ in messages])
     # Large answers are built in slices, so other sessions are served in between.
     for start in range(0, len(messages), 2000):
         try:
-            data, computed = await run(fetch.build, messages[start : start + 2000], request, summaries)
+            data, computed = await run(fetch.build, messages[start : start + 2000], request)
         except fetch.UnknownEncoding as exc:
             raise No("UNKNOWN-CTE", f"Cannot decode the {exc} transfer encoding.") from None
         conn.out += data
