@@ -230,35 +230,29 @@ def _literal(data: bytes) -> bytes:
 
 
 def section_bytes(raw: bytes, section: Section) -> bytes:
-    """The bytes BODY[section] names, before any partial."""
-    root = (
-        Part(raw)
-        if section.numbers or section.text not in ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT")
-        else None
-    )
-    if root is None:
+    """The bytes BODY[section] names, before any partial (RFC 9051 §6.4.5)."""
+    if not section.numbers:
+        # The message itself: no MIME structure to read.
+        if not section.text:
+            return raw
         header, body = split_header(raw)
-        entity_header, entity_body = header, body
     else:
-        part = root.find(section.numbers) if section.numbers else root
+        part = Part(raw).find(section.numbers)
         if part is None:
             return b""
+        if not section.text:
+            return part.body
         if section.text == "MIME":
             return part.header
-        if section.numbers and section.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT"):
-            if part.message is None:
-                return b""
-            part = part.message
-        entity_header, entity_body = part.header, part.body
-        if not section.text:
-            return part.body if section.numbers else raw
-    if section.text == "":
-        return raw
+        # HEADER, HEADER.FIELDS, TEXT of a part: of the message the part holds.
+        if part.message is None:
+            return b""
+        header, body = part.message.header, part.message.body
     if section.text == "HEADER":
-        return entity_header
+        return header
     if section.text == "TEXT":
-        return entity_body
-    return header_fields(entity_header, section.fields, exclude=section.text.endswith(".NOT"))
+        return body
+    return header_fields(header, section.fields, exclude=section.text.endswith(".NOT"))
 
 
 def build(

@@ -360,8 +360,6 @@ async def status(conn: Connection, tag: bytes, p: Parser) -> bytes:
 
 # -- APPEND ---------------------------------------------------------------------------------
 
-_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-
 
 def _date_time(value: bytes) -> datetime:
     """date-time (RFC 9051 §9): "dd-Mon-yyyy hh:mm:ss +zzzz", day possibly space-padded."""

@@ -14,6 +14,7 @@ import re
 from email.message import Message as HeaderFields
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from email.utils import collapse_rfc2231_value
 
 from mail.imap.responses import string
 
@@ -120,7 +121,7 @@ class Part:
         items = []
         for name, value in params[1:]:
             if isinstance(value, tuple):
-                value = compat32_collapse(value)
+                value = collapse_rfc2231_value(value)
             items.append(string(name.upper()) + b" " + string(value))
         return b"(" + b" ".join(items) + b")"
 
@@ -285,12 +286,6 @@ def decode_quoted_printable(data: bytes) -> bytes:
             body, ending = body[:-1], b""
         out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), body) + ending)
     return b"".join(out)
-
-
-def compat32_collapse(value: tuple) -> str:
-    from email.utils import collapse_rfc2231_value
-
-    return collapse_rfc2231_value(value)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -160,7 +160,7 @@ class Parser:
         if value is None:
             raise Bad("expected a mailbox pattern")
         try:
-            return decode_name(value, pattern=True)
+            return decode_name(value)
         except InvalidName:
             return "\0"  # no mailbox has such a name: the pattern matches none
 
@@ -209,7 +209,9 @@ class Parser:
 _SYSTEM_FLAGS_LOWER = {"\\seen", "\\answered", "\\flagged", "\\deleted", "\\draft", "\\recent"}
 
 
-def decode_name(raw: bytes, *, pattern: bool = False) -> str:
+def decode_name(raw: bytes) -> str:
+    """A mailbox name or pattern as sent (modified UTF-7), INBOX in any case as INBOX.
+    Raises InvalidName."""
     try:
         name = decode_mutf7(raw)
     except BadName:

@@ -16,7 +16,8 @@ from mail.imap.server import AUTHENTICATED, SEL, Connection, No, command
 from mail.imap.threads import run, write
 
 
-def _selected(conn: Connection) -> Selected:
+def selected_folder(conn: Connection) -> Selected:
+    """The selected folder. Raises No when another session deleted it."""
     selected = conn.selected
     if selected is None or selected.gone:
         raise No("NONEXISTENT", "The selected mailbox no longer exists.")
@@ -60,7 +61,7 @@ def _targets(conn: Connection, selected: Selected, numbers: SequenceSet, *, uid:
 
 
 async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     p.sp()
     numbers = p.sequence_set()
     request = fetch.parse(p, uid=uid)
@@ -129,7 +130,7 @@ async def uid_fetch(conn: Connection, tag: bytes, p: Parser) -> bytes:
 
 
 async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     p.sp()
     numbers = p.sequence_set()
     p.sp()
@@ -230,7 +231,7 @@ async def matching(conn: Connection, selected: Selected, keys: tuple) -> list[se
 
 
 async def _search(conn: Connection, tag: bytes, p: Parser, *, uid: bool) -> bytes:
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     try:
         query = search.parse(p)
     except search.BadCharset:
@@ -299,7 +300,7 @@ async def uid_search(conn: Connection, tag: bytes, p: Parser) -> bytes:
 
 
 async def _transfer(conn: Connection, p: Parser, *, uid: bool, move: bool) -> bytes:
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     p.sp()
     numbers = p.sequence_set()
     p.sp()
@@ -396,7 +397,7 @@ async def _expunge(conn: Connection, selected: Selected, only: set[int] | None, 
 @command("EXPUNGE", SEL)
 async def expunge(conn: Connection, tag: bytes, p: Parser) -> bytes:
     p.finish()
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     _writable(selected)
     await _expunge(conn, selected, None, report=True)
     return b"OK EXPUNGE completed."
@@ -407,7 +408,7 @@ async def uid_expunge(conn: Connection, tag: bytes, p: Parser) -> bytes:
     p.sp()
     numbers = p.sequence_set()
     p.finish()
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     _writable(selected)
     await _expunge(conn, selected, set(_targets(conn, selected, numbers, uid=True)), report=True)
     return b"OK UID EXPUNGE completed."

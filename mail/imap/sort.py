@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 from mail.imap import search
 from mail.imap.mime import parse_addresses
 from mail.imap.parser import Bad, Parser
-from mail.imap.selected import _selected, matching
+from mail.imap.selected import matching, selected_folder
 from mail.imap.server import SEL, Connection, No, command
 from mail.imap.threads import run
 
@@ -103,7 +103,7 @@ def _charset_and_keys(p: Parser) -> tuple:
 
 
 async def _sort(conn: Connection, tag: bytes, p: Parser, *, uid: bool) -> bytes:
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     p.sp()
     returns = None
     if p.skip(b"RETURN "):
@@ -328,7 +328,7 @@ def _thread(candidates: list[search.Candidate], algorithm: str, uid: bool) -> by
 
 
 async def _thread_command(conn: Connection, p: Parser, *, uid: bool) -> bytes:
-    selected = _selected(conn)
+    selected = selected_folder(conn)
     p.sp()
     algorithm = p.keyword()
     if algorithm not in ("ORDEREDSUBJECT", "REFERENCES"):
