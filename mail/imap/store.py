@@ -383,9 +383,12 @@ _sqlite_writer = threading.RLock()
 
 @contextmanager
 def writing():
-    """A write transaction (a savepoint inside one, as in a group commit of
-    mail.imap.threads); on SQLite, one of this process at a time."""
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
+    """A write transaction, or part of the caller's (the group commits of mail.imap.threads
+    give each change its own savepoint); on SQLite, one of this process at a time."""
+    if connection.in_atomic_block:
+        yield
+        return
+    if connection.vendor != "sqlite":
         with transaction.atomic():
             yield
         return
@@ -399,7 +402,10 @@ def metadata_change():
     SQLite it commits without waiting for the disk (synchronous=NORMAL in WAL mode: a crash of
     the process loses nothing, a power failure at most the last moments of such changes, never
     a message); mail itself (APPEND, delivery) is committed with a sync as ever."""
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
+    if connection.in_atomic_block:
+        yield
+        return
+    if connection.vendor != "sqlite":
         with transaction.atomic():
             yield
         return
