@@ -19,7 +19,8 @@ from email.utils import collapse_rfc2231_value
 from mail.imap.responses import string
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
-_FIELD_START = re.compile(rb"^[^ \t\r\n]", re.M)
+# Between two fields: a line break not followed by white space (which would fold the field).
+_FIELD_SPLIT = re.compile(rb"\r?\n(?![ \t])")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
@@ -41,17 +42,12 @@ def split_header(raw: bytes) -> tuple[bytes, bytes]:
 def header_lines(header: bytes) -> list[tuple[str, bytes]]:
     """(lower-case field name, the field's raw lines) in order."""
     fields: list[tuple[str, bytes]] = []
-    header = header.removesuffix(b"\r\n\r\n").removesuffix(b"\n\n") + b"\r\n"
-    starts = [m.start() for m in _FIELD_START.finditer(header)]
-    for index, start in enumerate(starts):
-        stop = starts[index + 1] if index + 1 < len(starts) else len(header)
-        chunk = header[start:stop]
+    header = header.removesuffix(b"\r\n\r\n").removesuffix(b"\n\n")
+    for chunk in _FIELD_SPLIT.split(header):
         colon = chunk.find(b":")
         if colon <= 0:
             continue
-        if not chunk.endswith(b"\n"):
-            chunk += b"\r\n"
-        fields.append((chunk[:colon].strip().decode("ascii", "replace").lower(), chunk))
+        fields.append((chunk[:colon].strip().decode("ascii", "replace").lower(), chunk + b"\r\n"))
     return fields
 
 

@@ -26,6 +26,7 @@ from datetime import datetime
 
 from django.db import connection, transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
@@ -634,46 +635,58 @@ def append(
         files.names = new.names
         with writing():
             _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
-            folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
-            if folder is None:
+            # The UPDATE takes the folder's row lock; the counters come back with it.
+            rows = _query(
+                f"UPDATE {_F} SET highest_modseq = highest_modseq + 1 WHERE id = %s "
+                f"RETURNING uid_validity, uid_next, highest_modseq, first_recent_uid",
+                [folder_id],
+            )
+            if not rows:
                 raise FolderGone(folder_id)
-            folder.highest_modseq += 1
-            first_new = folder.uid_next
+            validity, uid_next, modseq, first_recent = rows[0]
+            adapt = connection.ops.adapt_datetimefield_value
+            now = timezone.now()
             for (raw, flags, when), headers, name, (envelope, structure, body) in zip(
                 messages, parsed, files.names, summaries, strict=True
             ):
-                content = MessageContent.objects.create(
-                    storage_name=name,
-                    size=len(raw),
-                    imap_envelope=envelope,
-                    imap_structure=structure,
-                    imap_body=body,
-                )
-                uid = folder.uid_next
-                message = Message.objects.create(
-                    folder=folder,
-                    content=content,
-                    envelope_to=access.address,
-                    header_from=headers.header_from,
-                    header_to=headers.header_to,
-                    subject=headers.subject,
-                    date=headers.date,
-                    message_id=headers.message_id,
-                    size=len(raw),
-                    uid=uid,
-                    modseq=folder.highest_modseq,
+                (content_id,) = _query(
+                    f"INSERT INTO {_C} (storage_name, size, created_at, imap_envelope, imap_structure, "
+                    f"imap_body) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                    [name, len(raw), adapt(now), envelope, structure, body],
+                )[0]
+                values = {
+                    "folder_id": folder_id,
+                    "content_id": content_id,
+                    "prepended_headers": b"",
+                    "envelope_from": "",
+                    "envelope_to": access.address,
+                    "header_from": headers.header_from,
+                    "header_to": headers.header_to,
+                    "subject": headers.subject,
+                    "date": adapt(headers.date),
+                    "message_id": headers.message_id,
+                    "size": len(raw),
+                    # The internal date of an APPEND is the client's when it gives one.
+                    "received_at": adapt(when or now),
+                    "uid": uid_next,
+                    "modseq": modseq,
                     **_flag_values(flags),
+                }
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"INSERT INTO {_M} ({', '.join(values)}) VALUES ({', '.join(['%s'] * len(values))})",
+                        list(values.values()),
+                    )
+                uids.append(uid_next)
+                uid_next += 1
+            if seen_by_appender and first_recent == uids[0]:
+                first_recent = uid_next
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {_F} SET uid_next = %s, first_recent_uid = %s WHERE id = %s",
+                    [uid_next, first_recent, folder_id],
                 )
-                # auto_now_add ignores the value given: the internal date of an APPEND is the
-                # client's.
-                if when is not None:
-                    Message.objects.filter(pk=message.pk).update(received_at=when)
-                folder.uid_next += 1
-                uids.append(uid)
-            if seen_by_appender and folder.first_recent_uid == first_new:
-                folder.first_recent_uid = folder.uid_next
-            _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
-    return folder.uid_validity, uids
+    return validity, uids
 
 
 def _copy_rows(messages: list[Message], target: Folder, *, move: bool) -> list[tuple[int, int]]:
