@@ -514,7 +514,7 @@ async def authenticate_(conn: Connection, tag: bytes, p: Parser) -> bytes:
     mechanism = p.keyword()
     initial = None
     if p.skip(b" "):
-        initial = p.atom() if p.peek() != b"=" else (p.skip(b"=") and b"=")
+        initial = p.atom()  # SASL-IR (RFC 4959): base64, or "=" for an empty one
     p.finish()
     if mechanism not in ("PLAIN", "LOGIN"):
         raise No("CANNOT", "Unsupported mechanism.")
