@@ -8,7 +8,8 @@
 
 It creates .venv, installs the pinned requirements (again only when they change) and, for the
 tests, the Debian tools the tests drive (OpenSSH client, swaks, dig, opendkim-tools, Perl's
-Mail::DKIM, chromium, mbsync, neomutt, curl) when they are missing and apt-get is usable;
+Mail::DKIM, chromium, mbsync, neomutt, curl, the ACME test server pebble, openssl,
+systemd-analyze) when they are missing and apt-get is usable;
 the IMAP compliance test builds Dovecot's imaptest with the kit in ../shared/tools/imaptest.
 """
 
@@ -76,6 +77,9 @@ TEST_TOOLS = {
     "/usr/lib/dovecot/libdovecot.so.0": "dovecot-core",
     "/usr/include/dovecot/imap-parser.h": "dovecot-dev",
     "/usr/lib/dovecot/imap": "dovecot-imapd",
+    "pebble": "pebble",
+    "openssl": "openssl",
+    "systemd-analyze": "systemd",
 }
 
 

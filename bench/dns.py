@@ -1,24 +1,34 @@
-"""Queries per second of Everlock's authoritative DNS server over UDP, concurrent clients.
+"""Queries per second of Everlock's authoritative DNS server against NSD, measured by dnsperf.
 
-Starts `manage.py rundns` on 127.0.0.1 with its own data dir and SQLite database holding a
-hosted zone (example.com), then runs client processes (separate from the server's process)
-that each keep many queries in flight on several UDP sockets, for a mix of names: A, MX
-with glue, a NXDOMAIN, a CNAME, the 2048-bit RSA DKIM TXT (split into several strings).
+Sets up a throw-away installation (its own data dir and SQLite database) hosting example.com,
+starts `manage.py rundns --processes N` on 127.0.0.1 (one process per core by default), and
+NSD (Debian's `nsd`, a private config in a temp dir, rate limiting off, its default of one
+server process unless --nsd-processes says otherwise) serving the same zone, exported from
+Everlock's zone data. dnsperf (Debian's `dnsperf`) then loads each
+server in turn, alternating, for two query sets:
 
-    .venv/bin/python bench/dns.py [--seconds 5] [--clients 1] [--sockets 16] [--window 8] [--unique]
+- repeated: a mix of five questions (A, MX with glue, a NXDOMAIN, a CNAME, the 2048-bit RSA
+  DKIM TXT split into several strings), over and over;
+- unique: a new random name under example.com in every query (NXDOMAIN), so nothing a server
+  could have remembered from an earlier query helps.
 
-Prints the queries/s answered, with the number of lost queries and wrong answers.
+    .venv/bin/python bench/dns.py [--seconds 10] [--rounds 3] [--processes $(nproc)] [--nsd-processes 1]
+        [--port 37053] [--nsd-port 37054] [--clients 16] [--threads 1] [--outstanding 300]
+
+Before loading, every question of the mix is asked of both servers and the answers compared.
+Prints each run's queries/s, lost queries and the server's CPU time per answered query (all
+its processes and threads, from /proc), then the medians per server and the ratio. Where the
+load generator and the servers share the cores, queries/s follow CPU time per query.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import random
-import selectors
-import socket
-import struct
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path[0] = str(ROOT)
 PYTHON = sys.executable
 
 SETUP = """
@@ -48,6 +58,38 @@ replace_derived_records(source="bench", records=[
     RecordSpec("default-rsa._domainkey.example.com", "TXT", 3600, '"' + value + '"')])
 """
 
+# The zone as Everlock serves it, as a zone file: the SOA first, then every RRset.
+EXPORT = """
+from dns_zones.server.snapshot import load_snapshot
+for zone in load_snapshot().zones.values():
+    print(zone.soa.to_text())
+    for node in zone.nodes.values():
+        for rrset in node.values():
+            if rrset is not zone.soa:
+                print(rrset.to_text())
+"""
+
+NSD_CONF = """server:
+    ip-address: 127.0.0.1@{port}
+    server-count: {processes}
+    username: ""
+    chroot: ""
+    zonesdir: "{base}"
+    database: ""
+    zonelistfile: "{base}/zone.list"
+    xfrdfile: "{base}/xfrd.state"
+    xfrdir: "{base}"
+    pidfile: "{base}/nsd.pid"
+    logfile: "{base}/nsd.log"
+    rrl-ratelimit: 0
+    verbosity: 0
+remote-control:
+    control-enable: no
+zone:
+    name: example.com
+    zonefile: "{base}/example.com.zone"
+"""
+
 QUESTIONS = [
     ("www.example.com", "A"),
     ("example.com", "MX"),
@@ -57,156 +99,173 @@ QUESTIONS = [
 ]
 
 
-def _queries() -> list[bytes]:
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, what: str) -> None:
     import dns.message
+    import dns.query
 
-    return [dns.message.make_query(q, t, use_edns=0, payload=1232).to_wire() for q, t in QUESTIONS]
-
-
-def client(port: int, seconds: float, sockets: int, window: int, unique: bool, queue) -> None:
-    """Keep `window` queries in flight on each of `sockets` sockets; report counts on `queue`.
-
-    With `unique`, every query asks for a new random name (NXDOMAIN), so no answer comes from
-    the server's response cache: the worst case.
-    """
-    import dns.message
-
-    wires = _queries()
-    template = bytearray(dns.message.make_query("xxxxxxxx.example.com", "A", use_edns=0).to_wire())
-    unique_tail = bytes(template[21 : 12 + template[12:].index(b"\x00") + 5])
-    # The question section of each query: a response must echo it (checked on every answer).
-    questions = [w[12 : 12 + w[12:].index(b"\x00") + 5] for w in wires]
-    sel = selectors.DefaultSelector()
-    socks = []
-    for _ in range(sockets):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.connect(("127.0.0.1", port))
-        socks.append(sock)
-        sel.register(sock, selectors.EVENT_READ)
-    rng = random.Random()
-    pending: dict[socket.socket, dict[int, float]] = {s: {} for s in socks}
-    answered = lost = wrong = 0
-
-    def send(sock):
-        msg_id = rng.getrandbits(16)
-        while msg_id in pending[sock]:
-            msg_id = rng.getrandbits(16)
-        pending[sock][msg_id] = time.monotonic()
-        if unique:
-            template[0:2] = struct.pack("!H", msg_id)
-            template[13:21] = b"%08x" % rng.getrandbits(32)
-            sock.send(template)
-            return
-        wire = wires[msg_id % len(wires)]
-        sock.send(struct.pack("!H", msg_id) + wire[2:])
-
-    for sock in socks:
-        for _ in range(window):
-            send(sock)
-    start = time.monotonic()
-    end = start + seconds
-    last_sweep = start
+    deadline = time.monotonic() + 60
     while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        for key, _ in sel.select(timeout=0.1):
-            sock = key.fileobj
-            while True:
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    break
-                (msg_id,) = struct.unpack_from("!H", data)
-                if unique:  # the random label differs; the rest of the question must match
-                    echoed, question = data[21 : 21 + len(unique_tail)], unique_tail
-                else:
-                    question = questions[msg_id % len(questions)]
-                    echoed = data[12 : 12 + len(question)]
-                if pending[sock].pop(msg_id, None) is None or not data[2] & 0x80 or echoed != question:
-                    wrong += 1
-                    continue
-                answered += 1
-                send(sock)
-        if now - last_sweep > 0.5:
-            last_sweep = now
-            for sock in socks:
-                for msg_id, sent in list(pending[sock].items()):
-                    if now - sent > 1.0:
-                        del pending[sock][msg_id]
-                        lost += 1
-                        send(sock)
-    queue.put((answered, lost, wrong, time.monotonic() - start))
+        try:
+            dns.query.udp(dns.message.make_query("example.com", "SOA"), "127.0.0.1", port=port, timeout=0.5)
+            return
+        except Exception:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"{what} did not start:\n" + (log.read_text() if log.exists() else ""))
+        time.sleep(0.2)
 
 
-def _show_answers(port: int) -> None:
+def _answers(port: int) -> list[tuple]:
     import dns.message
     import dns.query
     import dns.rcode
 
+    out = []
     for qname, qtype in QUESTIONS:
-        r = dns.query.udp(dns.message.make_query(qname, qtype, use_edns=0), "127.0.0.1", port=port, timeout=5)
-        print(f"  {qname} {qtype}: {dns.rcode.to_text(r.rcode())}, {sum(len(x) for x in r.answer)} answer(s)")
+        query = dns.message.make_query(qname, qtype, use_edns=0)
+        r = dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+        answer = tuple(sorted(rrset.to_text() for rrset in r.answer))
+        # A negative answer's authority (the SOA) is part of it; NSD also adds the apex NS to
+        # positive answers, which Everlock leaves out (RFC 2181 section 6.1 leaves it optional).
+        authority = tuple(sorted(rrset.to_text() for rrset in r.authority)) if not r.answer else ()
+        out.append((qname, qtype, dns.rcode.to_text(r.rcode()), answer, authority))
+    return out
+
+
+def _cpu_ns(root: int) -> int:
+    """CPU time (ns) used so far by process `root`, its descendants and all their threads."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+    return total
+
+
+def _dnsperf(port: int, datafile: Path, args, server: int) -> tuple[float, int, float]:
+    """One dnsperf run against 127.0.0.1:`port`, served by the process tree of `server`:
+    (queries per second, queries lost, server CPU microseconds per answered query)."""
+    before = _cpu_ns(server)
+    out = subprocess.run(
+        [
+            "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", str(args.seconds),
+            "-c", str(args.clients), "-T", str(args.threads), "-q", str(args.outstanding), "-e",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    cpu = _cpu_ns(server) - before
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
+    lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))
+    return qps, lost, cpu / 1000 / max(completed, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--clients", type=int, default=1, help="client processes")
-    parser.add_argument("--sockets", type=int, default=16, help="UDP sockets per client process")
-    parser.add_argument("--window", type=int, default=8, help="queries in flight per socket")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each dnsperf run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per server and query set")
+    parser.add_argument("--processes", type=int, default=os.cpu_count(), help="Everlock's processes")
     parser.add_argument(
-        "--unique", action="store_true", help="a new random name in every query (no cache hits)"
+        "--nsd-processes", type=int, default=1, help="NSD's server-count (default 1, NSD's own default)"
     )
+    parser.add_argument("--port", type=int, default=37053, help="Everlock's port")
+    parser.add_argument("--nsd-port", type=int, default=37054)
+    parser.add_argument("--clients", type=int, default=16, help="dnsperf -c")
+    parser.add_argument("--threads", type=int, default=1, help="dnsperf -T")
+    parser.add_argument("--outstanding", type=int, default=300, help="dnsperf -q")
     args = parser.parse_args()
+    for tool in ("dnsperf", "nsd"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed: apt-get install {tool}")
 
-    data_dir = tempfile.mkdtemp(prefix="everlock-bench-dns-")
+    base = Path(tempfile.mkdtemp(prefix="everlock-bench-dns-"))
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(EVERLOCK_DATA_DIR=data_dir, EVERLOCK_LOG="info", EVERLOCK_DNS="on")
+    env.update(EVERLOCK_DATA_DIR=str(base), EVERLOCK_LOG="warning", EVERLOCK_DNS="on")
     manage = [PYTHON, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
     subprocess.run([*manage, "shell", "-v0", "-c", SETUP], env=env, check=True, cwd=ROOT)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_path = Path(data_dir) / "rundns.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [*manage, "rundns", "--listen", f"127.0.0.1:{port}"], env=env, cwd=ROOT, stderr=log
-        )
+    zone = subprocess.run(
+        [*manage, "shell", "-v0", "-c", EXPORT], env=env, check=True, cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    nsd_dir = base / "nsd"
+    nsd_dir.mkdir()
+    (nsd_dir / "example.com.zone").write_text(zone)
+    conf = nsd_dir / "nsd.conf"
+    conf.write_text(NSD_CONF.format(port=args.nsd_port, processes=args.nsd_processes, base=nsd_dir))
+
+    repeated = base / "repeated.txt"
+    repeated.write_text("".join(f"{q} {t}\n" for q, t in QUESTIONS) * 1000)
+    # Enough unique names that no run comes back to the start of the file.
+    unique = base / "unique.txt"
+    rng = random.Random(1)
+    with open(unique, "w") as f:
+        for _ in range(args.seconds * 400_000):
+            f.write(f"{rng.getrandbits(48):012x}.example.com A\n")
+
+    everlock_log = base / "rundns.log"
+    with open(everlock_log, "w") as log:
+        everlock = subprocess.Popen(
+            [*manage, "rundns", "--listen", f"127.0.0.1:{args.port}", "--processes", str(args.processes)],
+            env=env, cwd=ROOT, stderr=log,
+        )  # fmt: skip
+    nsd = subprocess.Popen(["nsd", "-c", str(conf), "-d"], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while "DNS listener on" not in log_path.read_text():
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("the DNS server did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
-        queue = multiprocessing.Queue()
-        procs = [
-            multiprocessing.Process(
-                target=client, args=(port, args.seconds, args.sockets, args.window, args.unique, queue)
+        _wait_for_port(args.port, everlock, everlock_log, "Everlock's DNS server")
+        _wait_for_port(args.nsd_port, nsd, nsd_dir / "nsd.log", "NSD")
+        ours, theirs = _answers(args.port), _answers(args.nsd_port)
+        print("answers (rcode, answer section; authority of negative answers) compared with NSD's:")
+        for mine, peer in zip(ours, theirs, strict=True):
+            print(
+                f"  {mine[0]} {mine[1]}: {mine[2]}, {'same as NSD' if mine == peer else 'DIFFERENT from NSD'}"
             )
-            for _ in range(args.clients)
-        ]
-        for p in procs:
-            p.start()
-        results = [queue.get() for _ in procs]
-        for p in procs:
-            p.join()
-        print("answers served during the run:")
-        _show_answers(port)
+            if mine != peer:
+                print(f"    everlock: {mine[2:]}\n    nsd:      {peer[2:]}")
+        results: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
+        for name, datafile in (("repeated", repeated), ("unique", unique)):
+            for n in range(args.rounds):
+                for server, port, proc in (("everlock", args.port, everlock), ("nsd", args.nsd_port, nsd)):
+                    qps, lost, cpu = _dnsperf(port, datafile, args, proc.pid)
+                    results.setdefault((name, server), []).append((qps, lost, cpu))
+                    print(
+                        f"  {name} round {n + 1} {server:8} {qps:>10,.0f} queries/s, {lost} lost, "
+                        f"{cpu:.2f} us CPU per query",
+                        flush=True,
+                    )
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-    answered = sum(r[0] for r in results)
-    lost = sum(r[1] for r in results)
-    wrong = sum(r[2] for r in results)
-    elapsed = max(r[3] for r in results)
-    in_flight = args.clients * args.sockets * args.window
-    mix = "a new random name per query (no cache hits)" if args.unique else f"{len(QUESTIONS)} questions"
-    print(f"DNS over UDP, hosted zone, {mix}, {args.clients} client process(es), {in_flight} in flight")
-    print(f"  answered {answered} in {elapsed:.1f} s: {answered / elapsed:,.0f} queries/s")
-    print(f"  lost (no answer within 1 s) {lost}, wrong id or not a response {wrong}")
+        everlock.terminate()
+        nsd.terminate()
+        everlock.wait(timeout=30)
+        nsd.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+    nsd_version = subprocess.run(["nsd", "-v"], capture_output=True, text=True).stderr.splitlines()[0]
+    print(
+        f"\nDNS over UDP on 127.0.0.1, example.com, Everlock {args.processes} process(es), NSD server-count "
+        f"{args.nsd_processes}, {os.cpu_count()} cores, dnsperf -c {args.clients} -T {args.threads} "
+        f"-q {args.outstanding} -e, {args.seconds} s runs, {args.rounds} rounds ({nsd_version})"
+    )
+    for name in ("repeated", "unique"):
+        everlock_qps = statistics.median(r[0] for r in results[(name, "everlock")])
+        nsd_qps = statistics.median(r[0] for r in results[(name, "nsd")])
+        everlock_cpu = statistics.median(r[2] for r in results[(name, "everlock")])
+        nsd_cpu = statistics.median(r[2] for r in results[(name, "nsd")])
+        print(
+            f"  {name:8}: Everlock {everlock_qps:>10,.0f} q/s, NSD {nsd_qps:>10,.0f} q/s (medians): "
+            f"{everlock_qps / nsd_qps:.2f}x NSD; CPU per query {everlock_cpu:.2f} us against {nsd_cpu:.2f} us"
+        )
 
 
 if __name__ == "__main__":

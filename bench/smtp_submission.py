@@ -138,7 +138,7 @@ def main() -> None:
     prepare(data_dir, dkim=True)
     from django.conf import settings
 
-    from mail.smtp.tls import self_signed_pair
+    from tls.store import self_signed_pair
 
     cert, key = self_signed_pair(directory=Path(settings.DATA_DIR) / "tls", hostname="localhost")
     auth = ("alice", "change-me")

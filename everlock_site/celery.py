@@ -1,7 +1,8 @@
 """The Celery app. Task code lives with its concept (mail/delivery/tasks.py).
 
 `celery -A everlock_site worker` runs the outbound delivery workers; each worker also runs
-the queue rescan timer (mail.delivery.tasks.Rescan), so no beat process is needed.
+the queue rescan timer (mail.delivery.tasks.Rescan) and the certificate renewal timer
+(tls.tasks.RenewalTimer), so no beat process is needed.
 """
 
 import os
@@ -12,7 +13,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "everlock_site.settings")
 
 app = Celery("everlock")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["mail.delivery"])
+app.autodiscover_tasks(["mail.delivery", "tls"])
 
 
 @signals.setup_logging.connect

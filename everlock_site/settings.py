@@ -74,9 +74,12 @@ INSTALLED_APPS = [
     "dns_zones",
     "mail",
     "sshadmin",
+    "tls",
 ]
 
 MIDDLEWARE = [
+    # ACME http-01 answers, before anything that checks the Host header (tls.middleware).
+    "tls.middleware.acme_challenge",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -188,10 +191,36 @@ EVERLOCK_IMAP_IDLE_TIMEOUT = env.float("EVERLOCK_IMAP_IDLE_TIMEOUT", default=30 
 EVERLOCK_IMAP_MAX_LINE = env.int("EVERLOCK_IMAP_MAX_LINE", default=64 * 1024)
 EVERLOCK_IMAP_NOTIFY_INTERVAL = env.float("EVERLOCK_IMAP_NOTIFY_INTERVAL", default=0.25)
 
-# EVERLOCK_TLS_CERT / EVERLOCK_TLS_KEY: PEM files for STARTTLS. When unset, a self-signed
-# pair for EVERLOCK_HOSTNAME is generated once in the data dir (tls/).
+# EVERLOCK_TLS_CERT / EVERLOCK_TLS_KEY: PEM files (chain, key) of the certificate the TLS
+# listeners present when the client names no host that has an ACME certificate. When unset,
+# a self-signed pair for EVERLOCK_HOSTNAME is generated once in the data dir (tls/).
 EVERLOCK_TLS_CERT = env.str("EVERLOCK_TLS_CERT", default="")
 EVERLOCK_TLS_KEY = env.str("EVERLOCK_TLS_KEY", default="")
+# EVERLOCK_TLS_RELOAD_INTERVAL: seconds between each process's looks for a new certificate
+# (an ACME renewal, a replaced EVERLOCK_TLS_CERT file); listeners present it without a restart.
+EVERLOCK_TLS_RELOAD_INTERVAL = env.float("EVERLOCK_TLS_RELOAD_INTERVAL", default=30.0)
+
+# Certificates by ACME (RFC 8555), see docs/certificates.md. On when EVERLOCK_ACME_EMAIL and
+# EVERLOCK_ACME_DIRECTORY are both set: Everlock then obtains and renews certificates for the
+# names it serves (each mail domain's outbound hostname, mta-sts.<domain>, autoconfig.<domain>,
+# EVERLOCK_ADMIN_HOST). EVERLOCK_ACME_DIRECTORY: the CA's directory URL (Let's Encrypt's
+# production directory by default). EVERLOCK_ACME_EMAIL: the account's contact address (the CA
+# writes there about expiring certificates and policy changes). EVERLOCK_ACME_CA_FILE: a PEM
+# file of CA certificates to trust for the directory's HTTPS instead of the system's (a
+# private ACME server). EVERLOCK_ACME_CHECK_INTERVAL: seconds between the delivery workers'
+# looks for names without a certificate and certificates past two thirds of their lifetime.
+# EVERLOCK_ACME_RETRY_AFTER: seconds before an order that failed is placed again.
+EVERLOCK_ACME_DIRECTORY = env.str(
+    "EVERLOCK_ACME_DIRECTORY", default="https://acme-v02.api.letsencrypt.org/directory"
+)
+EVERLOCK_ACME_EMAIL = env.str("EVERLOCK_ACME_EMAIL", default="")
+EVERLOCK_ACME_CA_FILE = env.str("EVERLOCK_ACME_CA_FILE", default="")
+EVERLOCK_ACME_CHECK_INTERVAL = env.float("EVERLOCK_ACME_CHECK_INTERVAL", default=60.0)
+EVERLOCK_ACME_RETRY_AFTER = env.float("EVERLOCK_ACME_RETRY_AFTER", default=3600.0)
+
+# EVERLOCK_ADMIN_HOST: the name the admin web UI is reached by over HTTPS (e.g.
+# admin.example.com); with ACME on, it gets a certificate too. Empty: none.
+EVERLOCK_ADMIN_HOST = env.str("EVERLOCK_ADMIN_HOST", default="")
 
 # EVERLOCK_DNS: "on" when this installation runs the hosted DNS backend (backend-dns-dns),
 # so that mail domains in hosted zones get DKIM set up automatically. Every process (serve,
@@ -316,6 +345,13 @@ EVERLOCK_QUEUE_SCAN_INTERVAL = env.float("EVERLOCK_QUEUE_SCAN_INTERVAL", default
 # seconds between the delivery workers' sweeps (one at each start).
 EVERLOCK_ORPHAN_FILE_AGE = env.float("EVERLOCK_ORPHAN_FILE_AGE", default=86400.0)
 EVERLOCK_ORPHAN_SWEEP_INTERVAL = env.float("EVERLOCK_ORPHAN_SWEEP_INTERVAL", default=3600.0)
+# EVERLOCK_DKIM_ROTATION_INTERVAL: seconds between the delivery workers' steps of DKIM key
+# rotations (/mail domains dkim rotate D): looking the new key records up through
+# EVERLOCK_RESOLVER, switching signing to them once visible for their TTL, withdrawing the
+# old ones. EVERLOCK_DKIM_ROTATION_GRACE: seconds the old key records stay published after
+# the switch, so mail signed just before it still verifies when checked late.
+EVERLOCK_DKIM_ROTATION_INTERVAL = env.float("EVERLOCK_DKIM_ROTATION_INTERVAL", default=300.0)
+EVERLOCK_DKIM_ROTATION_GRACE = env.float("EVERLOCK_DKIM_ROTATION_GRACE", default=7 * 86400.0)
 # EVERLOCK_QUEUE_FIRST_RETRY / EVERLOCK_QUEUE_MAX_RETRY: seconds before the first retry of a
 # temporary failure, doubling per attempt up to the maximum (see mail/delivery/attempts.py).
 # The first retry is also how long a claimed row waits when its worker dies mid-delivery.

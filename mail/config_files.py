@@ -20,6 +20,17 @@ import`, `/mail domains import D`). The schema is the product doc's:
     rsa_selector = "default-rsa"
     rsa_private_key_pem = \"\"\"...\"\"\"   # omitted: no RSA key
 
+    [outbound.dkim.rotation]        # only while a key rotation is in progress
+    state = "publishing"            # new keys published; "retiring": old keys still published
+    selector = "20261201"           # publishing: the new keys; retiring: the old ones
+    private_key_pem = \"\"\"...\"\"\"
+    rsa_selector = "20261201-rsa"
+    rsa_private_key_pem = \"\"\"...\"\"\"
+    ttl = 3600                      # how long the new records must be visible before signing moves
+    started = 2026-12-01T05:00:00Z
+    visible_since = 2026-12-01T05:05:00Z   # when the resolver first returned all new records
+    switched = 2026-12-01T06:05:00Z        # when signing moved to the new keys
+
 The files hold private keys, so they are written with mode 0600 in a 0700 directory, and
 atomically (a temporary file renamed over the old one), so a reader never sees half a file.
 """
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import tomli_w
@@ -42,6 +54,32 @@ SUBMISSION_AUTH = ("authenticated", "none")
 
 class ConfigFileError(ValueError):
     """A domain file that does not parse or validate; the message names the field or line."""
+
+
+ROTATION_STATES = ("publishing", "retiring")
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    """A DKIM key rotation in progress; field meanings as on DkimRotation."""
+
+    state: str
+    selector: str
+    private_key_pem: str
+    rsa_selector: str
+    rsa_private_key_pem: str
+    ttl: int
+    started_at: datetime
+    visible_since: datetime | None = None
+    switched_at: datetime | None = None
+
+    @classmethod
+    def of(cls, domain) -> RotationConfig | None:
+        """The rotation of a MailDomain (its `dkim_rotation`), or None."""
+        rotation = getattr(domain, "dkim_rotation", None) if getattr(domain, "pk", None) else None
+        if rotation is None:
+            return None
+        return cls(**{f: getattr(rotation, f) for f in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -59,11 +97,13 @@ class DomainConfig:
     dkim_private_key_pem: str = ""
     dkim_rsa_selector: str = "default-rsa"
     dkim_rsa_private_key_pem: str = ""
+    dkim_rotation: RotationConfig | None = None
 
     @classmethod
     def from_domain(cls, domain) -> DomainConfig:
         """The config of a MailDomain (or anything with its attributes)."""
-        return cls(**{f: getattr(domain, f) for f in cls.__dataclass_fields__})
+        fields = {f: getattr(domain, f) for f in cls.__dataclass_fields__ if f != "dkim_rotation"}
+        return cls(**fields, dkim_rotation=RotationConfig.of(domain))
 
 
 def domains_dir(data_dir: Path) -> Path:
@@ -85,6 +125,21 @@ def render(config: DomainConfig, *, private_keys: bool = True) -> str:
     dkim["rsa_selector"] = config.dkim_rsa_selector
     if private_keys and config.dkim_rsa_private_key_pem:
         dkim["rsa_private_key_pem"] = _pem_text(config.dkim_rsa_private_key_pem)
+    rotation = config.dkim_rotation
+    if rotation is not None:
+        table: dict = {"state": rotation.state, "selector": rotation.selector}
+        if private_keys:
+            table["private_key_pem"] = _pem_text(rotation.private_key_pem)
+        table["rsa_selector"] = rotation.rsa_selector
+        if private_keys:
+            table["rsa_private_key_pem"] = _pem_text(rotation.rsa_private_key_pem)
+        table["ttl"] = rotation.ttl
+        table["started"] = rotation.started_at
+        if rotation.visible_since is not None:
+            table["visible_since"] = rotation.visible_since
+        if rotation.switched_at is not None:
+            table["switched"] = rotation.switched_at
+        dkim["rotation"] = table
     outbound["dkim"] = dkim
     doc: dict = {"enabled": config.enabled}
     if config.postmaster:
@@ -182,7 +237,9 @@ def parse(text: str, *, name: str) -> DomainConfig:
     pem = dk.string("private_key_pem", default="").strip()
     rsa_selector = dk.selector("rsa_selector", default="default-rsa")
     rsa_pem = dk.string("rsa_private_key_pem", default="").strip()
+    rotation_doc = dk.table("rotation")
     dk.done()
+    rotation = _parse_rotation(rotation_doc) if rotation_doc else None
     for field, value, check in (
         ("private_key_pem", pem, check_ed25519_pem),
         ("rsa_private_key_pem", rsa_pem, check_rsa_pem),
@@ -211,6 +268,47 @@ def parse(text: str, *, name: str) -> DomainConfig:
         dkim_private_key_pem=pem + "\n" if pem else "",
         dkim_rsa_selector=rsa_selector,
         dkim_rsa_private_key_pem=rsa_pem + "\n" if rsa_pem else "",
+        dkim_rotation=rotation,
+    )
+
+
+def _parse_rotation(doc: dict) -> RotationConfig:
+    prefix = "outbound.dkim.rotation."
+    reader = _Reader(doc, prefix)
+    state = reader.string("state", default="")
+    if state not in ROTATION_STATES:
+        raise ConfigFileError(f"{prefix}state: must be one of {', '.join(map(repr, ROTATION_STATES))}")
+    selector = reader.selector("selector", default="")
+    pem = reader.string("private_key_pem", default="").strip()
+    rsa_selector = reader.selector("rsa_selector", default="")
+    rsa_pem = reader.string("rsa_private_key_pem", default="").strip()
+    ttl = reader.integer("ttl", default=3600)
+    started = reader.moment("started", default=None)
+    visible_since = reader.moment("visible_since", default=None)
+    switched = reader.moment("switched", default=None)
+    reader.done()
+    for field, value, check in (
+        ("private_key_pem", pem, check_ed25519_pem),
+        ("rsa_private_key_pem", rsa_pem, check_rsa_pem),
+    ):
+        try:
+            check(value)
+        except DKIMKeyError as exc:
+            raise ConfigFileError(f"{prefix}{field}: {exc}") from None
+    if started is None:
+        raise ConfigFileError(f"{prefix}started: missing")
+    if state == "retiring" and switched is None:
+        raise ConfigFileError(f"{prefix}switched: a retiring rotation has switched")
+    return RotationConfig(
+        state=state,
+        selector=selector,
+        private_key_pem=pem + "\n",
+        rsa_selector=rsa_selector,
+        rsa_private_key_pem=rsa_pem + "\n",
+        ttl=ttl,
+        started_at=started,
+        visible_since=visible_since,
+        switched_at=switched,
     )
 
 
@@ -236,6 +334,18 @@ class _Reader:
 
     def string(self, key: str, *, default: str) -> str:
         return self._get(key, str, "a string", default)
+
+    def integer(self, key: str, *, default: int) -> int:
+        value = self._get(key, int, "a whole number", default)
+        if value < 0:
+            raise ConfigFileError(f"{self.prefix}{key}: must not be negative")
+        return value
+
+    def moment(self, key: str, *, default: datetime | None) -> datetime | None:
+        value = self._get(key, datetime, "a date and time with its offset (2026-12-01T05:00:00Z)", default)
+        if value is not None and value.tzinfo is None:
+            raise ConfigFileError(f"{self.prefix}{key}: needs its UTC offset (Z or +HH:MM)")
+        return value
 
     def table(self, key: str) -> dict:
         return self._get(key, dict, "a table", {})

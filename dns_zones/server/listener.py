@@ -7,6 +7,11 @@ of `everlock serve`) is announced on commit (dns_zones.changes) and served befor
 service returns; one made by another process is seen by `data_version()`, polled every
 `poll_interval` seconds (POLL_INTERVAL, so within about 0.1 s).
 
+Several processes may serve the same address: UDP and TCP are bound with SO_REUSEPORT and the
+kernel spreads queries over them (`manage.py rundns --processes N`, the `everlock serve`
+supervisor). Each process loads its own snapshot and precompiles it (dns_zones.server.wire);
+the database poll that notices a change is one aggregate query.
+
 TCP (RFC 7766): every connection has an idle timeout and a write timeout (a client that
 sends queries but does not read the answers is dropped), at most `tcp_per_client`
 connections come from one address, and at most `tcp_connections` are open in all; when full,
@@ -31,6 +36,7 @@ from django.db import close_old_connections, connection
 from dns_zones import changes
 from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import data_version, load_snapshot
+from dns_zones.server.wire import WireAnswers
 from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 
 log = logging.getLogger("dns_zones")
@@ -42,6 +48,16 @@ TCP_WRITE_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
 # How long a change's service waits for this process's DNS servers to serve it.
 CHANGE_WAIT = 10.0
+# Datagrams answered per wake-up of the event loop, the largest one read, and the receive
+# buffer asked for.
+UDP_BATCH = 64
+UDP_RECEIVE = 65535
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def load_answers() -> WireAnswers:
+    """The zone data read from the database and precompiled (in the worker thread)."""
+    return WireAnswers(load_snapshot())
 
 
 class _TCPClient:
@@ -56,22 +72,53 @@ class _TCPClient:
         self.progress = now
 
 
-class _UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, responder: Responder):
+class _UDPListener:
+    """The UDP socket, read with loop.add_reader: each wake-up drains up to UDP_BATCH
+    datagrams (one event loop turn per datagram would cost more than answering it)."""
+
+    def __init__(self, sock: socket.socket, responder: Responder):
+        self.sock = sock
         self.responder = responder
-        self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport):
-        self.transport = transport
+    def readable(self) -> None:
+        recvfrom = self.sock.recvfrom
+        sendto = self.sock.sendto
+        respond = self.responder.respond
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recvfrom(UDP_RECEIVE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors from earlier sends (a client that went away): nothing to do.
+                log.debug("DNS UDP error: %s", exc)
+                continue
+            response = respond(data, tcp=False)
+            if response is None:
+                continue
+            try:
+                sendto(response, addr)
+            except OSError as exc:
+                # A full send buffer or an unreachable client: the client asks again (RFC 1035
+                # section 4.2.1 leaves retransmission to it).
+                log.debug("DNS UDP answer to %s not sent: %s", addr, exc)
 
-    def datagram_received(self, data, addr):
-        response = self.responder.respond(data, tcp=False)
-        if response is not None:
-            self.transport.sendto(response, addr)
 
-    def error_received(self, exc):
-        # ICMP errors from earlier sends (a client that went away): nothing to do.
-        log.debug("DNS UDP error: %s", exc)
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to (host, port) with SO_REUSEPORT, so that several processes share
+    the port and the kernel spreads the datagrams over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with contextlib.suppress(OSError):  # capped by net.core.rmem_max; a bigger one helps bursts
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class DNSServer:
@@ -89,7 +136,7 @@ class DNSServer:
         self.port = 0
         self.responder: Responder | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns-snapshot")
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._poller: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,28 +157,29 @@ class DNSServer:
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def start(self, host: str, port: int) -> None:
-        """Load the zone data, then bind UDP and TCP on (host, port); port 0 picks one free port
-        for both. Raises OSError when the address cannot be bound."""
-        snapshot = await self._in_thread(load_snapshot)
-        self.responder = Responder(snapshot)
+        """Load the zone data, then bind UDP and TCP on (host, port) with SO_REUSEPORT (other
+        processes may serve the same port); port 0 picks one free port for both. Raises
+        OSError when the address cannot be bound."""
+        answers = await self._in_thread(load_answers)
+        self.responder = Responder(answers)
         loop = self._loop = asyncio.get_running_loop()
         raise_open_file_limit()
         AcceptErrorLog.install(loop)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20):
-            self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self.responder), local_addr=(host, port), family=family
-            )
-            bound = self._udp.get_extra_info("sockname")[1]
+            udp = _udp_socket(host, port)
+            bound = udp.getsockname()[1]
             try:
                 self._tcp = await asyncio.start_server(
-                    self._serve_tcp, host, bound, family=family, reuse_address=True
+                    self._serve_tcp, host, bound, family=family, reuse_address=True, reuse_port=True
                 )
             except OSError:
-                self._udp.close()
+                udp.close()
                 if port != 0 or attempt == 19:
                     raise
                 continue  # the TCP side of an ephemeral port was taken: pick another port
+            self._udp = udp
+            loop.add_reader(udp.fileno(), _UDPListener(udp, self.responder).readable)
             self.host, self.port = host, bound
             break
         self._poller = asyncio.create_task(self._poll())
@@ -148,9 +196,9 @@ class DNSServer:
         async with self._reload_lock:
             if if_changed and await self._in_thread(data_version) == self.responder.snapshot.version:
                 return
-            snapshot = await self._in_thread(load_snapshot)
-            self.responder.install(snapshot)
-        log.info("DNS zone data reloaded (%d zones)", len(snapshot.zones))
+            answers = await self._in_thread(load_answers)
+            self.responder.install(answers)
+        log.info("DNS zone data reloaded (%d zones)", len(answers.snapshot.zones))
 
     def _changed(self) -> None:
         # Called by dns_zones.changes in the thread that committed a change.
@@ -238,7 +286,9 @@ class DNSServer:
         if self._poller is not None:
             self._poller.cancel()
         if self._udp is not None:
+            self._loop.remove_reader(self._udp.fileno())
             self._udp.close()
+            self._udp = None
         if self._tcp is not None:
             self._tcp.close()
         for task in list(self._connections):
@@ -260,7 +310,8 @@ class DNSServer:
 async def start_dns(*, listens, poll_interval: float = POLL_INTERVAL) -> DNSServer:
     """Start the DNS listener on listens["dns"] (a ListenAddress); return the running server.
 
-    Used by `everlock serve --backend-dns-dns` and `manage.py rundns`. Logs the bound address
+    Used by `everlock serve --backend-dns-dns` and `manage.py rundns`; safe to run in several
+    processes on one fixed port (SO_REUSEPORT), each with its own zone data. Logs the bound address
     (with the real port when port 0 was asked for) on the "dns_zones" logger.
     """
     listen = listens["dns"]

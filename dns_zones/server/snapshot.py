@@ -6,6 +6,7 @@ the event loop; the Snapshot they build is plain dnspython objects and is only r
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-from django.db.models import Count, Max, Sum
+from django.db import connection
 
 from dns_zones.models import Record, Zone
 from dns_zones.records import RecordError, parse_rdata
@@ -80,9 +81,26 @@ def data_version() -> tuple:
 
     Every record change bumps its zone's serial (dns_zones.services), zone edits touch
     updated_at, and zone creation or deletion changes the count and the highest id.
+    Every DNS process polls it many times a second, so it is one plain SELECT: the same
+    aggregate built by the ORM takes about 1.4 ms of CPU against 0.01 ms (SQLite), which made
+    an idle DNS process use 3% of a core.
     """
-    agg = Zone.objects.aggregate(n=Count("id"), s=Sum("serial"), i=Max("id"), u=Max("updated_at"))
-    return (agg["n"], agg["s"], agg["i"], agg["u"])
+    with connection.cursor() as cursor:
+        cursor.execute(_version_sql())
+        return tuple(cursor.fetchone())
+
+
+@functools.cache
+def _version_sql() -> str:
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(Zone._meta.get_field(name).column)
+
+    return (
+        f"SELECT COUNT(*), SUM({column('serial')}), MAX({column('id')}), MAX({column('updated_at')}) "
+        f"FROM {quote(Zone._meta.db_table)}"
+    )
 
 
 def _mailbox_name(hostmaster: str) -> str:

@@ -11,6 +11,7 @@ from django.utils.html import format_html_join
 
 from mail.addresses import AddressError, normalize_domain
 from mail.models import MailDomain
+from mail.services import dkim_rotation
 from mail.services import domains as services
 
 # What an administrator sets; the rest (selectors, keys, records) follows from it.
@@ -53,6 +54,7 @@ class MailDomainAdmin(admin.ModelAdmin):
     fields = (
         *EDITABLE,
         "dkim_selectors",
+        "dkim_key_rotation",
         "dkim_keys",
         "dkim_dns_records",
         "created_at",
@@ -60,6 +62,7 @@ class MailDomainAdmin(admin.ModelAdmin):
     )
     readonly_fields = (
         "dkim_selectors",
+        "dkim_key_rotation",
         "dkim_keys",
         "dkim_dns_records",
         "created_at",
@@ -77,6 +80,10 @@ class MailDomainAdmin(admin.ModelAdmin):
     @admin.display(description="DKIM selectors")
     def dkim_selectors(self, obj: MailDomain) -> str:
         return f"{obj.dkim_selector} (Ed25519), {obj.dkim_rsa_selector} (RSA)"
+
+    @admin.display(description="DKIM key rotation")
+    def dkim_key_rotation(self, obj: MailDomain) -> str:
+        return (dkim_rotation.rotation_state(obj) if obj.pk else "") or "none in progress"
 
     @admin.display(description="DKIM keys")
     def dkim_keys(self, obj: MailDomain) -> str:

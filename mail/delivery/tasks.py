@@ -11,7 +11,8 @@ process) runs a thread that, at start and then every EVERLOCK_QUEUE_SCAN_INTERVA
 sends a deliver task for each batch of due rows. No beat process is needed; several workers
 scanning at once only send duplicate kicks, which claim nothing. The same thread sweeps the
 message files a killed process left without a row, at start and every
-EVERLOCK_ORPHAN_SWEEP_INTERVAL seconds (mail.services.storage.sweep_orphan_files).
+EVERLOCK_ORPHAN_SWEEP_INTERVAL seconds (mail.services.storage.sweep_orphan_files), and moves
+DKIM key rotations on every EVERLOCK_DKIM_ROTATION_INTERVAL seconds.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
+from django.utils import timezone
 
 from mail.delivery.attempts import claim, due_ids
 from mail.delivery.batch import Remote, deliver_claims
 from mail.delivery.resolver import make_resolver
+from mail.services.dkim_rotation import advance_rotations
 from mail.services.storage import sweep_orphan_files
 
 log = logging.getLogger("mail.delivery")
@@ -115,19 +118,33 @@ def kick_deliveries(ids: list[int]) -> None:
         log.warning("could not send the delivery task (%s); the queue rescan will", exc)
 
 
+def advance_dkim_rotations() -> list[str]:
+    """One step of every DKIM key rotation in progress (mail.services.dkim_rotation), with the
+    resolver of EVERLOCK_RESOLVER and the grace of EVERLOCK_DKIM_ROTATION_GRACE."""
+    return advance_rotations(
+        now=timezone.now(),
+        resolver=make_resolver(settings.EVERLOCK_RESOLVER),
+        grace=timedelta(seconds=settings.EVERLOCK_DKIM_ROTATION_GRACE),
+    )
+
+
 class Rescan(threading.Thread):
     """The worker's own timer: deliver_due() now and every `interval` seconds until stopped;
-    sweep_orphan_files() now and every `sweep_interval` seconds."""
+    sweep_orphan_files() now and every `sweep_interval` seconds; advance_dkim_rotations() now
+    and every `rotation_interval` seconds."""
 
-    def __init__(self, interval: float, *, sweep_interval: float, orphan_age: float):
+    def __init__(
+        self, interval: float, *, sweep_interval: float, orphan_age: float, rotation_interval: float
+    ):
         super().__init__(name="everlock-queue-rescan", daemon=True)
         self.interval = interval
         self.sweep_interval = sweep_interval
         self.orphan_age = orphan_age
+        self.rotation_interval = rotation_interval
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        next_sweep = time.monotonic()
+        next_sweep = next_rotation_step = time.monotonic()
         while True:
             try:
                 close_old_connections()
@@ -135,6 +152,9 @@ class Rescan(threading.Thread):
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_interval
                     sweep_orphan_files(older_than=self.orphan_age)
+                if time.monotonic() >= next_rotation_step:
+                    next_rotation_step = time.monotonic() + self.rotation_interval
+                    advance_dkim_rotations()
             except Exception as exc:  # the database is away: try again next time
                 log.warning("queue rescan failed: %s", exc)
             finally:
@@ -153,6 +173,7 @@ def _start_rescan(**_kwargs) -> None:
         settings.EVERLOCK_QUEUE_SCAN_INTERVAL,
         sweep_interval=settings.EVERLOCK_ORPHAN_SWEEP_INTERVAL,
         orphan_age=settings.EVERLOCK_ORPHAN_FILE_AGE,
+        rotation_interval=settings.EVERLOCK_DKIM_ROTATION_INTERVAL,
     )
     _rescan.start()
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 from django.conf import settings
 
@@ -25,7 +24,7 @@ from mail.imap import mailboxes, selected, sort  # noqa: F401 (their commands re
 from mail.imap.notify import watch_folders
 from mail.imap.server import Connection
 from mail.imap.threads import database_threads
-from mail.smtp.tls import server_context
+from tls.store import listener_store
 
 log = logging.getLogger("mail.imap")
 
@@ -129,12 +128,7 @@ async def _sweep(listeners: list[IMAPListener], every: float) -> None:
 async def start_listeners(*, listens) -> Listeners:
     """Bind the STARTTLS listener (listens["imap"]) and the implicit-TLS one
     (listens["imaps"]); either may be None."""
-    tls = server_context(
-        cert=settings.EVERLOCK_TLS_CERT,
-        key=settings.EVERLOCK_TLS_KEY,
-        data_dir=Path(settings.DATA_DIR),
-        hostname=settings.EVERLOCK_HOSTNAME,
-    )
+    tls = (await asyncio.to_thread(listener_store)).context
     database_threads.start()
     listeners = []
     for key, starttls in (("imap", True), ("imaps", False)):

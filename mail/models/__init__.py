@@ -1,10 +1,11 @@
-from mail.models.domains import MailDomain
+from mail.models.domains import DkimRotation, MailDomain
 from mail.models.mailboxes import Folder, Mailbox
 from mail.models.messages import Message, MessageContent
 from mail.models.outbound import OutboundDelivery, OutboundRecipient
 from mail.models.rules import RedirectRecord, RuleSet, VacationReply
 
 __all__ = [
+    "DkimRotation",
     "Folder",
     "MailDomain",
     "Mailbox",

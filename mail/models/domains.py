@@ -48,3 +48,31 @@ class MailDomain(models.Model):
     @property
     def effective_hostname(self) -> str:
         return self.outbound_hostname or f"mail.{self.name}"
+
+
+class DkimRotation(models.Model):
+    """A DKIM key rotation of a mail domain in progress (mail.services.dkim_rotation).
+
+    PUBLISHING: the new keys below are published beside the signing ones; signing moves to
+    them once their records have been seen through the resolver for `ttl` seconds.
+    RETIRING: the domain signs with the new keys; the keys below are the old ones, whose
+    records stay published until the grace period after `switched_at` ends.
+    """
+
+    class State(models.TextChoices):
+        PUBLISHING = "publishing"
+        RETIRING = "retiring"
+
+    domain = models.OneToOneField(MailDomain, on_delete=models.CASCADE, related_name="dkim_rotation")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PUBLISHING)
+    selector = models.CharField(max_length=63)
+    private_key_pem = models.TextField()
+    rsa_selector = models.CharField(max_length=63)
+    rsa_private_key_pem = models.TextField()
+    ttl = models.PositiveIntegerField(help_text="TTL of the published key records, in seconds")
+    started_at = models.DateTimeField()
+    visible_since = models.DateTimeField(null=True, blank=True)
+    switched_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.domain.name}: {self.state}"

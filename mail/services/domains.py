@@ -19,9 +19,9 @@ from django.db import transaction
 from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
 from mail import config_files
 from mail.addresses import AddressError, is_valid_local_part, normalize_domain
-from mail.config_files import ConfigFileError, DomainConfig
+from mail.config_files import ConfigFileError, DomainConfig, RotationConfig
 from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
-from mail.models import MailDomain
+from mail.models import DkimRotation, MailDomain
 from mail.services.mailboxes import ensure_mailboxes_for_domain
 
 log = logging.getLogger("mail.domains")
@@ -65,12 +65,20 @@ def dkim_source(name: str) -> str:
 
 
 def dkim_records(domain: MailDomain) -> list[DkimRecord]:
-    """The TXT records matching the domain's keys (Ed25519 first), whether DKIM is on or not."""
+    """The TXT records matching the domain's keys (Ed25519 first), whether DKIM is on or not,
+    then those of the other keys of a key rotation in progress (mail.services.dkim_rotation)."""
     out = []
-    for selector, pem in (
+    keys = [
         (domain.dkim_selector, domain.dkim_private_key_pem),
         (domain.dkim_rsa_selector, domain.dkim_rsa_private_key_pem),
-    ):
+    ]
+    rotation = DkimRotation.objects.filter(domain_id=domain.pk).first() if domain.pk else None
+    if rotation is not None:
+        keys += [
+            (rotation.selector, rotation.private_key_pem),
+            (rotation.rsa_selector, rotation.rsa_private_key_pem),
+        ]
+    for selector, pem in keys:
         if pem:
             out.append(DkimRecord(f"{selector}._domainkey.{domain.name}", txt_value(pem)))
     return out
@@ -105,7 +113,7 @@ def _dns_hosts(name: str) -> bool:
     return bool(settings.EVERLOCK_DNS) and hosted_zone_for(name) is not None
 
 
-def _sync_file_on_commit(name: str) -> None:
+def sync_file_on_commit(name: str) -> None:
     data_dir = settings.DATA_DIR
 
     def sync() -> None:
@@ -118,7 +126,7 @@ def _sync_file_on_commit(name: str) -> None:
     transaction.on_commit(sync)
 
 
-def _publish(domain: MailDomain) -> list[str]:
+def publish_dkim_records(domain: MailDomain) -> list[str]:
     """Publish or withdraw the domain's DKIM records to match its state; return notes."""
     source = dkim_source(domain.name)
     records = dkim_records(domain)
@@ -144,7 +152,7 @@ def _why_not_hosted(name: str) -> str:
     return f"the DNS zone of {name} is not hosted here"
 
 
-def _new_keys() -> tuple[str, str]:
+def new_dkim_keys() -> tuple[str, str]:
     """Fresh keys for a domain that may need them; generated outside any transaction (RSA
     generation takes a while and must not hold the database's write lock)."""
     return generate_ed25519_pem(), generate_rsa_pem()
@@ -152,7 +160,7 @@ def _new_keys() -> tuple[str, str]:
 
 def _enable_dkim(domain: MailDomain, keys: tuple[str, str] | None) -> None:
     if not domain.dkim_private_key_pem or not domain.dkim_rsa_private_key_pem:
-        ed, rsa = keys or _new_keys()
+        ed, rsa = keys or new_dkim_keys()
         domain.dkim_private_key_pem = domain.dkim_private_key_pem or ed
         domain.dkim_rsa_private_key_pem = domain.dkim_rsa_private_key_pem or rsa
     domain.dkim_enabled = True
@@ -170,7 +178,7 @@ def domain_create(*, name: str) -> DomainChange:
     existing = MailDomain.objects.filter(name=normal).first()
     if existing is not None:
         return DomainChange(existing, False, [f"mail domain {normal} exists"])
-    keys = _new_keys() if _dns_hosts(normal) else None
+    keys = new_dkim_keys() if _dns_hosts(normal) else None
     with transaction.atomic():
         domain, created = MailDomain.objects.get_or_create(name=normal)
         if not created:
@@ -182,7 +190,7 @@ def domain_create(*, name: str) -> DomainChange:
             domain.save()
             notes.append(f"outbound hostname {domain.outbound_hostname}")
             notes.append("DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)")
-            notes.extend(_publish(domain))
+            notes.extend(publish_dkim_records(domain))
         else:
             notes.extend(
                 [
@@ -198,7 +206,7 @@ def domain_create(*, name: str) -> DomainChange:
         boxes = ensure_mailboxes_for_domain(domain=domain)
         if boxes:
             notes.append("mailboxes from existing grants: " + ", ".join(b.address for b in boxes))
-        _sync_file_on_commit(normal)
+        sync_file_on_commit(normal)
     log.info("mail domain %s created", normal)
     return DomainChange(domain, True, notes)
 
@@ -254,7 +262,7 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
     current = get_domain(name)
     keys = None
     if checked.get("dkim") and not (current.dkim_private_key_pem and current.dkim_rsa_private_key_pem):
-        keys = _new_keys()
+        keys = new_dkim_keys()
     with transaction.atomic():
         domain = MailDomain.objects.select_for_update().get(id=current.id)
         before = DomainConfig.from_domain(domain)
@@ -274,14 +282,16 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
             _enable_dkim(domain, keys)
         elif checked.get("dkim") is False:
             domain.dkim_enabled = False
+            # Keys that no longer sign need no rotation.
+            DkimRotation.objects.filter(domain=domain).delete()
         after = DomainConfig.from_domain(domain)
         changed = after != before
         if changed:
             domain.save()
-            _sync_file_on_commit(domain.name)
+            sync_file_on_commit(domain.name)
         notes = [_change_line(domain.name, before, after)]
         if "dkim" in checked:
-            notes.extend(_publish(domain))
+            notes.extend(publish_dkim_records(domain))
             if not domain.dkim_enabled:
                 notes.append(f"DKIM off for {domain.name}: signing stopped, DKIM TXT records withdrawn")
     if changed:
@@ -328,7 +338,7 @@ def domain_delete(*, name: str) -> bool:
     with transaction.atomic():
         deleted, _ = MailDomain.objects.filter(name=normal).delete()
         withdraw_derived_records(source=dkim_source(normal))
-        _sync_file_on_commit(normal)
+        sync_file_on_commit(normal)
     if deleted:
         log.info("mail domain %s deleted", normal)
     return bool(deleted)
@@ -368,16 +378,28 @@ def _apply_config(config: DomainConfig, *, source: str) -> DomainChange:
             domain = MailDomain(name=config.name)
         before = DomainConfig.from_domain(domain)
         for f in DomainConfig.__dataclass_fields__:
-            setattr(domain, f, getattr(config, f))
+            if f != "dkim_rotation":
+                setattr(domain, f, getattr(config, f))
         changed = created or before != config
         if changed:
             domain.save()
+            _apply_rotation(domain, config.dkim_rotation)
         notes = [f"mail domain {config.name} imported from {source}" + ("" if changed else " (unchanged)")]
         if changed and not created:
             line = _change_line(config.name, before, config)
             notes.append(line.replace(" generated", " replaced"))
-        notes.extend(_publish(domain))
+        notes.extend(publish_dkim_records(domain))
         # Rewrite the file in our canonical layout (comments or key order are not kept).
-        _sync_file_on_commit(config.name)
+        sync_file_on_commit(config.name)
     log.info("mail domain %s imported from %s", config.name, source)
     return DomainChange(domain, changed, notes)
+
+
+def _apply_rotation(domain: MailDomain, rotation: RotationConfig | None) -> None:
+    """Make the domain's DKIM key rotation row what its file says (none: no rotation)."""
+    if rotation is None:
+        DkimRotation.objects.filter(domain=domain).delete()
+        return
+    DkimRotation.objects.update_or_create(
+        domain=domain, defaults={f: getattr(rotation, f) for f in RotationConfig.__dataclass_fields__}
+    )

@@ -24,7 +24,6 @@ from base64 import b64decode
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiosmtpd.smtp import (
     MISSING,
@@ -45,8 +44,8 @@ from mail import replies
 from mail.replies import Reply, SMTPReject
 from mail.smtp.extensions import MailParams, RcptParams, take_mail_params, take_rcpt_params
 from mail.smtp.group_commit import GroupCommitter, heal_connections
-from mail.smtp.tls import server_context
 from mail.smtp.writer import WriterProcess
+from tls.store import listener_store
 
 log = logging.getLogger("mail.smtp")
 
@@ -103,12 +102,7 @@ class SMTPConfig:
     def from_settings(cls) -> SMTPConfig:
         return cls(
             hostname=settings.EVERLOCK_HOSTNAME,
-            tls_context=server_context(
-                cert=settings.EVERLOCK_TLS_CERT,
-                key=settings.EVERLOCK_TLS_KEY,
-                data_dir=Path(settings.DATA_DIR),
-                hostname=settings.EVERLOCK_HOSTNAME,
-            ),
+            tls_context=listener_store().context,
             max_message_size=settings.EVERLOCK_SMTP_MAX_MESSAGE_SIZE,
             max_recipients=settings.EVERLOCK_SMTP_MAX_RECIPIENTS,
             max_hops=settings.EVERLOCK_SMTP_MAX_HOPS,

@@ -135,6 +135,12 @@ def command(name: str, *, usage: str, summary: str):
     return register
 
 
+def table(rows: list[tuple[str, ...]]) -> str:
+    """`rows` (the first one the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
 class ParsedLine:
     """A console line split into the command and its arguments."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
+
+from mail.services import dkim_rotation
 from mail.services import domains as services
 from mail.services.domains import DomainError
 from sshadmin.commands import CommandError, command
@@ -80,7 +83,20 @@ def domains_show(ctx, name: str) -> str:
         lines.append("")
         lines.append("# DKIM key records")
         lines.extend(f"# {r.zone_line()}" for r in records)
+    rotation = dkim_rotation.rotation_state(domain)
+    if rotation:
+        lines.append(f"# DKIM key rotation: {rotation}")
     return "\n".join(lines)
+
+
+@command(
+    "/mail domains dkim rotate",
+    usage="/mail domains dkim rotate DOMAIN",
+    summary="publish new DKIM keys; signing moves to them once visible for their TTL, old keys retire",
+)
+@_errors
+def domains_dkim_rotate(ctx, name: str) -> str:
+    return "\n".join(dkim_rotation.rotation_start(name=name, now=timezone.now()).notes)
 
 
 @command("/mail domains delete", usage="/mail domains delete DOMAIN", summary="remove a local mail domain")

@@ -6,7 +6,7 @@ from accounts import services
 from accounts.grants import GrantError, parse_resource
 from accounts.models import AccessGrant, User
 from accounts.services import AccountError
-from sshadmin.commands import CommandError, Context, command
+from sshadmin.commands import CommandError, Context, command, table
 
 
 def _errors(fn):
@@ -21,11 +21,6 @@ def _errors(fn):
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 ALLOW_WEAK = "--allow-weak"
@@ -79,7 +74,7 @@ def users_list(ctx: Context) -> str:
         rows.append((user.username, admin, str(len(user.grants.all()))))
     if len(rows) == 1:
         return "no users"
-    return _table(rows)
+    return table(rows)
 
 
 @command(
@@ -135,7 +130,7 @@ def users_grants(ctx: Context, name: str | None = None) -> str:
     rows.extend((g.user.username, g.resource, g.role) for g in grants)
     if len(rows) == 1:
         return "no grants" if name is None else f"no grants for {services.get_user(name).username}"
-    return _table(rows)
+    return table(rows)
 
 
 @command(
@@ -149,7 +144,7 @@ def users_keys_list(ctx: Context, name: str) -> str:
         return f"no SSH keys for {user.username}"
     rows = [("#", "TYPE", "FINGERPRINT", "COMMENT")]
     rows.extend((str(n), k.key_type, k.fingerprint, k.comment) for n, k in enumerate(keys, start=1))
-    return _table(rows)
+    return table(rows)
 
 
 @command(

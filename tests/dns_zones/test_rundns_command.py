@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.installation import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = (
@@ -89,3 +92,72 @@ def test_serve_with_the_dns_backend(env, tmp_path):
     finally:
         code = _stop(proc)
     assert code == 0
+
+
+def test_rundns_in_two_processes_sharing_the_port(env, tmp_path):
+    port = free_port(udp=True)
+    proc, bound, _ = _start(env, tmp_path, "rundns", "--listen", f"127.0.0.1:{port}", "--processes", "2")
+    try:
+        assert bound == port
+        log_path = tmp_path / "server.log"
+        _wait_for_line(log_path, "2 listener processes running")
+        assert log_path.read_text().count(f"DNS listener on 127.0.0.1:{port} (udp, tcp)") == 2
+        assert _dig(port, "www.example.com", "A", "+short") == "192.0.2.1\n"
+        # A change made by another process reaches both listener processes: every query, from
+        # a new source port each (the kernel spreads them over the processes), sees it.
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        add = (
+            "from dns_zones.services import record_add; "
+            "record_add(origin='example.com', name='new', rtype='A', data='192.0.2.9')"
+        )
+        subprocess.run([*manage, "shell", "-v0", "-c", add], env=env, cwd=ROOT, check=True, timeout=120)
+        time.sleep(1)
+        for _ in range(20):
+            assert _dig(port, "new.example.com", "A", "+short") == "192.0.2.9\n"
+            assert _dig(port, "new.example.com", "A", "+short", "+tcp") == "192.0.2.9\n"
+    finally:
+        code = _stop(proc)
+    assert code == 0
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+    # Both children are gone with the parent: the port is free again.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_rundns_processes_need_a_fixed_port(env, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "rundns", "--listen", "127.0.0.1:0", "--processes", "2"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "several processes need a fixed port to share" in result.stderr
+
+
+def test_a_listener_process_that_dies_is_started_again(env, tmp_path):
+    port = free_port(udp=True)
+    proc, _, _ = _start(env, tmp_path, "rundns", "--listen", f"127.0.0.1:{port}", "--processes", "2")
+    log_path = tmp_path / "server.log"
+    try:
+        _wait_for_line(log_path, "2 listener processes running")
+        children = [
+            int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        _wait_for_line(log_path, f"listener process {children[0]} exited (code -9); starting another")
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count(f"DNS listener on 127.0.0.1:{port}") < 3:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        for _ in range(10):
+            assert _dig(port, "www.example.com", "A", "+short") == "192.0.2.1\n"
+    finally:
+        code = _stop(proc)
+    assert code == 0
+
+
+def _wait_for_line(path: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.1)

@@ -1,13 +1,13 @@
-"""`manage.py rundns --listen 0.0.0.0:53`: the authoritative DNS server alone."""
+"""`manage.py rundns --listen 0.0.0.0:53 [--processes N]`: the authoritative DNS server alone."""
 
 from __future__ import annotations
 
 import asyncio
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from dns_zones.server.listener import start_dns
-from everlock_site.listen import parse_listen, serve_until_stopped
+from everlock_site.listen import parse_listen, serve_in_processes, serve_until_stopped
 
 
 class Command(BaseCommand):
@@ -17,7 +17,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--listen", default="0.0.0.0:53", metavar="ADDR", help="HOST:PORT (default 0.0.0.0:53)"
         )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            metavar="N",
+            help="serve from N processes sharing the port (one per core: $(nproc)); default 1",
+        )
 
     def handle(self, *args, **opts):
         listen = parse_listen(opts["listen"], option="--listen")
-        asyncio.run(serve_until_stopped(start_dns, listens={"dns": listen}))
+        if opts["processes"] < 1:
+            raise CommandError("--processes must be at least 1")
+        if opts["processes"] == 1:
+            asyncio.run(serve_until_stopped(start_dns, listens={"dns": listen}))
+        else:
+            serve_in_processes(start_dns, listens={"dns": listen}, processes=opts["processes"])

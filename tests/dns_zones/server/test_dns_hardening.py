@@ -1,4 +1,4 @@
-"""What clients cannot do to the DNS server: fill its answer cache with odd EDNS options,
+"""What clients cannot do to the DNS server: fill its memory with odd questions or EDNS options,
 hold its TCP connections, and what it owes them (RFC 3225 DO bit, RFC 9471 glue, changes
 served at once)."""
 
@@ -14,9 +14,11 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
-from dns_zones.server.answer import Responder, cache_key
+from dns_zones.server import wire
+from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import load_snapshot
 from dns_zones.services import record_add, zone_create
 
@@ -45,60 +47,42 @@ def _tcp_exchange(port: int, query: dns.message.Message) -> dns.message.Message:
     return response
 
 
-def test_padding_and_odd_options_share_one_cache_entry(served):
-    responder = served.server.responder
-    for size in range(1, 60):
-        response = _tcp_exchange(served.port, _padded(size * 1000))
+def test_padded_and_odd_option_queries_are_answered(served):
+    for size in (1, 100, 30_000, 60_000):
+        response = _tcp_exchange(served.port, _padded(size))
         assert response.answer[0][0].address == "192.0.2.1"
+        # RFC 7830 / RFC 8467: a padded query gets a padded response.
+        assert any(option.otype == dns.edns.OptionType.PADDING for option in response.options)
     for n in range(20):
         cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, os.urandom(8))
         odd = dns.edns.GenericOption(65001, os.urandom(n * 50))
         query = dns.message.make_query("www.example.com", "A", use_edns=0, options=[cookie, odd])
-        assert _tcp_exchange(served.port, query).answer[0][0].address == "192.0.2.1"
-    # One entry for the padded queries, one for the others: neither holds an option's bytes.
-    cache = responder._cache[True]
-    assert len(cache.entries) == 2
-    assert sorted(len(key) for key in cache.entries) == [40, 41]
+        response = _tcp_exchange(served.port, query)
+        assert response.answer[0][0].address == "192.0.2.1"
+        assert response.options == ()
 
 
-def test_cache_key_leaves_out_options_only():
-    plain = dns.message.make_query("www.example.com", "A", use_edns=0, id=1).to_wire()
-    cookie = dns.message.make_query(
-        "www.example.com", "A", use_edns=0, id=2, options=[dns.edns.GenericOption(10, b"12345678")]
-    ).to_wire()
-    assert cache_key(plain) == cache_key(cookie) == plain[2:-2]
-    assert cache_key(_padded(60_000).to_wire(max_size=65535)) == plain[2:-2] + b"P"
-    # What the answer depends on stays in the key: case, DO bit, payload size, EDNS or not.
-    assert cache_key(dns.message.make_query("WWW.example.com", "A", use_edns=0).to_wire()) != cache_key(plain)
-    assert cache_key(dns.message.make_query("www.example.com", "A", want_dnssec=True).to_wire()) != cache_key(
-        plain
-    )
-    assert cache_key(
-        dns.message.make_query("www.example.com", "A", use_edns=0, payload=512).to_wire()
-    ) != cache_key(plain)
-    assert cache_key(dns.message.make_query("www.example.com", "A", use_edns=False).to_wire()) != cache_key(
-        plain
-    )
-    # Anything that is not a plain query is answered without the cache.
-    assert cache_key(plain + b"\x00") is None
-    assert cache_key(plain[:-1]) is None
-    broken_option = bytearray(cookie)
-    broken_option[-10] += 1  # the option's length no longer matches the OPT RDATA
-    assert cache_key(bytes(broken_option)) is None
-
-
-def test_answer_cache_is_held_to_its_bytes(transactional_db):
+def test_templates_compiled_on_first_use_are_held_to_their_number(transactional_db, monkeypatch):
+    monkeypatch.setattr(wire, "MAX_LAZY_TEMPLATES", 100)
     zone_create(origin="example.com")
-    responder = Responder(load_snapshot(), cache_bytes=64 * 1024)
+    record_add(origin="example.com", name="alias", rtype="CNAME", data="www")
+    record_add(origin="example.com", name="www", rtype="A", data="192.0.2.1")
+    responder = Responder(load_snapshot())
+    # Every type asked of a CNAME owner is a template of its own: past the limit they are
+    # built for each query and forgotten.
+    for rdtype in range(1000, 1300):
+        query = dns.message.make_query("alias.example.com", rdtype)
+        response = dns.message.from_wire(responder.respond(query.to_wire(), tcp=False))
+        assert response.rcode() == dns.rcode.NOERROR
+        assert response.answer[0].rdtype == dns.rdatatype.CNAME
+    assert len(responder.answers._lazy) == 100
+    # Unique names below the apex share the zone's NXDOMAIN template: nothing is kept for them.
+    # (The limits below bound what wildcard answers keep: LAZY_BODIES lengths per template.)
     for n in range(3000):
         query = dns.message.make_query(f"n{n}.example.com", "A")
         response = dns.message.from_wire(responder.respond(query.to_wire(), tcp=False))
         assert response.rcode() == dns.rcode.NXDOMAIN
-    # Half the bytes for UDP answers, half for TCP.
-    assert 16 * 1024 < responder.cached_bytes <= 32 * 1024
-    # The newest answers are the ones kept.
-    last = dns.message.make_query("n2999.example.com", "A").to_wire()
-    assert responder._cache[False].get(cache_key(last)) is not None
+    assert len(responder.answers._lazy) == 100
 
 
 def test_do_bit_is_copied(served):
@@ -227,8 +211,26 @@ def test_idle_and_stalled_connections_do_not_keep_new_clients_out(served):
 def test_client_that_does_not_read_is_dropped(served):
     served.server.tcp_write_timeout = 0.5
     with _tcp_from(served.port, "127.0.0.2") as sock:
+        # Served while it reads its answers.
+        query = dns.message.make_query("www.example.com", "A")
+        dns.query.send_tcp(sock, query)
+        response, _ = dns.query.receive_tcp(sock, expiration=time.time() + 5)
+        assert response.id == query.id and served.server.tcp_open == 1
         _flood_without_reading(sock)
-        assert served.server.tcp_open == 1
         # The server gives up on it: its answers are dropped and the connection reset.
         assert served.wait_for(lambda: served.server.tcp_open == 0, timeout=30)
         assert _end_of(sock) in ("reset", "eof")
+
+
+def test_wildcard_answers_keep_bodies_for_a_bounded_number_of_name_lengths(transactional_db):
+    zone_create(origin="example.com")
+    record_add(origin="example.com", name="*.wild", rtype="A", data="192.0.2.9")
+    responder = Responder(load_snapshot())
+    for n in range(1, 120):
+        name = "x" * min(n, 63) + ("." + "y" * (n - 63) if n > 63 else "") + ".wild.example.com"
+        query = dns.message.make_query(name, "TXT")
+        response = dns.message.from_wire(responder.respond(query.to_wire(), tcp=False))
+        assert response.rcode() == dns.rcode.NOERROR and response.answer == []
+        assert response.authority[0].rdtype == dns.rdatatype.SOA
+    (template,) = responder.answers._lazy.values()
+    assert len(template._bodies) == wire.LAZY_BODIES

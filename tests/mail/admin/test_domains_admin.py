@@ -1,11 +1,13 @@
 """Django admin for mail domains: public DKIM records shown, private keys never."""
 
 import pytest
+from django.utils import timezone
 
 from dns_zones.models import Record
 from dns_zones.services import zone_create
 from mail.dkim.keys import txt_value
 from mail.models import MailDomain
+from mail.services.dkim_rotation import rotation_start
 from mail.services.domains import domain_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -133,3 +135,18 @@ def test_private_keys_stay_out_of_lists_history_and_deletion(admin_client):
         assert not any(line in body for line in key_lines), url
     history = admin_client.get(f"/mail/maildomain/{domain.pk}/history/").content.decode()
     assert "Changed Submission enabled." in history
+
+
+def test_change_page_shows_a_dkim_key_rotation(admin_client):
+    zone_create(origin="example.com")
+    domain = domain_create(name="example.com").domain
+    body = admin_client.get(f"/mail/maildomain/{domain.pk}/change/").content.decode()
+    assert "DKIM key rotation" in body and "none in progress" in body
+    started = timezone.now()
+    rotation_start(name="example.com", now=started)
+    day = started.strftime("%Y%m%d")
+    body = admin_client.get(f"/mail/maildomain/{domain.pk}/change/").content.decode()
+    assert f"publishing new keys {day}, {day}-rsa: not yet visible through the resolver" in body
+    # The new keys' records are listed with the others; their private keys are not shown.
+    assert f"{day}-rsa._domainkey.example.com. 3600 IN TXT" in body
+    assert "PRIVATE KEY" not in body

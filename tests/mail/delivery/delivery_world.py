@@ -35,7 +35,7 @@ from mail.models import MailDomain
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_create
 from mail.services.storage import StoredFiles, store_content
-from mail.smtp.tls import server_context
+from tls.store import server_context
 
 
 class Zone:

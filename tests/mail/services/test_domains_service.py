@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import tomllib
 
@@ -10,12 +11,14 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from dns_zones.models import Record
 from dns_zones.services import record_add, zone_create
 from mail import config_files
 from mail.dkim.keys import txt_value
-from mail.models import MailDomain
+from mail.models import DkimRotation, MailDomain
+from mail.services.dkim_rotation import rotation_start
 from mail.services.domains import (
     DomainError,
     domain_create,
@@ -352,3 +355,47 @@ def test_postmaster_setting_is_a_local_part(data_dir):
     with pytest.raises(DomainError, match="postmaster: invalid local part 'a b'"):
         domain_set(name="example.com", values={"postmaster": "a b"})
     assert domain_set(name="example.com", values={"postmaster": ""}).domain.postmaster == ""
+
+
+def test_a_key_rotation_in_progress_is_kept_in_the_file_and_imported_back(data_dir, settings):
+    settings.EVERLOCK_DNS = True
+    zone_create(origin="example.com")
+    domain_create(name="example.com")
+    started = timezone.now()
+    rotation_start(name="example.com", now=started)
+    path = path_of(data_dir, "example.com")
+    text = path.read_text()
+    rotation = tomllib.loads(text)["outbound"]["dkim"]["rotation"]
+    day = started.strftime("%Y%m%d")
+    assert {k: v for k, v in rotation.items() if not k.endswith("pem")} == {
+        "state": "publishing",
+        "selector": day,
+        "rsa_selector": f"{day}-rsa",
+        "ttl": 3600,
+        "started": started,
+    }
+    # The console's view of the file leaves the private keys out, the rotation's too.
+    assert "PRIVATE KEY" not in domain_text("example.com")
+    assert f'[outbound.dkim.rotation]\nstate = "publishing"\nselector = "{day}"\nrsa_selector' in domain_text(
+        "example.com"
+    )
+    # A domain restored from its file resumes the rotation with the same keys.
+    domain_delete(name="example.com")
+    assert Record.objects.count() == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    domain_import(name="example.com")
+    assert DkimRotation.objects.get().rsa_selector == f"{day}-rsa"
+    assert sorted(Record.objects.values_list("name", flat=True)) == sorted(
+        f"{s}._domainkey.example.com" for s in ("default", "default-rsa", day, f"{day}-rsa")
+    )
+    # A file without the table ends the rotation; a bad state is refused.
+    path.write_text(text.replace('state = "publishing"', 'state = "halfway"'))
+    with pytest.raises(
+        DomainError, match=re.escape("outbound.dkim.rotation.state: must be one of 'publishing', 'retiring'")
+    ):
+        domain_import(name="example.com")
+    path.write_text(text.split("[outbound.dkim.rotation]")[0])
+    domain_import(name="example.com")
+    assert not DkimRotation.objects.exists()
+    assert Record.objects.count() == 2

@@ -17,7 +17,7 @@ from accounts.services import grant_add, user_add
 from everlock_site.listen import ListenAddress
 from mail.models import MailDomain, Message, MessageContent, OutboundDelivery
 from mail.smtp.server import SMTPConfig, start_listeners
-from mail.smtp.tls import server_context
+from tls.store import server_context
 
 HOSTNAME = "mx.example.com"
 

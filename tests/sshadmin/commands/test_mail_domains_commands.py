@@ -136,3 +136,49 @@ def test_import_and_delete(settings, data_dir):
     assert run("/mail domains delete Example.com") == "mail domain example.com deleted"
     assert not path.exists()
     assert run("/mail domains list") == "no mail domains"
+
+
+def test_dkim_rotate_publishes_new_keys_and_show_tells_the_state(settings, data_dir):
+    settings.EVERLOCK_DNS = True
+    run("/dns zones create example.com")
+    run("/mail domains create example.com")
+    out = run("/mail domains dkim rotate example.com").splitlines()
+    day = out[0].split("selectors ")[1].split(" ")[0]
+    assert out == [
+        f"DKIM key rotation of example.com started: new keys under selectors {day} (Ed25519) "
+        f"and {day}-rsa (RSA)",
+        "signing stays with default and default-rsa until the new records have been visible through the "
+        "resolver for their TTL (3600 s)",
+        "DKIM TXT published in hosted zone example.com: default._domainkey.example.com",
+        "DKIM TXT published in hosted zone example.com: default-rsa._domainkey.example.com",
+        f"DKIM TXT published in hosted zone example.com: {day}._domainkey.example.com",
+        f"DKIM TXT published in hosted zone example.com: {day}-rsa._domainkey.example.com",
+    ]
+    shown = run("/mail domains show example.com")
+    assert f'[outbound.dkim.rotation]\nstate = "publishing"\nselector = "{day}"\n' in shown
+    assert shown.endswith(
+        f"# DKIM key rotation: publishing new keys {day}, {day}-rsa: not yet visible through the resolver"
+    )
+    assert shown.count("IN TXT") == 4
+    with pytest.raises(CommandError, match=r"a DKIM key rotation of example\.com is in progress"):
+        run("/mail domains dkim rotate example.com")
+
+
+def test_dkim_rotate_for_a_zone_hosted_elsewhere_prints_the_records(settings, data_dir):
+    settings.EVERLOCK_DNS = False
+    run("/mail domains create example.com")
+    with pytest.raises(CommandError, match=r"DKIM is off for example\.com"):
+        run("/mail domains dkim rotate example.com")
+    run("/mail domains set example.com dkim=on")
+    out = run("/mail domains dkim rotate example.com").splitlines()
+    assert out[2] == (
+        "the DNS backend is not active here (EVERLOCK_DNS); "
+        "publish these TXT records with the zone's DNS provider:"
+    )
+    assert [line.split(". ")[0].strip() for line in out[3:]] == [
+        "default._domainkey.example.com",
+        "default-rsa._domainkey.example.com",
+        f"{out[0].split('selectors ')[1].split(' ')[0]}._domainkey.example.com",
+        f"{out[0].split('selectors ')[1].split(' ')[0]}-rsa._domainkey.example.com",
+    ]
+    assert all(' 3600 IN TXT "v=DKIM1; k=' in line for line in out[3:])

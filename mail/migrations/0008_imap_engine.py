@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mail', '0006_outbound_bounce_outside'),
+        ('mail', '0007_dkim_rotation'),
     ]
 
     operations = [

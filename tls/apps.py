@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class TLSConfig(AppConfig):
+    name = "tls"
+    verbose_name = "Certificates"
