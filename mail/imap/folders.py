@@ -46,6 +46,10 @@ class FolderState:
         self.claimed_up_to = 0  # uid_next when sessions of this process last claimed \Recent
         self.keywords: set[str] = set()  # every keyword seen on a message of the folder
         self.removed: dict[int, Row] = {}  # the messages expunged last, as they were
+        self.sessions = 0  # sessions that have the folder selected
+
+    def _left(self) -> None:
+        self.sessions -= 1
 
     def poke(self) -> None:
         """The folder may have changed: the next refresh asks the database, and the sessions
@@ -132,14 +136,16 @@ def folder_state(folder_id: int) -> FolderState:
 
 
 def open_states() -> list[FolderState]:
-    """The folders sessions of this process have open (for mail.imap.notify)."""
-    return list(_states.values())
+    """The folders sessions of this process have selected (for mail.imap.notify). A folder
+    only kept in memory is not watched: its next SELECT reads what changed."""
+    return [state for state in _states.values() if state.sessions]
 
 
 class Selected:
     """The folder a session has selected: the UIDs it was told of, in sequence order."""
 
     __slots__ = (
+        "__weakref__",
         "access",
         "ghosts",
         "gone",
@@ -156,6 +162,8 @@ class Selected:
 
     def __init__(self, state: FolderState, *, name: str, readonly: bool, access: store.Access) -> None:
         self.state = state
+        state.sessions += 1
+        weakref.finalize(self, state._left)
         self.name = name
         self.readonly = readonly
         self.access = access
