@@ -29,7 +29,7 @@ class DatabaseThreads:
     """The worker threads IMAP sessions do their database and file work in: started with the
     listeners, ended with them (so their database connections close)."""
 
-    def __init__(self, workers: int = 8) -> None:
+    def __init__(self, workers: int = 4) -> None:
         self.workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._writes: queue.SimpleQueue | None = None
