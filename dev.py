@@ -40,6 +40,7 @@ DEFAULT_SERVE_FLAGS: dict[str, str | None] = {
     "--backend-mail-smtp": None,
     "--frontend-http": None,
     "--frontend-http-listen": "127.0.0.1:8080",
+    "--frontend-https-listen": "127.0.0.1:8443",
     "--frontend-imap-listen": "127.0.0.1:1143",
     "--frontend-imaps-listen": "127.0.0.1:1993",
     "--admin-user": "admin",
@@ -65,6 +66,7 @@ TEST_TOOLS = {
     "dig": "bind9-dnsutils",
     "opendkim-testmsg": "opendkim-tools",
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
+    "/usr/share/perl5/Mail/SPF.pm": "libmail-spf-perl",
     "/usr/bin/chromium": "chromium",
     "mbsync": "isync",
     "neomutt": "neomutt",
@@ -80,6 +82,7 @@ TEST_TOOLS = {
     "pebble": "pebble",
     "openssl": "openssl",
     "systemd-analyze": "systemd",
+    "pg_dump": "postgresql-client",
 }
 
 

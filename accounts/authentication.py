@@ -156,7 +156,14 @@ def authenticate(
     try:
         delay = throttle.check(login=login, client_address=client_address)
     except Throttled as exc:
-        log.warning("%s: login refused for %r from %s: %s", service, login, client_address, exc)
+        log.warning(
+            "%s: login refused for %r from %s: %s",
+            service,
+            login,
+            client_address,
+            exc,
+            extra={"client": client_address, "login": login, "service": service},
+        )
         raise
     if delay:
         time.sleep(delay)
@@ -173,6 +180,7 @@ def authenticate(
         "unknown login" if user is None else "wrong password",
         addr_failures,
         login_failures,
+        extra={"client": client_address, "login": login, "service": service},
     )
     return None
 

@@ -35,7 +35,8 @@ class Record(models.Model):
     """One resource record. `name` is absolute, in normal form, without the trailing dot.
 
     Records with a `source` are derived (for example the DKIM TXT of a mail domain): they are
-    read-only to administrators and change only through the service that derives them.
+    read-only to administrators and change only through the service that derives them; an
+    administrator's record of the same kind at the same name takes a derived record's place.
     """
 
     zone = models.ForeignKey(Zone, on_delete=models.CASCADE, related_name="records")

@@ -191,3 +191,21 @@ def check_servable(name: str, rtype: str, data: list[str]) -> None:
 def canonical_data(rtype: str, data: str, *, origin: str | None = None) -> str:
     """Validate `data` and return it in the form we store: presentation format, names absolute."""
     return parse_rdata(rtype, data, origin=origin).to_text()
+
+
+def txt_text(data: str) -> str:
+    """The text of TXT record data (presentation format): its strings joined, as SPF, DKIM
+    and DMARC read them (RFC 7208 section 3.3, RFC 6376 section 3.6.2.2). Raises RecordError
+    for data that does not parse."""
+    return b"".join(parse_rdata("TXT", data).strings).decode("utf-8", "replace")
+
+
+def txt_kind(data: str) -> str:
+    """The version tag that says what a TXT record is ("v=spf1", "v=dmarc1", "v=stsv1"...),
+    lowercased; "" for other text or data that does not parse."""
+    try:
+        words = txt_text(data).split(";")[0].split()
+    except RecordError:
+        return ""
+    first = words[0].lower() if words else ""
+    return first if first.startswith("v=") else ""

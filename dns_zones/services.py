@@ -25,6 +25,7 @@ from dns_zones.records import (
     check_type,
     normalize_name,
     normalize_zone_origin,
+    txt_kind,
 )
 
 
@@ -178,9 +179,12 @@ def record_add(
             ttl=zone.default_ttl if ttl is None else ttl,
             data=data,
         )
-        existing = Record.objects.filter(zone=zone, name=spec.name, rtype=spec.rtype, data=spec.data).first()
+        existing = Record.objects.filter(
+            zone=zone, name=spec.name, rtype=spec.rtype, data=spec.data, source=""
+        ).first()
         if existing is not None:
             return existing, False
+        _withdraw_conflicting(zone, spec)
         others = Record.objects.filter(zone=zone, name=spec.name)
         if spec.rtype == "CNAME" and others.exists():
             raise ZoneError(
@@ -225,6 +229,7 @@ def record_update(*, record_id: int, name: str, rtype: str, ttl: int, data: str)
         if record.derived:
             raise ZoneError(f"record {record_id} is derived from {record.source} and cannot be changed here")
         spec = validate_record(origin=record.zone.origin, name=name, rtype=rtype, ttl=ttl, data=data)
+        _withdraw_conflicting(record.zone, spec)
         rrset = Record.objects.filter(zone=record.zone, name=spec.name, rtype=spec.rtype).exclude(
             id=record.id
         )
@@ -245,8 +250,12 @@ def replace_derived_records(*, source: str, records: list[RecordSpec]) -> int:
     """Make the records derived from `source` exactly `records`; return how many are published.
 
     Each record goes into the hosted zone that contains its name; a record whose name is in no
-    hosted zone is not published. Names are normalised and data is validated like an
-    administrator's record. Idempotent: when the records are already exactly these, nothing
+    hosted zone is not published, nor one the administrator's own records at its name stand in
+    for (a TXT of the same version tag, an address, MX or SRV record of that type, anything
+    beside a CNAME): what the administrator set by hand is never overwritten, and an
+    administrator's record added later withdraws the derived one it replaces (record_add).
+    Names are normalised and data is validated like an administrator's record. Idempotent:
+    when the records are already exactly these, nothing
     changes (and no serial moves). Raises ZoneError for an empty source or an invalid record.
     """
     if not source:
@@ -266,6 +275,10 @@ def replace_derived_records(*, source: str, records: list[RecordSpec]) -> int:
                 # The data is stored as given (validated above): a DKIM key stays one readable
                 # string and is split into 255-octet strings only on the wire.
                 wanted.append((zone.id, name, rtype, ttl, spec.data))
+        admin = _admin_records({(w[0], w[1]) for w in wanted})
+        wanted = [
+            w for w in wanted if not any(stands_in_for(w[2], w[4], r) for r in admin.get((w[0], w[1]), []))
+        ]
         old = list(Record.objects.filter(source=source))
         if sorted((r.zone_id, r.name, r.rtype, r.ttl, r.data) for r in old) == sorted(wanted):
             return len(wanted)
@@ -275,6 +288,47 @@ def replace_derived_records(*, source: str, records: list[RecordSpec]) -> int:
         )
         _bump_serial({r.zone_id for r in old} | {w[0] for w in wanted})
     return len(wanted)
+
+
+def stands_in_for(rtype: str, data: str, admin: tuple[str, str]) -> bool:
+    """Whether an administrator's record (type, data) at a name stands in for a derived
+    record of `rtype` and `data` there: the administrator's records are never overwritten, so
+    the derived one is not published. Any record rules out a derived CNAME and a CNAME any
+    other derived record (RFC 1034 section 3.6.2); a TXT yields to a TXT of the same kind
+    (version tag); other types yield to the administrator's records of their type."""
+    admin_type, admin_data = admin
+    if rtype == "CNAME" or admin_type == "CNAME":
+        return True
+    if rtype in ("A", "AAAA") and admin_type in ("A", "AAAA"):
+        return True
+    if rtype != admin_type:
+        return False
+    if rtype == "TXT":
+        kind = txt_kind(data)
+        return bool(kind) and kind == txt_kind(admin_data)
+    return True
+
+
+def _admin_records(names: set[tuple[int, str]]) -> dict[tuple[int, str], list[tuple[str, str]]]:
+    """The administrator's (type, data) records at each (zone id, name) of `names`."""
+    out: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    if not names:
+        return out
+    query = Record.objects.filter(
+        source="", name__in={n for _, n in names}, zone_id__in={z for z, _ in names}
+    )
+    for zone_id, name, rtype, data in query.values_list("zone_id", "name", "rtype", "data"):
+        out.setdefault((zone_id, name), []).append((rtype, data))
+    return out
+
+
+def _withdraw_conflicting(zone: Zone, spec: RecordSpec) -> None:
+    """Before an administrator's record `spec` is stored: remove the derived records it stands
+    in for (see stands_in_for), so the zone never serves both (two SPF records are an error,
+    RFC 7208 section 4.5)."""
+    for record in Record.objects.filter(zone=zone, name=spec.name).exclude(source=""):
+        if stands_in_for(record.rtype, record.data, (spec.rtype, spec.data)):
+            record.delete()
 
 
 def withdraw_derived_records(*, source: str) -> int:

@@ -1,12 +1,19 @@
-"""EVERLOCK_LOG -> Django's LOGGING dict.
+"""EVERLOCK_LOG and EVERLOCK_LOG_FORMAT -> Django's LOGGING dict.
 
-The value is a default level, module=level pairs, or both: "info", "mail.delivery=info",
-"warning,mail.smtp=debug". Targets of the product doc's RUST_LOG form
+The EVERLOCK_LOG value is a default level, module=level pairs, or both: "info",
+"mail.delivery=info", "warning,mail.smtp=debug". Targets of the product doc's RUST_LOG form
 ("everlock_backend_mail_smtp=info") are accepted and mapped onto our module names, so the
 documented diagnostics line works as written.
+
+Every line starts with its time in ISO 8601 with the UTC offset
+(`2026-03-01T12:00:00.123+00:00 [INFO mail.smtp] ...`); EVERLOCK_LOG_FORMAT=json writes one
+JSON object per line instead, with the structured fields a log call gives in `extra`
+(client address, queue id, ...) beside timestamp, level, logger and message.
 """
 
+import json
 import logging
+from datetime import datetime
 
 DEFAULT_LEVEL = "INFO"
 
@@ -53,7 +60,53 @@ class DemoteNoise(logging.Filter):
 
 
 class LogSpecError(ValueError):
-    """EVERLOCK_LOG does not parse."""
+    """EVERLOCK_LOG or EVERLOCK_LOG_FORMAT does not parse."""
+
+
+def timestamp(record: logging.LogRecord) -> str:
+    """The record's time in ISO 8601 with milliseconds and the local UTC offset (Django sets
+    the process's zone to TIME_ZONE, UTC): 2026-03-01T12:00:00.123+00:00."""
+    return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """`TIMESTAMP [LEVEL logger] message`, a traceback on the lines after it."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(levelname)s %(name)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{timestamp(record)} {super().format(record)}"
+
+
+# The attributes every LogRecord has; any other attribute came from a call's `extra`.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record, on one line: timestamp, level, logger, message, the
+    `extra` fields of the call, and `exception` (the traceback) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "timestamp": timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+FORMATTERS = {"text": TextFormatter, "json": JSONFormatter}
 
 
 def parse_log_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -78,8 +131,16 @@ def parse_log_spec(spec: str) -> tuple[str, dict[str, str]]:
     return root, modules
 
 
-def logging_config(spec: str) -> dict:
+def logging_config(spec: str, log_format: str = "text") -> dict:
+    """LOGGING for an EVERLOCK_LOG value and an EVERLOCK_LOG_FORMAT ("text" or "json").
+
+    Raises LogSpecError for a value that does not parse.
+    """
+    formatter = FORMATTERS.get(log_format.strip().lower())
+    if formatter is None:
+        raise LogSpecError(f"EVERLOCK_LOG_FORMAT: {log_format!r} is not text or json")
     root, modules = parse_log_spec(spec)
+    worker_level = "DEBUG" if root == "DEBUG" else "WARNING"
     noise = {name: {"filters": [f"noise:{name}"]} for name in NOISE}
     for name, level in modules.items():
         if name in noise:
@@ -88,16 +149,17 @@ def logging_config(spec: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"everlock": {"format": "[%(levelname)s %(name)s] %(message)s"}},
+        "formatters": {"everlock": {"()": formatter}},
         "filters": {f"noise:{name}": {"()": DemoteNoise, "contains": text} for name, text in NOISE.items()},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "everlock"}},
         "root": {"handlers": ["console"], "level": root},
         "loggers": {
-            # Library chatter stays at warning unless asked for by name.
+            # Library chatter stays at warning unless asked for by name; the delivery
+            # worker's own (Celery's banner and start-up lines, kombu's) also with "debug".
             "asyncssh": {"level": modules.pop("asyncssh", "WARNING")},
             "mail.log": {"level": modules.pop("mail.log", "WARNING")},
-            "celery": {"level": modules.pop("celery", "WARNING")},
-            "kombu": {"level": modules.pop("kombu", "WARNING")},
+            "celery": {"level": modules.pop("celery", worker_level)},
+            "kombu": {"level": modules.pop("kombu", worker_level)},
             "waitress": {"level": modules.pop("waitress", "WARNING")},
             **{name: {"level": level} for name, level in modules.items()},
             **noise,

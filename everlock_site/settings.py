@@ -5,6 +5,8 @@ file in the working directory (see `.env.example`). Services never read the envi
 themselves: commands, tasks and AppConfigs pass these values in.
 """
 
+import ipaddress
+import os
 import secrets
 from pathlib import Path
 
@@ -80,6 +82,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # ACME http-01 answers, before anything that checks the Host header (tls.middleware).
     "tls.middleware.acme_challenge",
+    # The MTA-STS policy and autoconfig files, chosen by a mail domain's Host header.
+    "mail.client_files.ClientFilesMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -167,6 +171,16 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
+# Counters for /metrics (everlock_site.metrics): each process adds to its own files here, and
+# a scrape adds them up. prometheus-client reads the variable when it is first imported.
+EVERLOCK_METRICS_DIR = DATA_DIR / "metrics"
+EVERLOCK_METRICS_DIR.mkdir(exist_ok=True, mode=0o700)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(EVERLOCK_METRICS_DIR)
+
+# EVERLOCK_METRICS_TOKEN: when set, /metrics on the HTTP listener answers only requests with
+# "Authorization: Bearer TOKEN" (from any address); when empty, only loopback clients.
+EVERLOCK_METRICS_TOKEN = env.str("EVERLOCK_METRICS_TOKEN", default="")
+
 # Cross-process cache (login throttle, verified-credential generations): the database, so
 # every listener and worker sees the same counters without another server.
 CACHES = {
@@ -234,9 +248,16 @@ EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT = env.int(
     "EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", default=8
 )
 
-# EVERLOCK_RESOLVER: nameservers for outbound MX lookups as "host:port,host:port"; empty
-# means the system's resolver (/etc/resolv.conf).
+# EVERLOCK_RESOLVER: nameservers for outbound MX lookups and the inbound checks as
+# "host:port,host:port"; empty means the system's resolver (/etc/resolv.conf).
 EVERLOCK_RESOLVER = env.str("EVERLOCK_RESOLVER", default="")
+
+# EVERLOCK_INBOUND_CHECKS: SPF, DKIM, ARC, DMARC and iprev on mail received on port 25, with
+# an Authentication-Results header on each delivered copy (docs/inbound-checks.md).
+EVERLOCK_INBOUND_CHECKS = env.bool("EVERLOCK_INBOUND_CHECKS", default=True)
+# EVERLOCK_DNSBL_ZONES: DNS blocklists (RFC 5782) asked for each inbound client address,
+# comma-separated ("zen.spamhaus.org,bl.example.net"); a listed client gets 554 5.7.1.
+EVERLOCK_DNSBL_ZONES = env.list("EVERLOCK_DNSBL_ZONES", default=[])
 
 # EVERLOCK_REMOTE_SMTP_PORT: the port remote MX hosts are dialled on (25 on the internet).
 EVERLOCK_REMOTE_SMTP_PORT = env.int("EVERLOCK_REMOTE_SMTP_PORT", default=25)
@@ -249,6 +270,38 @@ EVERLOCK_OUTBOUND_SOURCE_ADDRESSES = env.list("EVERLOCK_OUTBOUND_SOURCE_ADDRESSE
 # EVERLOCK_SMTP_TLS_VERIFY: verify remote certificates on outbound STARTTLS. Off by default:
 # opportunistic TLS as on the public MX network.
 EVERLOCK_SMTP_TLS_VERIFY = env.bool("EVERLOCK_SMTP_TLS_VERIFY", default=False)
+
+# EVERLOCK_OUTBOUND_CA_FILE: a PEM file of the certificate authorities trusted when verifying
+# remote hosts (MX hosts under MTA-STS or EVERLOCK_SMTP_TLS_VERIFY, MTA-STS policy servers)
+# instead of the system's store; for a private network or tests.
+EVERLOCK_OUTBOUND_CA_FILE = env.str("EVERLOCK_OUTBOUND_CA_FILE", default="")
+# EVERLOCK_MTA_STS_PORT: the HTTPS port MTA-STS policies of remote domains are fetched from
+# (443 on the internet, RFC 8461 section 3.3).
+EVERLOCK_MTA_STS_PORT = env.int("EVERLOCK_MTA_STS_PORT", default=443)
+
+# EVERLOCK_PUBLIC_ADDRESSES: the public IPv4 and IPv6 addresses of this server (e.g.
+# "192.0.2.25,2001:db8::25"). When set, a mail domain in a hosted zone derives A/AAAA records
+# for its mail host and for mta-sts., autoconfig. and autodiscover.<domain>; when empty those
+# three names are CNAMEs of the mail host, whose addresses the administrator publishes.
+EVERLOCK_PUBLIC_ADDRESSES = [
+    a.strip() for a in env.list("EVERLOCK_PUBLIC_ADDRESSES", default=[]) if a.strip()
+]
+for _address in EVERLOCK_PUBLIC_ADDRESSES:
+    try:
+        ipaddress.ip_address(_address)
+    except ValueError:
+        raise ImproperlyConfigured(f"EVERLOCK_PUBLIC_ADDRESSES: {_address!r} is not an IP address") from None
+# EVERLOCK_PUBLIC_PORTS: the ports clients reach this server on, as published in the SRV
+# records (RFC 6186, RFC 8314) and the autoconfig file: "submissions=465,submission=587,
+# imaps=993,imap=143" (any subset; the rest keep these defaults).
+EVERLOCK_PUBLIC_PORTS: dict[str, int] = {}
+for _item in env.list("EVERLOCK_PUBLIC_PORTS", default=[]):
+    _service, _, _port = _item.strip().partition("=")
+    if _service not in ("submissions", "submission", "imaps", "imap") or not _port.isdigit():
+        raise ImproperlyConfigured(
+            f"EVERLOCK_PUBLIC_PORTS: expected submissions|submission|imaps|imap=PORT, got {_item!r}"
+        )
+    EVERLOCK_PUBLIC_PORTS[_service] = int(_port)
 
 # EVERLOCK_SUBMISSION_TRUSTED_NETWORKS: clients that may submit without AUTH, as addresses of
 # a domain set to auth=off (submission auth "none"): programs on this host or your own network
@@ -367,6 +420,11 @@ EVERLOCK_DELIVERY_CONCURRENCY = env.int("EVERLOCK_DELIVERY_CONCURRENCY", default
 CELERY_TASK_ALWAYS_EAGER = env.bool("EVERLOCK_CELERY_EAGER", default=False)
 
 # EVERLOCK_LOG: "level" or "module=level,module=level" (RUST_LOG is read as an alias with the
-# product doc's target names).
+# product doc's target names). EVERLOCK_LOG_FORMAT: "text" (each line begins with an ISO 8601
+# timestamp) or "json" (one object per line: timestamp, level, logger, message and the
+# structured fields of the line, such as client and queue_id).
 LOGGING_CONFIG = "logging.config.dictConfig"
-LOGGING = logging_config(env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""))
+LOGGING = logging_config(
+    env.str("EVERLOCK_LOG", default="") or env.str("RUST_LOG", default=""),
+    env.str("EVERLOCK_LOG_FORMAT", default="text"),
+)

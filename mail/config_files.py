@@ -31,6 +31,11 @@ import`, `/mail domains import D`). The schema is the product doc's:
     visible_since = 2026-12-01T05:05:00Z   # when the resolver first returned all new records
     switched = 2026-12-01T06:05:00Z        # when signing moved to the new keys
 
+    [dns]                           # omitted: all defaults
+    dmarc = "quarantine"            # or "none", "reject": the published DMARC policy
+    reports = "postmaster@example.com"   # omitted: postmaster@<domain>
+    mta_sts = "testing"             # or "enforce", "none": the MTA-STS policy served
+
 The files hold private keys, so they are written with mode 0600 in a 0700 directory, and
 atomically (a temporary file renamed over the old one), so a reader never sees half a file.
 """
@@ -45,11 +50,15 @@ from pathlib import Path
 import tomli_w
 
 from everlock_site.files import write_private_file
-from mail.addresses import AddressError, is_valid_local_part, normalize_domain
+from mail.addresses import AddressError, is_valid_local_part, normalize_domain, parse_address
 from mail.dkim.keys import DKIMKeyError, check_ed25519_pem, check_rsa_pem, check_selector
 
 SUBDIR = Path("everlock-mail") / "domains"
 SUBMISSION_AUTH = ("authenticated", "none")
+DMARC_POLICIES = ("none", "quarantine", "reject")
+MTA_STS_MODES = ("enforce", "testing", "none")
+DEFAULT_DMARC = "quarantine"
+DEFAULT_MTA_STS = "testing"
 
 
 class ConfigFileError(ValueError):
@@ -92,6 +101,9 @@ class DomainConfig:
     submission_auth: str = "authenticated"
     outbound_hostname: str = ""
     postmaster: str = ""
+    dmarc_policy: str = DEFAULT_DMARC
+    report_address: str = ""
+    mta_sts_mode: str = DEFAULT_MTA_STS
     dkim_enabled: bool = False
     dkim_selector: str = "default"
     dkim_private_key_pem: str = ""
@@ -148,6 +160,15 @@ def render(config: DomainConfig, *, private_keys: bool = True) -> str:
         "submission": {"enabled": config.submission_enabled, "auth": config.submission_auth},
         "outbound": outbound,
     }
+    dns: dict = {}
+    if config.dmarc_policy != DEFAULT_DMARC:
+        dns["dmarc"] = config.dmarc_policy
+    if config.report_address:
+        dns["reports"] = config.report_address
+    if config.mta_sts_mode != DEFAULT_MTA_STS:
+        dns["mta_sts"] = config.mta_sts_mode
+    if dns:
+        doc["dns"] = dns
     return tomli_w.dumps(doc, multiline_strings=True)
 
 
@@ -212,7 +233,22 @@ def parse(text: str, *, name: str) -> DomainConfig:
         raise ConfigFileError(f"postmaster: invalid local part {postmaster!r}")
     submission = reader.table("submission")
     outbound = reader.table("outbound")
+    dns_doc = reader.table("dns")
     reader.done()
+
+    dn = _Reader(dns_doc, "dns.")
+    dmarc = dn.string("dmarc", default=DEFAULT_DMARC)
+    reports = dn.string("reports", default="")
+    mta_sts = dn.string("mta_sts", default=DEFAULT_MTA_STS)
+    dn.done()
+    for field, value, allowed in (("dmarc", dmarc, DMARC_POLICIES), ("mta_sts", mta_sts, MTA_STS_MODES)):
+        if value not in allowed:
+            raise ConfigFileError(f"dns.{field}: must be one of {', '.join(map(repr, allowed))}")
+    if reports:
+        try:
+            reports = str(parse_address(reports))
+        except AddressError as exc:
+            raise ConfigFileError(f"dns.reports: {exc}") from None
 
     sub = _Reader(submission, "submission.")
     submission_enabled = sub.boolean("enabled", default=False)
@@ -263,6 +299,9 @@ def parse(text: str, *, name: str) -> DomainConfig:
         submission_auth=auth,
         outbound_hostname=hostname,
         postmaster=postmaster.casefold(),
+        dmarc_policy=dmarc,
+        report_address=reports,
+        mta_sts_mode=mta_sts,
         dkim_enabled=dkim_enabled,
         dkim_selector=selector,
         dkim_private_key_pem=pem + "\n" if pem else "",

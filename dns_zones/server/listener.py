@@ -27,9 +27,10 @@ import contextlib
 import logging
 import socket
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+import dns.rcode
 from django.conf import settings
 from django.db import close_old_connections, connection
 
@@ -37,6 +38,7 @@ from dns_zones import changes
 from dns_zones.server.answer import Responder
 from dns_zones.server.snapshot import data_version, load_snapshot
 from dns_zones.server.wire import WireAnswers
+from everlock_site import metrics
 from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 
 log = logging.getLogger("dns_zones")
@@ -72,18 +74,38 @@ class _TCPClient:
         self.progress = now
 
 
+class _AnswerCounts:
+    """Answers by transport and response code (the header's RCODE, RFC 1035 section 4.1.1)
+    since the last flush. Counting an answer is one dict increment on the event loop; flush()
+    hands the counts to the metrics counters (a lock and a shared-memory write each) from the
+    poll loop, so the metrics lag the answers by at most the poll interval."""
+
+    def __init__(self) -> None:
+        self.pending: defaultdict[tuple[str, int], int] = defaultdict(int)
+
+    def add(self, transport: str, response: bytes) -> None:
+        self.pending[transport, response[3] & 0x0F] += 1
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, defaultdict(int)
+        for (transport, rcode), count in pending.items():
+            metrics.DNS_QUERIES.labels(transport, dns.rcode.to_text(rcode)).inc(count)
+
+
 class _UDPListener:
     """The UDP socket, read with loop.add_reader: each wake-up drains up to UDP_BATCH
     datagrams (one event loop turn per datagram would cost more than answering it)."""
 
-    def __init__(self, sock: socket.socket, responder: Responder):
+    def __init__(self, sock: socket.socket, responder: Responder, counts: _AnswerCounts):
         self.sock = sock
         self.responder = responder
+        self.counts = counts
 
     def readable(self) -> None:
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
         respond = self.responder.respond
+        answered = self.counts.pending  # flush() swaps it on this same loop, never meanwhile
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recvfrom(UDP_RECEIVE)
@@ -98,6 +120,7 @@ class _UDPListener:
                 continue
             try:
                 sendto(response, addr)
+                answered["udp", response[3] & 0x0F] += 1
             except OSError as exc:
                 # A full send buffer or an unreachable client: the client asks again (RFC 1035
                 # section 4.2.1 leaves retransmission to it).
@@ -136,6 +159,7 @@ class DNSServer:
         self.port = 0
         self.responder: Responder | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns-snapshot")
+        self._counts = _AnswerCounts()
         self._udp: socket.socket | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self._poller: asyncio.Task | None = None
@@ -179,7 +203,7 @@ class DNSServer:
                     raise
                 continue  # the TCP side of an ephemeral port was taken: pick another port
             self._udp = udp
-            loop.add_reader(udp.fileno(), _UDPListener(udp, self.responder).readable)
+            loop.add_reader(udp.fileno(), _UDPListener(udp, self.responder, self._counts).readable)
             self.host, self.port = host, bound
             break
         self._poller = asyncio.create_task(self._poll())
@@ -220,6 +244,7 @@ class DNSServer:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
+            self._counts.flush()
             try:
                 await self.reload(if_changed=True)
             except asyncio.CancelledError:
@@ -259,6 +284,7 @@ class DNSServer:
                 if response is None:
                     continue
                 writer.write(struct.pack("!H", len(response)) + response)
+                self._counts.add("tcp", response)
                 await asyncio.wait_for(writer.drain(), self.tcp_write_timeout)
                 client.progress = loop.time()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -298,6 +324,7 @@ class DNSServer:
         if self._poller is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        self._counts.flush()
         if self._tcp is not None:
             await self._tcp.wait_closed()
         if self._connections:

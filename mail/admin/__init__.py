@@ -6,4 +6,5 @@ from mail.admin import (
     messages,  # noqa: F401
     outbound,  # noqa: F401
     rules,  # noqa: F401
+    tls,  # noqa: F401
 )

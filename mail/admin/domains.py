@@ -7,19 +7,45 @@ are shown read-only. Changes made here go through the same services as the conso
 
 from django import forms
 from django.contrib import admin
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 
-from mail.addresses import AddressError, normalize_domain
+from mail.addresses import AddressError, normalize_domain, parse_address
 from mail.models import MailDomain
 from mail.services import dkim_rotation
 from mail.services import domains as services
+from mail.services.dns_status import zone_lines
 
 # What an administrator sets; the rest (selectors, keys, records) follows from it.
-EDITABLE = ("name", "enabled", "submission_enabled", "submission_auth", "outbound_hostname", "dkim_enabled")
+EDITABLE = (
+    "name",
+    "enabled",
+    "submission_enabled",
+    "submission_auth",
+    "outbound_hostname",
+    "dkim_enabled",
+    "dmarc_policy",
+    "report_address",
+    "mta_sts_mode",
+)
+
+
+class KeptChoiceField(forms.ChoiceField):
+    """A choice that may be left out of a post: then it keeps its value and is not changed."""
+
+    def has_changed(self, initial, data) -> bool:
+        return bool(data) and super().has_changed(initial, data)
 
 
 class MailDomainForm(forms.ModelForm):
-    """Names in normal form (IDNA, lower case), checked as the console checks them."""
+    """Names in normal form (IDNA, lower case), checked as the console checks them. The DNS
+    policy fields may be left out of a post: they keep their current values."""
+
+    dmarc_policy = KeptChoiceField(
+        choices=MailDomain.DmarcPolicy.choices, required=False, label="DMARC policy"
+    )
+    mta_sts_mode = KeptChoiceField(
+        choices=MailDomain.MtaStsMode.choices, required=False, label="MTA-STS mode"
+    )
 
     class Meta:
         model = MailDomain
@@ -34,6 +60,21 @@ class MailDomainForm(forms.ModelForm):
         if MailDomain.objects.filter(name=name).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError(f"mail domain {name} exists")
         return name
+
+    def clean_dmarc_policy(self) -> str:
+        return self.cleaned_data["dmarc_policy"] or self.instance.dmarc_policy
+
+    def clean_mta_sts_mode(self) -> str:
+        return self.cleaned_data["mta_sts_mode"] or self.instance.mta_sts_mode
+
+    def clean_report_address(self) -> str:
+        value = self.cleaned_data["report_address"].strip()
+        if not value:
+            return ""
+        try:
+            return str(parse_address(value))
+        except AddressError as exc:
+            raise forms.ValidationError(str(exc)) from None
 
     def clean_outbound_hostname(self) -> str:
         value = self.cleaned_data["outbound_hostname"].strip()
@@ -57,6 +98,7 @@ class MailDomainAdmin(admin.ModelAdmin):
         "dkim_key_rotation",
         "dkim_keys",
         "dkim_dns_records",
+        "dns_records",
         "created_at",
         "updated_at",
     )
@@ -65,6 +107,7 @@ class MailDomainAdmin(admin.ModelAdmin):
         "dkim_key_rotation",
         "dkim_keys",
         "dkim_dns_records",
+        "dns_records",
         "created_at",
         "updated_at",
     )
@@ -103,6 +146,19 @@ class MailDomainAdmin(admin.ModelAdmin):
             "", '<p><code style="word-break: break-all">{}</code></p>', ((r.zone_line(),) for r in records)
         )
 
+    @admin.display(description="DNS records to publish")
+    def dns_records(self, obj: MailDomain) -> str:
+        if not obj.pk:
+            return "-"
+        lines = format_html_join(
+            "", '<p><code style="word-break: break-all">{}</code></p>', ((line,) for line in zone_lines(obj))
+        )
+        return lines + format_html(
+            "<p>In a zone hosted here they are published and kept current; the dashboard shows which "
+            "are served. <code>/mail domains check {}</code> on the console looks them up.</p>",
+            obj.name,
+        )
+
     def save_model(self, request, obj: MailDomain, form, change):
         notes = []
         if not change:
@@ -118,6 +174,9 @@ class MailDomainAdmin(admin.ModelAdmin):
         }
         if form.cleaned_data["outbound_hostname"]:
             wanted["hostname"] = form.cleaned_data["outbound_hostname"]
+        wanted["dmarc"] = form.cleaned_data["dmarc_policy"]
+        wanted["mta-sts"] = form.cleaned_data["mta_sts_mode"]
+        wanted["reports"] = form.cleaned_data["report_address"]
         dkim_now = services.get_domain(obj.name).dkim_enabled
         # On add, an unticked box does not undo the automatic DKIM set-up of a hosted zone.
         if form.cleaned_data["dkim_enabled"] != dkim_now and (change or not dkim_now):

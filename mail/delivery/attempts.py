@@ -21,6 +21,7 @@ sending, and every outcome is committed before the next row is sent (mail.delive
 
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from everlock_site import metrics
 from mail.models import OutboundDelivery, OutboundRecipient
 
 log = logging.getLogger("mail.delivery")
@@ -208,6 +210,12 @@ class Reply:
         return f"{self.code} {self.text}"
 
 
+def _count_results(results: collections.Counter) -> None:
+    for result, count in results.items():
+        if count:
+            metrics.DELIVERIES.labels(result).inc(count)
+
+
 def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = "") -> list[int]:
     """Record the outcome of one attempt on a claimed row, in one transaction.
 
@@ -226,15 +234,18 @@ def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = 
         )
     )
     last_reply = temporary
+    results = collections.Counter()
     for rid, reply in replies.items():
         if rid not in pending:
             continue
         last_reply = reply.line
         if 200 <= reply.code < 300:
             status = OutboundRecipient.Status.DELIVERED
+            results["delivered"] += 1
             del pending[rid]
         elif reply.code >= 500:
             status = OutboundRecipient.Status.FAILED
+            results["failed"] += 1
             failed.append(rid)
             del pending[rid]
         else:
@@ -244,6 +255,7 @@ def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = 
         if rid not in replies and temporary:
             OutboundRecipient.objects.filter(id=rid).update(reply=temporary)
     expired = bool(pending) and row.next_attempt_at >= row.expires_at
+    results["expired" if expired else "deferred"] += len(pending)
     if expired:
         reason = f"message expired after {row.attempts} attempts; last reply: {last_reply}"
         OutboundRecipient.objects.filter(id__in=list(pending)).update(status=OutboundRecipient.Status.FAILED)
@@ -258,6 +270,13 @@ def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = 
         row.status = OutboundDelivery.Status.FAILED if any_failed else OutboundDelivery.Status.DELIVERED
     row.updated_at = now
     row.save(update_fields=["last_reply", "status", "updated_at"])
+    transaction.on_commit(lambda: _count_results(results))
     if expired:
-        log.info("delivery #%s to %s expired: %s", row.id, row.domain, last_reply)
+        log.info(
+            "delivery #%s to %s expired: %s",
+            row.id,
+            row.domain,
+            last_reply,
+            extra={"queue_id": row.id, "domain": row.domain},
+        )
     return failed

@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from mail.delivery.attempts import Claim, Reply, record_outcome, renew
 from mail.delivery.bounces import send_dsn, wants
-from mail.delivery.client import ConnectFailed, Connection, SendOptions
+from mail.delivery.client import ConnectFailed, Connection, SendOptions, TLSFailed
+from mail.delivery.mta_sts import Lookup, Policy, PolicyFetcher, policy_for, record_result
 from mail.delivery.mx import Host, LookupFailed, lookup
 from mail.models import OutboundDelivery, OutboundRecipient
 from mail.services.storage import message_storage
@@ -36,6 +37,16 @@ class Remote:
     timeout: float = 60.0
     # Local addresses to connect from, at most one per address family; () lets the system choose.
     source_addresses: tuple[str, ...] = ()
+    # The CA file remote certificates are verified against ("": the system's store).
+    ca_file: str = ""
+    # Where MTA-STS policies come from (RFC 8461); None: no policy is looked for.
+    mta_sts: PolicyFetcher | None = None
+
+    def policy(self, domain: str) -> Lookup:
+        """The MTA-STS policy in force for `domain` (mail.delivery.mta_sts.policy_for)."""
+        if self.mta_sts is None:
+            return Lookup(None)
+        return policy_for(domain, resolver=self.resolver, fetcher=self.mta_sts)
 
     def source_for(self, address: str) -> str | None:
         """The configured local address of `address`'s family, or None."""
@@ -160,7 +171,13 @@ def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
         outside=claim.bounce_outside,
     )
     OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
-    log.info("delivery #%s to %s delayed; notice sent to %s", row.id, row.domain, claim.envelope_from or "<>")
+    log.info(
+        "delivery #%s to %s delayed; notice sent to %s",
+        row.id,
+        row.domain,
+        claim.envelope_from or "<>",
+        extra={"queue_id": row.id, "domain": row.domain},
+    )
 
 
 def _relayed_notice(claim: Claim, replies: dict[int, Reply], *, mta: str) -> None:
@@ -212,34 +229,69 @@ def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str
         claim.domain,
         ", ".join(a for a, _, _ in rows) or "recipients without NOTIFY=FAILURE",
         f"sent to {claim.envelope_from}" if sent else "not sent",
+        extra={"queue_id": claim.id, "domain": claim.domain},
     )
 
 
+def _dial(host: Host, address: str, claim: Claim, remote: Remote, policy: Policy | None) -> Connection:
+    """A session with `host` at `address` under the domain's MTA-STS `policy` (None: no
+    policy in force), its TLS outcome recorded (mta_sts.record_result). A host the policy
+    names is held to verified TLS; in enforce mode a failure there raises TLSFailed, in
+    testing mode it is logged and the host is dialled again as without a policy (RFC 8461
+    section 5). Raises ConnectFailed when the host takes no session."""
+    common = dict(
+        host=host.name,
+        address=address,
+        port=remote.port,
+        helo_hostname=claim.helo_hostname,
+        timeout=remote.timeout,
+        source_address=remote.source_for(address),
+        ca_file=remote.ca_file,
+    )
+    if policy is not None and policy.matches(host.name):
+        try:
+            conn = Connection(**common, tls_verify=True, require_tls=True)
+        except TLSFailed as exc:
+            record_result(domain=claim.domain, policy=policy, mx_host=host.name, result=exc.result)
+            if policy.mode == "enforce":
+                raise
+            log.warning("MTA-STS policy of %s (testing) not met, delivering anyway: %s", claim.domain, exc)
+        else:
+            record_result(domain=claim.domain, policy=policy, mx_host=host.name, result="success")
+            return conn
+    elif policy is not None:
+        # Only in testing mode: enforce mode never dials a host its policy does not name.
+        record_result(domain=claim.domain, policy=policy, mx_host=host.name, result="validation-failure")
+        log.warning(
+            "MTA-STS policy of %s (testing) does not name MX host %s, delivering anyway",
+            claim.domain,
+            host.name,
+        )
+    conn = Connection(**common, tls_verify=remote.tls_verify)
+    result = "success" if conn.tls else "starttls-not-supported"
+    record_result(domain=claim.domain, policy=policy, mx_host=host.name, result=result)
+    return conn
+
+
 def _connect(
-    hosts: list[Host], start: int, claim: Claim, remote: Remote
+    hosts: list[Host], start: int, claim: Claim, remote: Remote, policy: Policy | None = None
 ) -> tuple[Connection | None, int, str]:
-    """The first host from index `start` that takes a session; (None, len, last error) if none."""
+    """The first host from index `start` that takes a session (under `policy`, see _dial);
+    (None, len, last error) if none."""
     error = ""
     for index in range(start, len(hosts)):
         host = hosts[index]
         for address in host.addresses:
             try:
-                return (
-                    Connection(
-                        host=host.name,
-                        address=address,
-                        port=remote.port,
-                        helo_hostname=claim.helo_hostname,
-                        tls_verify=remote.tls_verify,
-                        timeout=remote.timeout,
-                        source_address=remote.source_for(address),
-                    ),
-                    index,
-                    "",
-                )
+                return _dial(host, address, claim, remote, policy), index, ""
             except ConnectFailed as exc:
                 error = str(exc)
-                log.info("connect to %s failed: %s", host.name, exc)
+                log.info(
+                    "connect to %s failed: %s",
+                    host.name,
+                    exc,
+                    extra={"queue_id": claim.id, "domain": claim.domain, "mx": host.name, "address": address},
+                )
     return None, len(hosts), error
 
 
@@ -274,22 +326,63 @@ def _send_one(conn: Connection, claim: Claim, data: bytes) -> tuple[dict[int, Re
     for rid, reply in replies.items():
         if reply.code >= 400:
             log.info(
-                "%s [%s] replied to %s: %s", conn.host, conn.address, dict(claim.recipients)[rid], reply.line
+                "%s [%s] replied to %s: %s",
+                conn.host,
+                conn.address,
+                dict(claim.recipients)[rid],
+                reply.line,
+                extra={
+                    "queue_id": claim.id,
+                    "domain": claim.domain,
+                    "mx": conn.host,
+                    "address": conn.address,
+                },
             )
     return replies, reusable
+
+
+def _apply_policy(domain: str, hosts: list[Host], remote: Remote) -> tuple[list[Host], Policy | None, str]:
+    """The MX hosts to try under `domain`'s MTA-STS policy, the policy in force (None when
+    there is none, or its mode is "none") and, when enforce mode leaves no host, the
+    temporary failure to record for every row (RFC 8461 section 5: the mail waits)."""
+    found = remote.policy(domain)
+    policy = found.policy if found.policy is not None and found.policy.mode != "none" else None
+    if found.failure:
+        record_result(domain=domain, policy=found.policy, result=found.failure, policy_id=found.advertised_id)
+    if policy is None or policy.mode != "enforce":
+        return hosts, policy, ""
+    allowed = [h for h in hosts if policy.matches(h.name)]
+    for host in hosts:
+        if host not in allowed:
+            record_result(domain=domain, policy=policy, mx_host=host.name, result="validation-failure")
+    if allowed:
+        return allowed, policy, ""
+    names = ", ".join(h.name for h in hosts)
+    log.info("MTA-STS policy of %s (enforce) names none of its MX hosts (%s)", domain, names)
+    return [], policy, f"451 4.7.5 MTA-STS policy of {domain} names none of its MX hosts ({names})"
 
 
 def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: Outcomes) -> None:
     try:
         hosts = lookup(domain, resolver=remote.resolver)
     except LookupFailed as exc:
-        log.info("MX lookup for %s failed: %s", domain, exc)
+        log.info(
+            "MX lookup for %s failed: %s",
+            domain,
+            exc,
+            extra={"queue_id": [c.id for c in claims], "domain": domain},
+        )
         for claim in claims:
             if exc.permanent:
                 reply = Reply(550, f"5.1.2 {exc}")
                 outcomes.add(claim, {rid: reply for rid, _ in claim.recipients})
             else:
                 outcomes.add(claim, {}, temporary=f"451 4.4.3 {exc}")
+        return
+    hosts, policy, refusal = _apply_policy(domain, hosts, remote)
+    if refusal:
+        for claim in claims:
+            outcomes.add(claim, {}, temporary=refusal)
         return
     conn: Connection | None = None
     index = 0
@@ -304,14 +397,18 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                 outcomes.add(claim, {}, temporary=unreachable)
                 continue
             if not outcomes.before_sending(claim):
-                log.info("delivery #%s was claimed again meanwhile: left to that attempt", claim.id)
+                log.info(
+                    "delivery #%s was claimed again meanwhile: left to that attempt",
+                    claim.id,
+                    extra={"queue_id": claim.id, "domain": domain},
+                )
                 continue
             data = _read(claim)
             replies: dict[int, Reply] = {}
             error = ""
             while index < len(hosts):
                 if conn is None:
-                    conn, index, error = _connect(hosts, index, claim, remote)
+                    conn, index, error = _connect(hosts, index, claim, remote, policy)
                     if conn is None:
                         break
                 try:
@@ -322,7 +419,17 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                     break
                 except ConnectFailed as exc:
                     error = str(exc)
-                    log.info("session with %s broke: %s", conn.host, exc)
+                    log.info(
+                        "session with %s broke: %s",
+                        conn.host,
+                        exc,
+                        extra={
+                            "queue_id": claim.id,
+                            "domain": domain,
+                            "mx": conn.host,
+                            "address": conn.address,
+                        },
+                    )
                     conn = None
                     index += 1
             mta = conn.host if conn is not None else ""
@@ -336,11 +443,18 @@ def _deliver_domain(domain: str, claims: list[Claim], remote: Remote, outcomes: 
                     done,
                     len(claim.recipients),
                     mta or domain,
+                    extra={"queue_id": claim.id, "domain": domain, "mx": mta},
                 )
             else:
                 unreachable = f"451 4.4.1 {error or 'no host reachable'}"
                 outcomes.add(claim, {}, temporary=unreachable)
-                log.info("delivery #%s to %s deferred: %s", claim.id, domain, error)
+                log.info(
+                    "delivery #%s to %s deferred: %s",
+                    claim.id,
+                    domain,
+                    error,
+                    extra={"queue_id": claim.id, "domain": domain},
+                )
     finally:
         if conn is not None:
             conn.close()

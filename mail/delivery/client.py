@@ -13,6 +13,7 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 
+from mail.delivery.mta_sts import certificate_result
 from mail.smtp.extensions import xtext_encode
 
 log = logging.getLogger("mail.delivery")
@@ -20,6 +21,15 @@ log = logging.getLogger("mail.delivery")
 
 class ConnectFailed(Exception):
     """No SMTP session with this host: refused, timed out, or a non-2xx greeting/EHLO."""
+
+
+class TLSFailed(ConnectFailed):
+    """TLS was required (MTA-STS) and could not be had: `result` is the RFC 8460 section
+    4.3 result type ("starttls-not-supported", "certificate-host-mismatch", ...)."""
+
+    def __init__(self, message: str, *, result: str):
+        super().__init__(message)
+        self.result = result
 
 
 def _safe(address: str) -> bool:
@@ -61,7 +71,13 @@ class Connection:
         tls_verify: bool,
         timeout: float = 60.0,
         source_address: str | None = None,
+        require_tls: bool = False,
+        ca_file: str = "",
     ):
+        """Dial `address`, read the greeting, EHLO, and STARTTLS when offered: verifying the
+        certificate for `host` (against `ca_file`, else the system's store) when
+        `tls_verify`. With `require_tls` (MTA-STS), a host without STARTTLS or whose
+        certificate does not verify raises TLSFailed. Raises ConnectFailed otherwise."""
         self.host = host
         self.address = address
         self.tls = False
@@ -86,22 +102,35 @@ class Connection:
                 code, msg = self.smtp.helo()
                 if code != 250:
                     raise ConnectFailed(f"{host} [{address}]: HELO {code} {msg.decode(errors='replace')}")
+            if require_tls and not self.smtp.has_extn("starttls"):
+                raise TLSFailed(f"{host} [{address}]: STARTTLS not offered", result="starttls-not-supported")
             if self.smtp.has_extn("starttls"):
-                context = ssl.create_default_context()
+                context = ssl.create_default_context(cafile=ca_file or None)
                 if not tls_verify:
                     # Opportunistic TLS (RFC 7435): encrypt even with an unverifiable cert.
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
                 code, msg = self.smtp.starttls(context=context)
                 if code != 220:
-                    raise ConnectFailed(f"{host} [{address}]: STARTTLS {code} {msg.decode(errors='replace')}")
+                    text = f"{host} [{address}]: STARTTLS {code} {msg.decode(errors='replace')}"
+                    if require_tls:
+                        raise TLSFailed(text, result="starttls-not-supported")
+                    raise ConnectFailed(text)
                 self.tls = True
                 self.tls_verified = tls_verify
                 self.smtp.ehlo()
         except ConnectFailed:
             self.close()
             raise
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise TLSFailed(
+                f"{host} [{address}]: certificate: {exc.verify_message}", result=certificate_result(exc)
+            ) from None
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            if require_tls and isinstance(exc, ssl.SSLError):
+                self.close()
+                raise TLSFailed(f"{host} [{address}]: TLS: {exc}", result="validation-failure") from None
             self.close()
             raise ConnectFailed(f"{host} [{address}]: {exc}") from None
 

@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from mail.delivery.attempts import claim, due_ids
 from mail.delivery.batch import Remote, deliver_claims
+from mail.delivery.mta_sts import PolicyFetcher
 from mail.delivery.resolver import make_resolver
 from mail.services.dkim_rotation import advance_rotations
 from mail.services.storage import sweep_orphan_files
@@ -44,17 +45,23 @@ BATCH = 100
 
 
 def remote_from_settings() -> Remote:
-    """The resolver, remote port, TLS policy and source addresses from EVERLOCK_RESOLVER,
-    EVERLOCK_REMOTE_SMTP_PORT, EVERLOCK_SMTP_TLS_VERIFY and EVERLOCK_OUTBOUND_SOURCE_ADDRESSES.
+    """The resolver, remote port, TLS policy, source addresses and MTA-STS fetching from
+    EVERLOCK_RESOLVER, EVERLOCK_REMOTE_SMTP_PORT, EVERLOCK_SMTP_TLS_VERIFY,
+    EVERLOCK_OUTBOUND_SOURCE_ADDRESSES, EVERLOCK_OUTBOUND_CA_FILE and EVERLOCK_MTA_STS_PORT.
 
     Raises ImproperlyConfigured for a source address that is not an IP address, or two of
     one family.
     """
+    resolver = make_resolver(settings.EVERLOCK_RESOLVER)
     return Remote(
-        resolver=make_resolver(settings.EVERLOCK_RESOLVER),
+        resolver=resolver,
         port=settings.EVERLOCK_REMOTE_SMTP_PORT,
         tls_verify=settings.EVERLOCK_SMTP_TLS_VERIFY,
         source_addresses=source_addresses(settings.EVERLOCK_OUTBOUND_SOURCE_ADDRESSES),
+        ca_file=settings.EVERLOCK_OUTBOUND_CA_FILE,
+        mta_sts=PolicyFetcher(
+            resolver=resolver, port=settings.EVERLOCK_MTA_STS_PORT, ca_file=settings.EVERLOCK_OUTBOUND_CA_FILE
+        ),
     )
 
 

@@ -64,19 +64,22 @@ async def start_embedded_worker(*, listens, concurrency: int | None = None) -> E
     EVERLOCK_DELIVERY_CONCURRENCY.
     """
     concurrency = concurrency or settings.EVERLOCK_DELIVERY_CONCURRENCY
-    # Celery's startup banner and its warning about running as root (containers often do)
-    # only when EVERLOCK_LOG asks for celery=debug.
+    # Celery's startup banner, its shutdown lines and its warning about running as root
+    # (containers often do) only when EVERLOCK_LOG asks for debug (or celery=debug): the
+    # worker's stdout carries nothing else, and unformatted lines would break JSON logs.
     python, celery = [sys.executable], ["-m", "celery", "-A", "everlock_site"]
+    stdout = None
     if not logging.getLogger("celery").isEnabledFor(logging.DEBUG):
         python += ["-W", f"ignore:{CELERY_ROOT_WARNING}"]
         celery += ["--quiet"]
+        stdout = asyncio.subprocess.DEVNULL
     process = await asyncio.create_subprocess_exec(
         *python, *celery, "worker",
         "--concurrency", str(concurrency), "-n", f"delivery-{os.getpid()}@%h",
         "--without-mingle", "--without-gossip", "--without-heartbeat",
         # Its own session: a Ctrl-C or a signal to serve's process group reaches serve only,
         # and close() then stops the worker warmly (current tasks finish).
-        env=dict(os.environ), preexec_fn=_die_with_parent, start_new_session=True,
+        env=dict(os.environ), stdout=stdout, preexec_fn=_die_with_parent, start_new_session=True,
     )  # fmt: skip
     log.info(
         "backend-mail-smtp: delivery worker started (broker %s)",

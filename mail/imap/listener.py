@@ -19,11 +19,13 @@ import time
 
 from django.conf import settings
 
+from everlock_site import metrics
 from everlock_site.listen import binding
 from mail.imap import mailboxes, selected, sort  # noqa: F401 (their commands register)
 from mail.imap.notify import watch_folders
 from mail.imap.server import Connection
 from mail.imap.threads import database_threads
+from mail.smtp.server import peer_host
 from tls.store import listener_store
 
 log = logging.getLogger("mail.imap")
@@ -69,12 +71,15 @@ class IMAPListener:
             return
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
+        metrics.IMAP_CONNECTIONS.labels(self.name).inc()
         try:
             await connection.run()
         except (ConnectionError, EOFError, TimeoutError) as exc:
-            log.info("%s: connection from %s ended: %s", self.name, peer, exc)
+            log.info(
+                "%s: connection from %s ended: %s", self.name, peer, exc, extra={"client": peer_host(peer)}
+            )
         except Exception:
-            log.exception("%s: connection from %s failed", self.name, peer)
+            log.exception("%s: connection from %s failed", self.name, peer, extra={"client": peer_host(peer)})
         finally:
             self.connections.discard(connection)
             writer.close()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from django.conf import settings
 
 from accounts.authentication import Throttled, authenticate
+from everlock_site import metrics
 from mail.imap import store
 from mail.imap.folders import Selected
 from mail.imap.parser import Bad, InvalidName, Parser, tag_of
@@ -267,6 +268,7 @@ class Connection:
     def logout(self) -> None:
         self.selected = None
         if self.user_id is not None:
+            metrics.IMAP_SESSIONS_CLOSED.inc()
             count = _sessions.get(self.user_id, 0) - 1
             if count > 0:
                 _sessions[self.user_id] = count
@@ -469,14 +471,18 @@ async def _log_in(conn: Connection, login: str, password: str) -> bytes:
     try:
         user = await run(authenticate, login, password, client_address=conn.peer, service="imap")
     except Throttled:
+        metrics.IMAP_LOGINS.labels("throttled").inc()
         raise No("UNAVAILABLE", "Too many failed logins, try again later.") from None
     if user is None:
+        metrics.IMAP_LOGINS.labels("failed").inc()
         raise No("AUTHENTICATIONFAILED", "Invalid authentication credentials.")
+    metrics.IMAP_LOGINS.labels("ok").inc()
     if _sessions.get(user.pk, 0) >= settings.EVERLOCK_IMAP_MAX_SESSIONS_PER_USER:
         log.warning("imap: session of %s refused: limit reached", user.username)
         raise No("LIMIT", "Too many sessions open for this user.")
     accesses = await run(_open_accesses, user)
     _sessions[user.pk] = _sessions.get(user.pk, 0) + 1
+    metrics.IMAP_SESSIONS.inc()
     conn.user_id = user.pk
     conn.login_name = login
     conn.mailboxes = MailboxSet(accesses)

@@ -3,6 +3,7 @@ from mail.models.mailboxes import Folder, Mailbox
 from mail.models.messages import Message, MessageContent
 from mail.models.outbound import OutboundDelivery, OutboundRecipient
 from mail.models.rules import RedirectRecord, RuleSet, VacationReply
+from mail.models.tls import MtaStsPolicy, TlsResult
 
 __all__ = [
     "DkimRotation",
@@ -11,9 +12,11 @@ __all__ = [
     "Mailbox",
     "Message",
     "MessageContent",
+    "MtaStsPolicy",
     "OutboundDelivery",
     "OutboundRecipient",
     "RedirectRecord",
     "RuleSet",
+    "TlsResult",
     "VacationReply",
 ]

@@ -31,6 +31,35 @@ class MailDomain(models.Model):
         help_text="Local part of the mailbox that takes postmaster@ this domain when it has no "
         "postmaster mailbox (RFC 5321 section 4.5.1); when empty, the first admin's mailbox",
     )
+
+    class DmarcPolicy(models.TextChoices):
+        NONE = "none"
+        QUARANTINE = "quarantine"
+        REJECT = "reject"
+
+    class MtaStsMode(models.TextChoices):
+        ENFORCE = "enforce"
+        TESTING = "testing"
+        NONE = "none"
+
+    dmarc_policy = models.CharField(
+        max_length=10,
+        choices=DmarcPolicy.choices,
+        default=DmarcPolicy.QUARANTINE,
+        help_text="The p= of the derived DMARC record (RFC 7489 section 6.3)",
+    )
+    report_address = models.CharField(
+        max_length=254,
+        blank=True,
+        default="",
+        help_text="Where DMARC aggregate (rua) and TLS-RPT reports go; when empty, postmaster@ this domain",
+    )
+    mta_sts_mode = models.CharField(
+        max_length=10,
+        choices=MtaStsMode.choices,
+        default=MtaStsMode.TESTING,
+        help_text="The mode of the MTA-STS policy served for this domain (RFC 8461 section 3.2)",
+    )
     dkim_enabled = models.BooleanField(default=False)
     dkim_selector = models.CharField(max_length=63, default="default")
     dkim_private_key_pem = models.TextField(blank=True, default="")
@@ -48,6 +77,10 @@ class MailDomain(models.Model):
     @property
     def effective_hostname(self) -> str:
         return self.outbound_hostname or f"mail.{self.name}"
+
+    @property
+    def effective_report_address(self) -> str:
+        return self.report_address or f"postmaster@{self.name}"
 
 
 class DkimRotation(models.Model):

@@ -3,8 +3,10 @@
 Every change runs in one transaction and, on commit, rewrites the domain's file
 everlock-mail/domains/<domain>.toml under the data dir (or removes it on delete); the database
 stays the source of truth. DKIM TXT records are published as derived records of the hosted DNS
-(source "mail.dkim:<domain>") when the DNS backend is active (settings.EVERLOCK_DNS) and the
-domain lies in a hosted zone; otherwise the result carries guidance on publishing them.
+(source "mail.dkim:<domain>"), and the other records the domain needs (MX, SPF, DMARC,
+MTA-STS, TLS-RPT, SRV, autoconfig: mail.services.dns_records) under "mail.dns:<domain>", when
+the DNS backend is active (settings.EVERLOCK_DNS) and the domain lies in a hosted zone;
+otherwise the result carries guidance on publishing them.
 """
 
 from __future__ import annotations
@@ -14,20 +16,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
 from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
 from mail import config_files
-from mail.addresses import AddressError, is_valid_local_part, normalize_domain
+from mail.addresses import AddressError, is_valid_local_part, normalize_domain, parse_address
 from mail.config_files import ConfigFileError, DomainConfig, RotationConfig
 from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
 from mail.models import DkimRotation, MailDomain
+from mail.services.dns_records import derived_records, dns_source
 from mail.services.mailboxes import ensure_mailboxes_for_domain
 
 log = logging.getLogger("mail.domains")
 
 DKIM_TTL = 3600
-SETTING_KEYS = ("submission", "auth", "dkim", "hostname", "enabled", "postmaster")
+SETTING_KEYS = (
+    "submission",
+    "auth",
+    "dkim",
+    "hostname",
+    "enabled",
+    "postmaster",
+    "dmarc",
+    "reports",
+    "mta-sts",
+)
+_CHOICES = {"dmarc": MailDomain.DmarcPolicy.values, "mta-sts": MailDomain.MtaStsMode.values}
 _ON_OFF = {"on": True, "off": False}
 
 
@@ -126,6 +140,21 @@ def sync_file_on_commit(name: str) -> None:
     transaction.on_commit(sync)
 
 
+def _publish_dns(domain: MailDomain) -> list[str]:
+    """Publish the domain's records other than DKIM (dns_records) in its hosted zone, or
+    withdraw them when it is not hosted here; return notes."""
+    source = dns_source(domain.name)
+    if not _dns_hosts(domain.name):
+        withdraw_derived_records(source=source)
+        return []
+    replace_derived_records(source=source, records=[r.spec for r in derived_records(domain)])
+    zone = hosted_zone_for(domain.name)
+    return [
+        f"MX, SPF, DMARC, MTA-STS, TLS-RPT, SRV and autoconfig records published in hosted zone "
+        f"{zone.origin} (/mail domains records {domain.name} lists them)"
+    ]
+
+
 def publish_dkim_records(domain: MailDomain) -> list[str]:
     """Publish or withdraw the domain's DKIM records to match its state; return notes."""
     source = dkim_source(domain.name)
@@ -191,6 +220,7 @@ def domain_create(*, name: str) -> DomainChange:
             notes.append(f"outbound hostname {domain.outbound_hostname}")
             notes.append("DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)")
             notes.extend(publish_dkim_records(domain))
+            notes.extend(_publish_dns(domain))
         else:
             notes.extend(
                 [
@@ -200,6 +230,8 @@ def domain_create(*, name: str) -> DomainChange:
                     + f", then /mail domains set {normal} dkim=on",
                     f"or run /mail domains set {normal} dkim=on and publish the TXT records it prints"
                     " with your DNS provider",
+                    f"the other records the domain needs: /mail domains records {normal} prints them,"
+                    f" /mail domains check {normal} checks them",
                 ]
             )
         # Users granted mailboxes of this domain before it existed get them now.
@@ -237,6 +269,16 @@ def _check_settings(values: Mapping[str, str]) -> dict[str, object]:
                 checked[key] = normalize_domain(value)
             except AddressError as exc:
                 raise DomainError(f"hostname: {exc}") from None
+        elif key in _CHOICES:
+            if value.lower() not in _CHOICES[key]:
+                raise DomainError(f"{key}={value}: the value must be one of {', '.join(_CHOICES[key])}")
+            checked[key] = value.lower()
+        elif key == "reports":
+            # An address for DMARC aggregate and TLS-RPT reports; empty: postmaster@ the domain.
+            try:
+                checked[key] = str(parse_address(value)) if value else ""
+            except AddressError as exc:
+                raise DomainError(f"reports: {exc}") from None
         elif key == "postmaster":
             # A local part of this domain; empty: the first admin's mailbox.
             if value and not is_valid_local_part(value):
@@ -254,7 +296,10 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
 
     Keys: submission=on|off, auth=on|off (submission auth "authenticated" or "none"),
     dkim=on|off, hostname=FQDN, enabled=on|off, postmaster=LOCAL (the mailbox of this domain
-    that takes postmaster@ mail; empty: the first admin's). dkim=on generates missing keys and publishes
+    that takes postmaster@ mail; empty: the first admin's), dmarc=none|quarantine|reject (the
+    published DMARC policy), reports=ADDRESS (DMARC and TLS-RPT reports; empty: postmaster@),
+    mta-sts=enforce|testing|none (the MTA-STS policy served). The domain's derived DNS records
+    are brought up to date. dkim=on generates missing keys and publishes
     the TXT records (or says what to publish elsewhere); dkim=off stops signing and withdraws
     them. Idempotent. Raises DomainError for an unknown domain, key or value (nothing changes).
     """
@@ -278,6 +323,12 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
             domain.outbound_hostname = checked["hostname"]
         if "postmaster" in checked:
             domain.postmaster = checked["postmaster"]
+        if "dmarc" in checked:
+            domain.dmarc_policy = checked["dmarc"]
+        if "reports" in checked:
+            domain.report_address = checked["reports"]
+        if "mta-sts" in checked:
+            domain.mta_sts_mode = checked["mta-sts"]
         if checked.get("dkim") is True:
             _enable_dkim(domain, keys)
         elif checked.get("dkim") is False:
@@ -290,6 +341,9 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
             domain.save()
             sync_file_on_commit(domain.name)
         notes = [_change_line(domain.name, before, after)]
+        # Quietly: the records follow the settings just changed (the hostname, submission,
+        # DMARC, MTA-STS); /mail domains records lists them.
+        _publish_dns(domain)
         if "dkim" in checked:
             notes.extend(publish_dkim_records(domain))
             if not domain.dkim_enabled:
@@ -315,6 +369,12 @@ def _change_line(name: str, before: DomainConfig, after: DomainConfig) -> str:
         parts.append(f"hostname={after.outbound_hostname}")
     if before.postmaster != after.postmaster:
         parts.append(f"postmaster={after.postmaster}")
+    if before.dmarc_policy != after.dmarc_policy:
+        parts.append(f"dmarc={after.dmarc_policy}")
+    if before.report_address != after.report_address:
+        parts.append(f"reports={after.report_address}")
+    if before.mta_sts_mode != after.mta_sts_mode:
+        parts.append(f"mta-sts={after.mta_sts_mode}")
     if before.dkim_enabled != after.dkim_enabled:
         parts.append(f"dkim={_on(after.dkim_enabled)}")
     if (before.dkim_private_key_pem, before.dkim_rsa_private_key_pem) != (
@@ -329,6 +389,17 @@ def _change_line(name: str, before: DomainConfig, after: DomainConfig) -> str:
     return f"mail domain {name}: " + " ".join(parts)
 
 
+def domains_publish_dns() -> int:
+    """Bring the derived DNS records of every mail domain up to date (after the settings they
+    depend on, EVERLOCK_PUBLIC_ADDRESSES or EVERLOCK_PUBLIC_PORTS, changed); return how
+    many domains there are. Idempotent: records already current are left as they are."""
+    domains = list(MailDomain.objects.order_by("name"))
+    for domain in domains:
+        with transaction.atomic():
+            _publish_dns(domain)
+    return len(domains)
+
+
 def domain_delete(*, name: str) -> bool:
     """Delete domain `name` with its mailboxes, withdraw its DKIM records, remove its file.
 
@@ -338,6 +409,7 @@ def domain_delete(*, name: str) -> bool:
     with transaction.atomic():
         deleted, _ = MailDomain.objects.filter(name=normal).delete()
         withdraw_derived_records(source=dkim_source(normal))
+        withdraw_derived_records(source=dns_source(normal))
         sync_file_on_commit(normal)
     if deleted:
         log.info("mail domain %s deleted", normal)
@@ -389,6 +461,7 @@ def _apply_config(config: DomainConfig, *, source: str) -> DomainChange:
             line = _change_line(config.name, before, config)
             notes.append(line.replace(" generated", " replaced"))
         notes.extend(publish_dkim_records(domain))
+        _publish_dns(domain)
         # Rewrite the file in our canonical layout (comments or key order are not kept).
         sync_file_on_commit(config.name)
     log.info("mail domain %s imported from %s", config.name, source)
@@ -403,3 +476,10 @@ def _apply_rotation(domain: MailDomain, rotation: RotationConfig | None) -> None
     DkimRotation.objects.update_or_create(
         domain=domain, defaults={f: getattr(rotation, f) for f in RotationConfig.__dataclass_fields__}
     )
+
+
+def receiving_hostnames() -> dict[str, str]:
+    """{mail domain: its hostname}: the authserv-id of the Authentication-Results of mail
+    received for it (RFC 8601 section 2.5), the domain's outbound hostname setting."""
+    close_old_connections()
+    return {d.name: d.effective_hostname for d in MailDomain.objects.only("name", "outbound_hostname")}

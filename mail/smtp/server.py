@@ -39,6 +39,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from everlock_site import metrics
 from everlock_site.listen import AcceptErrorLog, binding, raise_open_file_limit
 from mail import replies
 from mail.replies import Reply, SMTPReject
@@ -233,6 +234,7 @@ class SMTPProtocolFactory:
         self.implicit_tls = implicit_tls
         # The open connections, the one that received something longest ago first.
         self.connections: OrderedDict[EverlockSMTP, None] = OrderedDict()
+        self.listener = listener_name(offers_auth=offers_auth, implicit_tls=implicit_tls)
         self._refused_logged_at = float("-inf")
         self._refused = 0
 
@@ -243,6 +245,7 @@ class SMTPProtocolFactory:
     def __call__(self) -> asyncio.Protocol:
         if len(self.connections) >= self.config.max_connections and not self._evict_silent():
             self._log_refusal()
+            metrics.SMTP_REFUSED.labels(self.listener, "CONNECT", "server_busy").inc()
             return _Refusal(replies.SERVER_BUSY)
         protocol = EverlockSMTP(
             self.handler,
@@ -347,6 +350,27 @@ def wire(reply: Reply | str) -> bytes:
         if isinstance(reply, str) and reply.startswith("500 Error: command "):
             reply = "500 5.5.2 Command " + reply[19:].replace(" not recognized", " unrecognized")
     return str(reply).encode("utf-8")
+
+
+def listener_name(*, offers_auth: bool, implicit_tls: bool) -> str:
+    """The listener label of the metrics: inbound, submission or submissions."""
+    return "submissions" if implicit_tls else "submission" if offers_auth else "inbound"
+
+
+# The reason label of a refusal: the name of one of our replies, by its wire line.
+_REASONS = {wire(value): name.lower() for name, value in vars(replies).items() if isinstance(value, Reply)}
+_ENHANCED = re.compile(rb"^[45]\d\d ([45]\.\d{1,3}\.\d{1,3}) ")
+_ACCEPTED = wire(replies.ACCEPTED)
+
+
+def refusal_reason(line: bytes) -> str:
+    """The reason label for a 4xx or 5xx wire line: the reply's name in mail.replies
+    ("relay_denied"), else its enhanced status code ("5.5.4"), else its code ("554")."""
+    reason = _REASONS.get(line)
+    if reason is not None:
+        return reason
+    enhanced = _ENHANCED.match(line)
+    return (enhanced[1] if enhanced else line[:3]).decode("ascii", "replace")
 
 
 # A reverse or forward path of plain dot-atoms (RFC 5321 section 4.1.2) that needs none of
@@ -506,6 +530,10 @@ class EverlockSMTP(SMTP):
         self._counted_host: str | None = None
         self._session_timer: asyncio.TimerHandle | None = None
         self._reply_lines: list[bytes] = []
+        self.listener = listener_name(offers_auth=offers_auth, implicit_tls=implicit_tls)
+        # The transaction command (MAIL, RCPT, DATA, BDAT) whose final reply is still to be
+        # counted for the metrics (see _count).
+        self._counting: str | None = None
 
     def _create_session(self) -> Session:
         return _Session(self.loop)
@@ -518,12 +546,23 @@ class EverlockSMTP(SMTP):
         if status[3:4] == b"-":
             self._reply_lines.append(status)
             return
+        if self._counting is not None and status[:1] != b"3":  # 354 is not DATA's answer yet
+            self._count(status)
         if self._reply_lines:
             status = b"\r\n".join([*self._reply_lines, status])
             self._reply_lines.clear()
         self._heard()  # our replies count as activity too
         self._writer.write(status + b"\r\n")
         await self._writer.drain()
+
+    def _count(self, line: bytes) -> None:
+        """Count the final reply `line` to the transaction command being counted: a refusal,
+        or a message accepted."""
+        command, self._counting = self._counting, None
+        if line[:1] in b"45":
+            metrics.SMTP_REFUSED.labels(self.listener, command, refusal_reason(line)).inc()
+        elif line == _ACCEPTED and command in ("DATA", "BDAT"):
+            metrics.SMTP_ACCEPTED.labels(self.listener).inc()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd replaces its idle timer at every command. One timer that is moved on only
@@ -565,7 +604,8 @@ class EverlockSMTP(SMTP):
         if self.transport is None:
             host = peer_host(transport.get_extra_info("peername"))
             if not self.counter.acquire(host, self.config.max_connections_per_client):
-                log.warning("SMTP: too many connections from %s", host)
+                log.warning("SMTP: too many connections from %s", host, extra={"client": host})
+                metrics.SMTP_REFUSED.labels(self.listener, "CONNECT", "too_many_connections").inc()
                 self._free_slot()
                 transport.write(wire(replies.TOO_MANY_CONNECTIONS) + b"\r\n")
                 transport.close()
@@ -642,7 +682,10 @@ class EverlockSMTP(SMTP):
     async def handle_exception(self, error: Exception):
         if isinstance(error, TLSSetupException):
             # A client that gave up or failed the TLS handshake: nothing of ours went wrong.
-            log.info("SMTP: TLS handshake with %s failed: %r", peer_host(self.session.peer), error.__cause__)
+            client = peer_host(self.session.peer)
+            log.info(
+                "SMTP: TLS handshake with %s failed: %r", client, error.__cause__, extra={"client": client}
+            )
             return replies.LOCAL_ERROR
         return await super().handle_exception(error)
 
@@ -667,6 +710,7 @@ class EverlockSMTP(SMTP):
     async def smtp_MAIL(self, arg: str | None) -> None:
         # Our parameters come off the argument; aiosmtpd reads the rest (and refuses what
         # neither knows with 555). The values go on the envelope once MAIL is accepted.
+        self._counting = "MAIL"
         params = MailParams()
         if arg is not None and self.session.extended_smtp:
             try:
@@ -681,6 +725,7 @@ class EverlockSMTP(SMTP):
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
+        self._counting = "RCPT"
         params = RcptParams()
         if arg is not None and self.session.extended_smtp:
             try:
@@ -700,6 +745,7 @@ class EverlockSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         # RFC 3030 section 3: BODY=BINARYMIME comes with BDAT only; section 2: no DATA
         # once BDAT has begun.
+        self._counting = "DATA"
         if getattr(self.envelope, "mail_params", MailParams()).binarymime:
             await self.push("503 5.5.1 BODY=BINARYMIME requires BDAT")
             return
@@ -710,6 +756,7 @@ class EverlockSMTP(SMTP):
 
     @syntax("BDAT <chunk-size> [LAST]")
     async def smtp_BDAT(self, arg: str | None) -> None:
+        self._counting = "BDAT"
         words = (arg or "").split()
         if (
             not 1 <= len(words) <= 2

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.utils import timezone
 
+from mail.delivery.resolver import make_resolver
 from mail.services import dkim_rotation
 from mail.services import domains as services
+from mail.services.dns_status import check_domain, zone_lines
 from mail.services.domains import DomainError
 from sshadmin.commands import CommandError, command
 
@@ -38,7 +41,7 @@ def domains_create(ctx, name: str) -> str:
     "/mail domains set",
     usage="/mail domains set DOMAIN KEY=VALUE...",
     summary="change a domain: submission=on|off auth=on|off dkim=on|off hostname=FQDN enabled=on|off "
-    "postmaster=LOCAL",
+    "postmaster=LOCAL dmarc=none|quarantine|reject reports=ADDRESS mta-sts=enforce|testing|none",
 )
 @_errors
 def domains_set(ctx, name: str, *pairs: str) -> str:
@@ -115,3 +118,44 @@ def domains_delete(ctx, name: str) -> str:
 @_errors
 def domains_import(ctx, name: str) -> str:
     return "\n".join(services.domain_import(name=name).notes)
+
+
+@command(
+    "/mail domains records",
+    usage="/mail domains records DOMAIN",
+    summary="print every DNS record the domain needs, as zone-file lines to publish",
+)
+@_errors
+def domains_records(ctx, name: str) -> str:
+    domain = services.get_domain(name)
+    return "\n".join([f"; DNS records of mail domain {domain.name}", *zone_lines(domain)])
+
+
+@command(
+    "/mail domains check",
+    usage="/mail domains check DOMAIN",
+    summary="look up the domain's DNS records through the resolver; say what is missing or different",
+)
+@_errors
+def domains_check(ctx, name: str) -> str:
+    domain = services.get_domain(name)
+    try:
+        resolver = make_resolver(settings.EVERLOCK_RESOLVER, timeout=3, lifetime=6)
+    except ValueError as exc:
+        raise CommandError(f"EVERLOCK_RESOLVER: {exc}") from None
+    results = check_domain(domain, resolver=resolver)
+    lines = []
+    for r in results:
+        line = f"{r.status.upper():9} {r.rtype:6} {r.name}"
+        if r.status == "different":
+            line += f": found {' | '.join(r.seen)}"
+        if r.fix:
+            line += f"\n          {r.fix}"
+        lines.append(line)
+    bad = sum(1 for r in results if r.status != "ok")
+    lines.append(
+        f"all {len(results)} records of {domain.name} are published"
+        if not bad
+        else f"{bad} of {len(results)} records of {domain.name} need attention"
+    )
+    return "\n".join(lines)

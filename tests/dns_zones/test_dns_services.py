@@ -14,6 +14,7 @@ from dns_zones.services import (
     record_list,
     record_update,
     replace_derived_records,
+    stands_in_for,
     withdraw_derived_records,
     zone_create,
     zone_delete,
@@ -158,3 +159,38 @@ def test_hosted_zone_for_picks_the_most_specific_zone_and_listing():
     assert zone_delete(origin="example.com") is True
     assert zone_delete(origin="example.com") is False
     assert Record.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("derived", "admin", "stands_in"),
+    [
+        (("TXT", '"v=spf1 mx -all"'), ("TXT", '"v=spf1 a -all"'), True),
+        (("TXT", '"v=spf1 mx -all"'), ("TXT", '"V=SPF1 ip4:192.0.2.1 -all"'), True),
+        (("TXT", '"v=spf1 mx -all"'), ("TXT", '"google-site-verification=x"'), False),
+        (("TXT", '"v=DMARC1; p=quarantine"'), ("TXT", '"v=spf1 -all"'), False),
+        (("TXT", '"v=DMARC1; p=quarantine"'), ("TXT", '"v=DMARC1;p=none"'), True),
+        (("MX", "10 mail.example.com."), ("MX", "5 mx.example.net."), True),
+        (("MX", "10 mail.example.com."), ("TXT", '"v=spf1 -all"'), False),
+        (("A", "192.0.2.1"), ("AAAA", "2001:db8::1"), True),
+        (("CNAME", "mail.example.com."), ("TXT", '"anything"'), True),
+        (("SRV", "0 1 993 mail.example.com."), ("CNAME", "elsewhere.example.net."), True),
+        (("SRV", "0 1 993 mail.example.com."), ("SRV", "0 1 993 imap.example.net."), True),
+    ],
+)
+def test_which_administrators_records_stand_in_for_derived_ones(derived, admin, stands_in):
+    assert stands_in_for(*derived, admin) is stands_in
+
+
+def test_an_administrators_record_takes_the_place_of_the_derived_one():
+    zone_create(origin="example.com")
+    spf = RecordSpec("example.com", "TXT", 3600, '"v=spf1 mx -all"')
+    assert replace_derived_records(source="test:spf", records=[spf]) == 1
+    record, created = record_add(origin="example.com", name="@", rtype="TXT", data='"site-verification=1"')
+    assert created and Record.objects.filter(source="test:spf").count() == 1
+    # Edited into an SPF record, it withdraws the derived SPF record...
+    record_update(record_id=record.id, name="@", rtype="TXT", ttl=300, data='"v=spf1 a -all"')
+    assert not Record.objects.filter(source="test:spf").exists()
+    # ...which is not published again while the administrator's stands.
+    assert replace_derived_records(source="test:spf", records=[spf]) == 0
+    record_delete(origin="example.com", record_id=record.id)
+    assert replace_derived_records(source="test:spf", records=[spf]) == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.installation import free_port
+from tests.log_lines import log_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = (
@@ -67,7 +68,7 @@ def _stop(proc: subprocess.Popen) -> int:
 def test_rundns_serves_the_zone_and_stops_cleanly(env, tmp_path):
     proc, port, log = _start(env, tmp_path, "rundns", "--listen", "127.0.0.1:0")
     try:
-        lines = [line for line in log.splitlines() if "dns_zones" in line]
+        lines = [line for line in log_lines(log) if "dns_zones" in line]
         assert lines[:2] == [
             "[INFO dns_zones] backend-dns-dns: binding DNS listener on 127.0.0.1:0",
             f"[INFO dns_zones] DNS listener on 127.0.0.1:{port} (udp, tcp)",

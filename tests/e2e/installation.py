@@ -20,6 +20,7 @@ import uuid
 from email.message import EmailMessage
 from pathlib import Path
 
+from tests.log_lines import log_lines
 from tests.postgres import create_database, drop_database, is_postgres
 from tests.sshadmin.openssh import ssh_exec
 
@@ -116,7 +117,8 @@ class Everlock:
 
     @property
     def log(self) -> list[str]:
-        return self.log_path.read_text().splitlines()
+        """The log's lines so far, each without its timestamp (checked: ISO 8601)."""
+        return log_lines(self.log_path.read_text())
 
     def wait_for_log(self, text: str, timeout: float = 30) -> str:
         """The first log line containing `text`, waiting for it up to `timeout` seconds."""

@@ -214,6 +214,8 @@ def test_console_creates_the_domain_the_user_and_the_grant(world):
         " /mail domains set example.com dkim=on\n"
         "or run /mail domains set example.com dkim=on and publish the TXT records it prints with"
         " your DNS provider\n"
+        "the other records the domain needs: /mail domains records example.com prints them,"
+        " /mail domains check example.com checks them\n"
         "mail domain example.com: submission=on\n"
         "DOMAIN       ENABLED  SUBMISSION  AUTH           DKIM  HOSTNAME\n"
         "example.com  on       on          authenticated  off   mail.example.com (default)\n"

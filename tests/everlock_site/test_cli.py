@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from everlock_site.management.commands.serve import Command as ServeCommand
+from tests.log_lines import log_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 EVERLOCK = Path(sys.executable).parent / "everlock"
@@ -43,8 +44,8 @@ def test_help_lists_everlocks_commands_first():
     ]
     ours = lines[5 : lines.index("Django commands:") - 1]
     assert [line.split()[0] for line in ours] == [
-        "mailconfig", "mailq", "runadminssh", "rundns", "runhttp", "runimap", "runsmtp", "serve",
-        "smtpwriter",
+        "backup", "copydb", "mailconfig", "mailq", "restore", "runadminssh", "rundns", "runhttp",
+        "runhttps", "runimap", "runsmtp", "serve", "smtpwriter",
     ]  # fmt: skip
     assert (
         "    serve        Run the selected Everlock components (listeners, console, workers) in one process."
@@ -100,15 +101,16 @@ def test_serve_on_a_busy_port_says_which_flag_to_change(tmp_path, busy_port, lis
 @pytest.mark.parametrize(
     ("command", "option"),
     [("runsmtp", "--listen"), ("runsmtp", "--submission-listen"), ("runadminssh", "--listen"),
-     ("runhttp", "--listen"), ("rundns", "--listen"), ("runimap", "--listen"), ("runimap", "--tls-listen")],
+     ("runhttp", "--listen"), ("runhttps", "--listen"), ("rundns", "--listen"), ("runimap", "--listen"),
+     ("runimap", "--tls-listen")],
 )  # fmt: skip
 def test_run_commands_on_a_busy_port_say_which_flag_to_change(tmp_path, busy_port, command, option):
     env = _env(tmp_path)
     subprocess.run([str(EVERLOCK), "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
     result = everlock(command, option, f"127.0.0.1:{busy_port}", env=env)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines() == [
-        *[line for line in result.stderr.splitlines() if line.startswith("[INFO ")],
+    assert log_lines(result.stderr) == [
+        *[line for line in log_lines(result.stderr) if line.startswith("[INFO ")],
         f"CommandError: port {busy_port} is in use: choose another with {option}",
     ]
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.log_lines import without_time
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ def test_runhttp_logs_and_serves_the_admin(tmp_path):
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     port = free_port()
     with running(["runhttp", "--listen", f"127.0.0.1:{port}"], env) as process:
-        lines = [process.stderr.readline().strip() for _ in range(2)]
+        lines = [without_time(process.stderr.readline()) for _ in range(2)]
         assert lines == [
             f"[INFO everlock_site.http] frontend-http: binding HTTP admin listener on 127.0.0.1:{port}",
             f"[INFO everlock_site.http] HTTP admin listener on 127.0.0.1:{port}",
@@ -97,7 +98,7 @@ def test_serve_starts_the_http_frontend(tmp_path):
     port = free_port()
     args = ["serve", "--frontend-http", "--frontend-http-listen", f"127.0.0.1:{port}"]
     with running(args, env) as process:
-        lines = [process.stderr.readline().strip() for _ in range(3)]
+        lines = [without_time(process.stderr.readline()) for _ in range(3)]
         assert lines == [
             "[INFO everlock] starting frontend-http",
             f"[INFO everlock_site.http] frontend-http: binding HTTP admin listener on 127.0.0.1:{port}",

@@ -101,6 +101,8 @@ def test_product_doc_domain_commands(console, tmp_path):
         "DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)",
         "DKIM TXT published in hosted zone example.com: default._domainkey.example.com",
         "DKIM TXT published in hosted zone example.com: default-rsa._domainkey.example.com",
+        "MX, SPF, DMARC, MTA-STS, TLS-RPT, SRV and autoconfig records published in hosted zone example.com"
+        " (/mail domains records example.com lists them)",
         "mail domain example.com: submission=on",
         "DOMAIN       ENABLED  SUBMISSION  AUTH           DKIM  HOSTNAME",
         "example.com  on       on          authenticated  on    mail.example.com",
@@ -143,7 +145,8 @@ def test_product_doc_domain_commands(console, tmp_path):
     bad = console("/mail domains set example.com submission=off colour=blue\n")
     assert bad.returncode == 1
     assert bad.stderr == (
-        "error: unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster)\n"
+        "error: unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster, "
+        "dmarc, reports, mta-sts)\n"
         "usage: /mail domains set DOMAIN KEY=VALUE...\n"
     )
     assert MailDomain.objects.get().submission_enabled is True

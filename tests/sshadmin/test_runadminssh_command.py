@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.log_lines import log_lines, without_time
 from tests.sshadmin.openssh import ssh_exec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,19 +54,21 @@ def test_runadminssh_serves_the_console(tmp_path):
         while not any("SSH admin console listener on" in line for line in lines):
             assert proc.poll() is None and time.monotonic() < deadline, lines
             time.sleep(0.05)
-        bound = next(line for line in lines if "SSH admin console listener on" in line)
+        bound = without_time(next(line for line in lines if "SSH admin console listener on" in line))
         match = re.fullmatch(r"\[INFO sshadmin\] SSH admin console listener on 127\.0\.0\.1:(\d+)", bound)
         assert match, bound
         port = int(match.group(1))
-        assert "[INFO sshadmin] admin user root created" in lines
-        assert "[INFO sshadmin] frontend-ssh: binding admin console listener on 127.0.0.1:0" in lines
+        assert "[INFO sshadmin] admin user root created" in log_lines("\n".join(lines))
+        assert "[INFO sshadmin] frontend-ssh: binding admin console listener on 127.0.0.1:0" in log_lines(
+            "\n".join(lines)
+        )
         result = ssh_exec(port, "/users list", tmp=tmp_path, password="root's long password", user="root")
         assert (result.returncode, result.stdout) == (0, "USER  ADMIN      GRANTS\nroot  superuser  0\n")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         reader.join(10)
-    assert lines[-1] == "[INFO sshadmin] stopped"
+    assert without_time(lines[-1]) == "[INFO sshadmin] stopped"
 
 
 def test_runadminssh_refuses_a_bad_listen_address(tmp_path):

@@ -39,6 +39,7 @@ COMPONENTS = (
     Component("frontend-smtp", "mail.smtp.server:start_listeners", needs=("backend-mail-smtp",)),
     Component("frontend-imap", "mail.imap.listener:start_listeners"),
     Component("frontend-http", "everlock_site.http:start_http"),
+    Component("frontend-https", "everlock_site.https:start_https"),
 )
 
 
@@ -95,11 +96,24 @@ class Command(BaseCommand):
             metavar="ADDR",
             help="where the admin web UI listens (default 127.0.0.1:8080: keep it on the admin network)",
         )
+        parser.add_argument(
+            "--frontend-https",
+            action="store_true",
+            help="the HTTPS listener: MTA-STS policies, mail client autoconfiguration, the admin web UI",
+        )
+        parser.add_argument(
+            "--frontend-https-listen",
+            default=None,
+            metavar="ADDR",
+            help="where the HTTPS listener listens (default 0.0.0.0:443; implies --frontend-https)",
+        )
         add_admin_arguments(parser)
 
     def handle(self, *args, **opts):
         if opts["frontend_dns_listen"]:
             opts["backend_dns_dns"] = True
+        if opts["frontend_https_listen"]:
+            opts["frontend_https"] = True
         imap_listens = opts["frontend_imap_listen"], opts["frontend_imaps_listen"]
         if any(imap_listens):
             opts["frontend_imap"] = True
@@ -130,6 +144,9 @@ class Command(BaseCommand):
             else None,
             "dns": parse_listen(opts["frontend_dns_listen"] or "0.0.0.0:53", option="--frontend-dns-listen"),
             "http": parse_listen(opts["frontend_http_listen"], option="--frontend-http-listen"),
+            "https": parse_listen(
+                opts["frontend_https_listen"] or "0.0.0.0:443", option="--frontend-https-listen"
+            ),
             # --frontend-imap alone starts both IMAP listeners on their defaults; either listen
             # flag alone starts that listener only.
             "imap": parse_listen(
@@ -151,6 +168,11 @@ class Command(BaseCommand):
             os.environ["EVERLOCK_DNS"] = "on"
         call_command("migrate", interactive=False, verbosity=0)
         call_command("createcachetable", verbosity=0)
+        if "backend-dns-dns" in selected:
+            # Settings the derived records follow may have changed since the last start.
+            from mail.services.domains import domains_publish_dns
+
+            domains_publish_dns()
         ensure_admin(opts, admin_password, log=log)
         asyncio.run(_run(starts, listens))
 

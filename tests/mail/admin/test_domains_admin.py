@@ -137,6 +137,46 @@ def test_private_keys_stay_out_of_lists_history_and_deletion(admin_client):
     assert "Changed Submission enabled." in history
 
 
+def test_change_page_lists_the_dns_records_and_sets_the_dns_policies(admin_client):
+    zone_create(origin="example.com")
+    domain = domain_create(name="example.com").domain
+    body = admin_client.get(f"/mail/maildomain/{domain.pk}/change/").content.decode()
+    assert "DNS records to publish" in body
+    assert '<code style="word-break: break-all">example.com. 3600 IN MX 10 mail.example.com.</code>' in body
+    assert (
+        "_dmarc.example.com. 3600 IN TXT &quot;v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com"
+        in body
+    )
+    form = {
+        "enabled": "on",
+        "submission_auth": "authenticated",
+        "outbound_hostname": "mail.example.com",
+        "dkim_enabled": "on",
+        "dmarc_policy": "reject",
+        "mta_sts_mode": "enforce",
+        "report_address": "Reports@Example.com",
+    }
+    assert admin_client.post(f"/mail/maildomain/{domain.pk}/change/", form).status_code == 302
+    domain.refresh_from_db()
+    assert (domain.dmarc_policy, domain.mta_sts_mode, domain.report_address) == (
+        "reject",
+        "enforce",
+        "Reports@example.com",
+    )
+    assert Record.objects.get(name="_dmarc.example.com").data == (
+        '"v=DMARC1; p=reject; rua=mailto:Reports@example.com"'
+    )
+    form["report_address"] = "not an address"
+    response = admin_client.post(f"/mail/maildomain/{domain.pk}/change/", form)
+    assert response.status_code == 200 and "invalid" in response.content.decode()
+
+
+def test_tls_pages_list_what_the_workers_recorded(admin_client):
+    for url in ("/mail/mtastspolicy/", "/mail/tlsresult/"):
+        assert admin_client.get(url).status_code == 200, url
+    assert admin_client.get("/mail/tlsresult/add/").status_code == 403
+
+
 def test_change_page_shows_a_dkim_key_rotation(admin_client):
     zone_create(origin="example.com")
     domain = domain_create(name="example.com").domain

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -213,7 +214,15 @@ def running_sinks() -> Iterator[Callable[..., Sink]]:
         cert="", key="", data_dir=Path(django_settings.DATA_DIR), hostname="mx.example.net"
     )
 
-    def start(host: str = "127.0.0.1", port: int = 0, tls: bool = False, size_limit: int = 33554432) -> Sink:
+    def start(
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = False,
+        size_limit: int = 33554432,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> Sink:
+        """A sink offering STARTTLS when `tls` (with the data dir's self-signed pair, or
+        `tls_context`)."""
         handler = SinkHandler()
 
         def factory():
@@ -221,7 +230,7 @@ def running_sinks() -> Iterator[Callable[..., Sink]]:
             return AioSMTP(
                 handler,
                 hostname="mx.example.net",
-                tls_context=context if tls else None,
+                tls_context=(tls_context or context) if tls else None,
                 require_starttls=False,
                 decode_data=False,
                 data_size_limit=size_limit,

@@ -233,7 +233,7 @@ def test_serve_runs_the_delivery_worker(installation):
     wait_for(lambda: "delivery worker started" in log_path.read_text(), 60)
     broker = installation.env.get("CELERY_BROKER_URL", "filesystem://")
     assert re.search(
-        r"^\[INFO mail\.delivery\] backend-mail-smtp: delivery worker started \(broker "
+        r"^\S+ \[INFO mail\.delivery\] backend-mail-smtp: delivery worker started \(broker "
         + re.escape(broker.split("://")[0])
         + r"://",
         log_path.read_text(),

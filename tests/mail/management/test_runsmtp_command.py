@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.log_lines import without_time
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -41,7 +42,7 @@ def test_runsmtp_logs_and_serves(tmp_path):
         text=True,
     )
     try:
-        lines = [process.stderr.readline().strip() for _ in range(4)]
+        lines = [without_time(process.stderr.readline()) for _ in range(4)]
         assert lines == [
             f"[INFO mail.smtp] frontend-smtp: binding inbound listener on 127.0.0.1:{inbound}",
             f"[INFO mail.smtp] SMTP inbound listener on 127.0.0.1:{inbound}",

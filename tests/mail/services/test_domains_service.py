@@ -53,6 +53,8 @@ def test_create_without_dns_leaves_dkim_off_and_guides(data_dir, settings):
         "then /mail domains set example.com dkim=on",
         "or run /mail domains set example.com dkim=on and publish the TXT records it prints "
         "with your DNS provider",
+        "the other records the domain needs: /mail domains records example.com prints them, "
+        "/mail domains check example.com checks them",
     ]
     d = MailDomain.objects.get()
     assert (d.name, d.dkim_enabled, d.outbound_hostname, d.dkim_private_key_pem) == (
@@ -91,6 +93,8 @@ def test_create_in_hosted_zone_sets_up_dkim(data_dir, settings):
         "DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)",
         "DKIM TXT published in hosted zone example.com: default._domainkey.example.com",
         "DKIM TXT published in hosted zone example.com: default-rsa._domainkey.example.com",
+        "MX, SPF, DMARC, MTA-STS, TLS-RPT, SRV and autoconfig records published in hosted zone "
+        "example.com (/mail domains records example.com lists them)",
     ]
     d = MailDomain.objects.get()
     assert d.dkim_enabled is True
@@ -133,7 +137,8 @@ def test_set_applies_together_or_not_at_all(data_dir, settings):
     for values, error in [
         (
             {"submission": "on", "colour": "blue"},
-            "unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster)",
+            "unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster, "
+            "dmarc, reports, mta-sts)",
         ),
         ({"submission": "on", "auth": "maybe"}, "auth=maybe: the value must be on or off"),
         (
@@ -141,7 +146,11 @@ def test_set_applies_together_or_not_at_all(data_dir, settings):
             "hostname: invalid domain name 'bad..host': encoding with 'idna' codec failed "
             "(UnicodeError: label empty or too long)",
         ),
-        ({}, "nothing to set (keys: submission, auth, dkim, hostname, enabled, postmaster)"),
+        (
+            {},
+            "nothing to set (keys: submission, auth, dkim, hostname, enabled, postmaster, "
+            "dmarc, reports, mta-sts)",
+        ),
     ]:
         with pytest.raises(DomainError) as exc:
             domain_set(name="example.com", values=values)
@@ -205,12 +214,17 @@ def test_dkim_on_off_in_hosted_zone_publishes_and_withdraws(data_dir, settings):
     serial = type(zone).objects.get().serial
     domain_set(name="example.com", values={"dkim": "on"})
     assert Record.objects.filter(source="mail.dkim:example.com").count() == 2
-    assert type(zone).objects.get().serial == serial + 1
+    # The DKIM records and the others (MX aside: the administrator's stays) in two changes.
+    assert type(zone).objects.get().serial == serial + 2
+    assert not Record.objects.filter(source="mail.dns:example.com", rtype="MX").exists()
     # Idempotent: the same state publishes nothing new.
     domain_set(name="example.com", values={"dkim": "on"})
-    assert type(zone).objects.get().serial == serial + 1
+    assert type(zone).objects.get().serial == serial + 2
     domain_set(name="example.com", values={"dkim": "off"})
-    assert list(Record.objects.values_list("rtype", "source")) == [("MX", "")]
+    assert list(Record.objects.filter(source="").values_list("rtype", "data")) == [
+        ("MX", "10 mail.example.com.")
+    ]
+    assert not Record.objects.filter(source="mail.dkim:example.com").exists()
     assert MailDomain.objects.get().dkim_enabled is False
 
 
@@ -254,7 +268,9 @@ def test_import_reads_an_edited_file_back(data_dir, settings):
     ]
     d = MailDomain.objects.get()
     assert (d.submission_enabled, d.outbound_hostname, d.dkim_enabled) == (True, "smtp.example.com", False)
-    assert Record.objects.count() == 0
+    assert not Record.objects.filter(source="mail.dkim:example.com").exists()
+    # The other records follow the new hostname.
+    assert Record.objects.get(source="mail.dns:example.com", rtype="MX").data == "10 smtp.example.com."
     assert tomllib.loads(path.read_text())["outbound"]["hostname"] == "smtp.example.com"
     assert domain_import(name="example.com").notes == [
         f"mail domain example.com imported from {path} (unchanged)"
@@ -302,7 +318,7 @@ def test_import_of_a_bad_file_changes_nothing(data_dir, settings, edit, error):
         domain_import(name="example.com")
     assert str(exc.value).startswith(f"{path}: {error}")
     assert MailDomain.objects.values().get() == before
-    assert Record.objects.count() == 2
+    assert Record.objects.filter(source="mail.dkim:example.com").count() == 2
 
 
 def test_import_all_creates_domains_from_files(data_dir, settings):
@@ -386,9 +402,9 @@ def test_a_key_rotation_in_progress_is_kept_in_the_file_and_imported_back(data_d
     path.write_text(text)
     domain_import(name="example.com")
     assert DkimRotation.objects.get().rsa_selector == f"{day}-rsa"
-    assert sorted(Record.objects.values_list("name", flat=True)) == sorted(
-        f"{s}._domainkey.example.com" for s in ("default", "default-rsa", day, f"{day}-rsa")
-    )
+    assert sorted(
+        Record.objects.filter(source="mail.dkim:example.com").values_list("name", flat=True)
+    ) == sorted(f"{s}._domainkey.example.com" for s in ("default", "default-rsa", day, f"{day}-rsa"))
     # A file without the table ends the rotation; a bad state is refused.
     path.write_text(text.replace('state = "publishing"', 'state = "halfway"'))
     with pytest.raises(
@@ -398,4 +414,4 @@ def test_a_key_rotation_in_progress_is_kept_in_the_file_and_imported_back(data_d
     path.write_text(text.split("[outbound.dkim.rotation]")[0])
     domain_import(name="example.com")
     assert not DkimRotation.objects.exists()
-    assert Record.objects.count() == 2
+    assert Record.objects.filter(source="mail.dkim:example.com").count() == 2

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+from tests.log_lines import without_time
 from tests.mail.management.test_runsmtp_command import ROOT, free_port
 from tests.mail.smtp.conftest import tls_context
 from tests.mail.smtp.test_inbound_replies import read_all
@@ -158,7 +159,8 @@ def test_listener_raises_open_file_limit(tmp_path):
     try:
         assert process.stderr.readline().strip().endswith(f"binding inbound listener on 127.0.0.1:{port}")
         assert (
-            process.stderr.readline().strip() == f"[INFO mail.smtp] SMTP inbound listener on 127.0.0.1:{port}"
+            without_time(process.stderr.readline())
+            == f"[INFO mail.smtp] SMTP inbound listener on 127.0.0.1:{port}"
         )
         assert _open_files_limit(process.pid) == (hard, hard)
     finally:
@@ -173,13 +175,14 @@ def test_limit_fits_the_open_file_limit(tmp_path):
     process = _runsmtp(tmp_path, port, soft=300, hard=300, max_connections=5000)
     held = []
     try:
-        assert process.stderr.readline().strip() == (
+        assert without_time(process.stderr.readline()) == (
             "[WARNING mail.smtp] SMTP: at most 44 connections per listener "
             "(EVERLOCK_SMTP_MAX_CONNECTIONS is 5000, the open file limit 300)"
         )
         assert process.stderr.readline().strip().endswith(f"binding inbound listener on 127.0.0.1:{port}")
         assert (
-            process.stderr.readline().strip() == f"[INFO mail.smtp] SMTP inbound listener on 127.0.0.1:{port}"
+            without_time(process.stderr.readline())
+            == f"[INFO mail.smtp] SMTP inbound listener on 127.0.0.1:{port}"
         )
         held = [greeted(port) for _ in range(44)]
         for _ in range(20):

@@ -26,7 +26,9 @@ def test_product_doc_walkthrough_with_hosted_dns(settings, data_dir):
         "outbound hostname mail.example.com\n"
         "DKIM on: Ed25519 key (selector default) and RSA-2048 key (selector default-rsa)\n"
         "DKIM TXT published in hosted zone example.com: default._domainkey.example.com\n"
-        "DKIM TXT published in hosted zone example.com: default-rsa._domainkey.example.com"
+        "DKIM TXT published in hosted zone example.com: default-rsa._domainkey.example.com\n"
+        "MX, SPF, DMARC, MTA-STS, TLS-RPT, SRV and autoconfig records published in hosted zone example.com"
+        " (/mail domains records example.com lists them)"
     )
     assert (
         run("/mail domains set example.com submission=on auth=on") == "mail domain example.com: submission=on"
@@ -80,7 +82,9 @@ def test_guidance_without_hosted_dns(settings):
         "to host the zone here: /dns zones create example.com (with EVERLOCK_DNS=on), "
         "then /mail domains set example.com dkim=on\n"
         "or run /mail domains set example.com dkim=on and publish the TXT records it prints "
-        "with your DNS provider"
+        "with your DNS provider\n"
+        "the other records the domain needs: /mail domains records example.com prints them, "
+        "/mail domains check example.com checks them"
     )
     assert run("/mail domains list") == (
         "DOMAIN       ENABLED  SUBMISSION  AUTH           DKIM  HOSTNAME\n"

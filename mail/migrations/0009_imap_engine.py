@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mail', '0007_dkim_rotation'),
+        ('mail', '0008_domain_dns_mta_sts'),
     ]
 
     operations = [
