@@ -74,6 +74,11 @@ TEST_TOOLS = {
     "curl": "curl",
     "postfix": "postfix",
     "msmtp": "msmtp",
+    # imaptest (the IMAP compliance suite and load tool) links against Dovecot's library; the
+    # IMAP benchmark runs a private Dovecot beside Everlock.
+    "/usr/lib/dovecot/libdovecot.so.0": "dovecot-core",
+    "/usr/include/dovecot/imap-parser.h": "dovecot-dev",
+    "/usr/lib/dovecot/imap": "dovecot-imapd",
     "pebble": "pebble",
     "openssl": "openssl",
     "systemd-analyze": "systemd",
