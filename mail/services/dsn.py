@@ -16,6 +16,8 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from mail.auth import srs
+from mail.auth.verdict import Summary
 from mail.models import Message
 from mail.replies import SMTPReject
 from mail.services.delivery import deliver_inbound, resolve_mailboxes
@@ -154,6 +156,11 @@ def send_dsn(
     remote sender gets nothing: the DSN is dropped and logged, never queued (backscatter)."""
     if not envelope_from or not failed:
         return False
+    original_sender = srs.reverse(envelope_from) if srs.is_srs(envelope_from) else None
+    if original_sender:
+        # A redirect we sent on with an SRS sender (mail.auth.srs): the bounce goes to the
+        # original sender, which passed SPF or DMARC when the message came in.
+        envelope_from, outside = original_sender, True
     raw = build_dsn(
         reporting_host=reporting_host,
         envelope_from=envelope_from,
@@ -232,11 +239,19 @@ def deliver_inbound_reporting(
     params: EnvelopeParams,
     reporting_host: str,
     files: StoredFiles | None = None,
+    checked: Summary | None = None,
 ) -> list[Message]:
     """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
-    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for."""
+    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for: unless the inbound
+    checks found that the sender passed neither SPF nor DMARC (it may be forged, and the
+    report would be backscatter)."""
     with transaction.atomic():
-        messages = deliver_inbound(raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files)
+        messages = deliver_inbound(
+            raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
+        )
+        if checked is not None and not checked.sender_verified:
+            log.info("no success DSN to %s: it passed neither SPF nor DMARC", envelope_from)
+            return messages
         notify_success(
             reporting_host=reporting_host,
             envelope_from=envelope_from,
