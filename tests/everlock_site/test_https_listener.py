@@ -17,6 +17,7 @@ from mail.services.dns_records import mta_sts_id, mta_sts_policy
 from mail.services.domains import domain_create, domain_set, get_domain
 from tests.certificates import PrivateCA
 from tests.everlock_site.test_http_listener import base_env, free_port, running
+from tests.log_lines import without_time
 from tls.store import CertificateStore
 
 
@@ -197,7 +198,7 @@ def test_serve_starts_the_https_frontend(tmp_path):
     )
     port = free_port()
     with running(["serve", "--frontend-https-listen", f"127.0.0.1:{port}"], env) as process:
-        lines = [process.stderr.readline().strip() for _ in range(3)]
+        lines = [without_time(process.stderr.readline()) for _ in range(3)]
         assert lines == [
             "[INFO everlock] starting frontend-https",
             f"[INFO everlock_site.http] frontend-https: binding HTTPS listener on 127.0.0.1:{port}",
