@@ -66,6 +66,7 @@ TEST_TOOLS = {
     "dig": "bind9-dnsutils",
     "opendkim-testmsg": "opendkim-tools",
     "/usr/share/perl5/Mail/DKIM/Verifier.pm": "libmail-dkim-perl",
+    "/usr/share/perl5/Mail/SPF.pm": "libmail-spf-perl",
     "/usr/bin/chromium": "chromium",
     "mbsync": "isync",
     "neomutt": "neomutt",
@@ -73,6 +74,11 @@ TEST_TOOLS = {
     "curl": "curl",
     "postfix": "postfix",
     "msmtp": "msmtp",
+    # imaptest (the IMAP compliance suite and load tool) links against Dovecot's library; the
+    # IMAP benchmark runs a private Dovecot beside Everlock.
+    "/usr/lib/dovecot/libdovecot.so.0": "dovecot-core",
+    "/usr/include/dovecot/imap-parser.h": "dovecot-dev",
+    "/usr/lib/dovecot/imap": "dovecot-imapd",
     "pebble": "pebble",
     "openssl": "openssl",
     "systemd-analyze": "systemd",

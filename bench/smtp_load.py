@@ -103,10 +103,11 @@ async def drive(
     auth: tuple[str, str] | None,
     messages: int = MESSAGES,
     starttls: bool = False,
+    data: bytes | None = None,
 ) -> float:
-    """Send `messages` messages with CLIENTS concurrent clients (each with STARTTLS when
-    `starttls`); return messages per second."""
-    data = message()
+    """Send `messages` messages (`data`, else message()) with CLIENTS concurrent clients (each
+    with STARTTLS when `starttls`); return messages per second."""
+    data = data or message()
     blob = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()) if auth else None
     remaining = messages
 
@@ -122,16 +123,23 @@ async def drive(
 
 
 def measure(
-    ports: list[int], *, sender: str, rcpt: str, auth: tuple[str, str] | None, starttls: bool = False
+    ports: list[int],
+    *,
+    sender: str,
+    rcpt: str,
+    auth: tuple[str, str] | None,
+    starttls: bool = False,
+    data: bytes | None = None,
 ) -> list[list[float]]:
     """The warm-up of each server, then ROUNDS timed rounds taking turns: the msgs/s of each
     round, per server."""
+    load = {"sender": sender, "rcpt": rcpt, "auth": auth, "starttls": starttls, "data": data}
     for port in ports:
-        asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth, messages=CLIENTS, starttls=starttls))
+        asyncio.run(drive(port, messages=CLIENTS, **load))
     rates: list[list[float]] = [[] for _ in ports]
     for _ in range(ROUNDS):
         for port, rounds in zip(ports, rates, strict=True):
-            rounds.append(asyncio.run(drive(port, sender=sender, rcpt=rcpt, auth=auth, starttls=starttls)))
+            rounds.append(asyncio.run(drive(port, **load)))
     return rates
 
 
@@ -169,7 +177,8 @@ def _bare_server(ready, auth: bool, cert: str = "", key: str = "") -> None:
     asyncio.run(main())
 
 
-def _everlock_server(ready, data_dir: str) -> None:
+def _everlock_server(ready, data_dir: str, env: dict[str, str] | None = None) -> None:
+    os.environ.update(env or {})
     setup_django(data_dir)
     from everlock_site.listen import ListenAddress
     from mail.smtp.server import start_listeners
@@ -183,10 +192,13 @@ def _everlock_server(ready, data_dir: str) -> None:
     asyncio.run(main())
 
 
-def start(target, *args):
+def start(target, *args, daemon: bool = True):
+    """Run target(ready, *args) in a new process; returns it and what it put on `ready`. A
+    server that starts processes of its own runs with `daemon` False (the caller terminates
+    it)."""
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    process = ctx.Process(target=target, args=(ready, *args), daemon=True)
+    process = ctx.Process(target=target, args=(ready, *args), daemon=daemon)
     process.start()
     return process, ready.get(timeout=60)
 

@@ -248,9 +248,16 @@ EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT = env.int(
     "EVERLOCK_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", default=8
 )
 
-# EVERLOCK_RESOLVER: nameservers for outbound MX lookups as "host:port,host:port"; empty
-# means the system's resolver (/etc/resolv.conf).
+# EVERLOCK_RESOLVER: nameservers for outbound MX lookups and the inbound checks as
+# "host:port,host:port"; empty means the system's resolver (/etc/resolv.conf).
 EVERLOCK_RESOLVER = env.str("EVERLOCK_RESOLVER", default="")
+
+# EVERLOCK_INBOUND_CHECKS: SPF, DKIM, ARC, DMARC and iprev on mail received on port 25, with
+# an Authentication-Results header on each delivered copy (docs/inbound-checks.md).
+EVERLOCK_INBOUND_CHECKS = env.bool("EVERLOCK_INBOUND_CHECKS", default=True)
+# EVERLOCK_DNSBL_ZONES: DNS blocklists (RFC 5782) asked for each inbound client address,
+# comma-separated ("zen.spamhaus.org,bl.example.net"); a listed client gets 554 5.7.1.
+EVERLOCK_DNSBL_ZONES = env.list("EVERLOCK_DNSBL_ZONES", default=[])
 
 # EVERLOCK_REMOTE_SMTP_PORT: the port remote MX hosts are dialled on (25 on the internet).
 EVERLOCK_REMOTE_SMTP_PORT = env.int("EVERLOCK_REMOTE_SMTP_PORT", default=25)

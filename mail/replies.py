@@ -91,3 +91,17 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your addre
 SERVER_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing")
 SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit exceeded, closing")
+
+# Inbound checks (mail.auth). RFC 7489 section 6.6.3 / 10.3: a DMARC p=reject message is
+# refused during the SMTP session, so no bounce is ever generated.
+DMARC_REJECT = Reply(550, "5.7.1", "Rejected by the DMARC policy of the From domain")
+# RFC 7208 section 8.6 (and RFC 7489 for its DNS): a temporary DNS failure while deciding is
+# answered 451 4.4.3, so the sender retries; never a 5xx.
+AUTH_DNS_TEMPORARY = Reply(451, "4.4.3", "Temporary DNS failure checking the sender, try again later")
+
+
+def dnsbl_listed(text: str) -> Reply:
+    """554 5.7.1 with the DNSBL's TXT record (RFC 5782 section 2.1), one line of printable
+    ASCII."""
+    line = "".join(c if " " <= c <= "~" else " " for c in text)[:400].strip()
+    return Reply(554, "5.7.1", f"Client address listed: {line}")

@@ -1,5 +1,6 @@
-"""Stored messages in the Django admin: listed with their metadata, shown read-only with their
-headers and raw bytes (escaped: a message is untrusted input)."""
+"""Stored messages in the Django admin: listed with their metadata, shown read-only with the
+results of the inbound checks, their headers and raw bytes (escaped: a message is untrusted
+input)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from mail.models import Message, MessageContent
+from mail.services.delivery import stored_results
 from mail.services.storage import read_content
 
 
@@ -46,6 +48,7 @@ class MessageAdmin(admin.ModelAdmin):
         "received_at",
         "flags_shown",
         "content",
+        "authentication",
         "headers",
         "raw_message",
     )
@@ -69,6 +72,18 @@ class MessageAdmin(admin.ModelAdmin):
             return bytes(obj.prepended_headers) + read_content(obj.content)
         except OSError as exc:
             return f"(cannot read the stored message: {exc})"
+
+    @admin.display(description="authentication results")
+    def authentication(self, obj: Message) -> str:
+        """What the inbound checks found (SPF, DKIM, DMARC, ARC, iprev), from the message's
+        Authentication-Results of ours."""
+        raw = self._raw(obj)
+        if isinstance(raw, str):
+            return raw
+        lines = stored_results(obj, raw)
+        if not lines:
+            return "not checked (submitted here, or received with the inbound checks off)"
+        return format_html("<pre>{}</pre>", "\n".join(lines))
 
     @admin.display(description="headers")
     def headers(self, obj: Message) -> str:

@@ -146,12 +146,18 @@ def send_dsn(
 
     With `outside` False (the bounce of a rule redirect, whose sender may be forged), a
     remote sender gets nothing: the DSN is dropped and logged, never queued (backscatter)."""
+    from mail.auth import srs
     from mail.services.delivery import deliver_inbound, resolve_mailboxes
     from mail.services.enqueue import enqueue_remote
     from mail.services.storage import StoredFiles, store_content
 
     if not envelope_from or not failed:
         return False
+    original_sender = srs.reverse(envelope_from) if srs.is_srs(envelope_from) else None
+    if original_sender:
+        # A redirect we sent on with an SRS sender (mail.auth.srs): the bounce goes to the
+        # original sender, which passed SPF or DMARC when the message came in.
+        envelope_from, outside = original_sender, True
     raw = build_dsn(
         reporting_host=reporting_host,
         envelope_from=envelope_from,

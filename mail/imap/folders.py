@@ -1,47 +1,30 @@
-"""Folders as pymap's MailboxDataInterface, over mail.imap.store.
+"""Folders as sessions see them, over mail.imap.store.
 
 A folder that sessions of this process have open is a FolderState: its messages as of the last
-look (uid -> Message), shared by every session of the process, refreshed by one query that
+look (uid -> Row), shared by every session of the process, refreshed by one query that
 returns only what changed since (mail.imap.store.changes), and a change log so each session is
 told only what it has not seen yet. mail.imap.notify wakes IDLE sessions when another process
 changes the folder.
+
+A session's selected folder is a Selected: the UIDs in the order of their message sequence
+numbers as that session was told them (RFC 9051 §2.3.1.2), and what it knows of their flags.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sequence
 from datetime import UTC, datetime
 
-from pymap.concurrent import Event
-from pymap.exceptions import (
-    MailboxError,
-    MailboxNotFound,
-    MailboxReadOnly,
-)
-from pymap.flags import FlagOp
-from pymap.interfaces.message import CachedMessage
-from pymap.mailbox import MailboxSnapshot
-from pymap.parsing.message import AppendMessage
-from pymap.parsing.response.code import ResponseCode
-from pymap.parsing.specials import ObjectId, SequenceSet
-from pymap.parsing.specials.flag import Flag, Seen
-from pymap.selected import SelectedMailbox, SelectedSet
-
 from mail.imap import store
-from mail.imap.messages import Message
-from mail.imap.store import Access, FolderGone, Row, StoreError
+from mail.imap.responses import flag_list
+from mail.imap.store import FolderGone, Row
 from mail.imap.threads import run
 
 log = logging.getLogger("mail.imap")
-
-
-def refused(exc: StoreError, mailbox: str | None = None) -> MailboxError:
-    """The NO answer (with its RFC 5530 code) of a change the store refused."""
-    return MailboxError(mailbox, str(exc).encode(), ResponseCode.of(exc.code.encode()))
 
 
 class FolderState:
@@ -51,25 +34,36 @@ class FolderState:
 
     def __init__(self, folder_id: int) -> None:
         self.folder_id = folder_id
-        self.messages: dict[int, Message] = {}
+        self.messages: dict[int, Row] = {}
         self.modseq = 0  # the folder's highest_modseq at the last refresh
         self.info: store.FolderInfo | None = None
         self.version = 0  # this process's count of refreshes that changed something
         self.log: deque[tuple[int, frozenset[int], frozenset[int]]] = deque(maxlen=self.LOG_LENGTH)
-        self.selected_set = SelectedSet()
         self.lock = asyncio.Lock()
-        self.changed = asyncio.Event()
+        self._changed: asyncio.Future | None = None
         self.gone = False
         self.stale = True
         self.claimed_up_to = 0  # uid_next when sessions of this process last claimed \Recent
         self.keywords: set[str] = set()  # every keyword seen on a message of the folder
+        self.removed: dict[int, Row] = {}  # the messages expunged last, as they were
+        self.sessions = 0  # sessions that have the folder selected
+
+    def _left(self) -> None:
+        self.sessions -= 1
 
     def poke(self) -> None:
         """The folder may have changed: the next refresh asks the database, and the sessions
         waiting in IDLE wake up."""
         self.stale = True
-        self.changed.set()
-        self.changed = asyncio.Event()
+        waiter, self._changed = self._changed, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def changed(self) -> asyncio.Future:
+        """Done at the next poke: one future for every session that waits (IDLE)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
     async def refresh(self, *, force: bool = False) -> None:
         """Bring the messages up to date. Asks the database only when the folder may have
@@ -87,20 +81,23 @@ class FolderState:
             self.info = delta.folder
             changed = {row.uid for row in delta.rows}
             for row in delta.rows:
-                self.messages[row.uid] = Message(row)
+                self.messages[row.uid] = row
                 self.keywords.update(flag for flag in row.flags if not flag.startswith("\\"))
             expunged: set[int] = set()
             if len(self.messages) != delta.count:
                 present = await run(store.all_uids, self.folder_id)
                 expunged = set(self.messages) - present
                 for uid in expunged:
-                    del self.messages[uid]
+                    # Kept a while: sessions not yet told of the expunge still show it.
+                    self.removed[uid] = self.messages.pop(uid)
+                while len(self.removed) > self.LOG_LENGTH:
+                    del self.removed[next(iter(self.removed))]
             self.modseq = delta.folder.highest_modseq
             if changed or expunged:
                 self.version += 1
                 self.log.append((self.version, frozenset(changed), frozenset(expunged)))
 
-    def since(self, version: int | None) -> tuple[list[Message], frozenset[int]] | None:
+    def since(self, version: int | None) -> tuple[list[Row], frozenset[int]] | None:
         """(messages changed, UIDs expunged) after `version`, or None when the log no longer
         reaches back that far (the session then compares everything)."""
         if version is None:
@@ -121,230 +118,204 @@ class FolderState:
 _states: weakref.WeakValueDictionary[int, FolderState] = weakref.WeakValueDictionary()
 
 
+# The folders selected last stay in memory a while after their last session ends: the next
+# SELECT (a client that logs in for every check) reads only what changed since.
+_kept: dict[int, FolderState] = {}
+KEPT_STATES = 256
+
+
 def folder_state(folder_id: int) -> FolderState:
     state = _states.get(folder_id)
     if state is None:
         state = _states[folder_id] = FolderState(folder_id)
+    _kept.pop(folder_id, None)
+    _kept[folder_id] = state
+    if len(_kept) > KEPT_STATES:
+        del _kept[next(iter(_kept))]
     return state
 
 
 def open_states() -> list[FolderState]:
-    """The folders sessions of this process have open (for mail.imap.notify)."""
-    return list(_states.values())
+    """The folders sessions of this process have selected (for mail.imap.notify). A folder
+    only kept in memory is not watched: its next SELECT reads what changed."""
+    return [state for state in _states.values() if state.sessions]
 
 
-class MailboxData:
-    """One folder as pymap's MailboxDataInterface."""
+class Selected:
+    """The folder a session has selected: the UIDs it was told of, in sequence order."""
 
-    def __init__(self, access: Access, name: str, info: store.FolderInfo, state: FolderState) -> None:
-        self.access = access
-        self.name = name
+    __slots__ = (
+        "__weakref__",
+        "access",
+        "ghosts",
+        "gone",
+        "keywords",
+        "modseq",
+        "name",
+        "readonly",
+        "recent",
+        "state",
+        "told",
+        "uids",
+        "version",
+    )
+
+    def __init__(self, state: FolderState, *, name: str, readonly: bool, access: store.Access) -> None:
         self.state = state
-        self._info = info
-        self._mailbox_id = ObjectId(b"F%d" % info.id)
+        state.sessions += 1
+        weakref.finalize(self, state._left)
+        self.name = name
+        self.readonly = readonly
+        self.access = access
+        self.uids: list[int] = []
+        self.recent: set[int] = set()
+        self.version = -1
+        self.modseq = 0
+        # Messages expunged by others while EXPUNGE responses were not allowed (RFC 9051
+        # §7.5.1: not during FETCH, STORE, SEARCH): still numbered, shown as they were.
+        self.ghosts: dict[int, Row] = {}
+        # Flags the session was told by the command it gave (FETCH, STORE) since the last
+        # update: the change is not told again.
+        self.told: dict[int, frozenset[str]] = {}
+        self.gone = False
+        self.keywords: frozenset[str] = frozenset()  # the keywords FLAGS has named
 
-    @property
-    def mailbox_id(self) -> ObjectId:
-        return self._mailbox_id
-
-    @property
-    def readonly(self) -> bool:
-        return not self.access.writable
-
-    @property
-    def uid_validity(self) -> int:
-        return self._info.uid_validity
-
-    @property
-    def permanent_flags(self) -> frozenset[Flag]:
-        return frozenset(Flag(f.encode()) for f in store.SYSTEM_FLAGS) | {Flag(b"\\*")}
-
-    @property
-    def session_flags(self) -> frozenset[Flag]:
-        return frozenset({Flag(b"\\Recent")})
-
-    @property
-    def selected_set(self) -> SelectedSet:
-        return self.state.selected_set
-
-    async def _refresh(self, *, force: bool = False) -> None:
-        try:
-            await self.state.refresh(force=force)
-        except FolderGone:
-            raise MailboxNotFound(self.name) from None
-        assert self.state.info is not None
-        self._info = self.state.info
-
-    async def update_selected(
-        self, selected: SelectedMailbox, *, wait_on: Event | None = None
-    ) -> SelectedMailbox:
-        if wait_on is not None:
-            await _wait_either(wait_on, self.state.changed)
-        try:
-            await self._refresh()
-        except MailboxNotFound:
-            selected.set_deleted()
-            return selected
-        if not selected.readonly and self._info.uid_next > self.state.claimed_up_to:
-            # New mail: the first read-write session to see it gets it as \Recent.
-            self.state.claimed_up_to = self._info.uid_next
-            await self.claim_recent(selected)
-        delta = self.state.since(selected.mod_sequence)
-        if delta is None:
-            selected.set_messages(sorted(self.state.messages.values(), key=lambda m: m.uid))
-        else:
-            messages, expunged = delta
-            selected.add_updates(messages, expunged)
-        selected.mod_sequence = self.state.version
-        return selected
-
-    async def append(self, append_msg: AppendMessage, *, recent: bool = False) -> Message:
-        """pymap's `recent` is true when no session of the appender has the folder selected:
-        then the message stays \\Recent for whoever looks next."""
+    def flags_lines(self) -> bytes:
+        """FLAGS and PERMANENTFLAGS (RFC 9051 §7.3.5): the system flags and every keyword in
+        use; any keyword may be added (\\*) where the session may write."""
+        self.keywords = frozenset(self.state.keywords)
+        known = [*SYSTEM_FLAGS, *sorted(self.keywords)]
+        out = b"* FLAGS " + flag_list(known) + b"\r\n"
         if self.readonly:
-            raise MailboxReadOnly(self.name)
-        flags = frozenset(str(f) for f in append_msg.flag_set if str(f) != "\\Recent")
-        when = append_msg.when if append_msg.when and append_msg.when.tzinfo else None
-        try:
-            _, uid = await run(
-                store.append,
-                self.state.folder_id,
-                access=self.access,
-                raw=bytes(append_msg.literal),
-                flags=flags,
-                when=when,
-                seen_by_appender=not recent,
+            return out + b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
+        return out + b"* OK [PERMANENTFLAGS " + flag_list([*known, "\\*"]) + b"] Flags permitted.\r\n"
+
+    def new_keywords(self) -> bytes:
+        """FLAGS again when messages carry keywords the session was not told of."""
+        if self.state.keywords <= self.keywords:
+            return b""
+        return self.flags_lines()
+
+    @property
+    def folder_id(self) -> int:
+        return self.state.folder_id
+
+    def row(self, uid: int) -> Row | None:
+        return self.state.messages.get(uid) or self.ghosts.get(uid)
+
+    def seq_of(self, uid: int) -> int | None:
+        index = bisect.bisect_left(self.uids, uid)
+        if index < len(self.uids) and self.uids[index] == uid:
+            return index + 1
+        return None
+
+    def flag_list(self, uid: int, row: Row | None = None) -> bytes:
+        """The message's flags as FETCH FLAGS shows them, \\Recent included."""
+        if row is None:
+            row = self.row(uid)
+        key = (row.flags if row else frozenset(), uid in self.recent)
+        shown = _shown_flags.get(key)
+        if shown is None:
+            flags = sorted(key[0], key=_flag_order)
+            if key[1]:
+                flags.append("\\Recent")
+            if len(_shown_flags) > 4096:
+                _shown_flags.clear()
+            shown = _shown_flags[key] = flag_list(flags)
+        return shown
+
+    def load(self) -> None:
+        """Take the folder's messages as they are now (SELECT)."""
+        self.uids = sorted(self.state.messages)
+        self.version = self.state.version
+        self.modseq = self.state.modseq
+        self.ghosts.clear()
+        self.told.clear()
+
+    def forget(self, uids) -> None:
+        """The session was told these UIDs are gone (EXPUNGE or VANISHED)."""
+        for uid in sorted(uids, reverse=True):
+            seq = self.seq_of(uid)
+            if seq is not None:
+                del self.uids[seq - 1]
+            self.recent.discard(uid)
+            self.ghosts.pop(uid, None)
+
+    def updates(self, *, expunges: bool, condstore: bool, uid_fetch: bool = False) -> list[bytes]:
+        """The untagged responses that tell the session what changed since it was last told
+        (EXPUNGE, EXISTS, FETCH FLAGS), and records them as told. Without `expunges`, expunged
+        messages stay numbered until a command that allows EXPUNGE responses."""
+        out: list[bytes] = []
+        state = self.state
+        delta = state.since(self.version)
+        if delta is None:
+            # The change log no longer reaches back: every message's flags are told again.
+            changed = sorted(state.messages.values(), key=lambda row: row.uid)
+            expunged = {uid for uid in self.uids if uid not in state.messages}
+        else:
+            changed, expunged = delta
+        self.version = state.version
+        for uid in expunged:
+            if uid in state.messages or uid in self.ghosts or self.seq_of(uid) is None:
+                continue
+            self.ghosts[uid] = state.removed.get(uid) or _ghost(
+                uid, self.told.get(uid, frozenset()), state.modseq
             )
-        except StoreError as exc:
-            raise refused(exc, self.name) from None
-        except FolderGone:
-            raise MailboxNotFound(self.name) from None
-        self.state.poke()
-        row = Row(0, uid, flags, when or datetime.now(UTC), len(append_msg.literal), "", b"")
-        return Message(row)
-
-    async def copy_many(
-        self, uids: Sequence[int], destination: MailboxData, *, move: bool
-    ) -> list[tuple[int, int]]:
-        try:
-            _, pairs = await run(
-                store.copy,
-                self.state.folder_id,
-                list(uids),
-                destination.state.folder_id,
-                move=move,
-                target_mailbox_id=destination.access.mailbox_id,
-            )
-        except StoreError as exc:
-            raise refused(exc, destination.name) from None
-        except FolderGone:
-            raise MailboxNotFound(destination.name) from None
-        destination.state.poke()
-        if move:
-            self.state.poke()
-        return pairs
-
-    async def copy(self, uid: int, destination: MailboxData, *, recent: bool = False) -> int | None:
-        pairs = await self.copy_many([uid], destination, move=False)
-        return pairs[0][1] if pairs else None
-
-    async def move(self, uid: int, destination: MailboxData, *, recent: bool = False) -> int | None:
-        pairs = await self.copy_many([uid], destination, move=True)
-        return pairs[0][1] if pairs else None
-
-    async def get(self, uid: int, cached_msg: CachedMessage) -> Message:
-        message = self.state.messages.get(uid)
-        if message is None:
-            if not isinstance(cached_msg, Message):
-                raise TypeError(cached_msg)
-            return Message(cached_msg.row, expunged=True)
-        return message
-
-    async def update_many(self, messages: Sequence[Message], flag_set: frozenset[Flag], mode: FlagOp) -> None:
-        updates = []
-        for message in messages:
-            flags = mode.apply(message.permanent_flags, flag_set)
-            if flags != message.permanent_flags:
-                updates.append((message.uid, frozenset(str(f) for f in flags)))
-        if updates:
-            try:
-                await run(store.set_flags, self.state.folder_id, updates)
-            except FolderGone:
-                raise MailboxNotFound(self.name) from None
-            self.state.poke()
-
-    async def update(
-        self, uid: int, cached_msg: CachedMessage, flag_set: frozenset[Flag], mode: FlagOp
-    ) -> Message:
-        message = await self.get(uid, cached_msg)
-        if not message.expunged:
-            await self.update_many([message], flag_set, mode)
-            await self._refresh()
-            message = self.state.messages.get(uid, message)
-        return message
-
-    async def delete(self, uids: Iterable[int]) -> None:
-        try:
-            await run(store.expunge, self.state.folder_id, list(uids))
-        except FolderGone:
-            raise MailboxNotFound(self.name) from None
-        self.state.poke()
-
-    async def claim_recent(self, selected: SelectedMailbox) -> None:
-        for uid in await run(store.claim_recent, self.state.folder_id):
-            selected.session_flags.add_recent(uid)
-
-    async def cleanup(self) -> None:
-        pass
-
-    async def snapshot(self) -> MailboxSnapshot:
-        # SELECT, EXAMINE and STATUS: what the database holds now, whatever the watcher knows.
-        await self._refresh(force=True)
-        messages = sorted(self.state.messages.values(), key=lambda m: m.uid)
-        unseen = 0
-        first_unseen = None
-        for seq, message in enumerate(messages, 1):
-            if Seen not in message.permanent_flags:
-                unseen += 1
-                if first_unseen is None:
-                    first_unseen = seq
-        # FLAGS and PERMANENTFLAGS name the system flags and the keywords in use; STORE
-        # takes any keyword (self.permanent_flags has \*, for the selected state only).
-        in_use = frozenset(Flag(k.encode()) for k in self.state.keywords)
-        return MailboxSnapshot(
-            self.mailbox_id,
-            self.readonly,
-            self.uid_validity,
-            (self.permanent_flags - {Flag(b"\\*")}) | in_use,
-            self.session_flags,
-            len(messages),
-            await run(store.recent_count, self.state.folder_id),
-            unseen,
-            first_unseen,
-            self._info.uid_next,
-        )
-
-    async def find(
-        self, seq_set: SequenceSet, selected: SelectedMailbox
-    ) -> AsyncIterable[tuple[int, Message]]:
-        for seq, cached in selected.messages.get_all(seq_set):
-            message = await self.get(cached.uid, cached)
-            yield seq, message
-
-    async def find_deleted(self, seq_set: SequenceSet, selected: SelectedMailbox) -> Sequence[int]:
-        deleted = Flag(b"\\Deleted")
-        return [
-            message.uid
-            async for _, message in self.find(seq_set, selected)
-            if not message.expunged and deleted in message.permanent_flags
-        ]
+        if expunges and self.ghosts:
+            for uid in sorted(self.ghosts, reverse=True):
+                seq = self.seq_of(uid)
+                if seq is not None:
+                    del self.uids[seq - 1]
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
+                self.recent.discard(uid)
+            self.ghosts.clear()
+        last = self.uids[-1] if self.uids else 0
+        new = []
+        for row in changed:
+            uid = row.uid
+            if uid > last:
+                new.append(uid)
+                continue
+            if uid in self.ghosts or self.told.get(uid) == row.flags:
+                continue
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            items = b""
+            if uid_fetch:
+                items += b"UID %d " % uid
+            items += b"FLAGS " + self.flag_list(uid, row)
+            if condstore:
+                items += b" MODSEQ (%d)" % row.modseq
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, items))
+        self.told.clear()
+        if new:
+            new.sort()
+            self.uids.extend(new)
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        self.modseq = max(self.modseq, state.modseq)
+        keywords = self.new_keywords()
+        return [keywords, *out] if keywords else out
 
 
-async def _wait_either(done: Event, changed: asyncio.Event, recheck: float = 60.0) -> None:
-    """Wait until IDLE ends (`done`), the folder may have changed, or `recheck` seconds pass."""
-    waiters = {asyncio.ensure_future(done.wait(timeout=recheck)), asyncio.ensure_future(changed.wait())}
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+def _ghost(uid: int, flags: frozenset[str], modseq: int) -> Row:
+    """An expunged message no longer remembered: its flags, no content."""
+    return Row(0, uid, flags, datetime.now(UTC), 0, "", b"", modseq, 0)
+
+
+# Flag lists as sent, by (flags, recent): a folder has few distinct ones.
+_shown_flags: dict[tuple[frozenset[str], bool], bytes] = {}
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_ORDER = {"\\Answered": 0, "\\Flagged": 1, "\\Deleted": 2, "\\Seen": 3, "\\Draft": 4}
+
+
+def _flag_order(flag: str) -> tuple[int, str]:
+    return (_ORDER.get(flag, 5), flag)
+
+
+def poke(folder_id: int) -> None:
+    """A session of this process changed the folder: the others hear of it at once."""
+    state = _states.get(folder_id)
+    if state is not None:
+        state.poke()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import psycopg
 from django.db import connection
 
 from mail.imap import store
@@ -74,6 +73,8 @@ async def poll_for_changes(*, interval: float) -> None:
 
 
 def _conninfo() -> str:
+    import psycopg  # only on PostgreSQL: libpq costs an SQLite installation 8 MB per process
+
     params = connection.settings_dict
     return psycopg.conninfo.make_conninfo(
         dbname=params["NAME"],
@@ -87,6 +88,8 @@ def _conninfo() -> str:
 async def listen_for_changes(*, retry: float = 5.0) -> None:
     """LISTEN on CHANNEL and poke the open folders named; reconnects after `retry` seconds
     when the connection fails."""
+    import psycopg
+
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(_conninfo(), autocommit=True) as conn:

@@ -1,6 +1,6 @@
 """What an IMAP session reads and changes, over the mail models: synchronous, one transaction
-per call, run in worker threads (mail.imap.threads) by the pymap backend (mail.imap.login,
-session, folders, messages).
+per call, run in worker threads (mail.imap.threads) by the protocol engine (mail.imap.server
+and the command modules).
 
 Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
@@ -16,23 +16,26 @@ that no longer matches; the session then compares UIDs.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, Q
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
+from mail.imap.mime import imap_summary
 from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
 from mail.models.mailboxes import INBOX, SENT
 from mail.services.delivery import parse_message
 from mail.services.mailboxes import mailbox_usage
-from mail.services.storage import StoredFiles, delete_content_file, store_content
+from mail.services.storage import StoredFiles, delete_content_file, message_storage, write_content
 
 log = logging.getLogger("mail.imap")
 
@@ -109,6 +112,8 @@ class Row:
     size: int
     storage_name: str
     prepended: bytes
+    modseq: int
+    content_id: int
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,11 @@ def accesses(user: User) -> list[Access]:
 def ensure_special_folders(mailbox_id: int) -> None:
     """Create the SPECIAL-USE folders the mailbox lacks (idempotent)."""
     wanted = [name for name in SPECIAL_USE if name != "Sent"]
+    present = set(
+        Folder.objects.filter(mailbox_id=mailbox_id, name__in=wanted).values_list("name", flat=True)
+    )
+    if present >= set(wanted):
+        return  # the usual case: no write at login
     Folder.objects.bulk_create(
         [Folder(mailbox_id=mailbox_id, name=name) for name in wanted], ignore_conflicts=True
     )
@@ -180,12 +190,28 @@ def stored_name(access: Access, name: str) -> str:
     return _SHOWN_AS.get(name.upper(), name) if name.upper() in ("INBOX", "SENT") else name
 
 
+# The queries sessions make for nearly every command are written in SQL: the ORM's query
+# building took more time than the database (measured under imaptest's load).
+_M = Message._meta.db_table
+_F = Folder._meta.db_table
+_C = MessageContent._meta.db_table
+_MB = Mailbox._meta.db_table
+_OUT = OutboundDelivery._meta.db_table
+_FOLDER_INFO = "id, uid_validity, uid_next, highest_modseq, subscribed"
+
+
+def _query(sql: str, params: Sequence = ()) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def folder_rows(access: Access) -> list[tuple[str, str, bool]]:
     """(stored name, IMAP name, subscribed) of every folder of the mailbox."""
-    rows = (
-        Folder.objects.filter(mailbox_id=access.mailbox_id).order_by("name").values_list("name", "subscribed")
+    rows = _query(
+        f"SELECT name, subscribed FROM {_F} WHERE mailbox_id = %s ORDER BY name", [access.mailbox_id]
     )
-    return [(name, access.imap_name(name), subscribed) for name, subscribed in rows]
+    return [(name, access.imap_name(name), bool(subscribed)) for name, subscribed in rows]
 
 
 def special_use(stored: str) -> str | None:
@@ -194,14 +220,18 @@ def special_use(stored: str) -> str | None:
 
 def find_folder(access: Access, name: str) -> FolderInfo:
     """The folder `name` (IMAP name within the mailbox). Raises FolderGone."""
-    row = (
-        Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored_name(access, name))
-        .values_list("id", "uid_validity", "uid_next", "highest_modseq", "subscribed")
-        .first()
+    rows = _query(
+        f"SELECT {_FOLDER_INFO} FROM {_F} WHERE mailbox_id = %s AND name = %s",
+        [access.mailbox_id, stored_name(access, name)],
     )
-    if row is None:
+    if not rows:
         raise FolderGone(name)
-    return FolderInfo(*row)
+    return _info(rows[0])
+
+
+def _info(row: tuple) -> FolderInfo:
+    pk, validity, uid_next, modseq, subscribed = row
+    return FolderInfo(pk, validity, uid_next, modseq, bool(subscribed))
 
 
 def create_folder(access: Access, name: str) -> int:
@@ -210,12 +240,17 @@ def create_folder(access: Access, name: str) -> int:
     stored = stored_name(access, name.rstrip(DELIMITER))
     if not stored:
         raise StoreError("CANNOT", "Invalid mailbox name.")
-    with transaction.atomic():
+    with writing():
         if Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).exists():
             raise StoreError("ALREADYEXISTS", "Mailbox already exists.")
         mailbox = Mailbox.objects.select_for_update().get(pk=access.mailbox_id)
+        # A name subscribed before (and deleted since) is subscribed again.
+        subscribed = stored in mailbox.orphan_subscriptions
+        if subscribed:
+            mailbox.orphan_subscriptions.remove(stored)
+            Mailbox.objects.filter(pk=mailbox.pk).update(orphan_subscriptions=mailbox.orphan_subscriptions)
         folder = Folder.objects.create(
-            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=False
+            mailbox=mailbox, name=stored, uid_validity=mailbox.next_uid_validity(), subscribed=subscribed
         )
     return folder.id
 
@@ -226,22 +261,24 @@ def delete_folder(access: Access, name: str) -> None:
     stored = stored_name(access, name)
     if stored == INBOX:
         raise StoreError("CANNOT", "INBOX cannot be deleted.")
-    with transaction.atomic():
+    with writing():
         folder = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).first()
         if folder is None:
             raise StoreError("NONEXISTENT", "No such mailbox.")
         content_ids = set(Message.objects.filter(folder=folder).values_list("content_id", flat=True))
         Message.objects.filter(folder=folder).delete()
         folder.delete()
-        names = _orphaned_contents(content_ids)
-    _remove_files(names)
+        if folder.subscribed:
+            # RFC 9051 §6.3.4: deleting a mailbox leaves its subscription.
+            _keep_orphan(access.mailbox_id, stored, keep=True)
+        _remove_files_on_commit(_orphaned_contents(content_ids))
 
 
 def rename_folder(access: Access, before: str, after: str) -> None:
     """Rename a folder and its children (RFC 9051 §6.3.6). Renaming INBOX moves its messages
     into the new folder and leaves INBOX empty."""
     old, new = stored_name(access, before), stored_name(access, after)
-    with transaction.atomic():
+    with writing():
         folders = Folder.objects.select_for_update().filter(mailbox_id=access.mailbox_id)
         existing = {f.name: f for f in folders}
         if old not in existing:
@@ -264,11 +301,43 @@ def rename_folder(access: Access, before: str, after: str) -> None:
 
 
 def set_subscribed(access: Access, name: str, subscribed: bool) -> None:
-    updated = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored_name(access, name)).update(
-        subscribed=subscribed
-    )
-    if not updated and subscribed:
-        raise StoreError("NONEXISTENT", "No such mailbox.")
+    stored = stored_name(access, name)
+    updated = Folder.objects.filter(mailbox_id=access.mailbox_id, name=stored).update(subscribed=subscribed)
+    if not updated:
+        if subscribed:
+            raise StoreError("NONEXISTENT", "No such mailbox.")
+        with writing():
+            _keep_orphan(access.mailbox_id, stored, keep=False)
+
+
+def _keep_orphan(mailbox_id: int, stored: str, *, keep: bool) -> None:
+    """Add `stored` to (or remove it from) the mailbox's subscriptions without a folder, in
+    the caller's transaction."""
+    mailbox = Mailbox.objects.select_for_update().filter(pk=mailbox_id).first()
+    if mailbox is None:
+        return
+    names = [n for n in mailbox.orphan_subscriptions if n != stored]
+    if keep:
+        names.append(stored)
+    if names != mailbox.orphan_subscriptions:
+        Mailbox.objects.filter(pk=mailbox_id).update(orphan_subscriptions=sorted(names))
+
+
+def orphan_subscriptions(access: Access) -> list[str]:
+    """The IMAP names subscribed in the mailbox that no folder has."""
+    rows = _query(f"SELECT orphan_subscriptions FROM {_MB} WHERE id = %s", [access.mailbox_id])
+    names = rows[0][0] if rows else []
+    if isinstance(names, str):  # SQLite hands back the JSON text
+        names = json.loads(names)
+    return [access.imap_name(name) for name in names or []]
+
+
+def _datetime(value, converters) -> datetime:
+    # SQLite hands back text; the backend's converters make it the aware datetime the ORM
+    # would.
+    for converter in converters:
+        value = converter(value, _received_at, connection)
+    return value
 
 
 def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[str]:
@@ -278,40 +347,54 @@ def _row_flags(seen, answered, flagged, deleted, draft, keywords) -> frozenset[s
     return frozenset(flags + keywords.split())
 
 
-_ROW_FIELDS = (
-    "id",
-    "uid",
-    "seen",
-    "answered",
-    "flagged",
-    "deleted",
-    "draft",
-    "keywords",
-    "received_at",
-    "size",
-    "content__storage_name",
-    "prepended_headers",
+_ROW_COLUMNS = (
+    "m.id, m.uid, m.seen, m.answered, m.flagged, m.deleted, m.draft, m.keywords, m.received_at, m.size, "
+    "c.storage_name, m.prepended_headers, m.modseq, m.content_id"
 )
+_received_at = Message._meta.get_field("received_at")
 
 
-def _rows(queryset) -> list[Row]:
+def _rows(results: list[tuple]) -> list[Row]:
+    converters = connection.ops.get_db_converters(_received_at.get_col(_M))
     rows = []
-    for values in queryset.values_list(*_ROW_FIELDS):
-        pk, uid, seen, answered, flagged, deleted, draft, keywords, received_at, size, name, prepended = (
-            values
+    for values in results:
+        (pk, uid, seen, answered, flagged, deleted, draft, keywords, received_at, size, name, prepended) = (
+            values[:12]
         )
         rows.append(
             Row(
                 id=pk,
                 uid=uid,
                 flags=_row_flags(seen, answered, flagged, deleted, draft, keywords),
-                internal_date=received_at,
+                internal_date=_datetime(received_at, converters),
                 size=size,
                 storage_name=name,
                 prepended=bytes(prepended),
+                modseq=values[12],
+                content_id=values[13],
             )
         )
     return rows
+
+
+# SQLite has one writer at a time; its busy handler makes a waiting writer sleep (1 ms, then
+# longer and longer). The sessions of one process take turns here instead, handing over at once.
+_sqlite_writer = threading.RLock()
+
+
+@contextmanager
+def writing():
+    """A write transaction, or part of the caller's (the group commits of mail.imap.threads
+    give each change its own savepoint); on SQLite, one of this process at a time."""
+    if connection.in_atomic_block:
+        yield
+        return
+    if connection.vendor != "sqlite":
+        with transaction.atomic():
+            yield
+        return
+    with _sqlite_writer, transaction.atomic():
+        yield
 
 
 @contextmanager
@@ -320,17 +403,32 @@ def metadata_change():
     SQLite it commits without waiting for the disk (synchronous=NORMAL in WAL mode: a crash of
     the process loses nothing, a power failure at most the last moments of such changes, never
     a message); mail itself (APPEND, delivery) is committed with a sync as ever."""
-    relax = connection.vendor == "sqlite"
-    if relax:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA synchronous=NORMAL")
-    try:
+    if connection.in_atomic_block:
+        yield
+        return
+    if connection.vendor != "sqlite":
         with transaction.atomic():
             yield
-    finally:
-        if relax:
+        return
+    with group_transaction(durable=False):
+        yield
+
+
+@contextmanager
+def group_transaction(*, durable: bool):
+    """One write transaction of this process on SQLite, committed with a sync when `durable`
+    (else as metadata_change says)."""
+    with _sqlite_writer:
+        if not durable:
             with connection.cursor() as cursor:
-                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with transaction.atomic():
+                yield
+        finally:
+            if not durable:
+                with connection.cursor() as cursor:
+                    cursor.execute("PRAGMA synchronous=FULL")
 
 
 def _save_counters(folder: Folder, *fields: str) -> None:
@@ -343,22 +441,26 @@ def _save_counters(folder: Folder, *fields: str) -> None:
 def number_new(folder_id: int) -> None:
     """Give the folder's unnumbered messages their UIDs, in id order, and stamp them with a
     new modseq; nothing when there are none."""
-    if not Message.objects.filter(folder_id=folder_id, uid__isnull=True).exists():
+    if not _query(f"SELECT 1 FROM {_M} WHERE folder_id = %s AND uid IS NULL LIMIT 1", [folder_id]):
         return
     with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None:
             return
-        pending = list(
-            Message.objects.filter(folder_id=folder_id, uid__isnull=True).order_by("id").only("id")
-        )
+        pending = [
+            pk
+            for (pk,) in _query(
+                f"SELECT id FROM {_M} WHERE folder_id = %s AND uid IS NULL ORDER BY id", [folder_id]
+            )
+        ]
         if not pending:
             return
         folder.highest_modseq += 1
-        for offset, message in enumerate(pending):
-            message.uid = folder.uid_next + offset
-            message.modseq = folder.highest_modseq
-        Message.objects.bulk_update(pending, ["uid", "modseq"], batch_size=500)
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"UPDATE {_M} SET uid = %s, modseq = %s WHERE id = %s",
+                [(folder.uid_next + offset, folder.highest_modseq, pk) for offset, pk in enumerate(pending)],
+            )
         folder.uid_next += len(pending)
         _save_counters(folder, "uid_next", "highest_modseq")
 
@@ -367,25 +469,28 @@ def changes(folder_id: int, since_modseq: int) -> Changes:
     """Number new messages, then everything that changed in the folder after `since_modseq`
     (0: every message). Raises FolderGone."""
     number_new(folder_id)
-    row = (
-        Folder.objects.filter(pk=folder_id)
-        .annotate(count=Count("messages", filter=Q(messages__uid__isnull=False)))
-        .values_list("id", "uid_validity", "uid_next", "highest_modseq", "subscribed", "count")
-        .first()
+    rows = _query(
+        f"SELECT {_FOLDER_INFO}, (SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL) "
+        f"FROM {_F} f WHERE id = %s",
+        [folder_id],
     )
-    if row is None:
+    if not rows:
         raise FolderGone(folder_id)
-    *info, count = row
-    folder = FolderInfo(*info)
+    *info, count = rows[0]
+    folder = _info(tuple(info))
     if folder.highest_modseq <= since_modseq:
         return Changes(folder, [], count)
-    changed = Message.objects.filter(folder_id=folder_id, uid__isnull=False, modseq__gt=since_modseq)
-    return Changes(folder, _rows(changed.order_by("uid")), count)
+    changed = _query(
+        f"SELECT {_ROW_COLUMNS} FROM {_M} m JOIN {_C} c ON c.id = m.content_id "
+        f"WHERE m.folder_id = %s AND m.uid IS NOT NULL AND m.modseq > %s ORDER BY m.uid",
+        [folder_id, since_modseq],
+    )
+    return Changes(folder, _rows(changed), count)
 
 
 def claim_recent(folder_id: int) -> list[int]:
     """The UIDs still \\Recent in the folder, which stop being recent for anyone else."""
-    if not Folder.objects.filter(pk=folder_id, first_recent_uid__lt=F("uid_next")).exists():
+    if not _query(f"SELECT 1 FROM {_F} WHERE id = %s AND first_recent_uid < uid_next", [folder_id]):
         return []  # nothing to claim: no write transaction
     with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
@@ -401,26 +506,37 @@ def claim_recent(folder_id: int) -> list[int]:
     return sorted(uids)
 
 
+def recent_uids(folder_id: int) -> list[int]:
+    """The UIDs still \\Recent in the folder, left so (a read-only look)."""
+    rows = _query(
+        f"SELECT m.uid FROM {_M} m JOIN {_F} f ON f.id = m.folder_id "
+        f"WHERE m.folder_id = %s AND m.uid >= f.first_recent_uid ORDER BY m.uid",
+        [folder_id],
+    )
+    return [uid for (uid,) in rows]
+
+
 def all_uids(folder_id: int) -> set[int]:
-    return set(Message.objects.filter(folder_id=folder_id, uid__isnull=False).values_list("uid", flat=True))
+    return {
+        uid
+        for (uid,) in _query(f"SELECT uid FROM {_M} WHERE folder_id = %s AND uid IS NOT NULL", [folder_id])
+    }
 
 
 def folder_status(folder_id: int) -> tuple[FolderInfo, int, int]:
     """(folder, messages, unseen) for STATUS."""
     number_new(folder_id)
-    row = (
-        Folder.objects.filter(pk=folder_id)
-        .annotate(
-            count=Count("messages", filter=Q(messages__uid__isnull=False)),
-            unseen=Count("messages", filter=Q(messages__uid__isnull=False, messages__seen=False)),
-        )
-        .values_list("id", "uid_validity", "uid_next", "highest_modseq", "subscribed", "count", "unseen")
-        .first()
+    rows = _query(
+        f"SELECT {_FOLDER_INFO}, "
+        f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL), "
+        f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL AND seen = %s) "
+        f"FROM {_F} f WHERE id = %s",
+        [False, folder_id],
     )
-    if row is None:
+    if not rows:
         raise FolderGone(folder_id)
-    *info, count, unseen = row
-    return FolderInfo(*info), count, unseen
+    *info, count, unseen = rows[0]
+    return _info(tuple(info)), count, unseen
 
 
 def _flag_values(flags: Iterable[str]) -> dict:
@@ -431,23 +547,38 @@ def _flag_values(flags: Iterable[str]) -> dict:
 
 
 def _bump(folder_id: int) -> int:
-    """Raise the folder's highest_modseq under its row lock; the new value."""
-    folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
-    if folder is None:
+    """Raise the folder's highest_modseq (the UPDATE takes the row lock); the new value."""
+    rows = _query(
+        f"UPDATE {_F} SET highest_modseq = highest_modseq + 1 WHERE id = %s RETURNING highest_modseq",
+        [folder_id],
+    )
+    if not rows:
         raise FolderGone(folder_id)
-    folder.highest_modseq += 1
-    _save_counters(folder, "highest_modseq")
-    return folder.highest_modseq
+    return rows[0][0]
 
 
-def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> None:
-    """Give each (uid, flags) its flags: the complete new set."""
+def set_flags(folder_id: int, updates: Sequence[tuple[int, frozenset[str]]]) -> int:
+    """Give each (uid, flags) its flags: the complete new set; one UPDATE per distinct new
+    set. Returns the modseq the changed messages now have."""
     if not updates:
-        return
+        return 0
+    by_flags: dict[frozenset[str], list[int]] = {}
+    for uid, flags in updates:
+        by_flags.setdefault(flags, []).append(uid)
     with metadata_change():
         modseq = _bump(folder_id)
-        for uid, flags in updates:
-            Message.objects.filter(folder_id=folder_id, uid=uid).update(modseq=modseq, **_flag_values(flags))
+        for flags, uids in by_flags.items():
+            values = _flag_values(flags)
+            assignments = ", ".join(f"{field} = %s" for field in values)
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {_M} SET modseq = %s, {assignments} "
+                        f"WHERE folder_id = %s AND uid IN ({', '.join(['%s'] * len(chunk))})",
+                        [modseq, *values.values(), folder_id, *chunk],
+                    )
+    return modseq
 
 
 def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
@@ -457,58 +588,105 @@ def mailbox_quota(mailbox_id: int) -> tuple[int, int | None]:
 
 
 def _check_quota(mailbox_id: int, adding: int) -> None:
-    limit = Mailbox.objects.filter(pk=mailbox_id).values_list("quota", flat=True).first()
+    rows = _query(f"SELECT quota FROM {_MB} WHERE id = %s", [mailbox_id])
+    limit = rows[0][0] if rows else None
     if limit is not None and mailbox_usage(mailbox_id) + adding > limit:
         raise StoreError("OVERQUOTA", "Mailbox is over its quota.")
 
 
-def append(
-    folder_id: int,
-    *,
-    access: Access,
-    raw: bytes,
-    flags: frozenset[str],
-    when: datetime | None,
-    seen_by_appender: bool,
-) -> tuple[int, int]:
-    """Store `raw` as a new message of the folder with `flags`: (uid validity, uid). With
-    `seen_by_appender` (the appending session has the folder selected) the message is
-    \\Recent for that session only, as if it had claimed it.
+@dataclass
+class NewMessages:
+    """Messages to APPEND, their files written and synced, their fields read."""
 
-    Raises StoreError OVERQUOTA when the mailbox has no room for it."""
-    mailbox_id = access.mailbox_id
-    parsed = parse_message(raw)
-    with StoredFiles() as files, transaction.atomic():
-        _check_quota(mailbox_id, len(raw))
-        folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
-        if folder is None:
-            raise FolderGone(folder_id)
-        content = store_content(raw, files=files)
-        folder.highest_modseq += 1
-        uid = folder.uid_next
-        Message.objects.create(
-            folder=folder,
-            content=content,
-            envelope_to=access.address,
-            header_from=parsed.header_from,
-            header_to=parsed.header_to,
-            subject=parsed.subject,
-            date=parsed.date,
-            message_id=parsed.message_id,
-            size=len(raw),
-            received_at=when or timezone.now(),
-            uid=uid,
-            modseq=folder.highest_modseq,
-            **_flag_values(flags),
+    messages: Sequence[tuple[bytes, frozenset[str], datetime | None]]
+    names: list[str]
+    parsed: list
+    summaries: list[tuple[bytes, bytes, bytes]]
+
+
+def store_files(messages: Sequence[tuple[bytes, frozenset[str], datetime | None]]) -> NewMessages:
+    """Write and sync the files of (raw, flags, internal date or None) messages, before the
+    transaction that files them (append): the files of many sessions are written at once, the
+    transaction holds its lock only for the rows."""
+    with StoredFiles() as files:
+        for raw, _, _ in messages:
+            files.names.append(write_content(raw))
+        return NewMessages(
+            messages,
+            files.names,
+            [parse_message(raw) for raw, _, _ in messages],
+            [imap_summary(raw) for raw, _, _ in messages],
         )
-        folder.uid_next += 1
-        if seen_by_appender and folder.first_recent_uid == uid:
-            folder.first_recent_uid = folder.uid_next
-        _save_counters(folder, "uid_next", "highest_modseq", "first_recent_uid")
-        # auto_now_add ignores the value given: the internal date of an APPEND is the client's.
-        if when is not None:
-            Message.objects.filter(folder=folder, uid=uid).update(received_at=when)
-    return folder.uid_validity, uid
+
+
+def append(
+    folder_id: int, *, access: Access, new: NewMessages, seen_by_appender: bool
+) -> tuple[int, list[int]]:
+    """File the messages of store_files as new messages of the folder, all in one
+    transaction: (uid validity, uids). With `seen_by_appender` (the appending session has the
+    folder selected) the messages are \\Recent for that session only, as if it had claimed
+    them. The files go when this fails.
+
+    Raises StoreError OVERQUOTA when the mailbox has no room for them."""
+    mailbox_id = access.mailbox_id
+    messages, parsed, summaries = new.messages, new.parsed, new.summaries
+    uids = []
+    with StoredFiles() as files:
+        files.names = new.names
+        with writing():
+            _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
+            # The UPDATE takes the folder's row lock; the counters come back with it.
+            rows = _query(
+                f"UPDATE {_F} SET highest_modseq = highest_modseq + 1 WHERE id = %s "
+                f"RETURNING uid_validity, uid_next, highest_modseq, first_recent_uid",
+                [folder_id],
+            )
+            if not rows:
+                raise FolderGone(folder_id)
+            validity, uid_next, modseq, first_recent = rows[0]
+            adapt = connection.ops.adapt_datetimefield_value
+            now = timezone.now()
+            for (raw, flags, when), headers, name, (envelope, structure, body) in zip(
+                messages, parsed, files.names, summaries, strict=True
+            ):
+                (content_id,) = _query(
+                    f"INSERT INTO {_C} (storage_name, size, created_at, imap_envelope, imap_structure, "
+                    f"imap_body) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                    [name, len(raw), adapt(now), envelope, structure, body],
+                )[0]
+                values = {
+                    "folder_id": folder_id,
+                    "content_id": content_id,
+                    "prepended_headers": b"",
+                    "envelope_from": "",
+                    "envelope_to": access.address,
+                    "header_from": headers.header_from,
+                    "header_to": headers.header_to,
+                    "subject": headers.subject,
+                    "date": adapt(headers.date),
+                    "message_id": headers.message_id,
+                    "size": len(raw),
+                    # The internal date of an APPEND is the client's when it gives one.
+                    "received_at": adapt(when or now),
+                    "uid": uid_next,
+                    "modseq": modseq,
+                    **_flag_values(flags),
+                }
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"INSERT INTO {_M} ({', '.join(values)}) VALUES ({', '.join(['%s'] * len(values))})",
+                        list(values.values()),
+                    )
+                uids.append(uid_next)
+                uid_next += 1
+            if seen_by_appender and first_recent == uids[0]:
+                first_recent = uid_next
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {_F} SET uid_next = %s, first_recent_uid = %s WHERE id = %s",
+                    [uid_next, first_recent, folder_id],
+                )
+    return validity, uids
 
 
 def _copy_rows(messages: list[Message], target: Folder, *, move: bool) -> list[tuple[int, int]]:
@@ -548,7 +726,7 @@ def copy(
     """COPY or MOVE (RFC 6851) `uids` from one folder to another, keeping flags and internal
     dates: (target uid validity, [(source uid, target uid)]). A move raises the source's
     modseq so its sessions see the expunges."""
-    with transaction.atomic():
+    with writing():
         folders = {
             f.id: f for f in Folder.objects.select_for_update().filter(pk__in=sorted({source_id, target_id}))
         }
@@ -570,33 +748,51 @@ def expunge(folder_id: int, uids: Iterable[int]) -> None:
     uids = list(uids)
     if not uids:
         return
-    with transaction.atomic():
+    with writing():
         _bump(folder_id)
-        doomed = Message.objects.filter(folder_id=folder_id, uid__in=uids)
-        content_ids = set(doomed.values_list("content_id", flat=True))
-        doomed.delete()
-        names = _orphaned_contents(content_ids)
-    _remove_files(names)
+        content_ids: set[int] = set()
+        for start in range(0, len(uids), 500):
+            chunk = uids[start : start + 500]
+            where = f"WHERE folder_id = %s AND uid IN ({', '.join(['%s'] * len(chunk))})"
+            content_ids.update(
+                cid for (cid,) in _query(f"SELECT content_id FROM {_M} {where}", [folder_id, *chunk])
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {_M} {where}", [folder_id, *chunk])
+        _remove_files_on_commit(_orphaned_contents(content_ids))
 
 
 def _orphaned_contents(content_ids: set[int]) -> list[str]:
     """Delete the MessageContent rows among `content_ids` that no copy and no queue row uses
     any longer (in the caller's transaction); their storage names."""
-    if not content_ids:
-        return []
-    in_use = set(
-        Message.objects.filter(content_id__in=content_ids).values_list("content_id", flat=True)
-    ) | set(OutboundDelivery.objects.filter(content_id__in=content_ids).values_list("content_id", flat=True))
-    unused = MessageContent.objects.filter(id__in=content_ids - in_use)
-    names = list(unused.values_list("storage_name", flat=True))
-    unused.delete()
+    names = []
+    ids = sorted(content_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        unused = _query(
+            f"SELECT id, storage_name FROM {_C} c WHERE id IN ({', '.join(['%s'] * len(chunk))}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {_M} WHERE content_id = c.id) "
+            f"AND NOT EXISTS (SELECT 1 FROM {_OUT} WHERE content_id = c.id)",
+            chunk,
+        )
+        if unused:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {_C} WHERE id IN ({', '.join(['%s'] * len(unused))})",
+                    [pk for pk, _ in unused],
+                )
+            names.extend(name for _, name in unused)
     return names
 
 
-def _remove_files(names: list[str]) -> None:
+def _remove_files_on_commit(names: list[str]) -> None:
     # After the commit: a file goes only once no committed row can name it.
-    for name in names:
-        delete_content_file(name)
+    def remove() -> None:
+        for name in names:
+            delete_content_file(name)
+
+    if names:
+        transaction.on_commit(remove)
 
 
 def acl(mailbox_id: int) -> list[tuple[str, bool]]:
@@ -621,17 +817,77 @@ def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None, int]
     """(highest_modseq, newest message id, messages) of each folder: one of them moves when
     the folder changes, whoever changed it (an IMAP session raises the modseq, filing adds
     rows, the console or the admin removes some)."""
-    rows = (
-        Folder.objects.filter(pk__in=folder_ids)
-        .annotate(newest=Max("messages__id"), count=Count("messages"))
-        .values_list("id", "highest_modseq", "newest", "count")
+    if not folder_ids:
+        return {}
+    rows = _query(
+        f"SELECT id, highest_modseq, (SELECT MAX(id) FROM {_M} WHERE folder_id = f.id), "
+        f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id) "
+        f"FROM {_F} f WHERE id IN ({', '.join(['%s'] * len(folder_ids))})",
+        list(folder_ids),
     )
     return {pk: (modseq, newest, count) for pk, modseq, newest, count in rows}
 
 
 def recent_count(folder_id: int) -> int:
     """How many messages of the folder no session has claimed as \\Recent yet."""
-    first = Folder.objects.filter(pk=folder_id).values_list("first_recent_uid", flat=True).first()
-    if first is None:
-        return 0
-    return Message.objects.filter(folder_id=folder_id, uid__gte=first).count()
+    rows = _query(
+        f"SELECT COUNT(*) FROM {_M} m JOIN {_F} f ON f.id = m.folder_id "
+        f"WHERE m.folder_id = %s AND m.uid >= f.first_recent_uid",
+        [folder_id],
+    )
+    return rows[0][0]
+
+
+def summaries(content_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, bytes]]:
+    """(ENVELOPE, BODYSTRUCTURE, BODY) of the contents that have them stored."""
+    ids = list(set(content_ids))
+    found: dict[int, tuple[bytes, bytes, bytes]] = {}
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        rows = _query(
+            f"SELECT id, imap_envelope, imap_structure, imap_body FROM {_C} "
+            f"WHERE id IN ({', '.join(['%s'] * len(chunk))}) AND imap_body IS NOT NULL",
+            chunk,
+        )
+        for pk, envelope, structure, body in rows:
+            found[pk] = (bytes(envelope), bytes(structure), bytes(body))
+    return found
+
+
+def save_summaries(computed: dict[int, tuple[bytes, bytes, bytes]]) -> None:
+    """Keep the ENVELOPE, BODYSTRUCTURE and BODY computed for these contents."""
+    if not computed:
+        return
+    with metadata_change(), connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {_C} SET imap_envelope = %s, imap_structure = %s, imap_body = %s WHERE id = %s",
+            [(envelope, structure, body, pk) for pk, (envelope, structure, body) in computed.items()],
+        )
+
+
+def read_content(row: Row, *, header_only: bool = False) -> bytes | None:
+    """The message as IMAP shows it (the copy's prepended header lines, then the stored
+    content), or only its header section; None when the file is gone (its last copy was
+    expunged since the session listed it)."""
+    if not row.storage_name:
+        return None
+    try:
+        fh = message_storage().open(row.storage_name, "rb")
+    except FileNotFoundError:
+        return None
+    with fh:
+        if not header_only:
+            return row.prepended + fh.read()
+        head = b""
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            chunk = fh.read(65536)
+            if not chunk:
+                break
+            head += chunk
+    return row.prepended + head
+
+
+def folder_size(folder_id: int) -> int:
+    """The bytes of the folder's messages (STATUS SIZE, RFC 8438)."""
+    numbered = Message.objects.filter(folder_id=folder_id, uid__isnull=False)
+    return numbered.aggregate(total=Sum("size"))["total"] or 0

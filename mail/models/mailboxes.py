@@ -24,6 +24,9 @@ class Mailbox(models.Model):
     quota = models.PositiveBigIntegerField(null=True, blank=True, help_text="Bytes; empty: no limit")
     # The greatest UIDVALIDITY given to a folder of this mailbox (see next_uid_validity).
     last_uid_validity = models.PositiveBigIntegerField(default=0, editable=False)
+    # IMAP subscriptions to folder names that no folder has (any more): a subscribed folder
+    # that is deleted stays subscribed (RFC 9051 §6.3.9), and comes back so when re-created.
+    orphan_subscriptions = models.JSONField(default=list, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "mailboxes"

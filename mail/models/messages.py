@@ -13,6 +13,12 @@ class MessageContent(models.Model):
     storage_name = models.CharField(max_length=255, unique=True)
     size = models.PositiveBigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # IMAP's ENVELOPE, BODYSTRUCTURE and BODY of the content (RFC 9051 §7.5.2), as sent:
+    # computed at APPEND or at the first FETCH that asks, and kept, so listing a folder reads
+    # no message file.
+    imap_envelope = models.BinaryField(null=True, blank=True)
+    imap_structure = models.BinaryField(null=True, blank=True)
+    imap_body = models.BinaryField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.storage_name

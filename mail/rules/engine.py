@@ -21,7 +21,7 @@ from mail.models import RedirectRecord, RuleSet, VacationReply
 from mail.rules.evaluate import Evaluation, evaluate
 from mail.rules.language import Rule, parse_rules
 from mail.rules.language import RuleSet as CompiledRules
-from mail.rules.plan import DeliveryPlan, MessageFacts
+from mail.rules.plan import DeliveryPlan, Filing, MessageFacts
 
 
 @dataclass
@@ -121,7 +121,7 @@ def plan_delivery(facts: MessageFacts, *, compiled: CurrentRules | None = None) 
         compiled = current_rules()
     rules = compiled.for_recipient(facts.recipient)
     if not rules:
-        return DeliveryPlan()
+        return DeliveryPlan(filings=[Filing(facts.keep_folder)] if facts.quarantined else [])
     return evaluate(compiled.rules, facts, gate=DatabaseGate(), rules=rules).plan
 
 

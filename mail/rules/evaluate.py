@@ -88,6 +88,10 @@ def matches(cond: Condition | None, facts: MessageFacts, headers: Headers) -> bo
         return facts.size < cond.number
     if kind == "authenticated":
         return facts.authenticated == cond.flag
+    if kind == "auth":
+        return any(a in cond.values for a in facts.auth or ())
+    if kind in ("spf", "dkim", "dmarc", "arc", "iprev"):
+        return any(r in cond.values for r in facts.results(kind))
     values = _values(cond, facts, headers)
     if cond.op == "exists":
         return bool(values) == cond.exists
@@ -189,13 +193,17 @@ def evaluate(
             trace.append("  stop")
             break
     if keep:
-        file("inbox")
+        file(facts.keep_folder)
+        if facts.quarantined:
+            trace.append(f"  DMARC quarantine: kept in {facts.keep_folder!r}")
     elif not plan.filings:
         plan.discard = True
     folders = ", ".join(f.folder + _flags_text(f) for f in plan.filings) or "nowhere (discarded)"
     trace.append(f"filed into: {folders}")
     if not plan.matched:
         trace.insert(0, "no rule matches")
+    if facts.auth is not None:
+        trace.insert(0, "authentication results: " + (" ".join(facts.auth) or "none"))
     return Evaluation(plan=plan, trace=trace)
 
 
@@ -243,5 +251,9 @@ def _redirected(facts: MessageFacts, targets: tuple[str, ...]) -> OutgoingMessag
     # rules see it and refuse to redirect it again through us (loop detection).
     header = f"{LOOP_HEADER}: {facts.recipient}\r\n".encode()
     return OutgoingMessage(
-        envelope_from=facts.envelope_from, recipients=targets, data=header + facts.raw, carries_message=True
+        envelope_from=facts.envelope_from,
+        recipients=targets,
+        data=header + facts.raw,
+        carries_message=True,
+        sender_verified=facts.sender_verified,
     )

@@ -64,6 +64,13 @@ Conditions (the value of ``match``: one condition table; a list means ``all`` of
   ``case_sensitive = true``.
 - ``{ size_over = N }`` / ``{ size_under = N }``: message size in bytes (RFC 5228 size).
 - ``{ authenticated = true|false }``: the sender authenticated (submission, port 587).
+- ``{ auth = "dmarc=fail" }`` (or a list): one of the receiving server's
+  Authentication-Results (docs/inbound-checks.md) is that ``method=result``.
+- ``{ spf = "fail" }``, ``{ dkim = "pass" }``, ``{ dmarc = ["fail", "none"] }``, ``{ arc = ... }``,
+  ``{ iprev = ... }`` (a result or a list): that method's result is one of them (for dkim, any
+  signature's). Results are pass, fail, softfail, neutral, none, policy, temperror,
+  permerror. Submitted mail (port 587) and mail received with the checks off have no results:
+  these conditions do not match it.
 - ``{ all = [...] }``, ``{ any = [...] }``, ``{ not = {...} }``: nest freely.
 
 Actions of a matching rule, carried out in this order:
@@ -131,6 +138,9 @@ _RULE_KEYS = {
     "reject",
     "stop",
 }
+# RFC 8601 section 2.7 methods and results the inbound checks record (mail.auth).
+AUTH_METHODS = ("spf", "dkim", "dmarc", "arc", "iprev")
+AUTH_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "policy", "temperror", "permerror")
 _OPS = ("exists", "equals", "contains", "glob", "regex")
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 section 2.2 ftext
 _ENHANCED = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
@@ -149,7 +159,8 @@ class RulesError(ValueError):
 class Condition:
     """One node of a compiled condition tree. `kind` picks which fields matter."""
 
-    kind: str  # header, envelope, size_over, size_under, authenticated, all, any, not
+    kind: str  # header, envelope, size_over, size_under, authenticated, auth, spf, dkim,
+    # dmarc, arc, iprev, all, any, not
     name: str = ""  # lowercased header name, or "from"/"to"
     op: str = ""
     values: tuple[str, ...] = ()
@@ -451,12 +462,31 @@ def _condition(value: Any, path: str) -> Condition:
         if keys != {"authenticated"}:
             raise _FieldError(path, "authenticated stands alone in its table")
         return Condition(kind="authenticated", flag=_bool(value["authenticated"], f"{path}.authenticated"))
+    for kind in ("auth", *AUTH_METHODS):
+        if kind in keys:
+            if keys != {kind}:
+                raise _FieldError(path, f"{kind} stands alone in its table")
+            return Condition(kind=kind, values=_auth_values(kind, value[kind], f"{path}.{kind}"))
     if "header" in keys or "envelope" in keys:
         return _test(value, path)
     raise _FieldError(
         path,
-        "expected one of header, envelope, size_over, size_under, authenticated, all, any, not",
+        "expected one of header, envelope, size_over, size_under, authenticated, auth, spf, dkim, "
+        "dmarc, arc, iprev, all, any, not",
     )
+
+
+def _auth_values(kind: str, value: Any, path: str) -> tuple[str, ...]:
+    values = tuple(v.strip().lower() for v in _strings(value, path))
+    for v in values:
+        method, eq, result = v.partition("=") if kind == "auth" else (kind, "=", v)
+        if kind == "auth" and (not eq or method not in AUTH_METHODS):
+            raise _FieldError(
+                path, f'expected "method=result" with a method of {", ".join(AUTH_METHODS)}, not {v!r}'
+            )
+        if result not in AUTH_RESULTS:
+            raise _FieldError(path, f"unknown result {result!r}: expected one of {', '.join(AUTH_RESULTS)}")
+    return values
 
 
 def _conditions(value: Any, path: str) -> tuple[Condition, ...]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 INBOX = "inbox"
+# Where the implicit keep goes when the sender's DMARC policy says quarantine (RFC 7489
+# section 6.3): the IMAP Junk folder (RFC 6154 \Junk).
+JUNK = "Junk"
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,31 @@ class MessageFacts:
     authenticated: bool  # submitted by an authenticated user (port 587)
     # The whole message as received (Return-Path/Received included); redirects send it on.
     raw: bytes = b""
+    # The receiving server's Authentication-Results (mail.auth), "method=result" each, as
+    # ("spf=pass", "dkim=pass", "dkim=fail", "dmarc=pass", "arc=none", "iprev=pass"); None
+    # when the message was not checked (submission, or the checks are off).
+    auth: tuple[str, ...] | None = None
+    # The DMARC disposition was quarantine: the implicit keep files into JUNK.
+    quarantined: bool = False
+
+    def results(self, method: str) -> list[str]:
+        """The results of `method` (several for dkim, one per signature)."""
+        prefix = method + "="
+        return [a[len(prefix) :] for a in self.auth or () if a.startswith(prefix)]
+
+    @property
+    def sender_verified(self) -> bool:
+        """Whether an automatic reply may go to the envelope sender: it authenticated, or
+        passed SPF or DMARC here (a forged sender would get the reply otherwise:
+        backscatter). Unchecked mail (checks off) is not held back."""
+        if self.authenticated or self.auth is None:
+            return True
+        return "spf=pass" in self.auth or "dmarc=pass" in self.auth
+
+    @property
+    def keep_folder(self) -> str:
+        """Where the implicit keep files the message."""
+        return JUNK if self.quarantined else INBOX
 
 
 @dataclass(frozen=True)
@@ -45,12 +73,16 @@ class OutgoingMessage:
     """A message the rules send (a redirect or an auto-reply), complete with its headers.
 
     `carries_message` is true for a redirect or forward (the received message sent on): when
-    it cannot reach a local target, local delivery keeps it in the redirecting mailbox."""
+    it cannot reach a local target, local delivery keeps it in the redirecting mailbox; sent
+    to another server, its envelope sender is rewritten (mail.auth.srs)."""
 
     envelope_from: str
     recipients: tuple[str, ...]
     data: bytes
     carries_message: bool = False
+    # The original sender passed SPF or DMARC (MessageFacts.sender_verified): a bounce of the
+    # message sent on may go back to it (mail.auth.srs).
+    sender_verified: bool = True
 
 
 @dataclass

@@ -27,6 +27,8 @@ def refusal(facts: MessageFacts, header: Callable[[str], list[str]], vacation: V
     # RFC 3834 section 2: never respond to the null reverse-path.
     if not sender:
         return "null sender"
+    if not facts.sender_verified:
+        return f"the sender {sender} passed neither SPF nor DMARC"
     # RFC 3834 section 2: do not answer one's own mail (a copy to oneself).
     if sender.lower() == facts.recipient.lower() or sender.lower() in vacation.addresses:
         return "the recipient's own address"

@@ -26,6 +26,9 @@ from django.utils import timezone
 from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
+from mail.auth import results as authentication_results
+from mail.auth import srs
+from mail.auth.verdict import Summary
 from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
 from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
@@ -183,6 +186,34 @@ def check_local_recipient(address: Address) -> tuple[int, int | None]:
     raise SMTPReject(replies.UNKNOWN_USER)
 
 
+def check_bounce_recipient(*, address: Address, null_sender: bool) -> str:
+    """The original sender an SRS address of ours (mail.auth.srs) stands for, when a bounce
+    (null sender, RFC 5321 section 4.5.5) is sent to it. Raises SMTPReject: UNKNOWN_USER for
+    anything else (another sender, an address that does not reverse), RELAY_DENIED when the
+    domain is not ours."""
+    if not MailDomain.objects.filter(name=address.domain, enabled=True).exists():
+        raise SMTPReject(replies.RELAY_DENIED)
+    original = srs.reverse(str(address)) if null_sender else None
+    if original is None:
+        raise SMTPReject(replies.UNKNOWN_USER)
+    return original
+
+
+def forward_bounce(*, raw: bytes, recipients: list[str], helo_hostname: str) -> None:
+    """Send a bounce that came back to SRS addresses on to the original senders, once: from
+    the null sender, so nothing bounces again. A local sender gets it in its mailbox, a
+    remote one through the queue. Committed before returning."""
+    boxes, remote = resolve_mailboxes(recipients)
+    with StoredFiles() as files, transaction.atomic():
+        if boxes:
+            deliver_inbound(
+                raw=raw, envelope_from="", mailbox_ids=[m.id for m in boxes.values()], files=files
+            )
+        if remote:
+            content = store_content(raw, files=files)
+            enqueue_remote(content=content, envelope_from="", recipients=remote, helo_hostname=helo_hostname)
+
+
 # RFC 5321 section 4.5.1: postmaster@ every domain we take mail for, and the bare
 # <Postmaster>, must be accepted.
 POSTMASTER = "postmaster"
@@ -263,6 +294,28 @@ def resolve_mailboxes(addresses: Iterable[str]) -> tuple[dict[str, Mailbox], lis
     return boxes, remote
 
 
+def received_results(headers: tuple[tuple[str, str], ...], domain: MailDomain | None) -> Summary | None:
+    """What the inbound checks recorded for stored mail to `domain`, read from the message's
+    topmost Authentication-Results when it is ours (authserv-id the domain's hostname); None
+    for a message we did not check."""
+    outcomes = authentication_results.ours(headers, domain.effective_hostname) if domain else None
+    if outcomes is None:
+        return None
+    quarantined = any(
+        o.method == "dmarc" and o.result == "fail" and o.get("policy.dmarc") == "quarantine" for o in outcomes
+    )
+    return Summary(tuple(f"{o.method}={o.result}" for o in outcomes), quarantined)
+
+
+def stored_results(message: Message, raw: bytes) -> list[str]:
+    """The inbound checks' results of stored `message` (whose bytes are `raw`), one
+    "method=result property=value..." line each, as its Authentication-Results of ours
+    records them; [] for a message that was not checked here."""
+    domain = message.folder.mailbox.domain
+    outcomes = authentication_results.ours(parse_message(raw).headers, domain.effective_hostname)
+    return [str(o) for o in outcomes or ()]
+
+
 def plan_recipients(
     *,
     mailboxes: list[Mailbox],
@@ -271,11 +324,13 @@ def plan_recipients(
     envelope_from: str,
     authenticated: bool,
     rules: CurrentRules | None = None,
+    checked: Summary | None = None,
 ) -> list[tuple[Mailbox, DeliveryPlan]]:
     """The rules' plan for each mailbox; call inside the delivery's transaction (the rules
     record their memory there). Raises SMTPReject when a rule rejects the message.
 
-    `rules` is current_rules(), read once for all the messages a caller delivers at once."""
+    `rules` is current_rules(), read once for all the messages a caller delivers at once;
+    `checked` is what the inbound checks found (mail.auth), None for mail they did not check."""
     if rules is None:
         rules = current_rules()
     planned = []
@@ -288,6 +343,8 @@ def plan_recipients(
                 size=len(raw),
                 authenticated=authenticated,
                 raw=raw,
+                auth=checked.results if checked is not None else None,
+                quarantined=checked is not None and checked.quarantined,
             ),
             compiled=rules,
         )
@@ -435,6 +492,17 @@ class _Sent:
     kept: bool
 
 
+def _sent_on_sender(outgoing: OutgoingMessage, domain: str) -> str:
+    """The envelope sender of a rule message going to another server. A redirect's original
+    sender is rewritten with SRS to an address of `domain`, so that SPF passes at the next
+    hop and a bounce comes back here to be sent on once (forward_bounce); an original sender
+    that passed neither SPF nor DMARC is replaced by the null sender instead: a bounce must
+    not reach an address that may be forged (backscatter)."""
+    if not outgoing.carries_message or not outgoing.envelope_from:
+        return outgoing.envelope_from
+    return srs.forward(outgoing.envelope_from, domain) if outgoing.sender_verified else ""
+
+
 def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
     """Send rule messages in the caller's transaction, following local redirects.
 
@@ -498,7 +566,7 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
         if remote:
             enqueue_remote(
                 content=content,
-                envelope_from=outgoing.envelope_from,
+                envelope_from=_sent_on_sender(outgoing, sent.sender.domain.name),
                 recipients=remote,
                 helo_hostname=sent.sender.domain.effective_hostname,
                 bounce_outside=not outgoing.carries_message,
@@ -530,11 +598,17 @@ def _reached(target: str, boxes: dict[str, Mailbox], remote: list[str]) -> bool:
 
 
 def deliver_inbound(
-    *, raw: bytes, envelope_from: str, mailbox_ids: list[int], files: StoredFiles | None = None
+    *,
+    raw: bytes,
+    envelope_from: str,
+    mailbox_ids: list[int],
+    files: StoredFiles | None = None,
+    checked: Summary | None = None,
 ) -> list[Message]:
     """Deliver a message received on port 25 to local mailboxes, committed before returning.
 
-    `raw` already carries the Return-Path and Received headers. Raises SMTPReject when a
+    `raw` already carries the Return-Path and Received headers (and the Authentication-Results
+    of `checked`, the inbound checks' summary, None when they did not run). Raises SMTPReject when a
     rule rejects the message (nothing is stored); any other exception means nothing was
     committed and no stored file remains. With `files` (group commit), the caller owns the
     outer transaction and removes those files if it does not commit.
@@ -553,6 +627,7 @@ def deliver_inbound(
             raw=raw,
             envelope_from=envelope_from,
             authenticated=False,
+            checked=checked,
         )
         if all(not plan.folders() and not plan.outgoing for _, plan in planned):
             return []
@@ -570,13 +645,21 @@ def deliver_inbound_reporting(
     params: EnvelopeParams,
     reporting_host: str,
     files: StoredFiles | None = None,
+    checked: Summary | None = None,
 ) -> list[Message]:
     """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
-    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for."""
+    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for: unless the inbound
+    checks found that the sender passed neither SPF nor DMARC (it may be forged, and the
+    report would be backscatter)."""
     from mail.delivery.bounces import notify_success
 
     with transaction.atomic():
-        messages = deliver_inbound(raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files)
+        messages = deliver_inbound(
+            raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
+        )
+        if checked is not None and not checked.sender_verified:
+            log.info("no success DSN to %s: it passed neither SPF nor DMARC", envelope_from)
+            return messages
         notify_success(
             reporting_host=reporting_host,
             envelope_from=envelope_from,
@@ -610,6 +693,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
                 envelope_from=item["envelope_from"],
                 authenticated=False,
                 rules=rules,
+                checked=item.get("checked"),
             )
         )
     stored = store_and_file_many(

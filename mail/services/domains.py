@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
 from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
 from mail import config_files
@@ -476,3 +476,10 @@ def _apply_rotation(domain: MailDomain, rotation: RotationConfig | None) -> None
     DkimRotation.objects.update_or_create(
         domain=domain, defaults={f: getattr(rotation, f) for f in RotationConfig.__dataclass_fields__}
     )
+
+
+def receiving_hostnames() -> dict[str, str]:
+    """{mail domain: its hostname}: the authserv-id of the Authentication-Results of mail
+    received for it (RFC 8601 section 2.5), the domain's outbound hostname setting."""
+    close_old_connections()
+    return {d.name: d.effective_hostname for d in MailDomain.objects.only("name", "outbound_hostname")}

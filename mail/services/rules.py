@@ -18,12 +18,13 @@ from django.db import transaction
 
 from everlock_site.files import write_private_file
 from mail.addresses import AddressError, parse_address
-from mail.models import Message, RuleSet
+from mail.models import MailDomain, Message, RuleSet
 from mail.rules import engine
 from mail.rules.evaluate import Evaluation
 from mail.rules.language import RulesError, parse_rules
 from mail.rules.language import RuleSet as CompiledRules
 from mail.rules.plan import MessageFacts
+from mail.services.delivery import received_results
 from mail.services.storage import read_content
 
 __all__ = [
@@ -128,12 +129,16 @@ def dry_run(*, recipient: str, raw: bytes | None = None, message_id: int | None 
     if not envelope_from:
         # A pasted message: the Return-Path stands for the envelope sender when present.
         envelope_from = str(parsed.get("Return-Path", "")).strip().strip("<>")
+    headers = tuple((n, str(v)) for n, v in parsed.items())
+    checked = received_results(headers, MailDomain.objects.filter(name=address.domain).first())
     facts = MessageFacts(
         envelope_from=envelope_from,
         recipient=address.key,
-        headers=tuple((n, str(v)) for n, v in parsed.items()),
+        headers=headers,
         size=len(raw),
         authenticated=authenticated,
         raw=raw,
+        auth=checked.results if checked is not None else None,
+        quarantined=checked is not None and checked.quarantined,
     )
     return engine.dry_run(facts)

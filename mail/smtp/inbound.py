@@ -9,14 +9,18 @@ from __future__ import annotations
 import time
 
 from mail import replies
+from mail.auth import srs
+from mail.auth.checker import checks_from_settings
 from mail.replies import SMTPReject
 from mail.services.delivery import (
     POSTMASTER,
+    check_bounce_recipient,
     check_local_recipient,
     check_postmaster,
     check_room,
     deliver_inbound,
     deliver_inbound_reporting,
+    forward_bounce,
 )
 from mail.smtp.handler import (
     BaseHandler,
@@ -26,11 +30,17 @@ from mail.smtp.handler import (
     mail_params,
     received_header,
 )
-from mail.smtp.server import call_batched, call_service
+from mail.smtp.server import call_batched, call_service, peer_host
+
+_FROM_SETTINGS = object()
+
+
+def sender_of_path(address: str) -> str:
+    return "" if address == "<>" else address
 
 
 def sender_of(envelope) -> str:
-    return "" if envelope.mail_from == "<>" else envelope.mail_from
+    return sender_of_path(envelope.mail_from)
 
 
 class RecipientCache:
@@ -56,9 +66,11 @@ class RecipientCache:
 
 
 class InboundHandler(BaseHandler):
-    def __init__(self, config, committer):
+    def __init__(self, config, committer, *, checks=_FROM_SETTINGS):
         super().__init__(config, committer)
         self.recipients = RecipientCache()
+        # mail.auth.checker.InboundChecks, or None for no checks.
+        self.checks = checks_from_settings() if checks is _FROM_SETTINGS else checks
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         # "<>" is the null sender of bounces (RFC 5321 section 4.5.5); aiosmtpd needs a
@@ -68,6 +80,14 @@ class InboundHandler(BaseHandler):
                 envelope_address(address, invalid=replies.BAD_SENDER)
             except SMTPReject as exc:
                 return exc.reply
+        if self.checks is not None:
+            if not hasattr(session, "dnsbl_refusal"):
+                session.dnsbl_refusal = await self.checks.dnsbl_refusal(peer_host(session.peer))
+            if session.dnsbl_refusal is not None:
+                return session.dnsbl_refusal
+            envelope.auth = self.checks.begin(
+                ip=peer_host(session.peer), helo=session.host_name or "", mail_from=sender_of_path(address)
+            )
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.mailbox_ids = []
@@ -86,6 +106,17 @@ class InboundHandler(BaseHandler):
                 parsed = envelope_address(address, invalid=replies.BAD_RECIPIENT)
             except SMTPReject as exc:
                 return exc.reply
+            if srs.is_srs(parsed.local):
+                # A bounce of mail a rule sent on (mail.auth.srs): sent on to its sender.
+                ok, result = await call_service(
+                    check_bounce_recipient, address=parsed, null_sender=envelope.mail_from == "<>"
+                )
+                if not ok:
+                    return result
+                envelope.bounce_to = [*getattr(envelope, "bounce_to", ()), result]
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+                return replies.RECIPIENT_OK
             result = self.recipients.get(parsed.key)
             if result is None:
                 ok, result = await call_service(check_local_recipient, address=parsed)
@@ -109,8 +140,22 @@ class InboundHandler(BaseHandler):
             check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
+        results, summary = b"", None
+        if self.checks is not None:
+            checked = await self.checks.finish(
+                envelope.auth, raw, recipient_domain=envelope.rcpt_tos[0].rpartition("@")[2].lower()
+            )
+            if checked.verdict.reply is not None:
+                return checked.verdict.reply
+            raw, results, summary = checked.raw, checked.header, checked.verdict.summary
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
-        raw = return_path + received_header(server=server, session=session, envelope=envelope) + raw
+        raw = return_path + results + received_header(server=server, session=session, envelope=envelope) + raw
+        if getattr(envelope, "bounce_to", None):
+            ok, result = await call_service(
+                forward_bounce, raw=raw, recipients=envelope.bounce_to, helo_hostname=self.config.hostname
+            )
+            if not ok or not envelope.mailbox_ids:
+                return replies.ACCEPTED if ok else result
         params = envelope_params(envelope, delivered_here=envelope.rcpt_tos)
         if params.success_wanted():
             ok, result = await call_batched(
@@ -121,6 +166,7 @@ class InboundHandler(BaseHandler):
                 mailbox_ids=list(envelope.mailbox_ids),
                 params=params,
                 reporting_host=self.config.hostname,
+                checked=summary,
             )
             return replies.ACCEPTED if ok else result
         ok, result = await call_batched(
@@ -129,5 +175,6 @@ class InboundHandler(BaseHandler):
             raw=raw,
             envelope_from=sender_of(envelope),
             mailbox_ids=list(envelope.mailbox_ids),
+            checked=summary,
         )
         return replies.ACCEPTED if ok else result

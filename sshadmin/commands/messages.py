@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mail.addresses import AddressError, parse_address
 from mail.models import Mailbox, Message
+from mail.services.delivery import stored_results
 from mail.services.storage import read_content
 from sshadmin.commands import CommandError, command
 
@@ -46,13 +47,20 @@ def messages_list(ctx, address: str, folder: str | None = None) -> str:
 @command(
     "/mail messages show",
     usage="/mail messages show ID",
-    summary="print a stored message as its mailbox holds it (headers and body)",
+    summary="print a stored message as its mailbox holds it (headers and body), after the "
+    "results of the inbound checks when it has them",
 )
 def messages_show(ctx, message_id: str) -> str:
     if not message_id.isdigit():
         raise CommandError(f"message id must be a number, got {message_id!r}")
-    message = Message.objects.select_related("content").filter(id=int(message_id)).first()
+    message = (
+        Message.objects.select_related("content", "folder__mailbox__domain")
+        .filter(id=int(message_id))
+        .first()
+    )
     if message is None:
         raise CommandError(f"no message {message_id}")
     raw = bytes(message.prepended_headers) + read_content(message.content)
-    return raw.decode("utf-8", errors="replace")
+    checks = stored_results(message, raw)
+    summary = "".join(f"checks: {line}\n" for line in checks) + ("\n" if checks else "")
+    return summary + raw.decode("utf-8", errors="replace")

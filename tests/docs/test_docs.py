@@ -39,7 +39,10 @@ def test_every_action_and_condition_is_documented():
     assert actions <= documented, actions - documented
     for op in _OPS:
         assert f"| `{op}" in RULES_MD, op
-    for condition in ("header", "envelope", "size_over", "size_under", "authenticated", "all", "any", "not"):
+    for condition in (
+        *("header", "envelope", "size_over", "size_under", "authenticated", "all", "any", "not"),
+        *("auth", "spf", "dkim", "dmarc", "arc", "iprev"),
+    ):
         assert f"{{ {condition} = " in RULES_MD, condition
 
 

@@ -3,12 +3,17 @@
 The first hosts example.com on 127.0.0.1, the second example.net on 127.0.0.2; each has its
 own data dir, database, DNS zone and resolver setting pointing at the other's DNS server.
 alice@example.com writes to bob@example.net, bob answers; each message arrives with both DKIM
-signatures of its sender's domain, verified against the sender's DNS server.
+signatures of its sender's domain, verified against the sender's DNS server, and the receiving
+server's inbound checks find SPF, both signatures and DMARC passing. A message from another
+loopback address claiming example.com (DMARC p=reject) is refused; a redirect from
+example.net to alice arrives with an SRS sender whose SPF passes.
 """
 
 from __future__ import annotations
 
+import email.policy
 import re
+import smtplib
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -34,7 +39,10 @@ class Site:
     everlock: Everlock
     dns_port: int
     submission_port: int
+    smtp_port: int
     console: dict[str, str] = field(default_factory=dict)
+    # The "checks:" lines /mail messages show printed before the last message read.
+    last_checks: list[str] = field(default_factory=list)
 
     @property
     def email(self) -> str:
@@ -48,6 +56,9 @@ class Site:
             f"/dns zones create {d}",
             f"/dns records add {d} @ MX 10 mail.{d}.",
             f"/dns records add {d} mail A {self.address}",
+            # Both installations send from 127.0.0.1 (the default source address).
+            f'/dns records add {d} @ TXT "v=spf1 ip4:127.0.0.1 -all"',
+            f'/dns records add {d} _dmarc TXT "v=DMARC1; p=reject"',
             f"/mail domains create {d}",
             f"/mail domains set {d} submission=on auth=on",
             f"/users add {self.user} change-me",
@@ -86,6 +97,13 @@ class Site:
             row = next((line for line in listing.splitlines() if line.endswith(f"  {subject}")), None)
             if row is not None:
                 text = self.everlock.console(f"/mail messages show {row.split()[0]}")
+                # The inbound checks' results come first, then an empty line, then the message.
+                self.last_checks = []
+                while text.startswith("checks: "):
+                    line, _, text = text.partition("\n")
+                    self.last_checks.append(line.removeprefix("checks: "))
+                if self.last_checks:
+                    text = text.removeprefix("\n")
                 return text.replace("\n", "\r\n").encode()
             assert time.monotonic() < deadline, f"{subject!r} not in {self.email}'s inbox: {listing}"
             time.sleep(0.2)
@@ -101,8 +119,9 @@ def _site(
         EVERLOCK_HOSTNAME=f"mail.{domain}",
         EVERLOCK_RESOLVER=resolver,
         EVERLOCK_REMOTE_SMTP_PORT=str(smtp_port),
+        EVERLOCK_INBOUND_CHECKS="true",
     )
-    return Site(domain, user, address, everlock, dns_port, submission_port=free_port())
+    return Site(domain, user, address, everlock, dns_port, submission_port=free_port(), smtp_port=smtp_port)
 
 
 def _start(site: Site, smtp_port: int) -> None:
@@ -129,10 +148,12 @@ def sites(tmp_path_factory):
     # Both inbound listeners on one port number, as MX hosts on the internet share port 25.
     smtp_port = free_port("127.0.0.1", "127.0.0.2")
     dns_a, dns_b = free_port("127.0.0.1", udp=True), free_port("127.0.0.2", udp=True)
-    # Each resolves through the other's DNS server.
+    # Each resolves through the other's DNS server, then its own (a server that does not host
+    # a name answers REFUSED, and the resolver asks the next one): the inbound checks of a
+    # redirected message ask about the receiving installation's own domain too.
     specs = [
-        ("example.com", "alice", "127.0.0.1", dns_a, f"127.0.0.2:{dns_b}"),
-        ("example.net", "bob", "127.0.0.2", dns_b, f"127.0.0.1:{dns_a}"),
+        ("example.com", "alice", "127.0.0.1", dns_a, f"127.0.0.2:{dns_b},127.0.0.1:{dns_a}"),
+        ("example.net", "bob", "127.0.0.2", dns_b, f"127.0.0.1:{dns_a},127.0.0.2:{dns_b}"),
     ]
     sites: list[Site] = []
     try:
@@ -194,8 +215,20 @@ def _send(sender: Site, recipient: Site, letter: EmailMessage) -> bytes:
         f"to {recipient.domain}: 1 of 1 recipients accepted by mail.{recipient.domain}"
     )
     assert _verify_dkim(raw, sender) == [(b"ed25519-sha256", b"default"), (b"rsa-sha256", b"default-rsa")]
+    # The recipient's inbound checks: SPF, both signatures and DMARC pass.
+    assert raw.startswith(
+        f"Return-Path: <{sender.email}>\r\nAuthentication-Results: mail.{recipient.domain};\r\n".encode()
+    )
+    assert recipient.last_checks[:4] == [
+        f"spf=pass smtp.mailfrom={sender.domain}",
+        f"dkim=pass header.d={sender.domain} header.a=ed25519-sha256 header.s=default",
+        f"dkim=pass header.d={sender.domain} header.a=rsa-sha256 header.s=default-rsa",
+        f"dmarc=pass header.from={sender.domain}",
+    ]
     # The recipient's server names the sender's EHLO name (its outbound hostname) and itself.
-    received = rf"Received: from mail\.{sender.domain} \(\[127\.0\.0\.1\]\)\r\n\tby mail\.{recipient.domain} "
+    received = (
+        rf"\r\nReceived: from mail\.{sender.domain} \(\[127\.0\.0\.1\]\)\r\n\tby mail\.{recipient.domain} "
+    )
     assert re.search(received.encode(), raw), raw
     # The sender keeps a copy in `sent`.
     sent = sender.everlock.console(f"/mail messages list {sender.email} sent")
@@ -216,3 +249,40 @@ def test_alice_writes_to_bob_and_bob_answers(sites):
         "Got it, Alice.\n", In_Reply_To="<first@example.com>",
     ))  # fmt: skip
     assert b"In-Reply-To: <first@example.com>\r\n" in raw and b"Got it, Alice." in raw
+
+
+def test_a_forged_sender_of_a_reject_domain_is_refused_and_nothing_is_stored(sites):
+    _, bob = sites
+    forged = _letter("Alice <alice@example.com>", "Bob <bob@example.net>", "Forged", "Send money.\n")
+    # From another loopback address than the one example.com's SPF names, without signatures.
+    with smtplib.SMTP(bob.address, bob.smtp_port, timeout=30, source_address=("127.0.0.3", 0)) as client:
+        client.ehlo("mail.example.com")
+        client.mail("alice@example.com")
+        client.rcpt("bob@example.net")
+        reply = client.data(forged.as_bytes(policy=email.policy.SMTP))
+    assert reply == (550, b"5.7.1 Rejected by the DMARC policy of the From domain")
+    assert "Forged" not in bob.everlock.console(f"/mail messages list {bob.email}")
+
+
+def test_a_redirect_to_the_other_installation_arrives_with_srs_and_spf_passing(sites):
+    alice, bob = sites
+    rules = bob.everlock.data_dir / "everlock-mail" / "rules.toml"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text(
+        '[[rule]]\nname = "forward"\nscope = "fwd@example.net"\nredirect = ["alice@example.com"]\n'
+    )
+    assert bob.everlock.console(f"/users grant {bob.user} smtp/mail/example.net:fwd writer").startswith(
+        "grant"
+    )
+    assert "1 rule" in bob.everlock.console("/mail rules import")
+    alice.submit(_letter("Alice <alice@example.com>", "fwd@example.net", "Round trip", "Back to me.\n"))
+    raw = alice.wait_for_inbox("Round trip")
+    srs_sender = re.match(rb"Return-Path: <(SRS0=[^>]+=example\.com=alice@example\.net)>\r\n", raw)
+    assert srs_sender, raw[:300]
+    assert alice.last_checks[:4] == [
+        "spf=pass smtp.mailfrom=example.net",
+        "dkim=pass header.d=example.com header.a=ed25519-sha256 header.s=default",
+        "dkim=pass header.d=example.com header.a=rsa-sha256 header.s=default-rsa",
+        "dmarc=pass header.from=example.com",
+    ]
+    assert b"X-Everlock-Redirected: fwd@example.net\r\n" in raw

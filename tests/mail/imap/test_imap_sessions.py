@@ -274,11 +274,14 @@ def test_bad_input_gets_tagged_answers(imap, mail_users, settings):
     assert reader.readline() == b"a2 BAD NOSUCHCOMMAND: Unknown command.\r\n"
     sock.sendall(b"a3 SELECT " + b"x" * (settings.EVERLOCK_IMAP_MAX_LINE + 10) + b"\r\n")
     assert reader.readline().startswith(b"a3 BAD ")
-    # A mailbox name with an unclosed modified UTF-7 sequence, as an atom and as a literal.
+    # A mailbox name with an unclosed modified UTF-7 sequence, as an atom and as a literal:
+    # no mailbox can have it (RFC 3501 §5.1.3).
     sock.sendall(b"a4 SELECT &Jjo\r\n")
-    assert reader.readline() == b"a4 BAD SELECT: Invalid arguments.\r\n"
+    assert reader.readline() == b"a4 NO [CANNOT] Invalid mailbox name.\r\n"
     sock.sendall(b"a4 CREATE {4+}\r\n&Jjo\r\n")
-    assert reader.readline() == b"a4 BAD CREATE: Invalid arguments.\r\n"
+    assert reader.readline() == b"a4 NO [CANNOT] Invalid mailbox name.\r\n"
+    sock.sendall(b"a4 FETCH 1:* (FLAGS BODY[HEADER.FIELDS ()])\r\n")
+    assert reader.readline() == b"a4 BAD FETCH: Must select a mailbox first.\r\n"
     sock.sendall(b'a4 SEARCH SUBJECT "AT&T"\r\n')
     assert reader.readline() == b"a4 BAD SEARCH: Must select a mailbox first.\r\n"
     sock.sendall(b"a5 NOOP\r\n")

@@ -80,7 +80,7 @@ INVALID = [
     ),
     pytest.param(
         '[[rule]]\nname = "a"\nmatch = { sender = "x" }\n',
-        "rules.toml line 1, rule 1 'a', field match: expected one of header, envelope, size_over, size_under, authenticated, all, any, not",
+        "rules.toml line 1, rule 1 'a', field match: expected one of header, envelope, size_over, size_under, authenticated, auth, spf, dkim, dmarc, arc, iprev, all, any, not",
         id="unknown cond",
     ),
     pytest.param(
