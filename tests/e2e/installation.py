@@ -42,6 +42,19 @@ def free_port(*hosts: str, udp: bool = False) -> int:
     raise RuntimeError(f"no port free on all of {hosts}")
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports free on 127.0.0.1: each is held until all are picked, so
+    the kernel cannot hand the same port out twice."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def _bindable(host: str, port: int, kind: int) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
         try:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.installation import free_port
+from tests.e2e.installation import free_ports
 
 
 def _pem_key(key) -> bytes:
@@ -84,7 +84,7 @@ class Pebble:
     def __init__(self, directory: Path, *, dns_port: int, http_port: int):
         directory.mkdir(parents=True, exist_ok=True)
         self.ca_file, cert, key = write_https_pair(directory)
-        self.port, self.management_port = free_port(), free_port()
+        self.port, self.management_port, tls_port = free_ports(3)
         config = directory / "pebble-config.json"
         config.write_text(
             json.dumps(
@@ -95,7 +95,7 @@ class Pebble:
                         "certificate": str(cert),
                         "privateKey": str(key),
                         "httpPort": http_port,
-                        "tlsPort": free_port(),
+                        "tlsPort": tls_port,
                         "ocspResponderURL": "",
                         "externalAccountBindingRequired": False,
                     }
