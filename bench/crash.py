@@ -7,7 +7,7 @@ A throwaway data dir (SQLite, or the database DATABASE_URL names: give an empty 
 MX (aiosmtpd) and its DNS (MX and A records) run in this process. Each cycle starts serve,
 sends messages for SECONDS from concurrent clients (inbound to bob@example.com on port 25,
 submission from alice to remote recipients), and at a random moment stops and SIGKILLs every
-process of the tree at once (serve, its listener, writer and worker children). Then serve runs
+process of the tree at once (serve, its listener processes and the delivery worker). Then serve runs
 once more, without load, until the queue is empty.
 
 Every message carries its own Message-Id. Printed: messages acknowledged with 250, how many

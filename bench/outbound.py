@@ -8,9 +8,17 @@ message, queues M messages as the submission listener commits them (--chunk per 
 the files, the sent copies and the queue rows) and times until the sink holds them all.
 
     .venv/bin/python bench/outbound.py [--messages 2000] [--workers 2] [--chunk 100]
+    .venv/bin/python bench/outbound.py relay [--messages 2000]
 
 Prints the queueing time and the delivered msgs/s, both from the first enqueue (after the
 queueing process has started) to the last message received.
+
+`relay` measures the whole path instead, against Postfix: authenticated submission (AUTH
+PLAIN, 20 client connections, one message each) of M messages for a remote recipient until
+the last reaches the sink, through `everlock serve` (its listener processes and delivery
+worker, DKIM-signing) and through a private Postfix 3.7 with Cyrus SASL relaying to the same
+kind of sink (needs root, Debian's postfix and sasl2-bin; without them the Postfix row is
+left out).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socketserver
 import subprocess
 import sys
@@ -113,7 +122,78 @@ def start_dns() -> int:
     return server.server_address[1]
 
 
+def _relay_through(port: int, handler: Handler, messages: int) -> float:
+    """Submit `messages` to `port` as alice; msgs/s until the sink has them all."""
+    from bench.smtp_load import drive
+
+    handler.count, handler.target = 0, messages
+    handler.done.clear()
+    started = time.monotonic()
+    asyncio.run(drive(port, sender="alice@example.com", rcpt="bob@example.net", auth=("alice", "change-me"),
+                      messages=messages))  # fmt: skip
+    if not handler.done.wait(600):
+        sys.exit(f"only {handler.count} of {messages} relayed messages arrived")
+    return messages / (time.monotonic() - started)
+
+
+def relay(messages: int) -> None:
+    from bench.smtp_load import _everlock_server, prepare, start
+    from bench.smtp_submission import _postfix_settings, _sasl_database
+    from tests.postfix import available, running_postfix
+
+    handler = Handler()
+    sink_port = start_sink(handler)
+    dns_port = start_dns()
+    data_dir = tempfile.mkdtemp(prefix="everlock-bench-")
+    os.environ.update(
+        EVERLOCK_LOG="warning",
+        EVERLOCK_RESOLVER=f"127.0.0.1:{dns_port}",
+        EVERLOCK_REMOTE_SMTP_PORT=str(sink_port),
+        EVERLOCK_CELERY_QUEUE=f"everlock-bench-{uuid.uuid4().hex[:8]}",
+        # All the load comes from one address: the per-client limit (20) must not bite.
+        EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT="100",
+    )
+    prepare(data_dir, dkim=True)
+    ours, ports = start(_everlock_server, data_dir)
+    rows = []
+    try:
+        _relay_through(ports[1], handler, 20)  # warm-up
+        rows.append(("everlock (DKIM-signed)", _relay_through(ports[1], handler, messages)))
+    finally:
+        ours.terminate()
+    if available() and shutil.which("saslpasswd2"):
+        from django.conf import settings
+
+        from tls.store import self_signed_pair
+
+        cert, key = self_signed_pair(directory=Path(settings.DATA_DIR) / "tls", hostname="localhost")
+        with running_postfix(
+            cert=cert,
+            key=key,
+            transport={"example.net": f"[127.0.0.1]:{sink_port}"},
+            virtual_domain="example.com",
+            settings=_postfix_settings(None),
+            prepare=_sasl_database,
+            chroot=True,
+        ) as postfix:
+            _relay_through(postfix.port, handler, 20)
+            rows.append(("postfix 3.7 + SASL (no DKIM)", _relay_through(postfix.port, handler, messages)))
+    else:
+        print("postfix or saslpasswd2 missing (or not root): no Postfix row")
+    print(f"relay end to end: {messages} messages of 2 KB submitted with AUTH PLAIN over 20 connections")
+    print("to a remote recipient, until the last reaches the sink")
+    for name, rate in rows:
+        print(f"  {name:30s} {rate:8.1f} msgs/s")
+    if len(rows) == 2:
+        print(f"  everlock / postfix:            {rows[0][1] / rows[1][1]:8.2f}x (goal 1.0x)")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["relay"]:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--messages", type=int, default=2000)
+        relay(parser.parse_args(sys.argv[2:]).messages)
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)

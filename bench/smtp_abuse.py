@@ -1,5 +1,5 @@
-"""What outside clients cannot do to `manage.py runsmtp` (the listener as deployed, with its
-writer process): figures for the memory a refusal holds and for the connection limit.
+"""What outside clients cannot do to `manage.py runsmtp` (the listener as deployed):
+figures for the memory a refusal holds and for the connection limit.
 
 .venv/bin/python bench/smtp_abuse.py              both parts
 .venv/bin/python bench/smtp_abuse.py refusals     RSS before and after 100,000 refused RCPTs

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,11 +102,12 @@ async def drive(
     auth: tuple[str, str] | None,
     messages: int = MESSAGES,
     starttls: bool = False,
+    size: int = 2048,
     data: bytes | None = None,
 ) -> float:
-    """Send `messages` messages (`data`, else message()) with CLIENTS concurrent clients (each
-    with STARTTLS when `starttls`); return messages per second."""
-    data = data or message()
+    """Send `messages` messages (`data`, else message(size)) with CLIENTS concurrent clients
+    (each with STARTTLS when `starttls`); return messages per second."""
+    data = data or message(size)
     blob = base64.b64encode(f"\0{auth[0]}\0{auth[1]}".encode()) if auth else None
     remaining = messages
 
@@ -145,7 +145,13 @@ def measure(
 
 def _bare_server(ready, auth: bool, cert: str = "", key: str = "") -> None:
     """aiosmtpd accepting everything (any login with `auth`), STARTTLS with `cert`/`key`."""
+    import logging
+
     from aiosmtpd.smtp import SMTP, AuthResult
+
+    # aiosmtpd warns at every AUTH that it sets its deprecated Session.login_data: no line
+    # per message on the terminal while measuring (Everlock's logging drops it too).
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
     context = None
     if cert:
@@ -178,18 +184,37 @@ def _bare_server(ready, auth: bool, cert: str = "", key: str = "") -> None:
 
 
 def _everlock_server(ready, data_dir: str, env: dict[str, str] | None = None) -> None:
+    """`everlock serve` with inbound SMTP and submission on two free loopback ports, as
+    deployed: its listener processes (BENCH_PROCESSES, default one per core) share them."""
+    import signal
+    import socket
+    import subprocess
+
     os.environ.update(env or {})
-    setup_django(data_dir)
-    from everlock_site.listen import ListenAddress
-    from mail.smtp.server import start_listeners
 
-    async def main() -> None:
-        listens = {"smtp": ListenAddress("127.0.0.1", 0), "submission": ListenAddress("127.0.0.1", 0)}
-        listeners = await start_listeners(listens=listens)
-        ready.put([s.sockets[0].getsockname()[1] for s in listeners.servers])
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    processes = os.environ.get("BENCH_PROCESSES")
+    env = {**os.environ, "EVERLOCK_DATA_DIR": data_dir, "EVERLOCK_LOG": "warning,everlock=info"}
+    serve = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "serve", *(["--processes", processes] if processes else []),
+         "--backend-mail-smtp", "--frontend-smtp", "--frontend-smtp-listen", f"127.0.0.1:{ports[0]}",
+         "--frontend-smtp-submission", "--frontend-smtp-submission-listen", f"127.0.0.1:{ports[1]}"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: (serve.terminate(), serve.wait(60), os._exit(0)))
+    for line in serve.stderr:
+        if "serving:" in line:
+            break
+        if "Error" in line:
+            raise RuntimeError(line)
+    ready.put(ports)
+    for line in serve.stderr:
+        sys.stderr.write(line)
+    serve.wait()
 
 
 def start(target, *args, daemon: bool = True):
@@ -224,29 +249,6 @@ def prepare(data_dir: str, *, dkim: bool) -> None:
     user_add(name="alice", password="change-me")
     grant_add(name="alice", resource="smtp/mail/example.com:alice", role="writer")
     grant_add(name="alice", resource="smtp/mail/example.com:bob", role="reader")
-
-
-def run(*, submission: bool, target: float) -> None:
-    data_dir = tempfile.mkdtemp(prefix="everlock-bench-")
-    prepare(data_dir, dkim=submission)
-    auth = ("alice", "change-me") if submission else None
-    sender = "alice@example.com" if submission else "carol@example.net"
-    bare, bare_port = start(_bare_server, submission)
-    ours, ports = start(_everlock_server, data_dir)
-    port = ports[1] if submission else ports[0]
-    bare_rounds, our_rounds = measure([bare_port, port], sender=sender, rcpt="bob@example.com", auth=auth)
-    bare.terminate()
-    ours.terminate()
-    bare_rate, our_rate = max(bare_rounds), max(our_rounds)
-    from mail.models import Message
-
-    kind = "submission (AUTH PLAIN, Ed25519 + RSA DKIM)" if submission else "inbound (durable local delivery)"
-    print(f"{kind}: {MESSAGES} messages of 2 KB, {CLIENTS} concurrent clients, one connection each")
-    print(f"best of {ROUNDS} rounds each, the servers taking turns, after a warm-up of {CLIENTS} messages")
-    print(f"bare aiosmtpd (discard): {bare_rate:8.1f} msgs/s  (rounds: {_rounds(bare_rounds)})")
-    print(f"everlock:                {our_rate:8.1f} msgs/s  (rounds: {_rounds(our_rounds)})")
-    print(f"ratio:                   {our_rate / bare_rate:8.1%} (target {target:.0%})")
-    print(f"messages filed:          {Message.objects.count()}")
 
 
 def _rounds(rates: list[float]) -> str:

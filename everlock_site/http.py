@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 
 from waitress.server import create_server
@@ -54,13 +55,20 @@ def bind_http(listen: ListenAddress) -> HTTPListener:
     """Bind the admin web UI on `listen` and return the (not yet started) listener."""
     from everlock_site.wsgi import application
 
-    server = create_server(
-        application,
-        host=listen.host,
-        port=listen.port,
-        threads=HTTP_THREADS,
-        ident="Everlock",
-    )
+    if not listen.reuse_port:
+        address = {"host": listen.host, "port": listen.port}
+    else:
+        # waitress has no SO_REUSEPORT option, but serves sockets bound for it.
+        sock = socket.socket(socket.AF_INET6 if ":" in listen.host else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((listen.host, listen.port))
+        except OSError:
+            sock.close()
+            raise
+        address = {"sockets": [sock]}
+    server = create_server(application, **address, threads=HTTP_THREADS, ident="Everlock")
     return HTTPListener(server)
 
 

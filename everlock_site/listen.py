@@ -29,6 +29,9 @@ class ListenAddress:
     port: int
     # The command-line option that set this address, named when it cannot be bound.
     option: str = field(default="", compare=False)
+    # Bind with SO_REUSEPORT: the same address is served by several processes of
+    # `everlock serve` (everlock_site.supervisor), the kernel spreading clients over them.
+    reuse_port: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

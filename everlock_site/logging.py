@@ -22,6 +22,8 @@ DEFAULT_LEVEL = "INFO"
 NOISE = {
     # kombu, for every message through the embedded broker (a filesystem:// URL has no host).
     "kombu.connection": "No hostname was supplied",
+    # aiosmtpd, at every successful AUTH (it sets its deprecated Session.login_data itself).
+    "mail.log": "Session.login_data is deprecated",
 }
 
 LEVELS = {
@@ -141,11 +143,14 @@ def logging_config(spec: str, log_format: str = "text") -> dict:
         raise LogSpecError(f"EVERLOCK_LOG_FORMAT: {log_format!r} is not text or json")
     root, modules = parse_log_spec(spec)
     worker_level = "DEBUG" if root == "DEBUG" else "WARNING"
-    noise = {name: {"filters": [f"noise:{name}"]} for name in NOISE}
-    for name, level in modules.items():
-        if name in noise:
-            noise[name]["level"] = level
-    modules = {name: level for name, level in modules.items() if name not in noise}
+    # Library chatter stays at warning unless asked for by name; the delivery worker's own
+    # (Celery's banner and start-up lines, kombu's) also with "debug".
+    defaults = {"asyncssh": "WARNING", "mail.log": "WARNING", "celery": worker_level,
+                "kombu": worker_level, "waitress": "WARNING"}  # fmt: skip
+    loggers = {name: {"level": modules.pop(name, level)} for name, level in defaults.items()}
+    loggers.update({name: {"level": level} for name, level in modules.items()})
+    for name in NOISE:
+        loggers.setdefault(name, {})["filters"] = [f"noise:{name}"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -153,15 +158,5 @@ def logging_config(spec: str, log_format: str = "text") -> dict:
         "filters": {f"noise:{name}": {"()": DemoteNoise, "contains": text} for name, text in NOISE.items()},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "everlock"}},
         "root": {"handlers": ["console"], "level": root},
-        "loggers": {
-            # Library chatter stays at warning unless asked for by name; the delivery
-            # worker's own (Celery's banner and start-up lines, kombu's) also with "debug".
-            "asyncssh": {"level": modules.pop("asyncssh", "WARNING")},
-            "mail.log": {"level": modules.pop("mail.log", "WARNING")},
-            "celery": {"level": modules.pop("celery", worker_level)},
-            "kombu": {"level": modules.pop("kombu", worker_level)},
-            "waitress": {"level": modules.pop("waitress", "WARNING")},
-            **{name: {"level": level} for name, level in modules.items()},
-            **noise,
-        },
+        "loggers": loggers,
     }

@@ -325,10 +325,6 @@ EVERLOCK_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.int("EVERLOCK_SMTP_MAX_CONNECTION
 # warning) when the process's open file limit, raised to its hard limit, cannot hold it.
 EVERLOCK_SMTP_MAX_CONNECTIONS = env.int("EVERLOCK_SMTP_MAX_CONNECTIONS", default=2000)
 
-# EVERLOCK_SMTP_WRITER_PROCESS: file accepted messages in a child process of the listeners
-# (mail.smtp.writer), so the SMTP dialogue and the commits use two cores; off: a thread.
-EVERLOCK_SMTP_WRITER_PROCESS = env.bool("EVERLOCK_SMTP_WRITER_PROCESS", default=True)
-
 # EVERLOCK_MESSAGE_SYNC: how the message files of a batch are made durable before their rows
 # commit. "filesystem": one syncfs(2) of the filesystem holding the data dir's messages, as
 # cheap as one fsync (Linux; elsewhere "file"). "file": an fsync per file and per directory,

@@ -17,11 +17,11 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from mail.delivery.attempts import Claim, Reply, record_outcome, renew
-from mail.delivery.bounces import send_dsn, wants
 from mail.delivery.client import ConnectFailed, Connection, SendOptions, TLSFailed
 from mail.delivery.mta_sts import Lookup, Policy, PolicyFetcher, policy_for, record_result
 from mail.delivery.mx import Host, LookupFailed, lookup
 from mail.models import OutboundDelivery, OutboundRecipient
+from mail.services.dsn import send_dsn, wants
 from mail.services.storage import message_storage
 
 log = logging.getLogger("mail.delivery")

@@ -14,6 +14,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from mail.models import OutboundDelivery, OutboundRecipient
+from mail.services.enqueue import kick_deliveries
 
 
 class QueueError(ValueError):
@@ -84,8 +85,6 @@ def _change(id: int, allowed: set[str], verb: str, **values) -> OutboundDelivery
             setattr(row, name, value)
         row.save(update_fields=[*values, "updated_at"])
         if row.status == OutboundDelivery.Status.QUEUED and row.next_attempt_at <= timezone.now():
-            from mail.delivery.tasks import kick_deliveries
-
             transaction.on_commit(lambda: kick_deliveries([row.id]))
     return row
 

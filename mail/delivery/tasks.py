@@ -35,6 +35,7 @@ from mail.delivery.batch import Remote, deliver_claims
 from mail.delivery.mta_sts import PolicyFetcher
 from mail.delivery.resolver import make_resolver
 from mail.services.dkim_rotation import advance_rotations
+from mail.services.enqueue import DELIVER_TASK, kick_deliveries
 from mail.services.storage import sweep_orphan_files
 
 log = logging.getLogger("mail.delivery")
@@ -86,7 +87,7 @@ def _claim(ids: list[int] | None, limit: int):
     )
 
 
-@shared_task(name="mail.delivery.deliver", acks_late=True, ignore_result=True)
+@shared_task(name=DELIVER_TASK, acks_late=True, ignore_result=True)
 def deliver(ids: list[int]) -> int:
     """Claim the rows `ids` that are due plus other due rows up to BATCH, deliver them.
 
@@ -114,15 +115,6 @@ def deliver_due() -> int:
     for start in range(0, len(ids), BATCH):
         kick_deliveries(ids[start : start + BATCH])
     return len(ids)
-
-
-def kick_deliveries(ids: list[int]) -> None:
-    """Send a deliver task for `ids`. Never raises: a kick that cannot be sent only delays
-    delivery until the rescan (logged)."""
-    try:
-        deliver.apply_async((list(ids),), retry=True, retry_policy={"max_retries": 1})
-    except Exception as exc:  # the broker is down: the rows wait for the rescan
-        log.warning("could not send the delivery task (%s); the queue rescan will", exc)
 
 
 def advance_dkim_rotations() -> list[str]:

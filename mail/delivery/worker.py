@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -18,19 +17,12 @@ import sys
 from django.conf import settings
 from kombu.utils.url import maybe_sanitize_url
 
-log = logging.getLogger("mail.delivery")
+from everlock_site.supervisor import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
+log = logging.getLogger("mail.delivery")
 
 # The start of the warning a Celery worker started as root prints (celery.platforms).
 CELERY_ROOT_WARNING = "You're running the worker with superuser privileges"
-
-
-def _die_with_parent() -> None:
-    # Linux: the worker gets SIGTERM when serve dies, even by SIGKILL, instead of running on
-    # orphaned. Elsewhere serve's close() is the only stop.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedWorker:
@@ -79,7 +71,7 @@ async def start_embedded_worker(*, listens, concurrency: int | None = None) -> E
         "--without-mingle", "--without-gossip", "--without-heartbeat",
         # Its own session: a Ctrl-C or a signal to serve's process group reaches serve only,
         # and close() then stops the worker warmly (current tasks finish).
-        env=dict(os.environ), stdout=stdout, preexec_fn=_die_with_parent, start_new_session=True,
+        env=dict(os.environ), stdout=stdout, preexec_fn=die_with_parent, start_new_session=True,
     )  # fmt: skip
     log.info(
         "backend-mail-smtp: delivery worker started (broker %s)",

@@ -38,7 +38,6 @@ from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_usage
 from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles, store_content
-from mail.smtp.extensions import EnvelopeParams
 
 log = logging.getLogger("mail.smtp")
 
@@ -161,29 +160,41 @@ def check_room(*, mailbox_id: int, quota: int | None) -> None:
 
 
 def check_local_recipient(address: Address) -> tuple[int, int | None]:
-    """The id and quota of the mailbox `address` is delivered to.
+    """The id and quota of the mailbox `address` is delivered to, remembered in the
+    directory (remembered_local_recipient answers from there on the event loop).
 
     Raises SMTPReject: RELAY_DENIED when the domain is not an enabled local domain,
     UNKNOWN_USER when it is but has no such mailbox, 452 4.2.2 when the mailbox has reached its
     quota.
     """
-    found = list(
-        Mailbox.objects.filter(
-            domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
-        )
-        .order_by()
-        .values_list("id", "quota")[:1]
-    )
-    if found:
-        mailbox_id, quota = found[0]
-        check_room(mailbox_id=mailbox_id, quota=quota)
-        return mailbox_id, quota
+    directory.refresh()
+    found = directory.remember(("local-rcpt", address.key), lambda: _local_mailbox(address))
+    if found is not None:
+        check_room(mailbox_id=found[0], quota=found[1])
+        return found
     domain = MailDomain.objects.filter(name=address.domain, enabled=True).first()
     if domain is None:
         raise SMTPReject(replies.RELAY_DENIED)
     if address.local.casefold() == POSTMASTER:
         return check_postmaster(domain=domain)
     raise SMTPReject(replies.UNKNOWN_USER)
+
+
+def _local_mailbox(address: Address) -> tuple[int, int | None] | None:
+    return (
+        Mailbox.objects.filter(
+            domain__name=address.domain, domain__enabled=True, local_part=address.local.casefold()
+        )
+        .order_by()
+        .values_list("id", "quota")
+        .first()
+    )
+
+
+def remembered_local_recipient(address: Address) -> tuple[int, int | None] | None:
+    """What check_local_recipient answered for `address` if the directory still remembers
+    it, else None (then ask it). No I/O: fit for the event loop."""
+    return directory.get(("local-rcpt", address.key))
 
 
 def check_bounce_recipient(*, address: Address, null_sender: bool) -> str:
@@ -635,39 +646,6 @@ def deliver_inbound(
         return file_planned(
             content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
         )
-
-
-def deliver_inbound_reporting(
-    *,
-    raw: bytes,
-    envelope_from: str,
-    mailbox_ids: list[int],
-    params: EnvelopeParams,
-    reporting_host: str,
-    files: StoredFiles | None = None,
-    checked: Summary | None = None,
-) -> list[Message]:
-    """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
-    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for: unless the inbound
-    checks found that the sender passed neither SPF nor DMARC (it may be forged, and the
-    report would be backscatter)."""
-    from mail.delivery.bounces import notify_success
-
-    with transaction.atomic():
-        messages = deliver_inbound(
-            raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
-        )
-        if checked is not None and not checked.sender_verified:
-            log.info("no success DSN to %s: it passed neither SPF nor DMARC", envelope_from)
-            return messages
-        notify_success(
-            reporting_host=reporting_host,
-            envelope_from=envelope_from,
-            original=raw,
-            recipients=params.success_wanted(),
-            params=params,
-        )
-    return messages
 
 
 def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[int]]:

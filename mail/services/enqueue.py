@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
+from everlock_site.celery import app as celery_app
 from mail.addresses import parse_address
 from mail.models import MessageContent, OutboundDelivery, OutboundRecipient
 from mail.smtp.extensions import EnvelopeParams, RcptParams
+
+log = logging.getLogger("mail.delivery")
 
 # How long a message may wait in the queue before it bounces (RFC 5321 section 4.5.4.1
 # suggests at least 4-5 days).
 QUEUE_LIFETIME = timedelta(days=5)
 
 
-def _kick(ids: list[int]) -> None:
-    # Imported here: the Celery app is wiring, and a service must import without it. The
-    # message is only a kick; if it is lost, the periodic re-kick finds the due rows.
-    from mail.delivery.tasks import kick_deliveries
+# The delivery task (mail.delivery.tasks.deliver), sent by name: a service needs the broker,
+# not the worker's code. Sent through the project's app, not celery.current_app: that is
+# per thread, and the group commit's thread would get Celery's default app.
+DELIVER_TASK = "mail.delivery.deliver"
 
-    kick_deliveries(ids)
+
+def kick_deliveries(ids: list[int]) -> None:
+    """Send a deliver task for `ids`. Never raises: the message is only a kick, and a kick
+    that cannot be sent (or is lost) only delays delivery until the rescan (logged)."""
+    try:
+        celery_app.send_task(DELIVER_TASK, args=(list(ids),), retry=True, retry_policy={"max_retries": 1})
+    except Exception as exc:  # the broker is down: the rows wait for the rescan
+        log.warning("could not send the delivery task (%s); the queue rescan will", exc)
 
 
 def enqueue_remote(
@@ -89,5 +100,5 @@ def enqueue_remote(
             ]
         )
         ids = [row.id for row in rows]
-        transaction.on_commit(lambda: _kick(ids))
+        transaction.on_commit(lambda: kick_deliveries(ids))
     return rows

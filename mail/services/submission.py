@@ -2,7 +2,7 @@
 
 The SMTP adapter (mail.smtp.submission) calls authorize_sender at MAIL FROM,
 check_submission_recipient at RCPT, and at DATA accept_submission in the group commit (which
-may run in the writer process: prepare_submission checks, completes and signs, then
+may run in the group commit: prepare_submission checks, completes and signs, then
 commit_submission files); each raises mail.replies.SMTPReject with the reply to give.
 """
 
@@ -23,14 +23,15 @@ from accounts.grants import mailbox_resource
 from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
-from mail.delivery.bounces import notify_success
 from mail.dkim.signing import sign_for_domain
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
 from mail.replies import SMTPReject
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
+    POSTMASTER,
     ParsedMessage,
+    check_postmaster,
     file_planned,
     mailboxes_by_id,
     parse_message,
@@ -40,6 +41,7 @@ from mail.services.delivery import (
     store_and_file_many,
 )
 from mail.services.directory import directory
+from mail.services.dsn import notify_success
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import ensure_mailbox
 from mail.services.storage import StoredFiles, store_content
@@ -184,7 +186,7 @@ class Recipients:
 @dataclass(frozen=True)
 class Submission:
     """What a submission session accepted at DATA, as plain values (it may travel to the
-    writer process): the user, the envelope sender authorised at MAIL FROM and its domain,
+    group commit's thread): the user, the envelope sender authorised at MAIL FROM and its domain,
     the recipients accepted at RCPT and the message."""
 
     user_id: int | None  # None: a trusted client without AUTH
@@ -421,8 +423,12 @@ def check_submission_recipient(*, recipient: str) -> Mailbox | str:
     """Check RCPT TO on submission: the local mailbox, or the remote address (any valid one).
 
     Raises SMTPReject: BAD_RECIPIENT for an invalid address, UNKNOWN_USER for a missing
-    mailbox of an enabled local domain.
+    mailbox of an enabled local domain (or no mailbox for the bare <Postmaster>).
     """
+    if recipient.casefold() == POSTMASTER:
+        # The bare <Postmaster> (RFC 5321 section 4.5.1) is accepted on every port.
+        mailbox_id, _ = check_postmaster()
+        return Mailbox.objects.select_related("domain").get(id=mailbox_id)
     try:
         address = parse_address(recipient)
     except AddressError:

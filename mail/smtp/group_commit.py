@@ -1,13 +1,12 @@
 """Group commit: the messages of concurrent SMTP sessions filed in one database transaction.
 
-Every DATA of every session hands its delivery to the writer process (mail.smtp.writer,
-which calls GroupCommitter.commit with all that has arrived) or to a commit thread in the
-listener's own process (GroupCommitter.call). Either takes all deliveries waiting at that
-moment and files them with one set-based call when the delivery has one (`many`), else each
-in its own savepoint (so one failing message does not take the others with it), commits
-once, and only then answers each session. A client still gets 250 only after its message is
-durable; what a batch saves is the commit (and its fsync) per message, and the lock
-hand-offs between writers.
+Every DATA of every session of a listener process hands its delivery to the process's
+commit thread (GroupCommitter.call), which takes all deliveries waiting at that moment and
+files them with one set-based call when the delivery has one (`many`), else each in its own
+savepoint (so one failing message does not take the others with it), commits once, and only
+then answers each session. A client still gets 250 only after its message is durable; what
+a batch saves is the commit (and its fsync) per message, and the lock hand-offs between
+writers.
 """
 
 from __future__ import annotations

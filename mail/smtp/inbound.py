@@ -6,8 +6,6 @@ else is relaying (RFC 5321 section 3.6.2) and refused.
 
 from __future__ import annotations
 
-import time
-
 from mail import replies
 from mail.auth import srs
 from mail.auth.checker import checks_from_settings
@@ -19,9 +17,10 @@ from mail.services.delivery import (
     check_postmaster,
     check_room,
     deliver_inbound,
-    deliver_inbound_reporting,
     forward_bounce,
+    remembered_local_recipient,
 )
+from mail.services.dsn import deliver_inbound_reporting
 from mail.smtp.handler import (
     BaseHandler,
     check_data,
@@ -43,32 +42,9 @@ def sender_of(envelope) -> str:
     return sender_of_path(envelope.mail_from)
 
 
-class RecipientCache:
-    """Mailbox ids of recently accepted recipients, for `ttl` seconds (positive answers
-    only). Used on the event loop only. A mailbox deleted meanwhile makes delivery answer
-    451 4.2.0, and the client's retry meets the fresh RCPT answer."""
-
-    def __init__(self, *, ttl: float = 5.0, size: int = 10_000):
-        self.ttl = ttl
-        self.size = size
-        self.entries: dict[str, tuple[float, int]] = {}
-
-    def get(self, key: str) -> int | None:
-        entry = self.entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, key: str, mailbox_id: int) -> None:
-        if len(self.entries) >= self.size:
-            self.entries.clear()
-        self.entries[key] = (time.monotonic() + self.ttl, mailbox_id)
-
-
 class InboundHandler(BaseHandler):
     def __init__(self, config, committer, *, checks=_FROM_SETTINGS):
         super().__init__(config, committer)
-        self.recipients = RecipientCache()
         # mail.auth.checker.InboundChecks, or None for no checks.
         self.checks = checks_from_settings() if checks is _FROM_SETTINGS else checks
 
@@ -117,12 +93,12 @@ class InboundHandler(BaseHandler):
                 envelope.rcpt_tos.append(address)
                 envelope.rcpt_options.extend(rcpt_options)
                 return replies.RECIPIENT_OK
-            result = self.recipients.get(parsed.key)
+            # Answered from the directory's memory when it can.
+            result = remembered_local_recipient(parsed)
             if result is None:
                 ok, result = await call_service(check_local_recipient, address=parsed)
                 if not ok:
                     return result
-                self.recipients.put(parsed.key, result)
             elif result[1] is not None:
                 ok, full = await call_service(check_room, mailbox_id=result[0], quota=result[1])
                 if not ok:

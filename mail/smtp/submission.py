@@ -102,7 +102,7 @@ class SubmissionHandler(BaseHandler):
             check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
-        # Checking, signing and filing all run in the group commit (the writer process).
+        # Checking, signing and filing all run in the group commit's thread.
         raw = received_header(server=server, session=session, envelope=envelope) + raw
         submission = Submission.of(
             sender=envelope.sender,

@@ -45,10 +45,10 @@ def test_help_lists_everlocks_commands_first():
     ours = lines[5 : lines.index("Django commands:") - 1]
     assert [line.split()[0] for line in ours] == [
         "backup", "copydb", "mailconfig", "mailq", "restore", "runadminssh", "rundns", "runhttp",
-        "runhttps", "runimap", "runsmtp", "serve", "smtpwriter",
+        "runhttps", "runimap", "runsmtp", "serve",
     ]  # fmt: skip
     assert (
-        "    serve        Run the selected Everlock components (listeners, console, workers) in one process."
+        "    serve        Run the selected Everlock components (listeners, console, workers), supervised."
         in ours
     )
     django = lines[lines.index("Django commands:") + 1 :]

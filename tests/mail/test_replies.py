@@ -26,7 +26,7 @@ def test_reply_values():
     assert (replies.MAILBOX_CHANGED.temporary, replies.UNKNOWN_USER.temporary) == (True, False)
     error = SMTPReject(replies.BAD_SENDER)
     assert (error.reply, str(error)) == (replies.BAD_SENDER, "553 5.1.7 Invalid sender address")
-    # It crosses process boundaries (the writer process, Celery) as the same value.
+    # It crosses process boundaries (Celery) as the same value.
     assert pickle.loads(pickle.dumps(error)).reply == replies.BAD_SENDER
     # Every name in the module that is a reply is a value, never an exception instance.
     assert not [name for name, value in vars(replies).items() if isinstance(value, BaseException)]

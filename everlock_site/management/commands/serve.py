@@ -1,52 +1,72 @@
-"""`everlock serve`: every selected component in one process.
+"""`everlock serve`: the selected components, in supervised child processes.
 
-Backends start before the frontends that need them. Each component is an async `start`
-function elsewhere (named in COMPONENTS) that binds its sockets and returns something with
-`close()` (and optionally `wait_closed()`); this command only wires them together.
+Each component is an async `start` function elsewhere (named in COMPONENTS) that binds its
+sockets and returns something with `close()` (and optionally `wait_closed()`); backends
+start before the frontends that need them. This command checks the options, sets up the
+database and the bootstrap admin, and hands the components to everlock_site.supervisor:
+the listeners run in `--processes` copies sharing their ports, the console and the delivery
+worker once each.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.bootstrap import add_admin_arguments, check_admin_options, ensure_admin
-from everlock_site.listen import parse_listen, stop_on_signals
+from everlock_site.listen import parse_listen
+from everlock_site.supervisor import (
+    LISTENER,
+    Component,
+    Supervisor,
+    child_specs,
+    claim_ports,
+    default_processes,
+)
 
 log = logging.getLogger("everlock")
 
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    target: str  # "module:function"
-    needs: tuple[str, ...] = ()
-
-
-# In start order: backends first.
+# In start order: backends first. A component's process (default: the listener processes,
+# one per --processes) says which child runs it; see everlock_site.supervisor.
 COMPONENTS = (
-    Component("backend-dns-dns", "dns_zones.server.listener:start_dns"),
-    Component("backend-admin-ssh", "sshadmin.server:prepare_console"),
-    Component("backend-mail-smtp", "mail.delivery.worker:start_embedded_worker"),
-    Component("frontend-ssh", "sshadmin.server:start_console", needs=("backend-admin-ssh",)),
-    Component("frontend-smtp", "mail.smtp.server:start_listeners", needs=("backend-mail-smtp",)),
-    Component("frontend-imap", "mail.imap.listener:start_listeners"),
-    Component("frontend-http", "everlock_site.http:start_http"),
-    Component("frontend-https", "everlock_site.https:start_https"),
+    Component("backend-dns-dns", "dns_zones.server.listener:start_dns", listens=("dns",)),
+    Component("backend-admin-ssh", "sshadmin.server:prepare_console", process="console"),
+    Component("backend-mail-smtp", "mail.delivery.worker:start_embedded_worker", process="delivery"),
+    Component(
+        "frontend-ssh",
+        "sshadmin.server:start_console",
+        needs=("backend-admin-ssh",),
+        process="console",
+        listens=("ssh",),
+    ),
+    Component(
+        "frontend-smtp",
+        "mail.smtp.listeners:start_listeners",
+        needs=("backend-mail-smtp",),
+        listens=("smtp", "submission", "submissions"),
+    ),
+    Component("frontend-imap", "mail.imap.listener:start_listeners", listens=("imap", "imaps")),
+    Component("frontend-http", "everlock_site.http:start_http", listens=("http",)),
+    Component("frontend-https", "everlock_site.https:start_https", listens=("https",)),
 )
 
 
 class Command(BaseCommand):
-    help = "Run the selected Everlock components (listeners, console, workers) in one process."
+    help = "Run the selected Everlock components (listeners, console, workers), supervised."
 
     def add_arguments(self, parser):
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            metavar="N",
+            help="listener processes sharing each port (default: one per core)",
+        )
         parser.add_argument("--frontend-ssh", action="store_true", help="the SSH listener")
         parser.add_argument("--frontend-ssh-listen", default="0.0.0.0:2222", metavar="ADDR")
         parser.add_argument("--backend-admin-ssh", action="store_true", help="the admin console behind SSH")
@@ -126,6 +146,9 @@ class Command(BaseCommand):
             for need in comp.needs:
                 if comp.name in selected and need not in selected:
                     raise CommandError(f"--{comp.name} needs --{need}")
+        processes = opts["processes"] or default_processes()
+        if processes < 1:
+            raise CommandError("--processes must be 1 or more")
         admin_password = check_admin_options(opts)
         listens = {
             "ssh": parse_listen(opts["frontend_ssh_listen"], option="--frontend-ssh-listen"),
@@ -174,7 +197,16 @@ class Command(BaseCommand):
 
             domains_publish_dns()
         ensure_admin(opts, admin_password, log=log)
-        asyncio.run(_run(starts, listens))
+        # The addresses of the selected components, checked before any child binds them; those
+        # of the listener processes are bound by every copy (SO_REUSEPORT).
+        used = {key: c for c in COMPONENTS if c.name in selected for key in c.listens}
+        listens.update(
+            claim_ports(
+                {key: listens[key] for key in used},
+                shared={key for key, c in used.items() if c.process == LISTENER},
+            )
+        )
+        Supervisor(child_specs(starts, processes=processes), listens).run()
 
 
 def _load(component: Component):
@@ -186,22 +218,3 @@ def _load(component: Component):
             raise CommandError(f"--{component.name} is not available in this build") from None
         raise
     return getattr(module, func)
-
-
-async def _run(starts, listens) -> None:
-    stop = stop_on_signals()
-    running = []
-    try:
-        for component, start in starts:
-            log.info("starting %s", component.name)
-            running.append(await start(listens=listens))
-        await stop.wait()
-    finally:
-        for handle in reversed(running):
-            if handle is None:
-                continue
-            handle.close()
-            wait_closed = getattr(handle, "wait_closed", None)
-            if wait_closed is not None:
-                await wait_closed()
-        log.info("stopped")

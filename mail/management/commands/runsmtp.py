@@ -7,7 +7,7 @@ import asyncio
 from django.core.management.base import BaseCommand, CommandError
 
 from everlock_site.listen import parse_listen, serve_until_stopped
-from mail.smtp.server import start_listeners
+from mail.smtp.listeners import start_listeners
 
 
 class Command(BaseCommand):

@@ -215,3 +215,32 @@ def test_redirect_to_a_remote_address_is_queued_with_the_sender_rewritten(smtp, 
     data = read_content(delivery.content)
     assert data.startswith(b"X-Everlock-Redirected: alice@example.com\r\n")
     assert data.endswith(message(subject="for dave"))
+
+
+def test_a_discarded_message_still_reports_its_delivery(smtp, rules):  # noqa: F811
+    # RFC 3461 section 5.2.2: the message reached the recipient's mailbox, whose rule
+    # discarded it; NOTIFY=SUCCESS is answered "delivered" as for a filed one.
+    with smtplib.SMTP("127.0.0.1", smtp.inbound_port, timeout=10) as client:
+        client.ehlo("mx.example.net")
+        client.mail("carol@example.net")
+        client.rcpt("bob@example.com", ["NOTIFY=SUCCESS"])
+        assert client.data(message(to="bob@example.com", extra=PADDING))[0] == 250
+    assert not Message.objects.exists()
+    row = OutboundDelivery.objects.get()
+    assert list(row.recipients.values_list("address", flat=True)) == ["carol@example.net"]
+    raw = read_content(row.content)
+    assert b"Final-Recipient: rfc822; bob@example.com" in raw
+    assert b"Action: delivered" in raw
+
+
+def test_a_discarded_submission_reports_its_delivery_to_the_sender(smtp, rules):  # noqa: F811
+    with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10) as client:
+        client.login("alice", "change-me")
+        client.mail("alice@example.com")
+        client.rcpt("bob@example.com", ["NOTIFY=SUCCESS"])
+        assert client.data(message(to="bob@example.com", extra=PADDING, sender="alice@example.com"))[0] == 250
+    assert folders_of("bob@example.com") == []
+    report = Message.objects.get(folder__mailbox__local_part="alice", folder__name="inbox")
+    raw = read_content(report.content)
+    assert b"Final-Recipient: rfc822; bob@example.com" in raw
+    assert b"Action: delivered" in raw

@@ -16,7 +16,9 @@ from django.core.cache import cache
 from accounts.services import grant_add, user_add
 from everlock_site.listen import ListenAddress
 from mail.models import MailDomain, Message, MessageContent, OutboundDelivery
-from mail.smtp.server import SMTPConfig, start_listeners
+from mail.services.directory import directory
+from mail.smtp.listeners import start_listeners
+from mail.smtp.server import SMTPConfig
 from tls.store import server_context
 
 HOSTNAME = "mx.example.com"
@@ -53,8 +55,10 @@ def test_config(**overrides) -> SMTPConfig:
 def start_smtp(transactional_db, settings):
     """Start a server with SMTPConfig overrides; stopped after the test."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    # The login throttle's counters live in the cache table, which test flushes keep.
+    # The login throttle's counters live in the cache table, which test flushes keep; the
+    # directory's memory (mail.services.directory) is the process's, which they do not reach.
     cache.clear()
+    directory.clear()
     running = []
 
     def start(**overrides) -> RunningServer:

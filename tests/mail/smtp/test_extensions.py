@@ -389,6 +389,28 @@ def test_postmaster_is_accepted_with_and_without_a_domain(smtp, example_com):
     client.close()
 
 
+def test_the_bare_postmaster_is_accepted_on_submission(smtp, example_com):
+    # RFC 5321 section 4.5.1 holds on every port: the first admin's mailbox takes it.
+    from accounts.services import grant_add, user_add
+    from mail.services.mailboxes import mailbox_create
+
+    with smtplib.SMTP("127.0.0.1", smtp.submission_port, timeout=10) as client:
+        client.login("alice", "change-me")
+        client.mail("alice@example.com")
+        assert client.rcpt("Postmaster") == (550, b"5.1.1 Mailbox unavailable")
+        user_add(name="root", password="x", is_admin=True)
+        grant_add(name="root", resource="smtp/mail/example.com:hostmaster", role="writer")
+        mailbox_create(address="hostmaster@example.com")
+        client.rset()
+        refused = client.sendmail(
+            "alice@example.com", ["<Postmaster>"], b"From: alice@example.com\r\nSubject: hi\r\n\r\nHi\r\n"
+        )
+    assert refused == {}
+    received = Message.objects.get(folder__name="inbox")
+    assert received.folder.mailbox.address == "hostmaster@example.com"
+    assert received.subject == "hi"
+
+
 def test_msmtp_submits_over_implicit_tls(smtp, example_com, tmp_path):
     # msmtp with TLS from the first byte (tls_starttls off), as a mail client on port 465 is.
     config = tmp_path / "msmtprc"

@@ -108,7 +108,7 @@ def store_other(*, raw: bytes, files):
 
 @pytest.mark.django_db(transaction=True)
 def test_commit_in_the_calling_thread_groups_by_function():
-    # What the writer process does with the deliveries that arrived together: each function's
+    # What the commit thread does with the deliveries that arrived together: each function's
     # calls in batches of its own, a failing one alone, every call settled once.
     committer = GroupCommitter(max_batch=2)
     outcomes = {}

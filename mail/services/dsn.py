@@ -1,8 +1,10 @@
-"""Delivery status notifications (RFC 3464) for recipients the queue gave up on.
+"""Delivery status notifications (RFC 3464): failures and delays of the queue, and the
+success reports RFC 3461 NOTIFY=SUCCESS asks for.
 
 A DSN goes to the envelope sender: filed into the inbox of a local sender through local
-delivery, queued (with a null sender, so it can never bounce back) for a remote one, and
-never sent for a message whose own sender was null (RFC 5321 section 4.5.5).
+delivery (mail.services.delivery), queued (with a null sender, so it can never bounce back)
+for a remote one (mail.services.enqueue), and never sent for a message whose own sender was
+null (RFC 5321 section 4.5.5).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from mail.auth import srs
+from mail.auth.verdict import Summary
+from mail.models import Message
 from mail.replies import SMTPReject
+from mail.services.delivery import deliver_inbound, resolve_mailboxes
+from mail.services.enqueue import enqueue_remote
+from mail.services.storage import StoredFiles, store_content
 from mail.smtp.extensions import EnvelopeParams, xtext_encode
 
 log = logging.getLogger("mail.delivery")
@@ -146,11 +154,6 @@ def send_dsn(
 
     With `outside` False (the bounce of a rule redirect, whose sender may be forged), a
     remote sender gets nothing: the DSN is dropped and logged, never queued (backscatter)."""
-    from mail.auth import srs
-    from mail.services.delivery import deliver_inbound, resolve_mailboxes
-    from mail.services.enqueue import enqueue_remote
-    from mail.services.storage import StoredFiles, store_content
-
     if not envelope_from or not failed:
         return False
     original_sender = srs.reverse(envelope_from) if srs.is_srs(envelope_from) else None
@@ -226,3 +229,34 @@ def notify_success(
         envid=params.mail.envid,
         orcpts={r: params.rcpt(r).orcpt for r in recipients if params.rcpt(r).orcpt},
     )
+
+
+def deliver_inbound_reporting(
+    *,
+    raw: bytes,
+    envelope_from: str,
+    mailbox_ids: list[int],
+    params: EnvelopeParams,
+    reporting_host: str,
+    files: StoredFiles | None = None,
+    checked: Summary | None = None,
+) -> list[Message]:
+    """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
+    Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for: unless the inbound
+    checks found that the sender passed neither SPF nor DMARC (it may be forged, and the
+    report would be backscatter)."""
+    with transaction.atomic():
+        messages = deliver_inbound(
+            raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
+        )
+        if checked is not None and not checked.sender_verified:
+            log.info("no success DSN to %s: it passed neither SPF nor DMARC", envelope_from)
+            return messages
+        notify_success(
+            reporting_host=reporting_host,
+            envelope_from=envelope_from,
+            original=raw,
+            recipients=params.success_wanted(),
+            params=params,
+        )
+    return messages
