@@ -192,11 +192,11 @@ def _everlock_server(ready, data_dir: str, env: dict[str, str] | None = None) ->
 
     os.environ.update(env or {})
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
+    # Both probes stay bound until both ports are read, so the kernel cannot give one twice.
+    with socket.socket() as first, socket.socket() as second:
+        first.bind(("127.0.0.1", 0))
+        second.bind(("127.0.0.1", 0))
+        ports = [first.getsockname()[1], second.getsockname()[1]]
     processes = os.environ.get("BENCH_PROCESSES")
     env = {**os.environ, "EVERLOCK_DATA_DIR": data_dir, "EVERLOCK_LOG": "warning,everlock=info"}
     serve = subprocess.Popen(
