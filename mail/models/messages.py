@@ -1,4 +1,5 @@
 from django.db import models
+from django.utils import timezone
 
 from mail.models.mailboxes import Folder
 
@@ -40,14 +41,13 @@ class Message(models.Model):
     date = models.DateTimeField(null=True, blank=True)
     message_id = models.CharField(max_length=998, blank=True)
     size = models.PositiveBigIntegerField()
-    received_at = models.DateTimeField(auto_now_add=True)
+    # The internal date (RFC 9051 section 2.3.3): when filed, or the date an APPEND gives.
+    received_at = models.DateTimeField(default=timezone.now, editable=False)
     seen = models.BooleanField(default=False)
     flagged = models.BooleanField(default=False)
     answered = models.BooleanField(db_default=False)
     deleted = models.BooleanField(db_default=False)
     draft = models.BooleanField(db_default=False)
-    # Columns with database defaults: the group commit inserts rows naming only the columns
-    # filing sets.
     # IMAP keywords ($Forwarded, $Junk, ...), space-separated.
     keywords = models.CharField(max_length=1000, blank=True, db_default="")
     # The IMAP UID within the folder. Filing leaves it NULL; the first reader of the folder

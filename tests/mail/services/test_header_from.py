@@ -5,7 +5,7 @@ import email.utils
 
 import pytest
 
-from mail.services.submission import _from_addresses
+from mail.message import from_addresses as _from_addresses
 
 FIELDS = [
     "alice@example.com",

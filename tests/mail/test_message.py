@@ -7,7 +7,7 @@ from email.policy import compat32
 
 import pytest
 
-from mail.services.delivery import _plain_header_fields, parse_message
+from mail.message import _plain_header_fields, parse_message
 
 PLAIN = [
     b"From: a@b.example\r\nTo: c@d.example\r\nSubject: hi\r\n\r\nbody\r\n",
