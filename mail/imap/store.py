@@ -663,7 +663,7 @@ def append(
                 )
             except FilingFolderGone:
                 raise FolderGone(folder_id) from None
-            uids = [message.uid for result in filed for message in result.messages]
+            uids = [uid for result in filed for uid in result.uids]
             validity, uid_next, first_recent = _query(
                 f"SELECT uid_validity, uid_next, first_recent_uid FROM {_F} WHERE id = %s", [folder_id]
             )[0]

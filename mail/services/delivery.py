@@ -517,18 +517,23 @@ def deliver_inbound(
     if parsed is None:
         parsed = parse_message(raw)  # before the transaction: it holds no lock meanwhile
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
-        return deliver_inbound_many(items=[{**item, "parsed": parsed}], files=files)[0]
+        (filed,) = _deliver(items=[{**item, "parsed": parsed}], files=files)
+        return [] if filed is None else filed.messages()
 
 
-def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[Message]]:
+def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[int]]:
     """deliver_inbound for many messages at once (a group commit's batch), in the caller's
     transaction, with a fixed number of queries however many messages (but for the rule
-    messages they send); each message's copies filed.
+    messages they send); the ids of each message's copies.
 
     `items` are deliver_inbound keyword arguments. Raises on the first problem of any
     message (a rule rejection included); the caller then rolls back and delivers them one by
     one, so each gets its own answer.
     """
+    return [[] if filed is None else filed.message_ids for filed in _deliver(items=items, files=files)]
+
+
+def _deliver(*, items: list[dict], files: StoredFiles) -> list[Filed | None]:
     directory.refresh()
     boxes = mailboxes_by_id({i for item in items for i in item["mailbox_ids"]})
     rules = remembered_rules()
@@ -547,7 +552,7 @@ def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[
             checked=item.get("checked"),
         )
         batch.append(Planned(item["raw"], parsed, item["envelope_from"], planned))
-    return [[] if filed is None else filed.messages for filed in file_planned(batch, files=files)]
+    return file_planned(batch, files=files)
 
 
 deliver_inbound.many = deliver_inbound_many

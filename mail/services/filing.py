@@ -32,6 +32,7 @@ from django.utils import timezone
 from mail.message import ParsedMessage
 from mail.models import Folder, Message, MessageContent
 from mail.services.directory import directory
+from mail.services.rows import RowInserter
 from mail.services.storage import ContentWrites, StoredFiles
 
 
@@ -76,11 +77,17 @@ class NewMessage:
 
 @dataclass
 class Filed:
-    """What file_messages stored for one NewMessage: its content row and its copies (their
-    ids set; with `numbered`, their UIDs as well), in the order of its copies."""
+    """What file_messages stored for one NewMessage: its content row and the ids of its
+    copies (with `numbered`, their UIDs as well), in the order of its copies."""
 
     content: MessageContent
-    messages: list[Message] = field(default_factory=list)
+    message_ids: list[int] = field(default_factory=list)
+    uids: list[int] = field(default_factory=list)
+
+    def messages(self) -> list[Message]:
+        """The copies as model instances, read from the database (one query)."""
+        found = Message.objects.in_bulk(self.message_ids)
+        return [found[pk] for pk in self.message_ids]
 
 
 class FolderGone(Exception):
@@ -111,75 +118,114 @@ def file_messages(
     return filed
 
 
+# The columns filing gives (every column of the two tables). The rows go in as plain tuples
+# through RowInserter: QuerySet.bulk_create costs more than twice the CPU of all of filing
+# (measured: 107-169 against 258-368 microseconds a message for a batch of 64 inbound
+# messages), since it builds a model instance per row and prepares every value of it.
+_CONTENT_ROWS = RowInserter(
+    MessageContent, ["storage_name", "size", "created_at", "imap_envelope", "imap_structure", "imap_body"]
+)
+_MESSAGE_COLUMNS = [
+    "folder",
+    "content",
+    "prepended_headers",
+    "envelope_from",
+    "envelope_to",
+    "header_from",
+    "header_to",
+    "subject",
+    "date",
+    "message_id",
+    "size",
+    "received_at",
+    "seen",
+    "flagged",
+    "answered",
+    "deleted",
+    "draft",
+    "keywords",
+    "uid",
+    "modseq",
+]
+_MESSAGE_ROWS = RowInserter(Message, _MESSAGE_COLUMNS)
+_FOLDER, _UID, _MODSEQ = (_MESSAGE_COLUMNS.index(name) for name in ("folder", "uid", "modseq"))
+
+
 def _insert(messages: Sequence[NewMessage], names, *, numbered: bool) -> list[Filed]:
     now = timezone.now()
-    new_contents = []
+    new_contents = [
+        (message.stored_as or next(names), len(message.raw), now, *(message.summary or (None, None, None)))
+        for message in messages
+        if message.content is None
+    ]
+    content_ids = iter(_CONTENT_ROWS.insert(new_contents, returning_ids=True))
+    created = iter(new_contents)
+    filed = []
     for message in messages:
         if message.content is not None:
+            filed.append(Filed(message.content))
             continue
-        envelope, structure, body = message.summary or (None, None, None)
-        new_contents.append(
-            MessageContent(
-                storage_name=message.stored_as or next(names),
-                size=len(message.raw),
-                created_at=now,
-                imap_envelope=envelope,
-                imap_structure=structure,
-                imap_body=body,
-            )
+        name, size = next(created)[:2]
+        filed.append(
+            Filed(MessageContent(id=next(content_ids), storage_name=name, size=size, created_at=now))
         )
-    MessageContent.objects.bulk_create(new_contents)
-    created = iter(new_contents)
-    filed = [Filed(m.content if m.content is not None else next(created)) for m in messages]
     folders = _folder_ids(
         {(c.mailbox_id, c.folder) for m in messages for c in m.copies if c.folder_id is None}
     )
     rows = []
     for message, stored in zip(messages, filed, strict=True):
         parsed = message.parsed
+        envelope_from = message.envelope_from[:320]
         for copy in message.copies:
-            row = Message(
-                folder_id=copy.folder_id
-                if copy.folder_id is not None
-                else folders[(copy.mailbox_id, copy.folder)],
-                content=stored.content,
-                prepended_headers=copy.prepended,
-                envelope_from=message.envelope_from[:320],
-                envelope_to=copy.address[:320],
-                header_from=parsed.header_from,
-                header_to=parsed.header_to,
-                subject=parsed.subject,
-                date=parsed.date,
-                message_id=parsed.message_id,
-                size=stored.content.size + len(copy.prepended),
-                received_at=copy.received_at or now,
-                seen=copy.seen,
-                flagged=copy.flagged,
-                answered=copy.answered,
-                deleted=copy.deleted,
-                draft=copy.draft,
-                keywords=copy.keywords,
+            rows.append(
+                [
+                    copy.folder_id if copy.folder_id is not None else folders[(copy.mailbox_id, copy.folder)],
+                    stored.content.id,
+                    copy.prepended,
+                    envelope_from,
+                    copy.address[:320],
+                    parsed.header_from,
+                    parsed.header_to,
+                    parsed.subject,
+                    parsed.date,
+                    parsed.message_id,
+                    stored.content.size + len(copy.prepended),
+                    copy.received_at or now,
+                    copy.seen,
+                    copy.flagged,
+                    copy.answered,
+                    copy.deleted,
+                    copy.draft,
+                    copy.keywords,
+                    None,
+                    0,
+                ]
             )
-            stored.messages.append(row)
-            rows.append(row)
     if numbered:
         _number(rows)
-    Message.objects.bulk_create(rows)
+    ids = iter(_MESSAGE_ROWS.insert(rows, returning_ids=True))
+    numbers = iter(rows)
+    for message, stored in zip(messages, filed, strict=True):
+        for _ in message.copies:
+            stored.message_ids.append(next(ids))
+            uid = next(numbers)[_UID]
+            if uid is not None:
+                stored.uids.append(uid)
     return filed
 
 
-def _number(rows: list[Message]) -> None:
+def _number(rows: list[list]) -> None:
     """Give `rows` their UIDs and modseq from their folders, in order, under the folders' row
     locks (taken in id order, so two callers never wait for each other in a cycle)."""
-    ids = sorted({row.folder_id for row in rows})
+    ids = sorted({row[_FOLDER] for row in rows})
     found = {f.id: f for f in Folder.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
     if len(found) != len(ids):
         raise FolderGone(next(i for i in ids if i not in found))
     for folder in found.values():
         folder.highest_modseq += 1
     for row in rows:
-        folder = found[row.folder_id]
-        row.uid, row.modseq = folder.uid_next, folder.highest_modseq
+        folder = found[row[_FOLDER]]
+        row[_UID], row[_MODSEQ] = folder.uid_next, folder.highest_modseq
         folder.uid_next += 1
     for folder in found.values():
         # Not through save(): a Folder save tells every process to forget what it remembers
