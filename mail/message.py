@@ -29,18 +29,12 @@ MAX_FIELD = 998
 # A field name (RFC 5322 section 3.6.8: printable ASCII but the colon).
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 # A line break followed by white space: folding (RFC 5322 section 2.2.3).
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _FOLD_BYTES = re.compile(rb"\r?\n(?=[ \t])")
 # A From field of one plain address, bare or after a plain display name: read directly. Any
 # other (quotes, comments, groups, several addresses) goes to the email package's parser.
 _PLAIN_FROM = re.compile(
     r"(?:[A-Za-z0-9 ._'-]*<)?([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>?"
 )
-
-
-def unfold(value: str) -> str:
-    """`value` with its folding line breaks removed (RFC 5322 section 2.2.3)."""
-    return _FOLD.sub("", value) if "\n" in value else value
 
 
 def decode_words(value: str) -> str:
@@ -54,8 +48,9 @@ def decode_words(value: str) -> str:
         return value
 
 
-def from_addresses(values: list[str]) -> list[str]:
-    """The addresses of the From fields `values`, as email.utils.getaddresses finds them."""
+def field_addresses(values: list[str]) -> list[str]:
+    """The addresses the address fields `values` (From, To, Cc, ...) name, as
+    email.utils.getaddresses finds them."""
     if len(values) == 1:
         plain = _PLAIN_FROM.fullmatch(values[0].strip())
         if plain is not None and (("<" in values[0]) == values[0].rstrip().endswith(">")):
@@ -89,7 +84,7 @@ class ParsedMessage:
 
     def from_addresses(self) -> list[str]:
         """The addresses the From fields name."""
-        return from_addresses(self.values("From"))
+        return field_addresses(self.values("From"))
 
     def author_domain(self) -> str:
         """The domain of the RFC5322.From address (RFC 7489 section 3.1.1), "" when the
@@ -97,7 +92,7 @@ class ParsedMessage:
         value = self.first("From")
         if value is None:
             return ""
-        domains = {a.rpartition("@")[2].lower().rstrip(".") for a in from_addresses([value]) if "@" in a}
+        domains = {a.rpartition("@")[2].lower().rstrip(".") for a in field_addresses([value]) if "@" in a}
         return domains.pop() if len(domains) == 1 else ""
 
     def prepend(self, block: bytes) -> ParsedMessage:
