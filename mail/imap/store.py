@@ -2,7 +2,8 @@
 per call, run in worker threads (mail.imap.threads) by the protocol engine (mail.imap.server
 and the command modules).
 
-Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
+Numbering: filing (mail.services.filing, for SMTP, rules and bounces) leaves a new Message's
+`uid` NULL (APPEND files through it too, numbered at once); the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
 from `Folder.uid_next` (number_new). A message becomes visible to IMAP only once numbered, so
 UIDs grow in the order clients can see the messages, whatever order concurrent deliveries
