@@ -119,9 +119,9 @@ def file_messages(
 
 
 # The columns filing gives (every column of the two tables). The rows go in as plain tuples
-# through RowInserter: QuerySet.bulk_create costs more than twice the CPU of all of filing
-# (measured: 107-169 against 258-368 microseconds a message for a batch of 64 inbound
-# messages), since it builds a model instance per row and prepares every value of it.
+# through RowInserter: with QuerySet.bulk_create, which builds a model instance per row and
+# prepares every value of it, filing a batch of 64 inbound messages took 238-271 microseconds
+# of CPU a message against 111-170 (docs/architecture.md).
 _CONTENT_ROWS = RowInserter(
     MessageContent, ["storage_name", "size", "created_at", "imap_envelope", "imap_structure", "imap_body"]
 )
