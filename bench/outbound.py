@@ -52,7 +52,7 @@ from django.db import transaction
 from mail.models import MailDomain
 from mail.services.mailboxes import mailbox_create
 from mail.services.storage import StoredFiles
-from mail.services.delivery import parse_message
+from mail.message import parse_message
 from mail.services.submission import PreparedSubmission, commit_submission_many
 domain, _ = MailDomain.objects.get_or_create(name="example.com")
 alice, _ = mailbox_create(address="alice@example.com")

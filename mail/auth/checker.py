@@ -9,7 +9,6 @@ per connection, before its first transaction is accepted."""
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import logging
 import multiprocessing
@@ -20,11 +19,10 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import dkim
-
 from mail.auth import checks, dmarc, results
 from mail.auth.lookups import Lookups, TemporaryDNSError
 from mail.auth.verdict import Verdict
+from mail.message import ParsedMessage, parse_message
 from mail.replies import Reply, dnsbl_listed
 
 log = logging.getLogger("mail.auth")
@@ -72,12 +70,14 @@ def verify(raw: bytes, fetched: Fetched, spf: checks.SPFResult):
 
 @dataclass(frozen=True)
 class Checked:
-    """What the end of DATA needs: the verdict, the header to prepend and the message with the
-    outside claims to our authserv-id removed."""
+    """What the end of DATA needs: the verdict, the header to prepend, the message with the
+    outside claims to our authserv-id removed and its header fields (parsed once, for
+    filing)."""
 
     verdict: Verdict
     header: bytes
     raw: bytes
+    parsed: ParsedMessage
 
 
 class InboundChecks:
@@ -134,7 +134,7 @@ class InboundChecks:
         spf, iprev = await asyncio.wrap_future(pending.sender)
         loop = asyncio.get_running_loop()
         hostnames = await self._current_hostnames(loop)
-        fetched = await loop.run_in_executor(self.pool, self._fetch, raw)
+        fetched, parsed = await loop.run_in_executor(self.pool, self._fetch, raw)
         try:
             signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
         except BrokenProcessPool:
@@ -157,17 +157,22 @@ class InboundChecks:
             )
         authserv_id = hostnames.get(recipient_domain, self.default_hostname)
         claims = frozenset({self.default_hostname, *hostnames.values()})
-        return Checked(verdict, results.header(authserv_id, verdict), results.without_claims(raw, claims))
+        kept = results.without_claims(raw, claims)
+        # Read again only when an outside claim was removed (rare): the fields changed.
+        parsed = parsed if kept is raw else parse_message(kept)
+        return Checked(verdict, results.header(authserv_id, verdict), kept, parsed)
 
-    def _fetch(self, raw: bytes) -> Fetched:
-        from_domain = author_domain(raw)
+    def _fetch(self, raw: bytes) -> tuple[Fetched, ParsedMessage]:
+        """What the DNS has for `raw`, and its header fields (read here, once)."""
+        parsed = parse_message(raw)
+        from_domain = parsed.author_domain()
         try:
             record, inherited = (
                 dmarc.policy_record(self.lookups, from_domain) if from_domain else (None, False)
             )
         except TemporaryDNSError:
             record, inherited = TEMPORARY, False
-        return Fetched(checks.fetch_keys(self.lookups, raw), from_domain, record, inherited)
+        return Fetched(checks.fetch_keys(self.lookups, raw), from_domain, record, inherited), parsed
 
     async def _current_hostnames(self, loop) -> dict[str, str]:
         if time.monotonic() - self._hostnames_at > HOSTNAMES_TTL:
@@ -200,18 +205,6 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def author_domain(raw: bytes) -> str:
-    """The domain of the RFC5322.From address (RFC 7489 section 3.1.1), "" when the message
-    has no From or its first From field names no single address with a domain."""
-    headers, _body = dkim.rfc822_parse(raw)
-    for name, value in headers:
-        if name.lower() == b"from":
-            addresses = email.utils.getaddresses([value.decode("utf-8", "replace")])
-            domains = {addr.rpartition("@")[2].lower().rstrip(".") for _, addr in addresses if "@" in addr}
-            return domains.pop() if len(domains) == 1 else ""
-    return ""
 
 
 def checks_from_settings() -> InboundChecks | None:

@@ -1,9 +1,9 @@
 """A message's MIME structure as IMAP shows it: ENVELOPE, BODY and BODYSTRUCTURE
 (RFC 9051 §7.5.2), and the exact bytes of a body section (BODY[1.2.MIME], ...).
 
-The email package reads header fields and their parameters; the tree of parts is split here on
-the raw bytes, so a section is the very bytes the message holds, and its offsets and sizes are
-what a client counts.
+The email package reads header fields and their parameters (through mail.message, where all
+header parsing lives); the tree of parts is split here on the raw bytes, so a section is the
+very bytes the message holds, and its offsets and sizes are what a client counts.
 """
 
 from __future__ import annotations
@@ -11,17 +11,13 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from email.message import Message as HeaderFields
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import collapse_rfc2231_value
 
 from mail.imap.responses import string
+from mail.message import EntityFields, entity_fields
 
-_HEADER_PARSER = BytesHeaderParser(policy=compat32)
 # Between two fields: a line break not followed by white space (which would fold the field).
 _FIELD_SPLIT = re.compile(rb"\r?\n(?![ \t])")
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 def split_header(raw: bytes) -> tuple[bytes, bytes]:
@@ -68,15 +64,14 @@ class Part:
         self.header, self.body = split_header(raw)
         self.default_type = default_type
         # Read when asked: a FETCH of one part or of header fields parses no more than that.
-        self._fields: HeaderFields | None = None
+        self._fields: EntityFields | None = None
         self._children: list[Part] | None = None
         self._message: Part | bool | None = False
 
     @property
-    def fields(self) -> HeaderFields:
+    def fields(self) -> EntityFields:
         if self._fields is None:
-            # Unfolded first (RFC 5322 §2.2.3), so a parameter folded over two lines is whole.
-            self._fields = _HEADER_PARSER.parsebytes(_FOLD.sub(b"", self.header))
+            self._fields = entity_fields(self.header)
             self._fields.set_default_type(self.default_type)
         return self._fields
 

@@ -9,12 +9,12 @@ undone.
 
 from __future__ import annotations
 
-import email.header
 import re
 from binascii import Error as Base64Error
 from datetime import date, datetime
 from email.utils import parsedate_to_datetime
 
+from mail import message
 from mail.imap import store
 from mail.imap.mime import Part, decode_transfer, parse_addresses
 from mail.imap.parser import Bad, Parser
@@ -233,14 +233,9 @@ class Candidate:
 
 
 def decode_words(value: str) -> str:
-    """A header value with its RFC 2047 encoded words decoded, unfolded."""
-    value = re.sub(r"\r?\n[ \t]", " ", value)
-    if "=?" not in value:
-        return value
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except (LookupError, ValueError, UnicodeError):
-        return value
+    """A header value with its RFC 2047 encoded words decoded, unfolded (each fold a space,
+    as a client searching for words expects)."""
+    return message.decode_words(re.sub(r"\r?\n[ \t]", " ", value))
 
 
 def _decode_body(part: Part) -> str:

@@ -2,7 +2,8 @@
 per call, run in worker threads (mail.imap.threads) by the protocol engine (mail.imap.server
 and the command modules).
 
-Numbering: filing (SMTP, rules, bounces) leaves a new Message's `uid` NULL; the first IMAP
+Numbering: filing (mail.services.filing, for SMTP, rules and bounces) leaves a new Message's
+`uid` NULL (APPEND files through it too, numbered at once); the first IMAP
 reader of the folder numbers every unnumbered message in id order, under the folder's row lock,
 from `Folder.uid_next` (number_new). A message becomes visible to IMAP only once numbered, so
 UIDs grow in the order clients can see the messages, whatever order concurrent deliveries
@@ -26,16 +27,17 @@ from datetime import datetime
 
 from django.db import connection, transaction
 from django.db.models import Sum
-from django.utils import timezone
 
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from mail.imap.mime import imap_summary
+from mail.message import ParsedMessage, parse_message
 from mail.models import Folder, Mailbox, Message, MessageContent, OutboundDelivery
 from mail.models.mailboxes import INBOX, SENT
-from mail.services.delivery import parse_message
+from mail.services.filing import Copy, NewMessage, file_messages
+from mail.services.filing import FolderGone as FilingFolderGone
 from mail.services.mailboxes import mailbox_usage
-from mail.services.storage import StoredFiles, delete_content_file, message_storage, write_content
+from mail.services.storage import ContentWrites, StoredFiles, delete_content_file, message_storage
 
 log = logging.getLogger("mail.imap")
 
@@ -600,7 +602,7 @@ class NewMessages:
 
     messages: Sequence[tuple[bytes, frozenset[str], datetime | None]]
     names: list[str]
-    parsed: list
+    parsed: list[ParsedMessage]
     summaries: list[tuple[bytes, bytes, bytes]]
 
 
@@ -609,8 +611,7 @@ def store_files(messages: Sequence[tuple[bytes, frozenset[str], datetime | None]
     transaction that files them (append): the files of many sessions are written at once, the
     transaction holds its lock only for the rows."""
     with StoredFiles() as files:
-        for raw, _, _ in messages:
-            files.names.append(write_content(raw))
+        ContentWrites([raw for raw, _, _ in messages], files=files).wait()
         return NewMessages(
             messages,
             files.names,
@@ -623,69 +624,55 @@ def append(
     folder_id: int, *, access: Access, new: NewMessages, seen_by_appender: bool
 ) -> tuple[int, list[int]]:
     """File the messages of store_files as new messages of the folder, all in one
-    transaction: (uid validity, uids). With `seen_by_appender` (the appending session has the
+    transaction, through the filing of every other path (mail.services.filing), numbered at
+    once: (uid validity, uids). With `seen_by_appender` (the appending session has the
     folder selected) the messages are \\Recent for that session only, as if it had claimed
     them. The files go when this fails.
 
     Raises StoreError OVERQUOTA when the mailbox has no room for them."""
     mailbox_id = access.mailbox_id
-    messages, parsed, summaries = new.messages, new.parsed, new.summaries
-    uids = []
     with StoredFiles() as files:
         files.names = new.names
         with writing():
-            _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in messages))
-            # The UPDATE takes the folder's row lock; the counters come back with it.
-            rows = _query(
-                f"UPDATE {_F} SET highest_modseq = highest_modseq + 1 WHERE id = %s "
-                f"RETURNING uid_validity, uid_next, highest_modseq, first_recent_uid",
-                [folder_id],
-            )
-            if not rows:
-                raise FolderGone(folder_id)
-            validity, uid_next, modseq, first_recent = rows[0]
-            adapt = connection.ops.adapt_datetimefield_value
-            now = timezone.now()
-            for (raw, flags, when), headers, name, (envelope, structure, body) in zip(
-                messages, parsed, files.names, summaries, strict=True
-            ):
-                (content_id,) = _query(
-                    f"INSERT INTO {_C} (storage_name, size, created_at, imap_envelope, imap_structure, "
-                    f"imap_body) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                    [name, len(raw), adapt(now), envelope, structure, body],
-                )[0]
-                values = {
-                    "folder_id": folder_id,
-                    "content_id": content_id,
-                    "prepended_headers": b"",
-                    "envelope_from": "",
-                    "envelope_to": access.address,
-                    "header_from": headers.header_from,
-                    "header_to": headers.header_to,
-                    "subject": headers.subject,
-                    "date": adapt(headers.date),
-                    "message_id": headers.message_id,
-                    "size": len(raw),
-                    # The internal date of an APPEND is the client's when it gives one.
-                    "received_at": adapt(when or now),
-                    "uid": uid_next,
-                    "modseq": modseq,
-                    **_flag_values(flags),
-                }
+            _check_quota(mailbox_id, sum(len(raw) for raw, _, _ in new.messages))
+            try:
+                filed = file_messages(
+                    [
+                        NewMessage(
+                            parsed=parsed,
+                            copies=(
+                                Copy(
+                                    mailbox_id=mailbox_id,
+                                    address=access.address,
+                                    folder_id=folder_id,
+                                    # The internal date of an APPEND is the client's when it
+                                    # gives one.
+                                    received_at=when,
+                                    **_flag_values(flags),
+                                ),
+                            ),
+                            raw=raw,
+                            stored_as=name,
+                            summary=summary,
+                        )
+                        for (raw, flags, when), parsed, name, summary in zip(
+                            new.messages, new.parsed, new.names, new.summaries, strict=True
+                        )
+                    ],
+                    files=files,
+                    numbered=True,
+                )
+            except FilingFolderGone:
+                raise FolderGone(folder_id) from None
+            uids = [uid for result in filed for uid in result.uids]
+            validity, uid_next, first_recent = _query(
+                f"SELECT uid_validity, uid_next, first_recent_uid FROM {_F} WHERE id = %s", [folder_id]
+            )[0]
+            if seen_by_appender and first_recent == uids[0]:
                 with connection.cursor() as cursor:
                     cursor.execute(
-                        f"INSERT INTO {_M} ({', '.join(values)}) VALUES ({', '.join(['%s'] * len(values))})",
-                        list(values.values()),
+                        f"UPDATE {_F} SET first_recent_uid = %s WHERE id = %s", [uid_next, folder_id]
                     )
-                uids.append(uid_next)
-                uid_next += 1
-            if seen_by_appender and first_recent == uids[0]:
-                first_recent = uid_next
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {_F} SET uid_next = %s, first_recent_uid = %s WHERE id = %s",
-                    [uid_next, first_recent, folder_id],
-                )
     return validity, uids
 
 

@@ -40,18 +40,18 @@ class Message(models.Model):
     date = models.DateTimeField(null=True, blank=True)
     message_id = models.CharField(max_length=998, blank=True)
     size = models.PositiveBigIntegerField()
+    # The internal date (RFC 9051 section 2.3.3): when filed, or the date an APPEND gives.
     received_at = models.DateTimeField(auto_now_add=True)
     seen = models.BooleanField(default=False)
     flagged = models.BooleanField(default=False)
     answered = models.BooleanField(db_default=False)
     deleted = models.BooleanField(db_default=False)
     draft = models.BooleanField(db_default=False)
-    # Columns with database defaults: the group commit inserts rows naming only the columns
-    # filing sets.
     # IMAP keywords ($Forwarded, $Junk, ...), space-separated.
     keywords = models.CharField(max_length=1000, blank=True, db_default="")
-    # The IMAP UID within the folder. Filing leaves it NULL; the first reader of the folder
-    # numbers new messages in the order they became visible (mail.imap.store.number_new).
+    # The IMAP UID within the folder. Filing leaves it NULL (but for APPEND, which numbers
+    # at once); the first reader of the folder numbers new messages in the order they became
+    # visible (mail.imap.store.number_new).
     uid = models.PositiveBigIntegerField(null=True, blank=True)
     # The folder's highest_modseq when this message last changed.
     modseq = models.PositiveBigIntegerField(db_default=0)

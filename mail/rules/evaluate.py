@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
 from typing import Protocol
 
+from mail.message import decode_words
 from mail.rules import vacation as vacation_mod
 from mail.rules.language import Condition, Rule, RuleSet
 from mail.rules.plan import DeliveryPlan, Filing, MessageFacts, OutgoingMessage, Rejection
@@ -44,13 +44,7 @@ class Headers:
 
 
 def _decode(value: str) -> str:
-    value = value.replace("\r\n", "").replace("\n", "").strip()
-    if "=?" not in value:
-        return value
-    try:
-        return str(make_header(decode_header(value)))
-    except (UnicodeError, LookupError, ValueError):
-        return value
+    return decode_words(value.replace("\r\n", "").replace("\n", "").strip())
 
 
 def _values(cond: Condition, facts: MessageFacts, headers: Headers) -> list[str]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 
+from mail.message import field_addresses
 from mail.rules.language import Vacation
 from mail.rules.plan import MessageFacts, OutgoingMessage
 
@@ -58,8 +59,7 @@ def refusal(facts: MessageFacts, header: Callable[[str], list[str]], vacation: V
     mine = {facts.recipient.lower(), *vacation.addresses}
     named = set()
     for name in _RECIPIENT_HEADERS:
-        for _, addr in email.utils.getaddresses(header(name)):
-            named.add(addr.lower())
+        named.update(addr.lower() for addr in field_addresses(header(name)))
     if not mine & named:
         return "the recipient is not named in To or Cc"
     return None

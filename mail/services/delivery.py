@@ -1,27 +1,23 @@
-"""Local delivery: the one path both SMTP listeners use to file a message into mailboxes.
+"""Local delivery: what both SMTP listeners, the DSNs and bounces sent on do with a message
+for local mailboxes.
 
 For each local recipient the mail rules (mail.rules.engine.plan_delivery) decide what
-happens; this module carries the plan out. Every row of one SMTP transaction (the content,
-the filed messages, the folders created on demand, the outgoing copies and their queue rows)
-commits in one transaction, after the message bytes are durable (mail.services.storage).
+happens; this module carries the plans out, filing every copy through
+mail.services.filing.file_messages (one call for a group commit's whole batch). Every row of
+one SMTP transaction (the content, the filed messages, the folders created on demand, the
+outgoing copies and their queue rows) commits in one transaction, after the message bytes
+are durable (mail.services.storage).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import re
 from collections import deque
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
-from email.header import decode_header, make_header
-from email.parser import HeaderParser
-from email.policy import compat32
 
 from django.db import transaction
-from django.utils import timezone
 
 from accounts.models import User
 from mail import replies
@@ -29,122 +25,18 @@ from mail.addresses import Address, AddressError, parse_address
 from mail.auth import results as authentication_results
 from mail.auth import srs
 from mail.auth.verdict import Summary
-from mail.models import Folder, Mailbox, MailDomain, Message, MessageContent
+from mail.message import ParsedMessage, parse_message
+from mail.models import Mailbox, MailDomain, Message, MessageContent
 from mail.replies import Reply, SMTPReject
 from mail.rules.engine import CurrentRules, current_rules, plan_delivery
 from mail.rules.plan import DeliveryPlan, MessageFacts, OutgoingMessage
 from mail.services.directory import directory
 from mail.services.enqueue import enqueue_remote
+from mail.services.filing import Copy, Filed, NewMessage, file_messages
 from mail.services.mailboxes import mailbox_usage
-from mail.services.rows import RowInserter
-from mail.services.storage import ContentWrites, StoredFiles, store_content
+from mail.services.storage import StoredFiles, store_content
 
 log = logging.getLogger("mail.smtp")
-
-_HEADER_PARSER = HeaderParser(policy=compat32)
-_MAX_FIELD = 998
-
-
-@dataclass(frozen=True)
-class ParsedMessage:
-    """The header facts of a message that local delivery records and rules look at."""
-
-    headers: tuple[tuple[str, str], ...]
-    header_from: str
-    header_to: str
-    subject: str
-    date: datetime | None
-    message_id: str
-
-    def values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for n, v in self.headers if n.lower() == lname]
-
-    def prepend(self, block: bytes) -> ParsedMessage:
-        """The facts of the message with the header lines `block` put before its header:
-        as parse_message(block + raw) tells them, without reading `raw` again."""
-        if not block:
-            return self
-        added = parse_message(block + b"\r\n")
-        names = {name.lower() for name, _ in added.headers}
-        # The first field of a name is the one that counts, as parse_message reads them.
-        return ParsedMessage(
-            headers=added.headers + self.headers,
-            header_from=added.header_from if "from" in names else self.header_from,
-            header_to=added.header_to if "to" in names else self.header_to,
-            subject=added.subject if "subject" in names else self.subject,
-            date=added.date if "date" in names else self.date,
-            message_id=added.message_id if "message-id" in names else self.message_id,
-        )
-
-
-def _text(value: str) -> str:
-    if "=?" not in value:
-        return value[:_MAX_FIELD]  # no encoded words (RFC 2047): the text is the value
-    try:
-        return str(make_header(decode_header(value)))[:_MAX_FIELD]
-    except (UnicodeError, LookupError, ValueError):
-        return value[:_MAX_FIELD]
-
-
-# A field name (RFC 5322 section 3.6.8: printable ASCII but the colon).
-_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
-
-
-def _plain_header_fields(raw: bytes) -> tuple[tuple[str, str], ...] | None:
-    """The header fields of `raw` as the email package's compat32 parser gives them, read
-    directly when the header section is plain: ASCII, CRLF line endings, well-formed field
-    names, a blank line after it. None for anything else (the parser then reads it)."""
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    block = raw[:end]
-    if not block.isascii():
-        return None
-    unfolded = block.replace(b"\r\n", b"")
-    if b"\n" in unfolded or b"\r" in unfolded:
-        return None  # a bare line end
-    fields: list[list[str]] = []
-    for line in block.decode("ascii").split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            if not fields:
-                return None
-            fields[-1].append(line)  # a folded field goes on: kept as the parser keeps it
-            continue
-        name, colon, value = line.partition(":")
-        if not colon or not _FIELD_NAME.fullmatch(name):
-            return None
-        fields.append([name, value.lstrip(" \t")])
-    return tuple((field[0], "\r\n".join(field[1:])) for field in fields)
-
-
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse the header section of `raw` (RFC 5322); the body is not read."""
-    headers = _plain_header_fields(raw)
-    if headers is None:
-        # Read as UTF-8 (RFC 6532: raw UTF-8 in fields, as SMTPUTF8 mail has), so that a
-        # field is its text; bytes that are not UTF-8 stay undecodable (shown replaced).
-        msg = _HEADER_PARSER.parsestr(raw.decode("utf-8", "surrogateescape"), headersonly=True)
-        headers = tuple((name, str(value)) for name, value in msg.items())
-    first: dict[str, str] = {}
-    for name, value in headers:
-        first.setdefault(name.lower(), value)
-    date = None
-    if first.get("date"):
-        try:
-            date = email.utils.parsedate_to_datetime(first["date"])
-            if date.tzinfo is None:
-                date = None
-        except (TypeError, ValueError, IndexError):
-            date = None
-    return ParsedMessage(
-        headers=headers,
-        header_from=_text(first.get("from", "")),
-        header_to=_text(first.get("to", "")),
-        subject=_text(first.get("subject", "")),
-        date=date,
-        message_id=first.get("message-id", "").strip()[:_MAX_FIELD],
-    )
 
 
 def local_domain(name: str) -> MailDomain | None:
@@ -372,31 +264,6 @@ def plan_recipients(
     return planned
 
 
-def _folder_ids(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
-    """Folder ids for (mailbox id, name) pairs, creating missing folders."""
-    if not wanted:
-        return {}
-    mailbox_ids = {m for m, _ in wanted}
-    names = {n for _, n in wanted}
-
-    def fetch() -> dict[tuple[int, str], int]:
-        rows = (
-            Folder.objects.filter(mailbox_id__in=mailbox_ids, name__in=names)
-            .order_by()
-            .values_list("mailbox_id", "name", "id")
-        )
-        return {(m, n): i for m, n, i in rows}
-
-    found = fetch()
-    missing = wanted - found.keys()
-    if missing:
-        Folder.objects.bulk_create(
-            [Folder(mailbox_id=m, name=n) for m, n in sorted(missing)], ignore_conflicts=True
-        )
-        found = fetch()
-    return found
-
-
 def mailboxes_by_id(ids: set[int]) -> dict[int, Mailbox]:
     """The mailboxes `ids` names, with their domains, through the directory's memory (call
     directory.refresh() first). Raises MAILBOX_CHANGED when one was deleted since RCPT."""
@@ -407,16 +274,6 @@ def mailboxes_by_id(ids: set[int]) -> dict[int, Mailbox]:
             found[mailbox.id] = directory.remember(("mailbox-id", mailbox.id), lambda m=mailbox: m)
     if any(mailbox is None for mailbox in found.values()):
         raise SMTPReject(replies.MAILBOX_CHANGED)
-    return found
-
-
-def _remembered_folder_ids(wanted: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
-    """_folder_ids through the directory's memory (a folder goes only with its mailbox)."""
-    found = {key: directory.get(("folder", *key)) for key in wanted}
-    missing = {key for key, folder_id in found.items() if folder_id is None}
-    if missing:
-        for key, folder_id in _folder_ids(missing).items():
-            found[key] = directory.remember(("folder", *key), lambda i=folder_id: i)
     return found
 
 
@@ -431,63 +288,73 @@ def _header_block(pairs: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{name}: {value}\r\n".encode() for name, value in pairs)
 
 
-def file_planned(
-    *,
-    content: MessageContent,
-    parsed: ParsedMessage,
-    envelope_from: str,
-    planned: list[tuple[Mailbox, DeliveryPlan]],
-    files: StoredFiles,
-) -> list[Message]:
-    """Carry out plans inside the caller's transaction: file copies, send rule messages.
+def copies_of(planned: list[tuple[Mailbox, DeliveryPlan]]) -> tuple[Copy, ...]:
+    """The copies the plans file: one per folder each plan names, with its flags and the
+    header lines its rules add."""
+    copies = []
+    for mailbox, plan in planned:
+        prepended = _header_block(plan.add_headers)
+        copies.extend(
+            Copy(
+                mailbox_id=mailbox.id,
+                address=mailbox.address,
+                folder=filing.folder,
+                seen=filing.seen,
+                flagged=filing.flagged,
+                prepended=prepended,
+            )
+            for filing in plan.folders()
+        )
+    return tuple(copies)
 
-    Rule messages to local mailboxes are delivered through those mailboxes' rules in turn,
-    following redirects through any chain (see _follow_outgoing). Returns the copies filed
-    for `planned` itself."""
-    messages = _file_copies(content=content, parsed=parsed, envelope_from=envelope_from, planned=planned)
+
+@dataclass(frozen=True)
+class Planned:
+    """A message and what the rules planned for each of its local recipients; `keep`: stored
+    even when no plan files or sends it (the queue needs it for remote recipients)."""
+
+    raw: bytes
+    parsed: ParsedMessage
+    envelope_from: str
+    planned: list[tuple[Mailbox, DeliveryPlan]]
+    keep: bool = False
+
+    def stored(self) -> bool:
+        return self.keep or any(plan.folders() or plan.outgoing for _, plan in self.planned)
+
+
+def file_planned(batch: list[Planned], *, files: StoredFiles) -> list[Filed | None]:
+    """Carry out the plans of `batch` in the caller's transaction: store each message that
+    is filed, sent on or kept, and file its copies, all with one file_messages call; then send
+    the rule messages (see _follow_outgoing). Returns, for each, what was filed, or None for
+    a message the rules discard for every recipient (not stored at all)."""
+    kept = [entry for entry in batch if entry.stored()]
+    filed = iter(
+        file_messages(
+            [
+                NewMessage(
+                    parsed=entry.parsed,
+                    copies=copies_of(entry.planned),
+                    envelope_from=entry.envelope_from,
+                    raw=entry.raw,
+                )
+                for entry in kept
+            ],
+            files=files,
+        )
+    )
+    results = [next(filed) if entry.stored() else None for entry in batch]
     _follow_outgoing(
         [
-            _Sent(outgoing, mailbox, (mailbox.address,), content, parsed, bool(plan.folders()))
-            for mailbox, plan in planned
+            _Sent(outgoing, mailbox, (mailbox.address,), result.content, entry.parsed, bool(plan.folders()))
+            for entry, result in zip(batch, results, strict=True)
+            if result is not None
+            for mailbox, plan in entry.planned
             for outgoing in plan.outgoing
         ],
         files=files,
     )
-    return messages
-
-
-def _file_copies(
-    *,
-    content: MessageContent,
-    parsed: ParsedMessage,
-    envelope_from: str,
-    planned: list[tuple[Mailbox, DeliveryPlan]],
-) -> list[Message]:
-    wanted = {(mb.id, f.folder) for mb, plan in planned for f in plan.folders()}
-    folders = _folder_ids(wanted)
-    messages = []
-    for mailbox, plan in planned:
-        prepended = _header_block(plan.add_headers)
-        for filing in plan.folders():
-            messages.append(
-                Message(
-                    folder_id=folders[(mailbox.id, filing.folder)],
-                    content=content,
-                    prepended_headers=prepended,
-                    envelope_from=envelope_from[:320],
-                    envelope_to=mailbox.address[:320],
-                    header_from=parsed.header_from,
-                    header_to=parsed.header_to,
-                    subject=parsed.subject,
-                    date=parsed.date,
-                    message_id=parsed.message_id,
-                    size=content.size + len(prepended),
-                    seen=filing.seen,
-                    flagged=filing.flagged,
-                )
-            )
-    Message.objects.bulk_create(messages)
-    return messages
+    return results
 
 
 @dataclass(frozen=True)
@@ -535,9 +402,8 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
         sent = queue.popleft()
         outgoing = sent.outgoing
         boxes, remote = resolve_mailboxes(outgoing.recipients)
-        # Stored once for all its targets; not at all when none can take it.
-        content = store_content(outgoing.data, files=files) if boxes or remote else None
         parsed = parse_message(outgoing.data)
+        targets: list[tuple[Mailbox, DeliveryPlan]] = []
         failures = [
             f"{target}: no such mailbox"
             for target in outgoing.recipients
@@ -562,21 +428,35 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
             except SMTPReject as exc:
                 failures.append(f"{mailbox.address}: refused by a rule: {exc.reply}")
                 continue
-            _file_copies(
-                content=content,
-                parsed=parsed,
-                envelope_from=outgoing.envelope_from,
-                planned=[(mailbox, plan)],
+            targets.append((mailbox, plan))
+        # Stored once for all its targets; not at all when none can take it.
+        if targets or remote:
+            (filed,) = file_messages(
+                [
+                    NewMessage(
+                        parsed=parsed,
+                        copies=copies_of(targets),
+                        envelope_from=outgoing.envelope_from,
+                        raw=outgoing.data,
+                    )
+                ],
+                files=files,
             )
             queue.extend(
                 _Sent(
-                    next_out, mailbox, (*sent.chain, mailbox.address), content, parsed, bool(plan.folders())
+                    next_out,
+                    mailbox,
+                    (*sent.chain, mailbox.address),
+                    filed.content,
+                    parsed,
+                    bool(plan.folders()),
                 )
+                for mailbox, plan in targets
                 for next_out in plan.outgoing
             )
         if remote:
             enqueue_remote(
-                content=content,
+                content=filed.content,
                 envelope_from=_sent_on_sender(outgoing, sent.sender.domain.name),
                 recipients=remote,
                 helo_hostname=sent.sender.domain.effective_hostname,
@@ -590,11 +470,16 @@ def _follow_outgoing(pending: list[_Sent], *, files: StoredFiles) -> None:
                 sent.sender.address,
                 "; ".join(failures),
             )
-            _file_copies(
-                content=sent.received,
-                parsed=sent.received_parsed,
-                envelope_from=outgoing.envelope_from,
-                planned=[(sent.sender, DeliveryPlan())],
+            file_messages(
+                [
+                    NewMessage(
+                        parsed=sent.received_parsed,
+                        copies=copies_of([(sent.sender, DeliveryPlan())]),
+                        envelope_from=outgoing.envelope_from,
+                        content=sent.received,
+                    )
+                ],
+                files=files,
             )
         else:
             log.info("rule message from %s not delivered to %s", sent.sender.address, "; ".join(failures))
@@ -615,164 +500,59 @@ def deliver_inbound(
     mailbox_ids: list[int],
     files: StoredFiles | None = None,
     checked: Summary | None = None,
+    parsed: ParsedMessage | None = None,
 ) -> list[Message]:
-    """Deliver a message received on port 25 to local mailboxes, committed before returning.
+    """Deliver a message received on port 25 to local mailboxes, committed before returning;
+    the copies filed.
 
     `raw` already carries the Return-Path and Received headers (and the Authentication-Results
-    of `checked`, the inbound checks' summary, None when they did not run). Raises SMTPReject when a
-    rule rejects the message (nothing is stored); any other exception means nothing was
+    of `checked`, the inbound checks' summary, None when they did not run); `parsed` is
+    parse_message(raw) when the caller has it. Raises SMTPReject when a rule rejects the
+    message (nothing is stored), MAILBOX_CHANGED when a mailbox was deleted since RCPT (the
+    client retries, and RCPT then answers for it); any other exception means nothing was
     committed and no stored file remains. With `files` (group commit), the caller owns the
     outer transaction and removes those files if it does not commit.
     """
-    parsed = parse_message(raw)
-    mailboxes = list(Mailbox.objects.select_related("domain").filter(id__in=mailbox_ids).order_by())
-    if len(mailboxes) != len(set(mailbox_ids)):
-        # Deleted since RCPT: the client retries, and RCPT then answers for the mailbox.
-        raise SMTPReject(replies.MAILBOX_CHANGED)
+    item = {"raw": raw, "envelope_from": envelope_from, "mailbox_ids": mailbox_ids, "checked": checked}
+    if parsed is None:
+        parsed = parse_message(raw)  # before the transaction: it holds no lock meanwhile
     with nullcontext(files) if files is not None else StoredFiles() as files, transaction.atomic():
-        # The rules run inside the transaction: what they remember (vacation replies sent,
-        # redirects made) commits or rolls back with the delivery.
-        planned = plan_recipients(
-            mailboxes=mailboxes,
-            parsed=parsed,
-            raw=raw,
-            envelope_from=envelope_from,
-            authenticated=False,
-            checked=checked,
-        )
-        if all(not plan.folders() and not plan.outgoing for _, plan in planned):
-            return []
-        content = store_content(raw, files=files)
-        return file_planned(
-            content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
-        )
+        (filed,) = _deliver(items=[{**item, "parsed": parsed}], files=files)
+        return [] if filed is None else filed.messages()
 
 
 def deliver_inbound_many(*, items: list[dict], files: StoredFiles) -> list[list[int]]:
-    """deliver_inbound for many messages at once, in the caller's transaction, with a
-    fixed number of queries however many messages: the group commit's fast path.
+    """deliver_inbound for many messages at once (a group commit's batch), in the caller's
+    transaction, with a fixed number of queries however many messages (but for the rule
+    messages they send); the ids of each message's copies.
 
-    `items` are deliver_inbound keyword arguments; returns the ids of each message's filed
-    copies. Raises on the first problem of any
+    `items` are deliver_inbound keyword arguments. Raises on the first problem of any
     message (a rule rejection included); the caller then rolls back and delivers them one by
     one, so each gets its own answer.
     """
-    parsed = [parse_message(item["raw"]) for item in items]
+    return [[] if filed is None else filed.message_ids for filed in _deliver(items=items, files=files)]
+
+
+def _deliver(*, items: list[dict], files: StoredFiles) -> list[Filed | None]:
     directory.refresh()
     boxes = mailboxes_by_id({i for item in items for i in item["mailbox_ids"]})
     rules = remembered_rules()
-    plans = []
-    for item, facts in zip(items, parsed, strict=True):
-        plans.append(
-            plan_recipients(
-                mailboxes=[boxes[i] for i in item["mailbox_ids"] if i in boxes],
-                parsed=facts,
-                raw=item["raw"],
-                envelope_from=item["envelope_from"],
-                authenticated=False,
-                rules=rules,
-                checked=item.get("checked"),
-            )
+    batch = []
+    for item in items:
+        parsed = item.get("parsed") or parse_message(item["raw"])
+        # The rules run inside the transaction: what they remember (vacation replies sent,
+        # redirects made) commits or rolls back with the delivery.
+        planned = plan_recipients(
+            mailboxes=[boxes[i] for i in dict.fromkeys(item["mailbox_ids"])],
+            parsed=parsed,
+            raw=item["raw"],
+            envelope_from=item["envelope_from"],
+            authenticated=False,
+            rules=rules,
+            checked=item.get("checked"),
         )
-    stored = store_and_file_many(
-        [
-            (item["raw"], facts, item["envelope_from"], planned)
-            for item, facts, planned in zip(items, parsed, plans, strict=True)
-        ],
-        files=files,
-    )
-    return [messages for _, messages in stored]
-
-
-def store_and_file_many(
-    entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], *, files: StoredFiles
-) -> list[tuple[MessageContent | None, list[int]]]:
-    """Store many messages and file each by its plans, in the caller's transaction, with a
-    fixed number of queries however many messages: the group commit's fast paths.
-
-    `entries` are (raw, parsed, envelope_from, planned). Returns each message's content row
-    and the ids of its filed copies ((None, []) for one the rules discard for everyone). Raises
-    ValueError when a plan sends rule messages (those go the one-by-one way); any other
-    exception leaves the caller to roll back and remove `files`.
-    """
-    if any(plan.outgoing for _, _, _, planned in entries for _, plan in planned):
-        raise ValueError("rule messages are sent on the one-by-one path")
-    # A message the rules discard for every recipient is not stored at all.
-    kept = [entry for entry in entries if any(plan.folders() for _, plan in entry[3])]
-    # The files are written and synced while their rows go in; the commit waits for both.
-    writes = ContentWrites([raw for raw, _, _, _ in kept], files=files)
-    try:
-        filed = iter(_file_many(kept, writes.names))
-    except BaseException:
-        writes.settle()  # nothing still writing when the caller removes the files
-        raise
-    writes.wait()
-    return [next(filed) if any(plan.folders() for _, plan in entry[3]) else (None, []) for entry in entries]
-
-
-_CONTENT_ROWS = RowInserter(MessageContent, ["storage_name", "size", "created_at"])
-_MESSAGE_ROWS = RowInserter(
-    Message,
-    [
-        "folder",
-        "content",
-        "prepended_headers",
-        "envelope_from",
-        "envelope_to",
-        "header_from",
-        "header_to",
-        "subject",
-        "date",
-        "message_id",
-        "size",
-        "received_at",
-        "seen",
-        "flagged",
-    ],
-)
-
-
-def _file_many(
-    entries: list[tuple[bytes, ParsedMessage, str, list[tuple[Mailbox, DeliveryPlan]]]], names: list[str]
-) -> list[tuple[MessageContent, list[int]]]:
-    now = timezone.now()
-    sizes = [len(raw) for raw, _, _, _ in entries]
-    content_ids = _CONTENT_ROWS.insert(
-        [(name, size, now) for name, size in zip(names, sizes, strict=True)], returning_ids=True
-    )
-    folders = _remembered_folder_ids(
-        {(mb.id, f.folder) for _, _, _, planned in entries for mb, plan in planned for f in plan.folders()}
-    )
-    rows = []
-    for (_, facts, envelope_from, planned), content_id, size in zip(entries, content_ids, sizes, strict=True):
-        for mailbox, plan in planned:
-            prepended = _header_block(plan.add_headers)
-            rows.extend(
-                (
-                    folders[(mailbox.id, filing.folder)],
-                    content_id,
-                    prepended,
-                    envelope_from[:320],
-                    mailbox.address[:320],
-                    facts.header_from,
-                    facts.header_to,
-                    facts.subject,
-                    facts.date,
-                    facts.message_id,
-                    size + len(prepended),
-                    now,
-                    filing.seen,
-                    filing.flagged,
-                )
-                for filing in plan.folders()
-            )
-    message_ids = iter(_MESSAGE_ROWS.insert(rows, returning_ids=True))
-    stored = []
-    for (_, _, _, planned), name, content_id, size in zip(entries, names, content_ids, sizes, strict=True):
-        content = MessageContent(id=content_id, storage_name=name, size=size, created_at=now)
-        filed = [next(message_ids) for _, plan in planned for _ in plan.folders()]
-        stored.append((content, filed))
-    return stored
+        batch.append(Planned(item["raw"], parsed, item["envelope_from"], planned))
+    return file_planned(batch, files=files)
 
 
 deliver_inbound.many = deliver_inbound_many

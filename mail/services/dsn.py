@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from mail.auth import srs
 from mail.auth.verdict import Summary
+from mail.message import ParsedMessage
 from mail.models import Message
 from mail.replies import SMTPReject
 from mail.services.delivery import deliver_inbound, resolve_mailboxes
@@ -240,6 +241,7 @@ def deliver_inbound_reporting(
     reporting_host: str,
     files: StoredFiles | None = None,
     checked: Summary | None = None,
+    parsed: ParsedMessage | None = None,
 ) -> list[Message]:
     """deliver_inbound, and in the same transaction the success DSN (RFC 3461 section 4.1,
     Action: delivered) its recipients that gave NOTIFY=SUCCESS asked for: unless the inbound
@@ -247,7 +249,12 @@ def deliver_inbound_reporting(
     report would be backscatter)."""
     with transaction.atomic():
         messages = deliver_inbound(
-            raw=raw, envelope_from=envelope_from, mailbox_ids=mailbox_ids, files=files, checked=checked
+            raw=raw,
+            envelope_from=envelope_from,
+            mailbox_ids=mailbox_ids,
+            files=files,
+            checked=checked,
+            parsed=parsed,
         )
         if checked is not None and not checked.sender_verified:
             log.info("no success DSN to %s: it passed neither SPF nor DMARC", envelope_from)

@@ -1,8 +1,9 @@
-"""Many rows of one model in one INSERT, from plain tuples: the group commit's fast path.
+"""Many rows of one model in one INSERT, from plain tuples: how filing
+(mail.services.filing) inserts messages and their contents.
 
 QuerySet.bulk_create builds a model instance per row and runs every value of every field
-through the field's preparation, which costs about as much as the insert itself. For the few
-tables SMTP fills per message, the values are already what the column holds, so only the
+through the field's preparation, which costs several times the insert itself. For the two
+tables filing fills per message, the values are already what the column holds, so only the
 fields whose database form differs (date-times, bytes) are converted.
 """
 

@@ -9,8 +9,6 @@ it), so the file always holds the rules in force.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 
 from django.conf import settings
@@ -18,6 +16,7 @@ from django.db import transaction
 
 from everlock_site.files import write_private_file
 from mail.addresses import AddressError, parse_address
+from mail.message import parse_message
 from mail.models import MailDomain, Message, RuleSet
 from mail.rules import engine
 from mail.rules.evaluate import Evaluation
@@ -125,11 +124,11 @@ def dry_run(*, recipient: str, raw: bytes | None = None, message_id: int | None 
         raw = bytes(message.prepended_headers) + read_content(message.content)
         envelope_from = message.envelope_from
     raw = raw or b""
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    parsed = parse_message(raw)
+    headers = parsed.headers
     if not envelope_from:
         # A pasted message: the Return-Path stands for the envelope sender when present.
-        envelope_from = str(parsed.get("Return-Path", "")).strip().strip("<>")
-    headers = tuple((n, str(v)) for n, v in parsed.items())
+        envelope_from = (parsed.first("Return-Path") or "").strip().strip("<>")
     checked = received_results(headers, MailDomain.objects.filter(name=address.domain).first())
     facts = MessageFacts(
         envelope_from=envelope_from,

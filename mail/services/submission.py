@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import re
 import secrets
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,27 +23,26 @@ from accounts.models import User
 from mail import replies
 from mail.addresses import Address, AddressError, parse_address
 from mail.dkim.signing import sign_for_domain
+from mail.message import ParsedMessage, parse_message
 from mail.models import Mailbox, MailDomain
 from mail.models.mailboxes import SENT
 from mail.replies import SMTPReject
 from mail.rules.plan import DeliveryPlan, Filing
 from mail.services.delivery import (
     POSTMASTER,
-    ParsedMessage,
+    Planned,
     check_postmaster,
     file_planned,
     mailboxes_by_id,
-    parse_message,
     plan_recipients,
     remembered_rules,
     resolve_mailboxes,
-    store_and_file_many,
 )
 from mail.services.directory import directory
 from mail.services.dsn import notify_success
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import ensure_mailbox
-from mail.services.storage import StoredFiles, store_content
+from mail.services.storage import StoredFiles
 from mail.smtp.extensions import EnvelopeParams
 
 log = logging.getLogger("mail.smtp")
@@ -116,25 +114,9 @@ def remembered_sender(user: User, envelope_from: str) -> Sender | None:
     return None if domain is None else Sender(user=user, address=address, domain=domain)
 
 
-# A From field of one plain address, bare or after a plain display name: read directly. Any
-# other (quotes, comments, groups, several addresses) goes to the email package's parser.
-_PLAIN_FROM = re.compile(
-    r"(?:[A-Za-z0-9 ._'-]*<)?([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>?"
-)
-
-
-def _from_addresses(values: list[str]) -> list[str]:
-    """The addresses of the From fields `values`, as email.utils.getaddresses finds them."""
-    if len(values) == 1:
-        plain = _PLAIN_FROM.fullmatch(values[0].strip())
-        if plain is not None and (("<" in values[0]) == values[0].rstrip().endswith(">")):
-            return [plain[1]]
-    return [a for _, a in email.utils.getaddresses(values) if a]
-
-
-def _check_header_from(sender: Sender, parsed) -> None:
+def _check_header_from(sender: Sender, parsed: ParsedMessage) -> None:
     values = parsed.values("From")
-    addrs = _from_addresses(values)
+    addrs = parsed.from_addresses()
     if len(values) != 1 or len(addrs) != 1:
         raise SMTPReject(replies.ONE_FROM_REQUIRED)
     try:
@@ -331,7 +313,6 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
             envelope_from=envelope_from,
             authenticated=prepared.authenticated,
         )
-        content = store_content(raw, files=files)
         if prepared.sender_mailbox_id is not None:
             sender_box = boxes[prepared.sender_mailbox_id]
         elif prepared.authenticated:
@@ -341,12 +322,11 @@ def commit_submission(*, prepared: PreparedSubmission, files: StoredFiles | None
             sender_box = None
         if sender_box is not None:
             planned.append((sender_box, DeliveryPlan(filings=[Filing(SENT, seen=True)])))
-        file_planned(
-            content=content, parsed=parsed, envelope_from=envelope_from, planned=planned, files=files
-        )
+        # Stored even without a local copy: the queue sends it to the remote recipients.
+        (filed,) = file_planned([Planned(raw, parsed, envelope_from, planned, keep=True)], files=files)
         if prepared.remote:
             enqueue_remote(
-                content=content,
+                content=filed.content,
                 envelope_from=envelope_from,
                 recipients=list(prepared.remote),
                 helo_hostname=prepared.helo_hostname,
@@ -392,12 +372,12 @@ def commit_submission_many(*, items: list[dict], files: StoredFiles) -> list[Non
         if prepared.sender_mailbox_id is not None:
             sent = DeliveryPlan(filings=[Filing(SENT, seen=True)])
             planned.append((boxes[prepared.sender_mailbox_id], sent))
-        entries.append((prepared.raw, prepared.parsed, prepared.envelope_from, planned))
-    stored = store_and_file_many(entries, files=files)
-    for prepared, (content, _) in zip(batch, stored, strict=True):
+        entries.append(Planned(prepared.raw, prepared.parsed, prepared.envelope_from, planned, keep=True))
+    stored = file_planned(entries, files=files)
+    for prepared, filed in zip(batch, stored, strict=True):
         if prepared.remote:
             enqueue_remote(
-                content=content,
+                content=filed.content,
                 envelope_from=prepared.envelope_from,
                 recipients=list(prepared.remote),
                 helo_hostname=prepared.helo_hostname,

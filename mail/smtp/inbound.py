@@ -116,16 +116,25 @@ class InboundHandler(BaseHandler):
             check_data(raw, max_hops=self.config.max_hops, binary=mail_params(envelope).binarymime)
         except SMTPReject as exc:
             return exc.reply
-        results, summary = b"", None
+        results, summary, parsed = b"", None, None
         if self.checks is not None:
             checked = await self.checks.finish(
                 envelope.auth, raw, recipient_domain=envelope.rcpt_tos[0].rpartition("@")[2].lower()
             )
             if checked.verdict.reply is not None:
                 return checked.verdict.reply
-            raw, results, summary = checked.raw, checked.header, checked.verdict.summary
+            raw, results, summary, parsed = (
+                checked.raw,
+                checked.header,
+                checked.verdict.summary,
+                checked.parsed,
+            )
         return_path = f"Return-Path: <{sender_of(envelope)}>\r\n".encode()
-        raw = return_path + results + received_header(server=server, session=session, envelope=envelope) + raw
+        added = return_path + results + received_header(server=server, session=session, envelope=envelope)
+        raw = added + raw
+        if parsed is not None:
+            # Parsed once, by the checks; filing reads only the fields added here.
+            parsed = parsed.prepend(added)
         if getattr(envelope, "bounce_to", None):
             ok, result = await call_service(
                 forward_bounce, raw=raw, recipients=envelope.bounce_to, helo_hostname=self.config.hostname
@@ -143,6 +152,7 @@ class InboundHandler(BaseHandler):
                 params=params,
                 reporting_host=self.config.hostname,
                 checked=summary,
+                parsed=parsed,
             )
             return replies.ACCEPTED if ok else result
         ok, result = await call_batched(
@@ -152,5 +162,6 @@ class InboundHandler(BaseHandler):
             envelope_from=sender_of(envelope),
             mailbox_ids=list(envelope.mailbox_ids),
             checked=summary,
+            parsed=parsed,
         )
         return replies.ACCEPTED if ok else result

@@ -10,8 +10,8 @@ import dkim
 
 from dns_zones.services import record_add, zone_create
 from mail.auth import results
+from mail.message import parse_message
 from mail.models import Message, VacationReply
-from mail.services.delivery import parse_message
 from mail.services.rules import dry_run, set_rules
 from mail.services.storage import read_content
 from tests.mail.auth.conftest import AUTHSERV_ID, letter, send, signed

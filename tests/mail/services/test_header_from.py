@@ -5,7 +5,7 @@ import email.utils
 
 import pytest
 
-from mail.services.submission import _from_addresses
+from mail.message import field_addresses
 
 FIELDS = [
     "alice@example.com",
@@ -35,8 +35,8 @@ FIELDS = [
 
 @pytest.mark.parametrize("field", FIELDS)
 def test_addresses_are_those_the_email_package_finds(field):
-    assert _from_addresses([field]) == [a for _, a in email.utils.getaddresses([field]) if a]
+    assert field_addresses([field]) == [a for _, a in email.utils.getaddresses([field]) if a]
 
 
 def test_several_from_fields_are_all_read():
-    assert _from_addresses(["a@example.com", "b@example.com"]) == ["a@example.com", "b@example.com"]
+    assert field_addresses(["a@example.com", "b@example.com"]) == ["a@example.com", "b@example.com"]

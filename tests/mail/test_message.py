@@ -7,7 +7,7 @@ from email.policy import compat32
 
 import pytest
 
-from mail.services.delivery import _plain_header_fields, parse_message
+from mail.message import _plain_header_fields, decode_words, entity_fields, parse_message
 
 PLAIN = [
     b"From: a@b.example\r\nTo: c@d.example\r\nSubject: hi\r\n\r\nbody\r\n",
@@ -73,3 +73,28 @@ def test_prepend_gives_the_facts_of_the_longer_message():
     raw = b"From: alice@example.com\r\nSubject: s\r\n\r\nbody\r\n"
     block = b"Message-Id: <new@example.com>\r\nDKIM-Signature: v=1;\r\n\tb=xyz\r\n"
     assert parse_message(raw).prepend(block) == parse_message(block + raw)
+
+
+def test_from_addresses_and_the_author_domain():
+    parsed = parse_message(
+        b'From: "Alice, Ops" <alice@Example.COM.>\r\nFrom: bob@example.net\r\nTo: x@example.org\r\n\r\n'
+    )
+    assert parsed.from_addresses() == ["alice@Example.COM.", "bob@example.net"]
+    # RFC 7489 section 3.1.1: the first From field's single address.
+    assert parsed.author_domain() == "example.com"
+    assert parse_message(b"From: a@example.com, b@example.net\r\n\r\n").author_domain() == ""
+    assert parse_message(b"To: a@example.com\r\n\r\n").author_domain() == ""
+    assert parse_message(b"From: undisclosed\r\n\r\n").author_domain() == ""
+    assert parsed.first("to") == "x@example.org" and parsed.first("cc") is None
+
+
+def test_encoded_words_decode_or_stay():
+    assert decode_words("=?iso-8859-1?q?Gr=FC=DFe?= und =?utf-8?b?Q2Fmw6k=?=") == "Grüße und Café"
+    assert decode_words("plain =? text") == "plain =? text"
+    assert decode_words("=?unknown-charset?q?x?=") == "=?unknown-charset?q?x?="
+
+
+def test_entity_fields_read_folded_parameters_whole():
+    fields = entity_fields(b'Content-Type: multipart/mixed;\r\n boundary="b1"; charset=utf-8\r\n\r\n')
+    assert fields.get_content_type() == "multipart/mixed"
+    assert fields.get_param("boundary") == "b1"
