@@ -9,7 +9,8 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from mail.addresses import AddressError, normalize_domain, parse_address
+from domain_names import DomainNameError, normalize_host
+from mail.addresses import AddressError, parse_address
 from mail.models import MailDomain
 from mail.services import dkim_rotation
 from mail.services import domains as services
@@ -54,8 +55,8 @@ class MailDomainForm(forms.ModelForm):
 
     def clean_name(self) -> str:
         try:
-            name = normalize_domain(self.cleaned_data["name"].strip())
-        except AddressError as exc:
+            name = normalize_host(self.cleaned_data["name"].strip())
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
         if MailDomain.objects.filter(name=name).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError(f"mail domain {name} exists")
@@ -81,8 +82,8 @@ class MailDomainForm(forms.ModelForm):
         if not value:
             return ""
         try:
-            return normalize_domain(value)
-        except AddressError as exc:
+            return normalize_host(value)
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
 
 

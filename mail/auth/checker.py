@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import dkim
 
+from domain_names import fold
 from mail.auth import checks, dmarc, results
 from mail.auth.lookups import Lookups, TemporaryDNSError
 from mail.auth.verdict import Verdict
@@ -96,7 +97,7 @@ class InboundChecks:
     ):
         self.lookups = lookups
         self.dnsbl_zones = dnsbl_zones
-        self.default_hostname = default_hostname.lower()
+        self.default_hostname = fold(default_hostname)
         self._hostnames_source = hostnames
         self._hostnames: dict[str, str] = {}
         self._hostnames_at = float("-inf")
@@ -209,7 +210,7 @@ def author_domain(raw: bytes) -> str:
     for name, value in headers:
         if name.lower() == b"from":
             addresses = email.utils.getaddresses([value.decode("utf-8", "replace")])
-            domains = {addr.rpartition("@")[2].lower().rstrip(".") for _, addr in addresses if "@" in addr}
+            domains = {fold(addr.rpartition("@")[2]) for _, addr in addresses if "@" in addr}
             return domains.pop() if len(domains) == 1 else ""
     return ""
 
@@ -227,5 +228,5 @@ def checks_from_settings() -> InboundChecks | None:
         lookups=Lookups.from_spec(settings.EVERLOCK_RESOLVER),
         hostnames=receiving_hostnames,
         default_hostname=settings.EVERLOCK_HOSTNAME,
-        dnsbl_zones=tuple(z.strip().rstrip(".") for z in settings.EVERLOCK_DNSBL_ZONES if z.strip()),
+        dnsbl_zones=tuple(fold(z.strip()) for z in settings.EVERLOCK_DNSBL_ZONES if z.strip()),
     )

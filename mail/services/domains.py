@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
+from domain_names import DomainNameError, normalize_host
 from mail import config_files
-from mail.addresses import AddressError, is_valid_local_part, normalize_domain, parse_address
+from mail.addresses import AddressError, is_valid_local_part, parse_address
 from mail.config_files import ConfigFileError, DomainConfig, RotationConfig
 from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
 from mail.models import DkimRotation, MailDomain
@@ -100,8 +101,8 @@ def dkim_records(domain: MailDomain) -> list[DkimRecord]:
 
 def _normal_name(name: str) -> str:
     try:
-        return normalize_domain(name)
-    except AddressError as exc:
+        return normalize_host(name)
+    except DomainNameError as exc:
         raise DomainError(str(exc)) from None
 
 
@@ -266,8 +267,8 @@ def _check_settings(values: Mapping[str, str]) -> dict[str, object]:
             raise DomainError(f"unknown setting {key!r} (keys: {', '.join(SETTING_KEYS)})")
         if key == "hostname":
             try:
-                checked[key] = normalize_domain(value)
-            except AddressError as exc:
+                checked[key] = normalize_host(value)
+            except DomainNameError as exc:
                 raise DomainError(f"hostname: {exc}") from None
         elif key in _CHOICES:
             if value.lower() not in _CHOICES[key]:
