@@ -166,23 +166,21 @@ class MailDomainAdmin(admin.ModelAdmin):
             creation = services.domain_create(name=obj.name)
             obj.pk, obj.name = creation.domain.pk, creation.domain.name
             notes.extend(creation.notes)
-        wanted = {
-            "enabled": "on" if form.cleaned_data["enabled"] else "off",
-            "submission": "on" if form.cleaned_data["submission_enabled"] else "off",
-            "auth": "on"
-            if form.cleaned_data["submission_auth"] == MailDomain.SubmissionAuth.AUTHENTICATED
-            else "off",
-        }
-        if form.cleaned_data["outbound_hostname"]:
-            wanted["hostname"] = form.cleaned_data["outbound_hostname"]
-        wanted["dmarc"] = form.cleaned_data["dmarc_policy"]
-        wanted["mta-sts"] = form.cleaned_data["mta_sts_mode"]
-        wanted["reports"] = form.cleaned_data["report_address"]
+        data = form.cleaned_data
         dkim_now = services.get_domain(obj.name).dkim_enabled
         # On add, an unticked box does not undo the automatic DKIM set-up of a hosted zone.
-        if form.cleaned_data["dkim_enabled"] != dkim_now and (change or not dkim_now):
-            wanted["dkim"] = "on" if form.cleaned_data["dkim_enabled"] else "off"
-        result = services.domain_set(name=obj.name, values=wanted)
+        dkim = data["dkim_enabled"] if data["dkim_enabled"] != dkim_now and (change or not dkim_now) else None
+        result = services.domain_set(
+            name=obj.name,
+            enabled=data["enabled"],
+            submission_enabled=data["submission_enabled"],
+            submission_auth=MailDomain.SubmissionAuth(data["submission_auth"]),
+            outbound_hostname=data["outbound_hostname"] or None,
+            dmarc_policy=MailDomain.DmarcPolicy(data["dmarc_policy"]),
+            mta_sts_mode=MailDomain.MtaStsMode(data["mta_sts_mode"]),
+            report_address=data["report_address"],
+            dkim_enabled=dkim,
+        )
         obj.__dict__.update(
             {f.attname: getattr(result.domain, f.attname) for f in MailDomain._meta.concrete_fields}
         )
