@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.installation import free_port
 from tests.log_lines import log_lines
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = (

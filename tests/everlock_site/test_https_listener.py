@@ -17,8 +17,9 @@ from mail.models import MailDomain
 from mail.services.dns_records import mta_sts_id, mta_sts_policy
 from mail.services.domains import domain_create, domain_set, get_domain
 from tests.certificates import PrivateCA
-from tests.everlock_site.test_http_listener import base_env, free_port, running
+from tests.everlock_site.test_http_listener import base_env, running
 from tests.log_lines import without_time
+from tests.ports import free_port
 from tls.store import CertificateStore
 
 
