@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mail.addresses import AddressError, is_valid_local_part, normalize_domain
+from domain_names import DomainNameError, normalize_host
+from mail.addresses import is_valid_local_part
 
 # In increasing order of power: a role includes every role before it.
 ROLES = ("reader", "writer", "admin")
@@ -71,8 +72,8 @@ def parse_resource(text: str) -> Resource:
             raise GrantError(f"malformed resource {text!r}: a mailbox needs a domain")
         return Resource(segments)
     try:
-        domain = normalize_domain(segments[2])
-    except AddressError as exc:
+        domain = normalize_host(segments[2])
+    except DomainNameError as exc:
         raise GrantError(f"malformed resource {text!r}: {exc}") from None
     if not sep:
         return Resource(("smtp", "mail", domain))

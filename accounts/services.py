@@ -12,7 +12,7 @@ from django.db import transaction
 from accounts.grants import GrantError, parse_resource, role_rank
 from accounts.models import AccessGrant, User
 from accounts.ssh_keys import AuthorizedKey, SSHKeyError, parse_authorized_keys, parse_key_line
-from mail.addresses import AddressError, normalize_domain
+from domain_names import DomainNameError, normalize_host
 
 log = logging.getLogger("accounts")
 
@@ -35,8 +35,8 @@ def normalize_login(login: str) -> str:
     if not local:
         raise AccountError(f"invalid login name {login!r}")
     try:
-        return f"{local.casefold()}@{normalize_domain(domain)}"
-    except AddressError as exc:
+        return f"{local.casefold()}@{normalize_host(domain)}"
+    except DomainNameError as exc:
         raise AccountError(f"invalid login name {login!r}: {exc}") from None
 
 

@@ -42,15 +42,11 @@ import dns.rdatatype
 import dns.rrset
 from aiosmtpd.controller import Controller
 
+from tests.ports import free_port
+
 CLIENTS = 8  # of each kind
 CONCURRENCY = 2  # delivery worker processes
 PASSWORD = "alice's long password"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class DNS(socketserver.BaseRequestHandler):

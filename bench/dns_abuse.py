@@ -25,7 +25,8 @@ from pathlib import Path
 # Import from the repository root; bench/ stays off the path (bench/dns.py would shadow dnspython).
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench.smtp_abuse import ROOT, free_port, rss_kib
+from bench.smtp_abuse import ROOT, rss_kib
+from tests.ports import free_port
 
 
 def setup(data_dir: str) -> None:

@@ -37,7 +37,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
 from bench.smtp_load import one_message
+from tests.ports import free_port
 
 TOOLS = ROOT.parent / "shared" / "tools"
 IMAPTEST_HOME = Path(os.environ.get("IMAPTEST_HOME", "/tmp/imaptest"))
@@ -64,12 +64,6 @@ BULK = "bulk"
 RATIO_TARGET = 0.5
 RSS_TARGET_MB = 100
 FETCH_TARGET = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def wait_for_port(port: int, greeting: bytes, alive, what: str, timeout: float = 60) -> None:

@@ -29,7 +29,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from imapclient import IMAPClient
 
-from tests.e2e.installation import free_port
+from tests.ports import free_port
 from tests.postgres import create_database, drop_database, is_postgres
 
 ROOT = Path(__file__).resolve().parents[1]

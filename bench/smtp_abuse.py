@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from bench.smtp_load import ROOT, prepare
+from tests.ports import free_port
 
 REFUSED_RCPTS = 100_000
 REFUSED_MESSAGES = 100
@@ -38,12 +39,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_runsmtp(data_dir: str, log_path: Path) -> tuple[subprocess.Popen, int]:

@@ -35,7 +35,8 @@ from bench.smtp_load import (
     prepare,
     start,
 )
-from tests.postfix import available, free_port, running_postfix
+from tests.ports import free_port
+from tests.postfix import available, running_postfix
 
 # The goals: Everlock against Postfix with the OpenDKIM milter, and against Postfix without DKIM.
 GOAL_DKIM = 3.0

@@ -12,7 +12,6 @@ from django.contrib import admin, messages
 from django.db.models import Count
 
 from dns_zones.models import Record, Zone
-from dns_zones.records import RecordError, normalize_name, normalize_zone_origin
 from dns_zones.services import (
     ZoneError,
     record_add,
@@ -23,6 +22,7 @@ from dns_zones.services import (
     zone_delete,
     zone_touch,
 )
+from domain_names import DomainNameError, normalize_host, normalize_owner
 
 
 class ZoneForm(forms.ModelForm):
@@ -35,14 +35,14 @@ class ZoneForm(forms.ModelForm):
 
     def clean_origin(self):
         try:
-            return normalize_zone_origin(self.cleaned_data["origin"])
-        except RecordError as exc:
+            return normalize_host(self.cleaned_data["origin"])
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
 
     def _clean_host(self, field):
         try:
-            return normalize_name(self.cleaned_data[field])
-        except RecordError as exc:
+            return normalize_owner(self.cleaned_data[field])
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
 
     def clean_primary_ns(self):
@@ -53,20 +53,18 @@ class ZoneForm(forms.ModelForm):
         # convenience, as an address ("hostmaster@example.com"), RFC 1035 section 8.
         value = self.cleaned_data["hostmaster"].strip()
         local, at, domain = value.rpartition("@")
+        if at and (not local or "\\" in local):
+            raise forms.ValidationError(f"invalid mailbox {value!r}")
         try:
-            if at:
-                if not local or "\\" in local:
-                    raise RecordError(f"invalid mailbox {value!r}")
-                return f"{local}@{normalize_name(domain)}"
-            return normalize_name(value)
-        except RecordError as exc:
+            return f"{local}@{normalize_owner(domain)}" if at else normalize_owner(value)
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
 
     def clean_nameservers(self):
         lines = [line.strip() for line in self.cleaned_data["nameservers"].splitlines() if line.strip()]
         try:
-            return "\n".join(normalize_name(line) for line in lines)
-        except RecordError as exc:
+            return "\n".join(normalize_owner(line) for line in lines)
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
 
 

@@ -1,14 +1,10 @@
-"""Record names and data: the one normal form we store, and parsing with dnspython.
+"""Record types, TTLs and data: the one form we store, and parsing with dnspython.
 
-Pure: no Django. A name's normal form is lowercase ASCII (IDNA A-labels) without the trailing
-dot; unlike host names (mail.addresses.normalize_domain), DNS owner names may hold labels such
-as `_domainkey` or `*`, so names are checked by dnspython against RFC 1035 limits.
-Record data is kept in presentation format (as in a zone file) with absolute names.
+Pure: no Django. Owner names are in the normal form of domain_names.normalize_owner; record
+data is kept in presentation format (as in a zone file) with absolute names.
 """
 
 from __future__ import annotations
-
-import re
 
 import dns.exception
 import dns.message
@@ -52,54 +48,8 @@ MAX_TTL = 2**31 - 1
 MAX_STRING = 255
 
 
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
 class RecordError(ValueError):
     """A name, type, TTL or record data that is not valid; the message says why."""
-
-
-def normalize_name(text: str, *, origin: str | None = None) -> str:
-    """Return the absolute owner name `text` in normal form (no trailing dot).
-
-    With `origin` (normal form), `@` means the origin, a name ending in a dot is absolute and
-    any other name is relative to the origin. Without it the name is taken as absolute.
-    Raises RecordError for an empty, over-long or unencodable name.
-    """
-    if not isinstance(text, str) or not text.strip() or text.strip() != text or "\x00" in text:
-        raise RecordError(f"invalid name {text!r}")
-    if origin is not None:
-        if text == "@":
-            text = origin + "."
-        elif not text.endswith("."):
-            text = f"{text}.{origin}."
-    try:
-        # IDNA 2003 (Python's built-in codec), as mail.addresses uses for mail domains, so a
-        # zone and a mail domain of the same name have the same normal form.
-        name = dns.name.from_text(text if text.endswith(".") else text + ".", idna_codec=dns.name.IDNA_2003)
-    except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
-        raise RecordError(f"invalid name {text!r}: {exc}") from None
-    if name == dns.name.root:
-        raise RecordError("the root is not a valid name here")
-    for label in name.labels[:-1]:
-        if b"." in label or any(b < 0x21 or b > 0x7E for b in label):
-            raise RecordError(f"invalid name {text!r}: label with unusual characters")
-    return name.to_text(omit_final_dot=True).lower()
-
-
-def normalize_zone_origin(text: str) -> str:
-    """Return zone origin `text` in normal form: a host name of at least two labels.
-
-    Raises RecordError otherwise (labels are letters, digits and inner hyphens, RFC 1123).
-    """
-    origin = normalize_name(text)
-    labels = origin.split(".")
-    if len(labels) < 2:
-        raise RecordError(f"invalid zone name {text!r}: not a fully qualified name")
-    for label in labels:
-        if not _HOST_LABEL.match(label):
-            raise RecordError(f"invalid zone name {text!r}: bad label {label!r}")
-    return origin
 
 
 def check_ttl(ttl: int) -> int:

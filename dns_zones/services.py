@@ -3,8 +3,8 @@
 Every change of a zone's data bumps the zone's SOA serial in the same transaction, which is
 also how DNS servers in other processes notice the change (they poll the serials); the DNS
 servers of this process are told on commit (dns_zones.changes) and serve the change before
-the service returns. Names are kept in normal
-form (dns_zones.records.normalize_name); record data is validated by dnspython and stored in
+the service returns. Names are kept in normal form (domain_names: zone origins are host
+names, record names owner names); record data is validated by dnspython and stored in
 presentation format with absolute names.
 """
 
@@ -23,10 +23,9 @@ from dns_zones.records import (
     check_servable,
     check_ttl,
     check_type,
-    normalize_name,
-    normalize_zone_origin,
     txt_kind,
 )
+from domain_names import DomainNameError, normalize_host, normalize_owner
 
 
 class ZoneError(ValueError):
@@ -70,8 +69,8 @@ def _bump_serial(zone_ids) -> None:
 def normalize_zone_name(name: str) -> str:
     """Return the zone origin `name` in normal form; raise ZoneError when it is not a host name."""
     try:
-        return normalize_zone_origin(name)
-    except RecordError as exc:
+        return normalize_host(name)
+    except DomainNameError as exc:
         raise ZoneError(str(exc)) from None
 
 
@@ -137,11 +136,11 @@ def validate_record(*, origin: str, name: str, rtype: str, ttl: int, data: str) 
     type, or a CNAME beside other data (RFC 1034 section 3.6.2).
     """
     try:
-        abs_name = normalize_name(name, origin=origin)
+        abs_name = normalize_owner(name, origin=origin)
         rtype = check_type(rtype)
         ttl = check_ttl(ttl)
         text = canonical_data(rtype, data, origin=origin)
-    except RecordError as exc:
+    except (DomainNameError, RecordError) as exc:
         raise ZoneError(str(exc)) from None
     if abs_name != origin and not abs_name.endswith("." + origin):
         raise ZoneError(f"{abs_name} is not inside zone {origin}")
@@ -264,11 +263,11 @@ def replace_derived_records(*, source: str, records: list[RecordSpec]) -> int:
         wanted = []
         for spec in records:
             try:
-                name = normalize_name(spec.name)
+                name = normalize_owner(spec.name)
                 rtype = check_type(spec.rtype)
                 ttl = check_ttl(spec.ttl)
                 canonical_data(rtype, spec.data)
-            except RecordError as exc:
+            except (DomainNameError, RecordError) as exc:
                 raise ZoneError(str(exc)) from None
             zone = hosted_zone_for(name)
             if zone is not None:

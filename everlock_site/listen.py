@@ -8,13 +8,8 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import multiprocessing
-import multiprocessing.connection
 import resource
 import signal
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -97,82 +92,6 @@ async def serve_until_stopped(start, *, listens) -> None:
     finally:
         listeners.close()
         await listeners.wait_closed()
-
-
-# How long a child of serve_in_processes() may take to start, and the pause before one that
-# died is started again.
-CHILD_START_TIMEOUT = 60.0
-CHILD_RESTART_DELAY = 1.0
-
-
-def serve_in_processes(start, *, listens, processes: int) -> None:
-    """serve_until_stopped(start, listens=listens) in `processes` child processes sharing the
-    listening ports (the listeners bind with SO_REUSEPORT, so the kernel spreads clients over
-    them). Returns when SIGINT or SIGTERM arrives, after the children have stopped; a child
-    that dies is logged and started again. Raises CommandError when a child fails to start
-    (the port is taken, say): the children print why.
-
-    Children are forked before any event loop or database connection exists in this process.
-    """
-    from django.db import connections
-
-    if any(listen.port == 0 for listen in listens.values()):
-        raise CommandError("several processes need a fixed port to share (port 0 picks one per process)")
-    connections.close_all()
-    context = multiprocessing.get_context("fork")
-
-    def child(ready) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        async def start_and_tell(**kwargs):
-            listeners = await start(**kwargs)
-            ready.set()
-            return listeners
-
-        try:
-            asyncio.run(serve_until_stopped(start_and_tell, listens=listens))
-        except CommandError as exc:
-            log.error("%s", exc)
-            sys.exit(1)
-
-    def spawn():
-        ready = context.Event()
-        process = context.Process(target=child, args=(ready,), daemon=False)
-        process.start()
-        deadline = time.monotonic() + CHILD_START_TIMEOUT
-        while not ready.wait(0.1):
-            if not process.is_alive() or time.monotonic() > deadline:
-                process.kill()
-                process.join()
-                raise CommandError(f"a listener process did not start (exit code {process.exitcode})")
-        return process
-
-    stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children = []
-    try:
-        children = [spawn() for _ in range(processes)]
-        log.info("%d listener processes running", processes)
-        while not stopping.is_set():
-            multiprocessing.connection.wait([c.sentinel for c in children], timeout=0.5)
-            for n, process in enumerate(children):
-                if process.is_alive() or stopping.is_set():
-                    continue
-                log.error(
-                    "listener process %d exited (code %s); starting another", process.pid, process.exitcode
-                )
-                stopping.wait(CHILD_RESTART_DELAY)
-                if not stopping.is_set():
-                    children[n] = spawn()
-    finally:
-        for process in children:
-            if process.is_alive():
-                process.terminate()
-        for process in children:
-            process.join()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def raise_open_file_limit() -> int:

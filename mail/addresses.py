@@ -1,6 +1,6 @@
-"""Mail addresses and domain names: parsing and the one normal form we store and compare.
+"""Mail addresses: parsing and the one normal form we store and compare.
 
-Pure: no Django. A domain's normal form is lowercase ASCII (IDNA A-labels); a local part is
+Pure: no Django. The domain is in the normal form of domain_names.normalize_host; a local part is
 kept as given but compared case-insensitively (casefolded), as every mail server people run
 does, though RFC 5321 section 2.4 lets a server treat it as case-sensitive.
 """
@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# RFC 1035 section 2.3.4 and RFC 5321 section 4.5.3.1.
-MAX_DOMAIN_LENGTH = 253
-MAX_LABEL_LENGTH = 63
+from domain_names import DomainNameError, normalize_host
+
+# RFC 5321 section 4.5.3.1.1.
 MAX_LOCAL_PART_LENGTH = 64
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Dot-atom local parts (RFC 5322 section 3.2.3) plus UTF-8 (RFC 6531); no quoted strings:
 # a quoted local part with "@", "%" or "!" inside is refused rather than risk another
 # program resolving it to a different domain.
@@ -23,33 +22,7 @@ _ATEXT = re.compile(r"^[A-Za-z0-9!#$&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+$")
 
 
 class AddressError(ValueError):
-    """A mail address or domain name that is not valid; the message says why."""
-
-
-def normalize_domain(name: str) -> str:
-    """Return `name` as lowercase ASCII with IDNA A-labels, without a trailing dot.
-
-    Raises AddressError for an empty name, an empty or over-long label, a label with
-    characters a host name may not have, or a name that IDNA cannot encode.
-    """
-    if not isinstance(name, str) or not name or name.strip() != name:
-        raise AddressError(f"invalid domain name {name!r}")
-    name = name[:-1] if name.endswith(".") else name
-    if "\x00" in name:
-        raise AddressError("domain name contains NUL")
-    try:
-        ascii_name = name.encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
-        raise AddressError(f"invalid domain name {name!r}: {exc}") from None
-    if not ascii_name or len(ascii_name) > MAX_DOMAIN_LENGTH:
-        raise AddressError(f"invalid domain name {name!r}: length")
-    labels = ascii_name.split(".")
-    for label in labels:
-        if not _LABEL.match(label):
-            raise AddressError(f"invalid domain name {name!r}: bad label {label!r}")
-    if len(labels) < 2:
-        raise AddressError(f"invalid domain name {name!r}: not a fully qualified name")
-    return ascii_name
+    """A mail address that is not valid; the message says why."""
 
 
 def is_valid_local_part(local: str) -> bool:
@@ -95,4 +68,7 @@ def parse_address(text: str) -> Address:
         raise AddressError(f"invalid address {text!r}")
     if not is_valid_local_part(local):
         raise AddressError(f"invalid local part in {text!r}")
-    return Address(local=local, domain=normalize_domain(domain))
+    try:
+        return Address(local=local, domain=normalize_host(domain))
+    except DomainNameError as exc:
+        raise AddressError(str(exc)) from None

@@ -22,7 +22,8 @@ from xml.etree import ElementTree
 
 from django.http import HttpRequest, HttpResponse
 
-from mail.addresses import AddressError, normalize_domain, parse_address
+from domain_names import DomainNameError, normalize_host
+from mail.addresses import AddressError, parse_address
 from mail.models import MailDomain
 from mail.services.dns_records import mta_sts_policy, public_ports
 
@@ -41,8 +42,8 @@ def _host(request: HttpRequest) -> str:
     raw = request.META.get("HTTP_HOST", "")
     name = raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
     try:
-        return normalize_domain(name)
-    except AddressError:
+        return normalize_host(name)
+    except DomainNameError:
         return ""
 
 

@@ -49,8 +49,9 @@ from pathlib import Path
 
 import tomli_w
 
+from domain_names import DomainNameError, normalize_host
 from everlock_site.files import write_private_file
-from mail.addresses import AddressError, is_valid_local_part, normalize_domain, parse_address
+from mail.addresses import AddressError, is_valid_local_part, parse_address
 from mail.dkim.keys import DKIMKeyError, check_ed25519_pem, check_rsa_pem, check_selector
 
 SUBDIR = Path("everlock-mail") / "domains"
@@ -217,8 +218,8 @@ def read(path: Path, *, name: str | None = None) -> DomainConfig:
 def parse(text: str, *, name: str) -> DomainConfig:
     """Parse and validate domain file text for domain `name`. Raises ConfigFileError."""
     try:
-        name = normalize_domain(name)
-    except AddressError as exc:
+        name = normalize_host(name)
+    except DomainNameError as exc:
         raise ConfigFileError(f"file name: {exc}") from None
     try:
         doc = tomllib.loads(text)
@@ -261,8 +262,8 @@ def parse(text: str, *, name: str) -> DomainConfig:
     hostname = out.string("hostname", default="")
     if hostname:
         try:
-            hostname = normalize_domain(hostname)
-        except AddressError as exc:
+            hostname = normalize_host(hostname)
+        except DomainNameError as exc:
             raise ConfigFileError(f"outbound.hostname: {exc}") from None
     dkim_doc = out.table("dkim")
     out.done()

@@ -21,6 +21,8 @@ from email.message import Message as EntityFields
 from email.parser import BytesHeaderParser, HeaderParser
 from email.policy import compat32
 
+from domain_names import fold
+
 _HEADER_PARSER = HeaderParser(policy=compat32)
 _ENTITY_PARSER = BytesHeaderParser(policy=compat32)
 # The longest field value kept (RFC 5322 section 2.1.1: a line of at most 998 characters).
@@ -92,7 +94,7 @@ class ParsedMessage:
         value = self.first("From")
         if value is None:
             return ""
-        domains = {a.rpartition("@")[2].lower().rstrip(".") for a in field_addresses([value]) if "@" in a}
+        domains = {fold(a.rpartition("@")[2]) for a in field_addresses([value]) if "@" in a}
         return domains.pop() if len(domains) == 1 else ""
 
     def prepend(self, block: bytes) -> ParsedMessage:

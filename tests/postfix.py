@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.ports import free_port
+
 POSTFIX = "/usr/sbin/postfix"
 # The uid and gid the virtual delivery agent writes the Maildir as (any unprivileged ids).
 VMAIL_ID = 5000
@@ -109,12 +111,6 @@ class Postfix:
             if time.monotonic() > deadline:
                 raise AssertionError(f"Postfix: no {what} after {timeout}s; log:\n{self.log()[-4000:]}")
             time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available() -> bool:

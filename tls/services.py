@@ -18,7 +18,7 @@ from pathlib import Path
 from django.core.cache import cache
 from django.db import transaction
 
-from dns_zones.records import RecordError, normalize_zone_origin
+from domain_names import DomainNameError, normalize_host
 from tls.issuance import AcmeError, AcmeSettings, order_certificate
 from tls.models import Certificate, HTTPChallenge
 from tls.store import CertificateStore, Presented, describe_pem
@@ -42,9 +42,9 @@ def normalize_certificate_name(name: str) -> str:
     labels, an optional leading "*." (wildcard). Raises CertificateError."""
     wildcard = name.startswith("*.")
     try:
-        host = normalize_zone_origin(name[2:] if wildcard else name)
-    except RecordError as exc:
-        raise CertificateError(str(exc).replace("zone name", "host name")) from None
+        host = normalize_host(name[2:] if wildcard else name)
+    except DomainNameError as exc:
+        raise CertificateError(f"invalid host name {exc.name!r}: {exc.reason}") from None
     return f"*.{host}" if wildcard else host
 
 

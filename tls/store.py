@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from domain_names import fold
+
 log = logging.getLogger("tls")
 
 
@@ -140,7 +142,7 @@ class CertificateStore:
     def __init__(self, *, cert_file: str, key_file: str, data_dir: Path, hostname: str):
         self.cert_file, self.key_file = cert_file, key_file
         self.directory = data_dir / "tls"
-        self.hostname = hostname.lower()
+        self.hostname = fold(hostname)
         self._version: tuple | None = None
         self._by_name: dict[str, ssl.SSLContext] = {}
         self._presented: list[Presented] = []
@@ -166,7 +168,7 @@ class CertificateStore:
         # Called by OpenSSL during the handshake, on the event loop: no I/O, one dict lookup.
         chosen = None
         if server_name:
-            name = server_name.lower().rstrip(".")
+            name = fold(server_name)
             chosen = self._by_name.get(name)
             if chosen is None and "." in name:
                 chosen = self._by_name.get("*." + name.split(".", 1)[1])

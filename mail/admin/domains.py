@@ -9,7 +9,8 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from mail.addresses import AddressError, normalize_domain, parse_address
+from domain_names import DomainNameError, normalize_host
+from mail.addresses import AddressError, parse_address
 from mail.models import MailDomain
 from mail.services import dkim_rotation
 from mail.services import domains as services
@@ -54,8 +55,8 @@ class MailDomainForm(forms.ModelForm):
 
     def clean_name(self) -> str:
         try:
-            name = normalize_domain(self.cleaned_data["name"].strip())
-        except AddressError as exc:
+            name = normalize_host(self.cleaned_data["name"].strip())
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
         if MailDomain.objects.filter(name=name).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError(f"mail domain {name} exists")
@@ -81,8 +82,8 @@ class MailDomainForm(forms.ModelForm):
         if not value:
             return ""
         try:
-            return normalize_domain(value)
-        except AddressError as exc:
+            return normalize_host(value)
+        except DomainNameError as exc:
             raise forms.ValidationError(str(exc)) from None
 
 
@@ -165,23 +166,21 @@ class MailDomainAdmin(admin.ModelAdmin):
             creation = services.domain_create(name=obj.name)
             obj.pk, obj.name = creation.domain.pk, creation.domain.name
             notes.extend(creation.notes)
-        wanted = {
-            "enabled": "on" if form.cleaned_data["enabled"] else "off",
-            "submission": "on" if form.cleaned_data["submission_enabled"] else "off",
-            "auth": "on"
-            if form.cleaned_data["submission_auth"] == MailDomain.SubmissionAuth.AUTHENTICATED
-            else "off",
-        }
-        if form.cleaned_data["outbound_hostname"]:
-            wanted["hostname"] = form.cleaned_data["outbound_hostname"]
-        wanted["dmarc"] = form.cleaned_data["dmarc_policy"]
-        wanted["mta-sts"] = form.cleaned_data["mta_sts_mode"]
-        wanted["reports"] = form.cleaned_data["report_address"]
+        data = form.cleaned_data
         dkim_now = services.get_domain(obj.name).dkim_enabled
         # On add, an unticked box does not undo the automatic DKIM set-up of a hosted zone.
-        if form.cleaned_data["dkim_enabled"] != dkim_now and (change or not dkim_now):
-            wanted["dkim"] = "on" if form.cleaned_data["dkim_enabled"] else "off"
-        result = services.domain_set(name=obj.name, values=wanted)
+        dkim = data["dkim_enabled"] if data["dkim_enabled"] != dkim_now and (change or not dkim_now) else None
+        result = services.domain_set(
+            name=obj.name,
+            enabled=data["enabled"],
+            submission_enabled=data["submission_enabled"],
+            submission_auth=MailDomain.SubmissionAuth(data["submission_auth"]),
+            outbound_hostname=data["outbound_hostname"] or None,
+            dmarc_policy=MailDomain.DmarcPolicy(data["dmarc_policy"]),
+            mta_sts_mode=MailDomain.MtaStsMode(data["mta_sts_mode"]),
+            report_address=data["report_address"],
+            dkim_enabled=dkim,
+        )
         obj.__dict__.update(
             {f.attname: getattr(result.domain, f.attname) for f in MailDomain._meta.concrete_fields}
         )

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from domain_names import fold
 from mail.auth import checks, dmarc, results
 from mail.auth.lookups import Lookups, TemporaryDNSError
 from mail.auth.verdict import Verdict
@@ -96,7 +97,7 @@ class InboundChecks:
     ):
         self.lookups = lookups
         self.dnsbl_zones = dnsbl_zones
-        self.default_hostname = default_hostname.lower()
+        self.default_hostname = fold(default_hostname)
         self._hostnames_source = hostnames
         self._hostnames: dict[str, str] = {}
         self._hostnames_at = float("-inf")
@@ -220,5 +221,5 @@ def checks_from_settings() -> InboundChecks | None:
         lookups=Lookups.from_spec(settings.EVERLOCK_RESOLVER),
         hostnames=receiving_hostnames,
         default_hostname=settings.EVERLOCK_HOSTNAME,
-        dnsbl_zones=tuple(z.strip().rstrip(".") for z in settings.EVERLOCK_DNSBL_ZONES if z.strip()),
+        dnsbl_zones=tuple(fold(z.strip()) for z in settings.EVERLOCK_DNSBL_ZONES if z.strip()),
     )

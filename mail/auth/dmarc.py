@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
+from domain_names import fold
 from mail.auth.checks import DKIMResult, SPFResult
 from mail.auth.lookups import Lookups, TemporaryDNSError
 
@@ -40,7 +41,7 @@ def organizational_domain(domain: str) -> str:
 
 def aligned(identifier: str, from_domain: str, mode: str) -> bool:
     """RFC 7489 section 3.1: strict is the same name, relaxed the same organizational domain."""
-    identifier, from_domain = identifier.lower().rstrip("."), from_domain.lower().rstrip(".")
+    identifier, from_domain = fold(identifier), fold(from_domain)
     if not identifier:
         return False
     if mode == "s":

@@ -77,8 +77,8 @@ class Claim:
     relayed: list[int] = field(default_factory=list)
 
 
-def _due() -> Q:
-    return Q(status=OutboundDelivery.Status.QUEUED, next_attempt_at__lte=timezone.now())
+def _due(now: datetime) -> Q:
+    return Q(status=OutboundDelivery.Status.QUEUED, next_attempt_at__lte=now)
 
 
 def claim(
@@ -87,18 +87,19 @@ def claim(
     limit: int = 100,
     first_retry: timedelta = FIRST_RETRY,
     max_retry: timedelta = MAX_RETRY,
+    now: datetime | None = None,
 ) -> list[Claim]:
     """Claim up to `limit` due rows (only among `ids` when given), oldest due first.
 
     A row is claimed by one committed UPDATE guarded by its old `attempts` value, so two
     workers never both claim it; on PostgreSQL the candidates are also locked with SKIP
     LOCKED so concurrent workers pick different rows instead of colliding. The next attempt
-    time is set to now + backoff(first_retry doubling up to max_retry). Returns the rows this
-    call claimed, with their pending recipients.
+    time is set to now + backoff(first_retry doubling up to max_retry); `now` defaults to the
+    clock. Returns the rows this call claimed, with their pending recipients.
     """
-    now = timezone.now()
+    now = now or timezone.now()
     with transaction.atomic():
-        query = OutboundDelivery.objects.filter(_due())
+        query = OutboundDelivery.objects.filter(_due(now))
         if ids is not None:
             query = query.filter(id__in=ids)
         candidates = list(
@@ -111,7 +112,7 @@ def claim(
             by_attempts.setdefault(attempts, []).append(row_id)
         claimed: list[int] = []
         for attempts, row_ids in by_attempts.items():
-            guarded = OutboundDelivery.objects.filter(_due(), id__in=row_ids, attempts=attempts)
+            guarded = OutboundDelivery.objects.filter(_due(now), id__in=row_ids, attempts=attempts)
             if len(row_ids) == 1:
                 # One row: the guarded UPDATE alone tells whether we won it.
                 if guarded.update(
@@ -171,7 +172,7 @@ def claim(
     return sorted(claims.values(), key=lambda c: c.id)
 
 
-def renew(claim: Claim) -> bool:
+def renew(claim: Claim, *, now: datetime | None = None) -> bool:
     """Just before a claimed row is sent: move its next attempt time `lease` past now, if the
     row is still this claim's (not claimed again since, not held). Returns False when it is
     not: then it must not be sent, or it would be sent twice.
@@ -179,7 +180,7 @@ def renew(claim: Claim) -> bool:
     A worker sends its claimed rows one after another; without this, a batch that takes
     longer than the backoff would see its last rows due again, and claimed by a second
     worker while the first one still sends them."""
-    now = timezone.now()
+    now = now or timezone.now()
     next_attempt_at = now + claim.lease
     renewed = OutboundDelivery.objects.filter(
         id=claim.id, attempts=claim.attempts, status=OutboundDelivery.Status.QUEUED
@@ -189,10 +190,12 @@ def renew(claim: Claim) -> bool:
     return bool(renewed)
 
 
-def due_ids(*, limit: int = 1000) -> list[int]:
-    """Ids of rows due now (queued, next attempt time passed), oldest due first."""
+def due_ids(*, limit: int = 1000, now: datetime | None = None) -> list[int]:
+    """Ids of rows due at `now` (default: the clock; queued, next attempt time passed),
+    oldest due first."""
+    now = now or timezone.now()
     return list(
-        OutboundDelivery.objects.filter(_due())
+        OutboundDelivery.objects.filter(_due(now))
         .order_by("next_attempt_at", "id")
         .values_list("id", flat=True)[:limit]
     )
@@ -216,16 +219,19 @@ def _count_results(results: collections.Counter) -> None:
             metrics.DELIVERIES.labels(result).inc(count)
 
 
-def record_outcome(*, claim: Claim, replies: dict[int, Reply], temporary: str = "") -> list[int]:
+def record_outcome(
+    *, claim: Claim, replies: dict[int, Reply], temporary: str = "", now: datetime | None = None
+) -> list[int]:
     """Record the outcome of one attempt on a claimed row, in one transaction.
 
     `replies` maps recipient ids to their reply: 2xx delivered, 5xx failed, 4xx stays
     pending. `temporary` is the reason no recipient got a reply (DNS or connection
     failure). Recipients still pending when the next attempt would fall after the row's
     expiry fail as expired. Returns the ids of recipients that failed in this call (the
-    caller sends one DSN for them, in the same transaction: see bounces.bounce).
+    caller sends one DSN for them, in the same transaction: see bounces.bounce). `now`
+    defaults to the clock.
     """
-    now = timezone.now()
+    now = now or timezone.now()
     failed: list[int] = []
     row = OutboundDelivery.objects.select_for_update().get(id=claim.id)
     pending = dict(

@@ -21,7 +21,7 @@ from mail.delivery.client import ConnectFailed, Connection, SendOptions, TLSFail
 from mail.delivery.mta_sts import Lookup, Policy, PolicyFetcher, policy_for, record_result
 from mail.delivery.mx import Host, LookupFailed, lookup
 from mail.models import OutboundDelivery, OutboundRecipient
-from mail.services.dsn import send_dsn, wants
+from mail.services.dsn import Report, send_dsn, wants
 from mail.services.storage import message_storage
 
 log = logging.getLogger("mail.delivery")
@@ -159,15 +159,17 @@ def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
         if wants(notify, "DELAY")
     ]
     send_dsn(
-        reporting_host=claim.helo_hostname,
-        envelope_from=claim.envelope_from,
-        original=_read(claim),
-        failed=[(address, mta, reply or row.last_reply) for address, reply, _ in waiting],
-        arrival=row.created_at,
-        delayed=True,
-        ret=row.dsn_ret,
-        envid=row.dsn_envid,
-        orcpts={address: orcpt for address, _, orcpt in waiting if orcpt},
+        Report(
+            reporting_host=claim.helo_hostname,
+            envelope_from=claim.envelope_from,
+            original=_read(claim),
+            recipients=tuple((address, mta, reply or row.last_reply) for address, reply, _ in waiting),
+            arrival=row.created_at,
+            action="delayed",
+            ret=row.dsn_ret,
+            envid=row.dsn_envid,
+            orcpts={address: orcpt for address, _, orcpt in waiting if orcpt},
+        ),
         outside=claim.bounce_outside,
     )
     OutboundDelivery.objects.filter(id=row.id).update(delay_notified=True)
@@ -185,15 +187,17 @@ def _relayed_notice(claim: Claim, replies: dict[int, Reply], *, mta: str) -> Non
     went to a host that does not offer DSN."""
     addresses = dict(claim.recipients)
     send_dsn(
-        reporting_host=claim.helo_hostname,
-        envelope_from=claim.envelope_from,
-        original=_read(claim),
-        failed=[(addresses[rid], mta, replies[rid].line) for rid in claim.relayed],
-        arrival=OutboundDelivery.objects.values_list("created_at", flat=True).get(id=claim.id),
-        action="relayed",
-        ret=claim.dsn_ret,
-        envid=claim.dsn_envid,
-        orcpts={addresses[rid]: claim.orcpt[rid] for rid in claim.relayed if rid in claim.orcpt},
+        Report(
+            reporting_host=claim.helo_hostname,
+            envelope_from=claim.envelope_from,
+            original=_read(claim),
+            recipients=tuple((addresses[rid], mta, replies[rid].line) for rid in claim.relayed),
+            arrival=OutboundDelivery.objects.values_list("created_at", flat=True).get(id=claim.id),
+            action="relayed",
+            ret=claim.dsn_ret,
+            envid=claim.dsn_envid,
+            orcpts={addresses[rid]: claim.orcpt[rid] for rid in claim.relayed if rid in claim.orcpt},
+        ),
         outside=claim.bounce_outside,
     )
 
@@ -213,14 +217,16 @@ def _record(claim: Claim, replies: dict[int, Reply], *, temporary: str, mta: str
     ]
     row = OutboundDelivery.objects.get(id=claim.id)
     sent = rows and send_dsn(
-        reporting_host=claim.helo_hostname,
-        envelope_from=claim.envelope_from,
-        original=_read(claim),
-        failed=[(address, mta, reply or temporary) for address, reply, _ in rows],
-        arrival=row.created_at,
-        ret=row.dsn_ret,
-        envid=row.dsn_envid,
-        orcpts={address: orcpt for address, _, orcpt in rows if orcpt},
+        Report(
+            reporting_host=claim.helo_hostname,
+            envelope_from=claim.envelope_from,
+            original=_read(claim),
+            recipients=tuple((address, mta, reply or temporary) for address, reply, _ in rows),
+            arrival=row.created_at,
+            ret=row.dsn_ret,
+            envid=row.dsn_envid,
+            orcpts={address: orcpt for address, _, orcpt in rows if orcpt},
+        ),
         outside=claim.bounce_outside,
     )
     log.info(

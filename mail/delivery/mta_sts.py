@@ -37,6 +37,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from domain_names import fold
 from mail.models import MtaStsPolicy, TlsResult
 
 log = logging.getLogger("mail.delivery")
@@ -71,7 +72,7 @@ class Policy:
     def matches(self, host: str) -> bool:
         """Whether MX host `host` is one the policy names (RFC 8461 section 4.1): equal, or
         a "*." pattern whose wildcard stands for exactly the leftmost label."""
-        host = host.rstrip(".").lower()
+        host = fold(host)
         for pattern in self.mx:
             if pattern.startswith("*."):
                 first, _, rest = host.partition(".")
@@ -117,7 +118,7 @@ def parse_policy(text: str) -> tuple[str, tuple[str, ...], int]:
     max_age_text = (fields.get("max_age") or [""])[0]
     if not max_age_text.isdigit() or len(max_age_text) > 10:
         raise PolicyError(f"invalid max_age {max_age_text!r}", result="sts-policy-invalid")
-    mx = tuple(m.lower().rstrip(".") for m in fields.get("mx", []))
+    mx = tuple(fold(m) for m in fields.get("mx", []))
     if mode != "none" and not mx:
         raise PolicyError("policy names no mx", result="sts-policy-invalid")
     return mode, mx, min(int(max_age_text), MAX_AGE_LIMIT)

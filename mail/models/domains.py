@@ -4,7 +4,7 @@ from django.db import models
 class MailDomain(models.Model):
     """A local mail domain: what everlock-mail/domains/<name>.toml holds.
 
-    `name` is in normal form (mail.addresses.normalize_domain). The Ed25519 key signs under
+    `name` is in normal form (domain_names.normalize_host). The Ed25519 key signs under
     `dkim_selector`, the RSA key under `dkim_rsa_selector`; both sign when both are present.
     """
 

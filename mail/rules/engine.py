@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Sum
@@ -71,11 +71,12 @@ def current_rules() -> CurrentRules:
 class DatabaseGate:
     """The evaluator's memory in the database; `record=False` only asks (dry runs)."""
 
-    def __init__(self, *, record: bool = True):
+    def __init__(self, *, now: datetime, record: bool = True):
+        self.now = now
         self.record = record
 
     def vacation_due(self, *, recipient: str, sender: str, days: int) -> bool:
-        now = timezone.now()
+        now = self.now
         if not self.record:
             last = VacationReply.objects.filter(recipient=recipient, sender=sender).values_list(
                 "last_sent_at", flat=True
@@ -96,7 +97,7 @@ class DatabaseGate:
             return True
 
     def redirects_allowed(self, *, sender: str, count: int, per_hour: int) -> bool:
-        now = timezone.now()
+        now = self.now
         recent = (
             RedirectRecord.objects.filter(sender=sender, created_at__gt=now - timedelta(hours=1)).aggregate(
                 n=Sum("count")
@@ -111,23 +112,34 @@ class DatabaseGate:
         return True
 
 
-def plan_delivery(facts: MessageFacts, *, compiled: CurrentRules | None = None) -> DeliveryPlan:
+def plan_delivery(
+    facts: MessageFacts, *, compiled: CurrentRules | None = None, now: datetime | None = None
+) -> DeliveryPlan:
     """The plan for one recipient of a message; inbox when no rule matches.
 
     Call inside the delivery's transaction: it records vacation replies and redirects sent.
-    `compiled` is current_rules() when the caller plans many deliveries at once.
+    `compiled` is current_rules() when the caller plans many deliveries at once; `now` is
+    the moment of the delivery (default: the clock), against which the vacation and
+    redirect memories are measured and which dates an auto-reply.
     """
     if compiled is None:
         compiled = current_rules()
     rules = compiled.for_recipient(facts.recipient)
     if not rules:
         return DeliveryPlan(filings=[Filing(facts.keep_folder)] if facts.quarantined else [])
-    return evaluate(compiled.rules, facts, gate=DatabaseGate(), rules=rules).plan
+    now = now or timezone.now()
+    return evaluate(compiled.rules, facts, gate=DatabaseGate(now=now), rules=rules, now=now.timestamp).plan
 
 
-def dry_run(facts: MessageFacts) -> Evaluation:
-    """What the rules would do with this message, recording nothing."""
+def dry_run(facts: MessageFacts, *, now: datetime | None = None) -> Evaluation:
+    """What the rules would do with this message at `now` (default: the clock), recording
+    nothing."""
     compiled = current_rules()
+    now = now or timezone.now()
     return evaluate(
-        compiled.rules, facts, gate=DatabaseGate(record=False), rules=compiled.for_recipient(facts.recipient)
+        compiled.rules,
+        facts,
+        gate=DatabaseGate(now=now, record=False),
+        rules=compiled.for_recipient(facts.recipient),
+        now=now.timestamp,
     )

@@ -114,7 +114,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from mail.addresses import AddressError, normalize_domain
+from domain_names import DomainNameError, normalize_host
 
 DEFAULT_LIMITS = {
     "max_redirect_targets": 5,
@@ -330,8 +330,8 @@ def _scope(value: Any) -> str:
 def _domain(name: str, value: Any) -> str:
     # Recipients arrive with the domain in normal form (IDNA A-labels); scopes must compare equal.
     try:
-        return normalize_domain(name)
-    except AddressError as exc:
+        return normalize_host(name)
+    except DomainNameError as exc:
         raise _FieldError("scope", f"invalid domain in {value!r}: {exc}") from None
 
 

@@ -29,6 +29,7 @@ from django.conf import settings
 from dns_zones.models import Record
 from dns_zones.records import canonical_data
 from dns_zones.services import RecordSpec, hosted_zone_for
+from domain_names import fold
 from mail.dkim.keys import txt_presentation
 from mail.models import MailDomain
 
@@ -55,7 +56,7 @@ def mx_hosts(domain: MailDomain) -> list[str]:
     if zone is not None:
         admin = Record.objects.filter(zone=zone, name=domain.name, rtype="MX", source="")
         for data in admin.order_by("data").values_list("data", flat=True):
-            host = data.split()[-1].rstrip(".").lower()
+            host = fold(data.split()[-1])
             if host and host not in hosts:
                 hosts.append(host)
     return hosts

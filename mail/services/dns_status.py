@@ -19,6 +19,7 @@ from django.conf import settings
 from dns_zones.models import Record
 from dns_zones.records import canonical_data, txt_kind, txt_text
 from dns_zones.services import hosted_zone_for, stands_in_for
+from domain_names import fold
 from mail.dkim.keys import txt_presentation
 from mail.models import MailDomain
 from mail.services.dns_records import DerivedRecord, derived_records
@@ -129,7 +130,7 @@ def _lookup(resolver, name: str, rtype: str) -> list[str]:
         return []
     # TXT, MX, SRV and CNAME records must be the name's own, not those of the name a CNAME
     # points to; addresses may come through a CNAME.
-    if rtype not in ("A", "AAAA") and answer.rrset.name.to_text(omit_final_dot=True).lower() != name:
+    if rtype not in ("A", "AAAA") and fold(answer.rrset.name.to_text()) != name:
         return []
     return [rr.to_text() for rr in answer]
 

@@ -12,15 +12,15 @@ otherwise the result carries guidance on publishing them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, models, transaction
 
 from dns_zones.services import RecordSpec, hosted_zone_for, replace_derived_records, withdraw_derived_records
+from domain_names import DomainNameError, normalize_host
 from mail import config_files
-from mail.addresses import AddressError, is_valid_local_part, normalize_domain, parse_address
+from mail.addresses import AddressError, is_valid_local_part, parse_address
 from mail.config_files import ConfigFileError, DomainConfig, RotationConfig
 from mail.dkim.keys import generate_ed25519_pem, generate_rsa_pem, txt_presentation, txt_value
 from mail.models import DkimRotation, MailDomain
@@ -30,19 +30,6 @@ from mail.services.mailboxes import ensure_mailboxes_for_domain
 log = logging.getLogger("mail.domains")
 
 DKIM_TTL = 3600
-SETTING_KEYS = (
-    "submission",
-    "auth",
-    "dkim",
-    "hostname",
-    "enabled",
-    "postmaster",
-    "dmarc",
-    "reports",
-    "mta-sts",
-)
-_CHOICES = {"dmarc": MailDomain.DmarcPolicy.values, "mta-sts": MailDomain.MtaStsMode.values}
-_ON_OFF = {"on": True, "off": False}
 
 
 class DomainError(ValueError):
@@ -100,8 +87,8 @@ def dkim_records(domain: MailDomain) -> list[DkimRecord]:
 
 def _normal_name(name: str) -> str:
     try:
-        return normalize_domain(name)
-    except AddressError as exc:
+        return normalize_host(name)
+    except DomainNameError as exc:
         raise DomainError(str(exc)) from None
 
 
@@ -243,95 +230,91 @@ def domain_create(*, name: str) -> DomainChange:
     return DomainChange(domain, True, notes)
 
 
-def parse_settings(pairs: list[str]) -> dict[str, str]:
-    """Split "key=value" words into a mapping. Raises DomainError for a malformed or repeated key."""
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DomainError(f"expected key=value, got {pair!r}")
-        key = key.lower()
-        if key in out:
-            raise DomainError(f"{key} given twice")
-        out[key] = value
-    return out
+def _checked_hostname(value: str) -> str:
+    try:
+        return normalize_host(value)
+    except DomainNameError as exc:
+        raise DomainError(f"hostname: {exc}") from None
 
 
-def _check_settings(values: Mapping[str, str]) -> dict[str, object]:
-    if not values:
-        raise DomainError(f"nothing to set (keys: {', '.join(SETTING_KEYS)})")
-    checked: dict[str, object] = {}
-    for key, value in values.items():
-        if key not in SETTING_KEYS:
-            raise DomainError(f"unknown setting {key!r} (keys: {', '.join(SETTING_KEYS)})")
-        if key == "hostname":
-            try:
-                checked[key] = normalize_domain(value)
-            except AddressError as exc:
-                raise DomainError(f"hostname: {exc}") from None
-        elif key in _CHOICES:
-            if value.lower() not in _CHOICES[key]:
-                raise DomainError(f"{key}={value}: the value must be one of {', '.join(_CHOICES[key])}")
-            checked[key] = value.lower()
-        elif key == "reports":
-            # An address for DMARC aggregate and TLS-RPT reports; empty: postmaster@ the domain.
-            try:
-                checked[key] = str(parse_address(value)) if value else ""
-            except AddressError as exc:
-                raise DomainError(f"reports: {exc}") from None
-        elif key == "postmaster":
-            # A local part of this domain; empty: the first admin's mailbox.
-            if value and not is_valid_local_part(value):
-                raise DomainError(f"postmaster: invalid local part {value!r}")
-            checked[key] = value.casefold()
-        elif value.lower() in _ON_OFF:
-            checked[key] = _ON_OFF[value.lower()]
-        else:
-            raise DomainError(f"{key}={value}: the value must be on or off")
-    return checked
+def _checked_postmaster(value: str) -> str:
+    if value and not is_valid_local_part(value):
+        raise DomainError(f"postmaster: invalid local part {value!r}")
+    return value.casefold()
 
 
-def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
-    """Apply settings to domain `name`, all together or none.
+def _checked_reports(value: str) -> str:
+    try:
+        return str(parse_address(value)) if value else ""
+    except AddressError as exc:
+        raise DomainError(f"reports: {exc}") from None
 
-    Keys: submission=on|off, auth=on|off (submission auth "authenticated" or "none"),
-    dkim=on|off, hostname=FQDN, enabled=on|off, postmaster=LOCAL (the mailbox of this domain
-    that takes postmaster@ mail; empty: the first admin's), dmarc=none|quarantine|reject (the
-    published DMARC policy), reports=ADDRESS (DMARC and TLS-RPT reports; empty: postmaster@),
-    mta-sts=enforce|testing|none (the MTA-STS policy served). The domain's derived DNS records
-    are brought up to date. dkim=on generates missing keys and publishes
-    the TXT records (or says what to publish elsewhere); dkim=off stops signing and withdraws
-    them. Idempotent. Raises DomainError for an unknown domain, key or value (nothing changes).
+
+def _checked_choice(value: str, choices: type[models.TextChoices], key: str) -> str:
+    if value not in choices.values:
+        raise DomainError(f"{key}={value}: the value must be one of {', '.join(choices.values)}")
+    return value
+
+
+def domain_set(
+    *,
+    name: str,
+    enabled: bool | None = None,
+    submission_enabled: bool | None = None,
+    submission_auth: MailDomain.SubmissionAuth | None = None,
+    dkim_enabled: bool | None = None,
+    outbound_hostname: str | None = None,
+    postmaster: str | None = None,
+    dmarc_policy: MailDomain.DmarcPolicy | None = None,
+    report_address: str | None = None,
+    mta_sts_mode: MailDomain.MtaStsMode | None = None,
+) -> DomainChange:
+    """Apply the settings given (None leaves one as it is) to domain `name`, all or none.
+
+    `outbound_hostname` is the EHLO host name; `postmaster` a local part of this
+    domain whose mailbox takes postmaster@ mail ("": the first admin's); `report_address`
+    where DMARC and TLS-RPT reports go ("": postmaster@); `dmarc_policy` the published DMARC
+    policy and `mta_sts_mode` the MTA-STS policy served. The domain's derived DNS records are
+    brought up to date. dkim_enabled=True generates missing keys and publishes the TXT
+    records (or says what to publish elsewhere); False stops signing and withdraws them.
+    Idempotent. Raises DomainError for an unknown domain or an invalid value (nothing
+    changes then).
     """
-    checked = _check_settings(values)
+    if outbound_hostname is not None:
+        outbound_hostname = _checked_hostname(outbound_hostname)
+    if postmaster is not None:
+        postmaster = _checked_postmaster(postmaster)
+    if report_address is not None:
+        report_address = _checked_reports(report_address)
+    if dmarc_policy is not None:
+        dmarc_policy = _checked_choice(dmarc_policy, MailDomain.DmarcPolicy, "dmarc")
+    if mta_sts_mode is not None:
+        mta_sts_mode = _checked_choice(mta_sts_mode, MailDomain.MtaStsMode, "mta-sts")
+    if submission_auth is not None:
+        submission_auth = _checked_choice(submission_auth, MailDomain.SubmissionAuth, "auth")
+    wanted = {
+        "enabled": enabled,
+        "submission_enabled": submission_enabled,
+        "submission_auth": submission_auth,
+        "outbound_hostname": outbound_hostname,
+        "postmaster": postmaster,
+        "dmarc_policy": dmarc_policy,
+        "report_address": report_address,
+        "mta_sts_mode": mta_sts_mode,
+    }
+    wanted = {field: value for field, value in wanted.items() if value is not None}
     current = get_domain(name)
     keys = None
-    if checked.get("dkim") and not (current.dkim_private_key_pem and current.dkim_rsa_private_key_pem):
+    if dkim_enabled and not (current.dkim_private_key_pem and current.dkim_rsa_private_key_pem):
         keys = new_dkim_keys()
     with transaction.atomic():
         domain = MailDomain.objects.select_for_update().get(id=current.id)
         before = DomainConfig.from_domain(domain)
-        if "submission" in checked:
-            domain.submission_enabled = checked["submission"]
-        if "auth" in checked:
-            domain.submission_auth = (
-                MailDomain.SubmissionAuth.AUTHENTICATED if checked["auth"] else MailDomain.SubmissionAuth.NONE
-            )
-        if "enabled" in checked:
-            domain.enabled = checked["enabled"]
-        if "hostname" in checked:
-            domain.outbound_hostname = checked["hostname"]
-        if "postmaster" in checked:
-            domain.postmaster = checked["postmaster"]
-        if "dmarc" in checked:
-            domain.dmarc_policy = checked["dmarc"]
-        if "reports" in checked:
-            domain.report_address = checked["reports"]
-        if "mta-sts" in checked:
-            domain.mta_sts_mode = checked["mta-sts"]
-        if checked.get("dkim") is True:
+        for field_name, value in wanted.items():
+            setattr(domain, field_name, value)
+        if dkim_enabled is True:
             _enable_dkim(domain, keys)
-        elif checked.get("dkim") is False:
+        elif dkim_enabled is False:
             domain.dkim_enabled = False
             # Keys that no longer sign need no rotation.
             DkimRotation.objects.filter(domain=domain).delete()
@@ -344,12 +327,12 @@ def domain_set(*, name: str, values: Mapping[str, str]) -> DomainChange:
         # Quietly: the records follow the settings just changed (the hostname, submission,
         # DMARC, MTA-STS); /mail domains records lists them.
         _publish_dns(domain)
-        if "dkim" in checked:
+        if dkim_enabled is not None:
             notes.extend(publish_dkim_records(domain))
             if not domain.dkim_enabled:
                 notes.append(f"DKIM off for {domain.name}: signing stopped, DKIM TXT records withdrawn")
     if changed:
-        log.info("mail domain %s changed: %s", domain.name, ", ".join(f"{k}={v}" for k, v in values.items()))
+        log.info("mail domain %s changed: %s", domain.name, notes[0].partition(": ")[2])
     return DomainChange(domain, changed, notes)
 
 

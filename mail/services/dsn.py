@@ -9,8 +9,11 @@ null (RFC 5321 section 4.5.5).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
@@ -47,29 +50,35 @@ _ACTIONS = {
 }
 
 
-def build_dsn(
-    *,
-    reporting_host: str,
-    envelope_from: str,
-    original: bytes,
-    failed: list[tuple[str, str, str]],
-    arrival: datetime,
-    delayed: bool = False,
-    action: str = "",
-    ret: str = "",
-    envid: str = "",
-    orcpts: dict[str, str] | None = None,
-) -> bytes:
-    """The bytes of a multipart/report DSN (RFC 3464 section 2) for `failed`, a list of
-    (recipient, remote MTA or "", last reply). `action` is one of RFC 3464's (failed by
-    default; `delayed` is delayed). The original message's header is returned with it, or
-    the whole message with `ret` FULL (RFC 3461 section 4.3); `envid` and `orcpts`
-    (recipient: "rfc822;address") are the sender's ENVID and ORCPT, echoed back (RFC 3464
-    sections 2.2.1, 2.3.1).
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """One delivery status notification: what build_dsn writes and send_dsn delivers.
+
+    `recipients` are (recipient, remote MTA or "", last reply); `action` is RFC 3464's
+    (failed, delayed, delivered, relayed) for all of them; `arrival` is when the message
+    came in. The original message's header goes back with the report, or the whole message
+    with `ret` FULL (RFC 3461 section 4.3); `envid` and `orcpts` (recipient:
+    "rfc822;address") are the sender's ENVID and ORCPT, echoed back (RFC 3464 sections
+    2.2.1, 2.3.1).
     """
-    action = action or ("delayed" if delayed else "failed")
+
+    reporting_host: str
+    envelope_from: str
+    original: bytes
+    recipients: tuple[tuple[str, str, str], ...]
+    arrival: datetime
+    action: str = "failed"
+    ret: str = ""
+    envid: str = ""
+    orcpts: Mapping[str, str] = field(default_factory=dict)
+
+
+def build_dsn(report: Report) -> bytes:
+    """The bytes of a multipart/report DSN (RFC 3464 section 2) for `report`."""
+    reporting_host, envelope_from, original = report.reporting_host, report.envelope_from, report.original
+    failed, arrival, action = report.recipients, report.arrival, report.action
+    ret, envid, orcpts = report.ret, report.envid, report.orcpts
     opening, subject = _ACTIONS[action]
-    orcpts = orcpts or {}
     boundary = email.utils.make_msgid(domain=reporting_host).strip("<>").replace("@", ".")
     lines = [f"The message you sent to {', '.join(r for r, _, _ in failed)} " + opening, ""]
     for rcpt, mta, reply in failed:
@@ -135,46 +144,23 @@ def build_dsn(
 _ACTION_STATUS = {"delayed": "4.0.0", "delivered": "2.0.0", "relayed": "2.0.0"}
 
 
-def send_dsn(
-    *,
-    reporting_host: str,
-    envelope_from: str,
-    original: bytes,
-    failed: list[tuple[str, str, str]],
-    arrival: datetime,
-    delayed: bool = False,
-    action: str = "",
-    ret: str = "",
-    envid: str = "",
-    orcpts: dict[str, str] | None = None,
-    outside: bool = True,
-) -> bool:
-    """Deliver a DSN (build_dsn's arguments) to `envelope_from` in the caller's transaction.
-    Returns whether one was filed or queued (False for a null sender or a local sender
+def send_dsn(report: Report, *, outside: bool = True) -> bool:
+    """Deliver `report` to its envelope sender in the caller's transaction. Returns whether
+    one was filed or queued (False for a null sender, no recipients, or a local sender
     without a mailbox).
 
     With `outside` False (the bounce of a rule redirect, whose sender may be forged), a
     remote sender gets nothing: the DSN is dropped and logged, never queued (backscatter)."""
-    if not envelope_from or not failed:
+    if not report.envelope_from or not report.recipients:
         return False
-    original_sender = srs.reverse(envelope_from) if srs.is_srs(envelope_from) else None
-    if original_sender:
-        # A redirect we sent on with an SRS sender (mail.auth.srs): the bounce goes to the
-        # original sender, which passed SPF or DMARC when the message came in.
-        envelope_from, outside = original_sender, True
-    raw = build_dsn(
-        reporting_host=reporting_host,
-        envelope_from=envelope_from,
-        original=original,
-        failed=failed,
-        arrival=arrival,
-        delayed=delayed,
-        action=action,
-        ret=ret,
-        envid=envid,
-        orcpts=orcpts,
-    )
-    raw = b"Return-Path: <>\r\n" + raw
+    if srs.is_srs(report.envelope_from):
+        original_sender = srs.reverse(report.envelope_from)
+        if original_sender:
+            # A redirect we sent on with an SRS sender (mail.auth.srs): the bounce goes to the
+            # original sender, which passed SPF or DMARC when the message came in.
+            report, outside = dataclasses.replace(report, envelope_from=original_sender), True
+    envelope_from, reporting_host = report.envelope_from, report.reporting_host
+    raw = b"Return-Path: <>\r\n" + build_dsn(report)
     boxes, remote = resolve_mailboxes([envelope_from])
     if boxes:
         try:
@@ -220,15 +206,17 @@ def notify_success(
     """A success DSN (RFC 3461 section 4.1 NOTIFY=SUCCESS) for `recipients`, in the caller's
     transaction: `delivered` into a local mailbox, or `relayed` to a host without DSN."""
     return send_dsn(
-        reporting_host=reporting_host,
-        envelope_from=envelope_from,
-        original=original,
-        failed=[(r, mta, reply) for r in recipients],
-        arrival=timezone.now(),
-        action=action,
-        ret=params.mail.ret,
-        envid=params.mail.envid,
-        orcpts={r: params.rcpt(r).orcpt for r in recipients if params.rcpt(r).orcpt},
+        Report(
+            reporting_host=reporting_host,
+            envelope_from=envelope_from,
+            original=original,
+            recipients=tuple((r, mta, reply) for r in recipients),
+            arrival=timezone.now(),
+            action=action,
+            ret=params.mail.ret,
+            envid=params.mail.envid,
+            orcpts={r: params.rcpt(r).orcpt for r in recipients if params.rcpt(r).orcpt},
+        )
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -43,9 +43,11 @@ def enqueue_remote(
     helo_hostname: str,
     params: EnvelopeParams | None = None,
     bounce_outside: bool = True,
+    now: datetime | None = None,
 ) -> list[OutboundDelivery]:
     """Queue `content` for `recipients`: one OutboundDelivery per destination domain, with an
-    OutboundRecipient per distinct address, due now and expiring after QUEUE_LIFETIME. The
+    OutboundRecipient per distinct address, due `now` (default: the clock) and expiring
+    QUEUE_LIFETIME after it. The
     sender's DSN, REQUIRETLS and BINARYMIME requests (`params`) go on the rows.
 
     With `bounce_outside` False (a rule redirect of mail whose sender is not authenticated), a
@@ -67,7 +69,7 @@ def enqueue_remote(
         given[str(address)] = params.rcpt(text)
     if not by_domain:
         return []
-    now = timezone.now()
+    now = now or timezone.now()
     with transaction.atomic():
         rows = OutboundDelivery.objects.bulk_create(
             [

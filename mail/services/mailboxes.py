@@ -7,6 +7,7 @@ from django.db.models import Sum
 
 from accounts.grants import GrantError, parse_resource
 from accounts.models import AccessGrant
+from domain_names import DomainNameError, normalize_host
 from mail.addresses import AddressError, parse_address
 from mail.models import Folder, Mailbox, MailDomain, Message
 from mail.models.mailboxes import INBOX, SENT
@@ -80,10 +81,14 @@ def mailbox_create(*, address: str) -> tuple[Mailbox, bool]:
 
 
 def mailbox_list(*, domain: str | None = None) -> list[Mailbox]:
-    """Every mailbox (of `domain` when given), with its domain, ordered by address."""
+    """Every mailbox (of `domain` when given, in any case or IDNA form), with its domain,
+    ordered by address. Raises MailboxError when `domain` is not a domain name."""
     qs = Mailbox.objects.select_related("domain")
     if domain:
-        qs = qs.filter(domain__name=domain.lower())
+        try:
+            qs = qs.filter(domain__name=normalize_host(domain))
+        except DomainNameError as exc:
+            raise MailboxError(str(exc)) from None
     return list(qs)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import TextChoices
 from django.utils import timezone
 
 from mail.delivery.resolver import make_resolver
+from mail.models import MailDomain
 from mail.services import dkim_rotation
 from mail.services import domains as services
 from mail.services.dns_status import check_domain, zone_lines
@@ -45,8 +47,62 @@ def domains_create(ctx, name: str) -> str:
 )
 @_errors
 def domains_set(ctx, name: str, *pairs: str) -> str:
-    values = services.parse_settings(list(pairs))
-    return "\n".join(services.domain_set(name=name, values=values).notes)
+    return "\n".join(services.domain_set(name=name, **parse_settings(pairs)).notes)
+
+
+def _on_off(key: str, value: str) -> bool:
+    if value.lower() not in ("on", "off"):
+        raise CommandError(f"{key}={value}: the value must be on or off")
+    return value.lower() == "on"
+
+
+def _auth(key: str, value: str) -> MailDomain.SubmissionAuth:
+    return MailDomain.SubmissionAuth.AUTHENTICATED if _on_off(key, value) else MailDomain.SubmissionAuth.NONE
+
+
+def _choice(choices: type[TextChoices]):
+    def parse(key: str, value: str) -> TextChoices:
+        if value.lower() not in choices.values:
+            raise CommandError(f"{key}={value}: the value must be one of {', '.join(choices.values)}")
+        return choices(value.lower())
+
+    return parse
+
+
+def _text(key: str, value: str) -> str:
+    return value
+
+
+# Console key -> (keyword of mail.services.domains.domain_set, parser of the value's text).
+SETTINGS = {
+    "submission": ("submission_enabled", _on_off),
+    "auth": ("submission_auth", _auth),
+    "dkim": ("dkim_enabled", _on_off),
+    "hostname": ("outbound_hostname", _text),
+    "enabled": ("enabled", _on_off),
+    "postmaster": ("postmaster", _text),
+    "dmarc": ("dmarc_policy", _choice(MailDomain.DmarcPolicy)),
+    "reports": ("report_address", _text),
+    "mta-sts": ("mta_sts_mode", _choice(MailDomain.MtaStsMode)),
+}
+
+
+def parse_settings(pairs: tuple[str, ...]) -> dict[str, object]:
+    """Turn "key=value" words into domain_set's keyword arguments. Raises CommandError for a
+    malformed, unknown or repeated key or a value the key does not take."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"expected key=value, got {pair!r}")
+        key = key.lower()
+        if key not in SETTINGS:
+            raise CommandError(f"unknown setting {key!r} (keys: {', '.join(SETTINGS)})")
+        keyword, parse = SETTINGS[key]
+        if keyword in out:
+            raise CommandError(f"{key} given twice")
+        out[keyword] = parse(key, value)
+    return out
 
 
 @command("/mail domains list", usage="/mail domains list", summary="list the local mail domains")

@@ -21,7 +21,10 @@ def mailboxes_create(ctx, address: str) -> str:
 
 @command("/mail mailboxes list", usage="/mail mailboxes list [DOMAIN]", summary="list mailboxes")
 def mailboxes_list(ctx, domain: str | None = None) -> str:
-    boxes = services.mailbox_list(domain=domain)
+    try:
+        boxes = services.mailbox_list(domain=domain)
+    except MailboxError as exc:
+        raise CommandError(str(exc)) from None
     if not boxes:
         return "no mailboxes"
     counts = {

@@ -22,7 +22,8 @@ import dns.query
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.e2e.installation import ADMIN_PASSWORD, Everlock, free_port
+from tests.e2e.installation import ADMIN_PASSWORD, Everlock
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

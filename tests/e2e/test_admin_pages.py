@@ -19,7 +19,8 @@ import pytest
 from django.contrib import admin
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.e2e.installation import ADMIN_PASSWORD, Everlock, free_port, message_from_alice, submit
+from tests.e2e.installation import ADMIN_PASSWORD, Everlock, message_from_alice, submit
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 from imapclient import IMAPClient
 
-from tests.e2e.installation import EVERLOCK, Everlock, free_port
+from tests.e2e.installation import EVERLOCK, Everlock
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

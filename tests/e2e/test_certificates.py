@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.installation import Everlock, free_port
+from tests.e2e.installation import Everlock
+from tests.ports import free_port
 from tests.sshadmin.openssh import ssh_exec
 from tests.tls.pebble import Pebble
 

@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from tests.e2e.installation import Everlock, free_port, message_from_alice, submit
+from tests.e2e.installation import Everlock, message_from_alice, submit
 from tests.e2e.test_backup_restore import everlock_command, mailbox, populate, start
+from tests.ports import free_port
 from tests.postgres import create_database, drop_database, is_postgres
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,8 @@ import time
 import pytest
 from imapclient import IMAPClient
 
-from tests.e2e.installation import ADMIN_PASSWORD, Everlock, free_port
+from tests.e2e.installation import ADMIN_PASSWORD, Everlock
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

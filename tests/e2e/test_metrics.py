@@ -17,8 +17,9 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.installation import EVERLOCK, Everlock, free_port, message_from_alice, submit
+from tests.e2e.installation import EVERLOCK, Everlock, message_from_alice, submit
 from tests.mail.delivery.delivery_world import Zone, running_dns_server, running_sinks
+from tests.ports import free_port
 from tests.processes import terminate
 
 pytestmark = pytest.mark.e2e

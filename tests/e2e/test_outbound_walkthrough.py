@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.installation import Everlock, free_port, message_from_alice, submit
+from tests.e2e.installation import Everlock, message_from_alice, submit
 from tests.mail.delivery.delivery_world import Zone, running_dns_server, running_sinks
 from tests.mail.smtp.test_swaks_walkthrough import assert_transcript, run_swaks
+from tests.ports import free_port
 from tests.sshadmin.openssh import SSH_OPTIONS, askpass_env
 
 pytestmark = pytest.mark.e2e

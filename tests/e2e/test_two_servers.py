@@ -24,7 +24,8 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.e2e.installation import Everlock, free_port, submit
+from tests.e2e.installation import Everlock, submit
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

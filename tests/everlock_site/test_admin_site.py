@@ -61,7 +61,7 @@ def test_dashboard_shows_each_domains_dns(admin_client):
     record_add(origin="example.com", name="@", rtype="TXT", ttl=3600, data='"v=spf1 a mx -all"')
     domain_create(name="example.com")  # DKIM on, its records published in the hosted zone
     domain_create(name="example.org")  # hosted elsewhere
-    domain_set(name="example.org", values={"dkim": "on"})
+    domain_set(name="example.org", dkim_enabled=True)
 
     page = admin_client.get("/").content.decode()
     hosted = text(re.search(r'<table class="domain-dns" id="dns-example.com">.*?</table>', page, re.S)[0])

@@ -4,21 +4,15 @@ the Django admin and its static files under waitress, and log their startup line
 import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.log_lines import without_time
+from tests.ports import free_port
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(port: int, path: str, headers: dict | None = None) -> http.client.HTTPResponse:

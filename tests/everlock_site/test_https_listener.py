@@ -13,11 +13,13 @@ import pytest
 
 from everlock_site.https import start_https
 from everlock_site.listen import ListenAddress
+from mail.models import MailDomain
 from mail.services.dns_records import mta_sts_id, mta_sts_policy
 from mail.services.domains import domain_create, domain_set, get_domain
 from tests.certificates import PrivateCA
-from tests.everlock_site.test_http_listener import base_env, free_port, running
+from tests.everlock_site.test_http_listener import base_env, running
 from tests.log_lines import without_time
+from tests.ports import free_port
 from tls.store import CertificateStore
 
 
@@ -79,13 +81,15 @@ def test_mta_sts_policy_is_served_for_the_domains_policy_host(https):
     assert body == "version: STSv1\r\nmode: testing\r\nmx: mail.example.com\r\nmax_age: 604800\r\n"
     old_id = mta_sts_id(body)
 
-    domain_set(name="example.com", values={"mta-sts": "enforce", "hostname": "mx.example.com"})
+    domain_set(
+        name="example.com", mta_sts_mode=MailDomain.MtaStsMode.ENFORCE, outbound_hostname="mx.example.com"
+    )
     _, body = curl(https, "mta-sts.example.com", "/.well-known/mta-sts.txt")
     assert body == "version: STSv1\r\nmode: enforce\r\nmx: mx.example.com\r\nmax_age: 604800\r\n"
     # The id published in the _mta-sts TXT record moves with the policy.
     assert mta_sts_id(body) == mta_sts_id(mta_sts_policy(get_domain("example.com"))) != old_id
 
-    domain_set(name="example.com", values={"mta-sts": "none"})
+    domain_set(name="example.com", mta_sts_mode=MailDomain.MtaStsMode.NONE)
     head, _ = curl(https, "mta-sts.example.com", "/.well-known/mta-sts.txt")
     assert head.startswith("HTTP/1.1 404")
 
@@ -103,7 +107,7 @@ def test_no_policy_for_other_names_or_unknown_domains(https):
 
 def test_autoconfig_names_the_imap_and_submission_servers(https):
     domain_create(name="example.com")
-    domain_set(name="example.com", values={"submission": "on"})
+    domain_set(name="example.com", submission_enabled=True)
     for path in ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml"):
         head, body = curl(https, "autoconfig.example.com", path)
         assert head.startswith("HTTP/1.1 200 OK"), path
@@ -144,7 +148,7 @@ AUTODISCOVER_REQUEST = """<?xml version="1.0" encoding="utf-8"?>
 
 def test_outlook_autodiscover_names_the_servers(https):
     domain_create(name="example.com")
-    domain_set(name="example.com", values={"submission": "on"})
+    domain_set(name="example.com", submission_enabled=True)
     post = ("-X", "POST", "-H", "Content-Type: text/xml")
     head, body = curl(
         https,

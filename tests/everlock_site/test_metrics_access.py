@@ -10,7 +10,8 @@ import pytest
 from django.test import RequestFactory
 
 from everlock_site.scrape import allowed
-from tests.everlock_site.test_http_listener import ROOT, base_env, free_port, get, running
+from tests.everlock_site.test_http_listener import ROOT, base_env, get, running
+from tests.ports import free_port
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from everlock_site.supervisor import (
     child_specs,
     claim_ports,
 )
-from tests.e2e.installation import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EVERLOCK = Path(sys.executable).parent / "everlock"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,17 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.log_lines import log_lines, without_time
+from tests.ports import free_port
 from tests.sshadmin.openssh import ssh_exec
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeProcess:
@@ -65,7 +59,7 @@ class ServeProcess:
 
 def test_serve_starts_the_console_and_keeps_its_host_key(tmp_path):
     data_dir = tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     server = ServeProcess(data_dir, port)
     try:
         server.wait_for("SSH admin console listener on")

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.installation import free_ports
+from tests.ports import free_ports
 
 
 def _pem_key(key) -> bytes:

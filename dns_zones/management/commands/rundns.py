@@ -7,7 +7,8 @@ import asyncio
 from django.core.management.base import BaseCommand, CommandError
 
 from dns_zones.server.listener import start_dns
-from everlock_site.listen import parse_listen, serve_in_processes, serve_until_stopped
+from everlock_site.listen import parse_listen, serve_until_stopped
+from everlock_site.supervisor import LISTENER, ChildSpec, Supervisor, claim_ports
 
 
 class Command(BaseCommand):
@@ -22,7 +23,7 @@ class Command(BaseCommand):
             type=int,
             default=1,
             metavar="N",
-            help="serve from N processes sharing the port (one per core: $(nproc)); default 1",
+            help="serve from N supervised processes sharing the port (one per core: $(nproc)); default 1",
         )
 
     def handle(self, *args, **opts):
@@ -32,4 +33,8 @@ class Command(BaseCommand):
         if opts["processes"] == 1:
             asyncio.run(serve_until_stopped(start_dns, listens={"dns": listen}))
         else:
-            serve_in_processes(start_dns, listens={"dns": listen}, processes=opts["processes"])
+            # The same supervisor as `everlock serve`'s: copies sharing the port, restarted
+            # when one dies, drained on SIGTERM; port 0 is one port picked for them all.
+            listens = claim_ports({"dns": listen}, shared={"dns"})
+            spec = ChildSpec(LISTENER, (("backend-dns-dns", start_dns),), copies=opts["processes"])
+            Supervisor([spec], listens).run()

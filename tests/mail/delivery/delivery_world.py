@@ -283,8 +283,10 @@ def queue_message(
     envelope_from="alice@example.com",
     params=None,
     bounce_outside=True,
+    now=None,
 ):
-    """Store a message and queue it for `recipients`; returns the queue rows."""
+    """Store a message and queue it for `recipients` (at `now`, default the clock); returns
+    the queue rows."""
     raw = raw or (
         b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: hello\r\n"
         b"Message-Id: <m1@example.com>\r\n\r\nHello Bob.\r\n.leading dot\r\n"
@@ -298,4 +300,5 @@ def queue_message(
             helo_hostname="out.example.com",
             params=params,
             bounce_outside=bounce_outside,
+            now=now,
         )

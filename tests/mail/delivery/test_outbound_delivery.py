@@ -22,6 +22,7 @@ from mail.delivery.mx import LookupFailed, lookup
 from mail.delivery.resolver import make_resolver
 from mail.delivery.tasks import source_addresses
 from mail.models import Message, OutboundDelivery, OutboundRecipient
+from mail.services.enqueue import QUEUE_LIFETIME
 from mail.services.storage import read_content
 from mail.smtp.extensions import EnvelopeParams, MailParams, RcptParams
 
@@ -156,10 +157,10 @@ def test_4xx_then_success(sender, dns_server, sink, caplog):
     assert (row.status, row.attempts, row.last_reply) == ("queued", 1, "451 4.7.1 greylisted, try later")
     assert before + backoff(1) <= row.next_attempt_at <= timezone.now() + backoff(1)
     assert "replied to bob@example.net: 451 4.7.1 greylisted, try later" in caplog.text
-    # Not due yet: nothing is claimed.
+    # Not due yet: nothing is claimed; at the next attempt time it is.
     assert claim(ids=[row.id]) == []
-    OutboundDelivery.objects.filter(id=row.id).update(next_attempt_at=timezone.now())
-    run(rows, dns_server, remote.port)
+    assert claim(ids=[row.id], now=row.next_attempt_at - timedelta(seconds=1)) == []
+    deliver_claims(claim(ids=[row.id], now=row.next_attempt_at), remote=remote_for(dns_server, remote.port))
     row.refresh_from_db()
     assert (row.status, row.attempts) == ("delivered", 2)
     assert len(remote.received) == 1
@@ -294,9 +295,8 @@ def test_expiry_bounces(sender, dns_server, sink, caplog):
     remote = sink()
     remote.handler.data_replies = ["452 4.2.2 mailbox full"] * 3
     mx_to(dns_server, (10, "mx.example.net", "127.0.0.1"))
-    rows = queue_message(["bob@example.net"])
-    # Near the end of its life: the next retry would fall after expiry.
-    OutboundDelivery.objects.update(expires_at=timezone.now() + timedelta(minutes=1))
+    # Queued almost QUEUE_LIFETIME ago: the next retry would fall after expiry.
+    rows = queue_message(["bob@example.net"], now=timezone.now() - QUEUE_LIFETIME + timedelta(minutes=1))
     run(rows, dns_server, remote.port)
     row = OutboundDelivery.objects.get()
     assert (row.status, row.attempts) == ("failed", 1)

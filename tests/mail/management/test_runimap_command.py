@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e.installation import free_port
 from tests.mail.smtp.conftest import tls_context
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 SETUP = (

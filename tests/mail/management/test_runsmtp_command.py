@@ -2,21 +2,15 @@
 
 import os
 import smtplib
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.log_lines import without_time
+from tests.ports import free_port
 from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_runsmtp_logs_and_serves(tmp_path):

@@ -5,7 +5,6 @@ import tomllib
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
 from mail.models import RedirectRecord, RuleSet, VacationReply
 from mail.rules import engine
@@ -122,9 +121,11 @@ def test_vacation_memory_in_the_database(db, data_dir):
     row = VacationReply.objects.get()
     assert (row.recipient, row.sender) == ("alice@example.com", "bob@example.net")
     assert engine.plan_delivery(FACTS).outgoing == []
-    VacationReply.objects.update(last_sent_at=timezone.now() - timedelta(days=2, minutes=1))
-    assert len(engine.plan_delivery(FACTS).outgoing) == 1
-    assert VacationReply.objects.count() == 1
+    later = row.last_sent_at + timedelta(days=2)
+    assert engine.plan_delivery(FACTS, now=later - timedelta(minutes=1)).outgoing == []
+    [again] = engine.plan_delivery(FACTS, now=later).outgoing
+    assert again.recipients == ("bob@example.net",)
+    assert list(VacationReply.objects.values_list("last_sent_at", flat=True)) == [later]
 
 
 def test_redirect_storm_memory_in_the_database(db, data_dir):
@@ -136,8 +137,9 @@ def test_redirect_storm_memory_in_the_database(db, data_dir):
     plan = engine.plan_delivery(FACTS)
     assert (plan.outgoing, plan.folders()) == ([], [Filing("inbox")])
     assert list(RedirectRecord.objects.values_list("sender", "count")) == [("bob@example.net", 2)]
-    RedirectRecord.objects.update(created_at=timezone.now() - timedelta(minutes=61))
-    assert len(engine.plan_delivery(FACTS).outgoing) == 1
+    sent_at = RedirectRecord.objects.get().created_at
+    assert engine.plan_delivery(FACTS, now=sent_at + timedelta(minutes=59)).outgoing == []
+    assert len(engine.plan_delivery(FACTS, now=sent_at + timedelta(minutes=61)).outgoing) == 1
 
 
 def test_dry_run_records_nothing(db, data_dir):

@@ -14,6 +14,7 @@ import pytest
 
 from dns_zones.models import Record
 from dns_zones.services import record_add, zone_create
+from mail.models import MailDomain
 from mail.services.dns_records import mta_sts_id, mta_sts_policy
 from mail.services.dns_status import domain_records
 from mail.services.domains import domain_create, domain_set, domains_publish_dns, get_domain
@@ -51,7 +52,10 @@ def test_every_derived_record_is_served_and_dig_sees_it(settings, dns_server):
     zone_create(origin="example.com")
     domain_create(name="example.com")
     domain_set(
-        name="example.com", values={"submission": "on", "dmarc": "reject", "reports": "reports@example.com"}
+        name="example.com",
+        submission_enabled=True,
+        dmarc_policy=MailDomain.DmarcPolicy.REJECT,
+        report_address="reports@example.com",
     )
     domain = get_domain("example.com")
     policy_id = mta_sts_id(mta_sts_policy(domain))
@@ -86,7 +90,7 @@ def test_every_derived_record_is_served_and_dig_sees_it(settings, dns_server):
         assert line in answer(dns_server, record.name, record.rtype), line
 
     # A change of setting changes the served records, the policy id with the policy.
-    domain_set(name="example.com", values={"mta-sts": "enforce", "submission": "off"})
+    domain_set(name="example.com", mta_sts_mode=MailDomain.MtaStsMode.ENFORCE, submission_enabled=False)
     new_id = mta_sts_id(mta_sts_policy(get_domain("example.com")))
     assert new_id != policy_id
     assert dns_server.wait_for(
@@ -136,7 +140,7 @@ def test_the_administrators_records_are_never_overwritten(dns_server):
         '_dmarc.example.com. 3600 IN TXT "v=DMARC1; p=none"'
     ]
     # ...and keep it when the domain's records are derived again.
-    domain_set(name="example.com", values={"dmarc": "reject"})
+    domain_set(name="example.com", dmarc_policy=MailDomain.DmarcPolicy.REJECT)
     assert answer(dns_server, "_dmarc.example.com", "TXT") == [
         '_dmarc.example.com. 3600 IN TXT "v=DMARC1; p=none"'
     ]
@@ -178,7 +182,7 @@ def test_records_command_prints_zone_file_lines_for_a_zone_hosted_elsewhere(sett
         "autodiscover.example.org. 3600 IN CNAME mail.example.org."
     )
     # With DKIM on, its keys follow, an RSA key split into strings of at most 255 octets.
-    domain_set(name="example.org", values={"dkim": "on"})
+    domain_set(name="example.org", dkim_enabled=True)
     lines = run("/mail domains records example.org").splitlines()
     assert lines[-2].startswith('default._domainkey.example.org. 3600 IN TXT "v=DKIM1; k=ed25519; p=')
     rsa = lines[-1]

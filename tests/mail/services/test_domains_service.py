@@ -136,48 +136,50 @@ def test_set_applies_together_or_not_at_all(data_dir, settings):
     before = path_of(data_dir, "example.com").read_text()
     for values, error in [
         (
-            {"submission": "on", "colour": "blue"},
-            "unknown setting 'colour' (keys: submission, auth, dkim, hostname, enabled, postmaster, "
-            "dmarc, reports, mta-sts)",
-        ),
-        ({"submission": "on", "auth": "maybe"}, "auth=maybe: the value must be on or off"),
-        (
-            {"submission": "on", "hostname": "bad..host"},
+            {"submission_enabled": True, "outbound_hostname": "bad..host"},
             "hostname: invalid domain name 'bad..host': encoding with 'idna' codec failed "
             "(UnicodeError: label empty or too long)",
         ),
         (
-            {},
-            "nothing to set (keys: submission, auth, dkim, hostname, enabled, postmaster, "
-            "dmarc, reports, mta-sts)",
+            {"submission_enabled": True, "report_address": "nobody"},
+            "reports: invalid address 'nobody'",
+        ),
+        (
+            {"submission_enabled": True, "dmarc_policy": "sometimes"},
+            "dmarc=sometimes: the value must be one of none, quarantine, reject",
         ),
     ]:
         with pytest.raises(DomainError) as exc:
-            domain_set(name="example.com", values=values)
+            domain_set(name="example.com", **values)
         assert str(exc.value) == error
     d = MailDomain.objects.get()
     assert (d.submission_enabled, d.outbound_hostname) == (False, "")
     assert path_of(data_dir, "example.com").read_text() == before
 
-    result = domain_set(name="example.com", values={"submission": "on", "auth": "on"})
+    result = domain_set(
+        name="example.com", submission_enabled=True, submission_auth=MailDomain.SubmissionAuth.AUTHENTICATED
+    )
     assert result.notes == ["mail domain example.com: submission=on"]
     result = domain_set(
-        name="example.com", values={"submission": "on", "auth": "off", "hostname": "MX.Example.com"}
+        name="example.com",
+        submission_enabled=True,
+        submission_auth=MailDomain.SubmissionAuth.NONE,
+        outbound_hostname="MX.Example.com",
     )
     assert result.notes == ["mail domain example.com: auth=off hostname=mx.example.com"]
     d.refresh_from_db()
     assert (d.submission_enabled, d.submission_auth, d.outbound_hostname) == (True, "none", "mx.example.com")
-    again = domain_set(name="example.com", values={"auth": "off"})
+    again = domain_set(name="example.com", submission_auth=MailDomain.SubmissionAuth.NONE)
     assert (again.changed, again.notes) == (False, ["mail domain example.com unchanged"])
     assert 'auth = "none"' in path_of(data_dir, "example.com").read_text()
     with pytest.raises(DomainError, match=r"^no mail domain example\.net$"):
-        domain_set(name="example.net", values={"submission": "on"})
+        domain_set(name="example.net", submission_enabled=True)
 
 
 def test_dkim_on_off_outside_hosted_dns(data_dir, settings):
     settings.EVERLOCK_DNS = False
     domain_create(name="example.com")
-    result = domain_set(name="example.com", values={"dkim": "on"})
+    result = domain_set(name="example.com", dkim_enabled=True)
     d = MailDomain.objects.get()
     rsa = txt_value(d.dkim_rsa_private_key_pem)
     assert len(rsa) > 255
@@ -195,12 +197,12 @@ def test_dkim_on_off_outside_hosted_dns(data_dir, settings):
         assert (ttl, rtype, b"".join(rdata.strings).decode()) == ("3600", "TXT", value)
     assert Record.objects.count() == 0
     keys = (d.dkim_private_key_pem, d.dkim_rsa_private_key_pem)
-    off = domain_set(name="example.com", values={"dkim": "off"})
+    off = domain_set(name="example.com", dkim_enabled=False)
     assert off.notes == [
         "mail domain example.com: dkim=off",
         "DKIM off for example.com: signing stopped, DKIM TXT records withdrawn",
     ]
-    domain_set(name="example.com", values={"dkim": "on"})
+    domain_set(name="example.com", dkim_enabled=True)
     d.refresh_from_db()
     assert (d.dkim_enabled, d.dkim_private_key_pem, d.dkim_rsa_private_key_pem) == (True, *keys)
 
@@ -212,15 +214,15 @@ def test_dkim_on_off_in_hosted_zone_publishes_and_withdraws(data_dir, settings):
     zone = zone_create(origin="example.com")[0]
     record_add(origin="example.com", name="@", rtype="MX", data="10 mail")
     serial = type(zone).objects.get().serial
-    domain_set(name="example.com", values={"dkim": "on"})
+    domain_set(name="example.com", dkim_enabled=True)
     assert Record.objects.filter(source="mail.dkim:example.com").count() == 2
     # The DKIM records and the others (MX aside: the administrator's stays) in two changes.
     assert type(zone).objects.get().serial == serial + 2
     assert not Record.objects.filter(source="mail.dns:example.com", rtype="MX").exists()
     # Idempotent: the same state publishes nothing new.
-    domain_set(name="example.com", values={"dkim": "on"})
+    domain_set(name="example.com", dkim_enabled=True)
     assert type(zone).objects.get().serial == serial + 2
-    domain_set(name="example.com", values={"dkim": "off"})
+    domain_set(name="example.com", dkim_enabled=False)
     assert list(Record.objects.filter(source="").values_list("rtype", "data")) == [
         ("MX", "10 mail.example.com.")
     ]
@@ -362,15 +364,15 @@ def test_create_gives_earlier_grants_their_mailboxes(data_dir, settings):
 
 def test_postmaster_setting_is_a_local_part(data_dir):
     domain_create(name="example.com")
-    result = domain_set(name="example.com", values={"postmaster": "HostMaster"})
+    result = domain_set(name="example.com", postmaster="HostMaster")
     assert tomllib.loads(path_of(data_dir, "example.com").read_text())["postmaster"] == "hostmaster"
     assert (result.domain.postmaster, result.notes) == (
         "hostmaster",
         ["mail domain example.com: postmaster=hostmaster"],
     )
     with pytest.raises(DomainError, match="postmaster: invalid local part 'a b'"):
-        domain_set(name="example.com", values={"postmaster": "a b"})
-    assert domain_set(name="example.com", values={"postmaster": ""}).domain.postmaster == ""
+        domain_set(name="example.com", postmaster="a b")
+    assert domain_set(name="example.com", postmaster="").domain.postmaster == ""
 
 
 def test_a_key_rotation_in_progress_is_kept_in_the_file_and_imported_back(data_dir, settings):

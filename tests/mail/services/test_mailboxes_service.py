@@ -53,3 +53,12 @@ def test_create_refuses(address, message):
     with pytest.raises(MailboxError) as exc:
         mailbox_create(address=address)
     assert str(exc.value) == message
+
+
+def test_list_takes_the_domain_in_any_case_or_idna_form():
+    MailDomain.objects.create(name="xn--bcher-kva.example")
+    mailbox_create(address="bob@bücher.example")
+    assert [m.address for m in mailbox_list(domain="BÜCHER.example.")] == ["bob@xn--bcher-kva.example"]
+    with pytest.raises(MailboxError) as exc:
+        mailbox_list(domain="bad..name")
+    assert str(exc.value).startswith("invalid domain name 'bad..name': ")

@@ -13,9 +13,10 @@ import textwrap
 import time
 
 from tests.log_lines import without_time
-from tests.mail.management.test_runsmtp_command import ROOT, free_port
+from tests.mail.management.test_runsmtp_command import ROOT
 from tests.mail.smtp.conftest import tls_context
 from tests.mail.smtp.test_inbound_replies import read_all
+from tests.ports import free_port
 from tests.processes import terminate
 
 BUSY = b"421 4.7.0 Too many connections, try again later\r\n"

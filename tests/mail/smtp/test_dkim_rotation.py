@@ -34,7 +34,7 @@ def hosted(example_com, settings, tmp_path):
     settings.EVERLOCK_DNS = True
     settings.DATA_DIR = tmp_path
     zone_create(origin="example.com")
-    domain_set(name="example.com", values={"dkim": "on"})
+    domain_set(name="example.com", dkim_enabled=True)
     server = RunningDNS()
     settings.EVERLOCK_RESOLVER = f"127.0.0.1:{server.port}"
     yield server
@@ -173,7 +173,7 @@ def test_refused_rotations_and_dkim_off(hosted):
     ):
         rotation_start(name="example.com", now=timezone.now())
     # Turning DKIM off ends the rotation and withdraws every key record.
-    domain_set(name="example.com", values={"dkim": "off"})
+    domain_set(name="example.com", dkim_enabled=False)
     assert not DkimRotation.objects.exists()
     with pytest.raises(DomainError, match=r"DKIM is off for example\.com"):
         rotation_start(name="example.com", now=timezone.now())

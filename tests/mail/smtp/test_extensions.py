@@ -379,7 +379,7 @@ def test_postmaster_is_accepted_with_and_without_a_domain(smtp, example_com):
     assert client.cmd(MESSAGE + b".") == b"250 2.0.0 Accepted"
     assert Message.objects.get().folder.mailbox.address == "hostmaster@example.com"
     # One named for the domain takes postmaster@ the domain.
-    domain_set(name="example.com", values={"postmaster": "bob"})
+    domain_set(name="example.com", postmaster="bob")
     client.cmd(b"MAIL FROM:<carol@example.net>")
     assert client.cmd(b"RCPT TO:<POSTMASTER@example.com>") == b"250 2.1.5 Recipient OK"
     client.send(b"DATA\r\n")

@@ -18,7 +18,7 @@ def dns_server(example_com, settings, tmp_path):
     settings.EVERLOCK_DNS = True
     settings.DATA_DIR = tmp_path
     zone_create(origin="example.com")
-    domain_set(name="example.com", values={"dkim": "on"})
+    domain_set(name="example.com", dkim_enabled=True)
     server = RunningDNS()
     yield server
     server.stop()

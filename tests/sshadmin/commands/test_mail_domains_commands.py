@@ -110,6 +110,13 @@ def test_errors_are_one_line_and_change_nothing(settings):
         ("/mail domains set example.com submission=on auth=maybe", "auth=maybe: the value must be on or off"),
         ("/mail domains set example.com submission", "expected key=value, got 'submission'"),
         ("/mail domains set example.com auth=on auth=off", "auth given twice"),
+        ("/mail domains set example.com AUTH=on auth=off", "auth given twice"),
+        (
+            "/mail domains set example.com submission=on dmarc=sometimes",
+            "dmarc=sometimes: the value must be one of none, quarantine, reject",
+        ),
+        ("/mail domains set example.com submission=on hostname=bad..host", "hostname: invalid domain name"),
+        ("/mail domains set example.com submission=on reports=nobody", "reports: invalid address 'nobody'"),
         ("/mail domains set example.net submission=on", "no mail domain example.net"),
         ("/mail domains show example.net", "no mail domain example.net"),
         ("/mail domains delete example.net", "no mail domain example.net"),
@@ -123,6 +130,29 @@ def test_errors_are_one_line_and_change_nothing(settings):
     assert (d.submission_enabled, d.submission_auth) == (False, "authenticated")
     with pytest.raises(CommandError, match="missing arguments"):
         run("/mail domains set example.com")
+
+
+def test_set_turns_every_key_into_its_typed_setting(settings):
+    settings.EVERLOCK_DNS = False
+    run("/mail domains create example.com")
+    assert run(
+        "/mail domains set example.com Submission=ON auth=off hostname=MX.Example.com enabled=off "
+        "postmaster=Hostmaster dmarc=Reject reports=dmarc@example.com mta-sts=Enforce"
+    ) == (
+        "mail domain example.com: enabled=off submission=on auth=off hostname=mx.example.com "
+        "postmaster=hostmaster dmarc=reject reports=dmarc@example.com mta-sts=enforce"
+    )
+    d = MailDomain.objects.get()
+    assert (
+        d.submission_enabled,
+        d.submission_auth,
+        d.outbound_hostname,
+        d.enabled,
+        d.postmaster,
+        d.dmarc_policy,
+        d.report_address,
+        d.mta_sts_mode,
+    ) == (True, "none", "mx.example.com", False, "hostmaster", "reject", "dmarc@example.com", "enforce")
 
 
 def test_import_and_delete(settings, data_dir):
