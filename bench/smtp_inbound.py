@@ -8,8 +8,10 @@ counted until the last message is in the Maildir.
                                             the 100 KB row), BENCH_PROCESSES (serve's
                                             --processes; default one per core)
 
-Prints the best round of each server and the ratios; the Postfix row needs root and
-Debian's postfix (without them it is left out).
+Prints the best round of each server, the ratios, and the CPU time each server's processes
+spent per message (bench.smtp_load.cpu_seconds: a figure the other load on a shared machine
+moves far less than the rates); the Postfix row needs root and Debian's postfix (without
+them it is left out). Postfix runs without its per-command debug log.
 """
 
 import asyncio
@@ -75,7 +77,12 @@ def main() -> None:
         postfix = None
         if available():
             cert, key = self_signed_pair(directory=Path(settings.DATA_DIR) / "tls", hostname="localhost")
-            postfix = stack.enter_context(running_postfix(cert=cert, key=key, virtual_domain="example.com"))
+            # No per-command debug log or TLS log lines while measuring (tests/postfix.py turns
+            # them on for the transcripts the interoperability tests read).
+            quiet = {"debug_peer_list": "", "smtpd_tls_loglevel": "0"}
+            postfix = stack.enter_context(
+                running_postfix(cert=cert, key=key, virtual_domain="example.com", settings=quiet)
+            )
         else:
             print("postfix missing (or not root): no Postfix row")
 

@@ -3,7 +3,9 @@ message), Everlock (Ed25519 + RSA DKIM, durable delivery into the local mailbox)
 with a bare aiosmtpd server that accepts any login and discards, and with Postfix 3.7 as a
 private instance (tests/postfix.py) with SASL (Cyrus sasldb) delivering into a Maildir: once
 with the OpenDKIM milter signing (one RSA-2048 key), once without a milter. The servers' rounds
-take turns; then the same again with STARTTLS on every connection.
+take turns; then the same again with STARTTLS on every connection. Each row also shows the
+CPU time the server's processes spent per message (all of Postfix's, and OpenDKIM's), which
+the other load on a shared machine moves far less than the rates.
 
     .venv/bin/python bench/smtp_submission.py      (BENCH_MESSAGES=1000, BENCH_ROUNDS=5 by default)
 

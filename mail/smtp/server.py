@@ -689,6 +689,10 @@ class EverlockSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # The connection's StreamReader, as aiosmtpd's own smtp_DATA reads it: aiosmtpd 1.4
+        # offers no public way to it (it creates the reader in its constructor and keeps it in
+        # _reader; asyncio's StreamReaderProtocol hands it only to the client_connected_cb
+        # aiosmtpd itself takes). test_aiosmtpd_seams pins that attribute.
         content, failure = await read_data(
             self._reader, size_limit=self.data_size_limit, line_limit=MAX_LINE_LENGTH
         )
