@@ -8,8 +8,10 @@ counted until the last message is in the Maildir.
                                             the 100 KB row), BENCH_PROCESSES (serve's
                                             --processes; default one per core)
 
-Prints the best round of each server and the ratios; the Postfix row needs root and
-Debian's postfix (without them it is left out).
+Prints the best round of each server, the ratios, and the CPU time each server's processes
+spent per message (bench.smtp_load.cpu_seconds: a figure the other load on a shared machine
+moves far less than the rates); the Postfix row needs root and Debian's postfix (without
+them it is left out). Postfix runs without its per-command debug log.
 """
 
 import asyncio
@@ -28,8 +30,10 @@ from bench.smtp_load import (
     MESSAGES,
     ROUNDS,
     _bare_server,
+    _cpu_summary,
     _everlock_server,
     _rounds,
+    cpu_seconds,
     drive,
     prepare,
     start,
@@ -73,7 +77,12 @@ def main() -> None:
         postfix = None
         if available():
             cert, key = self_signed_pair(directory=Path(settings.DATA_DIR) / "tls", hostname="localhost")
-            postfix = stack.enter_context(running_postfix(cert=cert, key=key, virtual_domain="example.com"))
+            # No per-command debug log or TLS log lines while measuring (tests/postfix.py turns
+            # them on for the transcripts the interoperability tests read).
+            quiet = {"debug_peer_list": "", "smtpd_tls_loglevel": "0"}
+            postfix = stack.enter_context(
+                running_postfix(cert=cert, key=key, virtual_domain="example.com", settings=quiet)
+            )
         else:
             print("postfix missing (or not root): no Postfix row")
 
@@ -82,17 +91,25 @@ def main() -> None:
                                      messages=messages, size=SIZE))  # fmt: skip
 
         rows = [
-            ("bare aiosmtpd (discard)", lambda n: everlock_or_bare(bare_port, n)),
-            ("everlock (durable, filed)", lambda n: everlock_or_bare(ports[0], n)),
+            ("bare aiosmtpd (discard)", lambda n: everlock_or_bare(bare_port, n), bare.pid),
+            ("everlock (durable, filed)", lambda n: everlock_or_bare(ports[0], n), ours.pid),
         ]
         if postfix is not None:
-            rows.append(("postfix 3.7 into a Maildir", lambda n: _postfix_round(postfix, n)))
-        for _, run in rows:
+            postfix_row = (
+                "postfix 3.7 into a Maildir",
+                lambda n: _postfix_round(postfix, n),
+                postfix.master_pid,
+            )
+            rows.append(postfix_row)
+        for _, run, _ in rows:
             run(CLIENTS)  # warm-up
         rates: list[list[float]] = [[] for _ in rows]
+        cpu: list[list[float]] = [[] for _ in rows]
         for _ in range(ROUNDS):
-            for (_, run), mine in zip(rows, rates, strict=True):
+            for (_, run, pid), mine, spent in zip(rows, rates, cpu, strict=True):
+                before = cpu_seconds(pid)
                 mine.append(run(MESSAGES))
+                spent.append(1000 * (cpu_seconds(pid) - before) / MESSAGES)
     bare.terminate()
     ours.terminate()
     from mail.models import Message
@@ -100,9 +117,10 @@ def main() -> None:
     processes = os.environ.get("BENCH_PROCESSES") or "one per core"
     print(f"inbound, end to end: {MESSAGES} messages of {SIZE} bytes, {CLIENTS} clients, one connection each")
     print(f"everlock serve --processes {processes}; best of {ROUNDS} rounds each, the servers taking turns")
+    print("CPU: the server's processes (all of Postfix's, until the Maildir has them), the median round")
     best = [max(r) for r in rates]
-    for (name, _), rate, rounds in zip(rows, best, rates, strict=True):
-        print(f"  {name:28s} {rate:8.1f} msgs/s  (rounds: {_rounds(rounds)})")
+    for (name, _, _), rate, rounds, spent in zip(rows, best, rates, cpu, strict=True):
+        print(f"  {name:28s} {rate:8.1f} msgs/s  {_cpu_summary(spent)}  (rounds: {_rounds(rounds)})")
     print(f"  everlock / bare aiosmtpd:    {best[1] / best[0]:8.2f}x (goal {TARGET_BARE:.1f}x)")
     if postfix is not None:
         print(f"  everlock / postfix:          {best[1] / best[2]:8.2f}x (goal {TARGET_POSTFIX:.1f}x)")

@@ -3,7 +3,9 @@ message), Everlock (Ed25519 + RSA DKIM, durable delivery into the local mailbox)
 with a bare aiosmtpd server that accepts any login and discards, and with Postfix 3.7 as a
 private instance (tests/postfix.py) with SASL (Cyrus sasldb) delivering into a Maildir: once
 with the OpenDKIM milter signing (one RSA-2048 key), once without a milter. The servers' rounds
-take turns; then the same again with STARTTLS on every connection.
+take turns; then the same again with STARTTLS on every connection. Each row also shows the
+CPU time the server's processes spent per message (all of Postfix's, and OpenDKIM's), which
+the other load on a shared machine moves far less than the rates.
 
     .venv/bin/python bench/smtp_submission.py      (BENCH_MESSAGES=1000, BENCH_ROUNDS=5 by default)
 
@@ -29,9 +31,10 @@ from bench.smtp_load import (
     MESSAGES,
     ROUNDS,
     _bare_server,
+    _cpu_summary,
     _everlock_server,
     _rounds,
-    measure,
+    measure_cpu,
     prepare,
     start,
 )
@@ -102,7 +105,8 @@ def _postfix_settings(milter_port: int | None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_opendkim():
-    """OpenDKIM signing for example.com with one RSA-2048 key, on a loopback port."""
+    """OpenDKIM signing for example.com with one RSA-2048 key, on a loopback port: yields
+    (port, the process id)."""
     from mail.dkim.keys import generate_rsa_pem
 
     directory = Path(tempfile.mkdtemp(prefix="everlock-bench-opendkim-"))
@@ -123,7 +127,7 @@ def running_opendkim():
             if process.poll() is not None:
                 raise RuntimeError("opendkim did not start")
             time.sleep(0.1)
-        yield port
+        yield port, process.pid
     finally:
         process.terminate()
         process.wait(10)
@@ -147,10 +151,11 @@ def main() -> None:
     ours, ports = start(_everlock_server, data_dir)
     names = ["bare aiosmtpd (discard)", "everlock (Ed25519 + RSA DKIM)"]
     servers = [bare_port, ports[1]]
+    processes = [(bare.pid,), (ours.pid,)]
     with contextlib.ExitStack() as stack:
         postfixes = []
         if _postfix_tools():
-            milter = stack.enter_context(running_opendkim())
+            milter, milter_pid = stack.enter_context(running_opendkim())
             for milter_port in (milter, None):
                 postfixes.append(
                     stack.enter_context(
@@ -166,13 +171,15 @@ def main() -> None:
                 )
             names += ["postfix + SASL + OpenDKIM (RSA)", "postfix + SASL (no DKIM)"]
             servers += [p.port for p in postfixes]
+            processes += [(postfixes[0].master_pid, milter_pid), (postfixes[1].master_pid,)]
         else:
             print("postfix, saslpasswd2 or opendkim missing (or not root): no Postfix rows")
         results = {}
         for starttls in (False, True):
-            results[starttls] = measure(
-                servers, sender="alice@example.com", rcpt="bob@example.com", auth=auth, starttls=starttls
-            )
+            results[starttls] = measure_cpu(
+                servers, processes, sender="alice@example.com", rcpt="bob@example.com", auth=auth,
+                starttls=starttls,
+            )  # fmt: skip
         signed = [sum(b"DKIM-Signature:" in m for m in p.delivered()) for p in postfixes]
         delivered = [len(p.delivered()) for p in postfixes]
     bare.terminate()
@@ -181,11 +188,12 @@ def main() -> None:
 
     print(f"submission (AUTH PLAIN): {MESSAGES} messages of 2 KB, {CLIENTS} clients, one connection each")
     print(f"best of {ROUNDS} rounds each, the servers taking turns, after a warm-up of {CLIENTS} messages")
-    for starttls, rates in results.items():
+    print("CPU: the server's processes (all of Postfix's, and OpenDKIM), the median round")
+    for starttls, (rates, cpu) in results.items():
         print(f"\n{'with STARTTLS' if starttls else 'without TLS'}:")
         best = [max(r) for r in rates]
-        for name, rate, rounds in zip(names, best, rates, strict=True):
-            print(f"  {name:34s} {rate:8.1f} msgs/s  (rounds: {_rounds(rounds)})")
+        for name, rate, rounds, spent in zip(names, best, rates, cpu, strict=True):
+            print(f"  {name:34s} {rate:8.1f} msgs/s  {_cpu_summary(spent)}  (rounds: {_rounds(rounds)})")
         if len(best) == 4:
             print(f"  everlock / postfix + OpenDKIM:     {best[1] / best[2]:8.2f}x (goal {GOAL_DKIM:.1f}x)")
             print(f"  everlock / postfix without DKIM:   {best[1] / best[3]:8.2f}x (goal {GOAL_PLAIN:.1f}x)")

@@ -93,6 +93,12 @@ class Postfix:
     def maildir(self) -> Path:
         return self.base / "vmail" / "box"
 
+    @property
+    def master_pid(self) -> int:
+        """The process id of the instance's master daemon (its children are the smtpd,
+        cleanup, qmgr and delivery processes)."""
+        return int((self.base / "spool" / "pid" / "master.pid").read_text().strip())
+
     def log(self) -> str:
         path = self.base / "postfix.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -45,8 +45,6 @@ def heal_connections() -> None:
 
 MAX_BATCH = 64
 
-Settle = Callable[[bool, Any], None]  # (True, result) or (False, exception), once
-
 
 @dataclass
 class _Job:
@@ -56,25 +54,47 @@ class _Job:
     files: StoredFiles = field(default_factory=StoredFiles)
 
 
-def _settle(job: _Job, ok: bool, value: Any) -> None:
-    job.settle(ok, value)
+class LoopSettle:
+    """The settle function of a job awaited on an event loop: sets its future there. The
+    commit thread hands the answers of a batch to each loop in one call_soon_threadsafe (one
+    wake-up of the loop, not one per message: see _settle_all)."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+        self.loop = loop
+        self.future = future
 
-def future_settler(loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> Callable[[bool, Any], None]:
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
+    def __call__(self, ok: bool, value: Any) -> None:
+        _answer(self.loop, [(self, ok, value)])
+
+    def in_loop(self, ok: bool, value: Any) -> None:
+        if self.future.done():
             return
         if ok:
-            future.set_result(value)
+            self.future.set_result(value)
         else:
-            future.set_exception(value)
+            self.future.set_exception(value)
 
-    def settle_soon(ok: bool, value: Any) -> None:
-        # RuntimeError: the loop has closed, so nobody waits for the answer any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, ok, value)
 
-    return settle_soon
+def _answer(loop: asyncio.AbstractEventLoop, answers: list[tuple[LoopSettle, bool, Any]]) -> None:
+    def run() -> None:
+        for settle, ok, value in answers:
+            settle.in_loop(ok, value)
+
+    # RuntimeError: the loop has closed, so nobody waits for the answers any more.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(run)
+
+
+def _settle_all(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+    """Settle each job once with its (ok, value)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[LoopSettle, bool, Any]]] = {}
+    for job, ok, value in outcomes:
+        if isinstance(job.settle, LoopSettle):
+            by_loop.setdefault(job.settle.loop, []).append((job.settle, ok, value))
+        else:
+            job.settle(ok, value)
+    for loop, answers in by_loop.items():
+        _answer(loop, answers)
 
 
 class GroupCommitter:
@@ -102,7 +122,7 @@ class GroupCommitter:
     async def call(self, func: Callable[..., Any], /, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.submit(func, kwargs, settle=future_settler(loop, future))
+        self.submit(func, kwargs, settle=LoopSettle(loop, future))
         return await future
 
     def submit(
@@ -138,9 +158,12 @@ class GroupCommitter:
                 batch.append(job)
             self._commit_grouped(batch)
 
-    def commit(self, calls: list[tuple[Callable[..., Any], dict[str, Any], Settle]]) -> None:
-        """Commit `calls` ((func, kwargs, settle) each) now, in this thread (the writer
-        process has no other); settle(ok, value) is called for each as in submit()."""
+    def commit(
+        self, calls: list[tuple[Callable[..., Any], dict[str, Any], Callable[[bool, Any], None]]]
+    ) -> None:
+        """Commit `calls` ((func, kwargs, settle) each) now, in the calling thread, as the
+        commit thread commits what it takes at once; settle(ok, value) is called for each
+        as in submit()."""
         self._commit_grouped([_Job(func=f, kwargs=kwargs, settle=settle) for f, kwargs, settle in calls])
 
     def _commit_grouped(self, jobs: list[_Job]) -> None:
@@ -175,8 +198,7 @@ class GroupCommitter:
                 log.debug("SMTP: batch of %d falls back to one by one", len(batch), exc_info=True)
                 return False
             log.exception("SMTP: an action after a committed batch failed")
-        for job, result in zip(batch, results, strict=True):
-            _settle(job, True, result)
+        _settle_all([(job, True, result) for job, result in zip(batch, results, strict=True)])
         return True
 
     def _commit_each(self, batch: list[_Job]) -> None:
@@ -202,8 +224,7 @@ class GroupCommitter:
                 for job in batch:
                     _remove(job.files.names)
                 outcomes = [(False, exc)] * len(batch)
-        for job, (ok, value) in zip(batch, outcomes, strict=True):
-            _settle(job, ok, value)
+        _settle_all([(job, ok, value) for job, (ok, value) in zip(batch, outcomes, strict=True)])
 
 
 class _CommitMark:

@@ -111,6 +111,13 @@ def test_the_handler_hooks_are_the_ones_aiosmtpd_calls():
         hook = inspect.signature(handler.handle_DATA)
         assert list(hook.parameters) == ["self", "server", "session", "envelope"]
         assert len(inspect.signature(handler.handle_EHLO).parameters) == 6  # the 5-argument form
+        # A plain MAIL or RCPT path calls the hook itself, as aiosmtpd would.
+        for name in ("handle_MAIL", "handle_RCPT"):
+            hook = inspect.signature(getattr(handler, name))
+            assert list(hook.parameters)[:5] == ["self", "server", "session", "envelope", "address"]
+            assert len(hook.parameters) == 6  # and the options
+    assert "await self._call_handler_hook('MAIL', address, mail_options)" in source
+    assert "await self._call_handler_hook('RCPT', address, rcpt_options)" in source
 
 
 def test_the_one_undocumented_attribute_everlock_reads():

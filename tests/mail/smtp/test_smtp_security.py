@@ -5,6 +5,7 @@ import base64
 
 import pytest
 
+from mail.smtp.server import plain_path
 from tests.mail.smtp.conftest import RawClient, nothing_stored
 
 
@@ -158,3 +159,46 @@ def test_auth_brute_force_across_sessions_is_throttled(raw, smtp, settings):
     )
     assert client.cmd(b"MAIL FROM:<alice@example.com>") == b"530 5.7.0 Authentication required"
     assert nothing_stored()
+
+
+@pytest.mark.parametrize(
+    ("mail", "rcpt"),
+    [
+        (b"MAIL FROM:<carol@example.net>", b"RCPT TO:<bob@example.com>"),
+        (b"MAIL FROM: <carol@example.net> BODY=7BIT", b"RCPT TO:<@example.net:bob@example.com>"),
+    ],
+    ids=["plain paths", "paths aiosmtpd reads"],
+)
+def test_plain_paths_get_the_replies_aiosmtpd_gives(smtp, example_com, raw, mail, rcpt):
+    fresh = RawClient(smtp.inbound_port)
+    assert fresh.reply() == b"220 mx.example.com ESMTP Everlock"
+    assert fresh.cmd(mail) == b"503 5.5.1 Send HELO first"
+    fresh.close()
+    client = raw()
+    assert client.cmd(rcpt) == b"503 5.5.1 Need MAIL command"
+    assert client.cmd(mail) == b"250 2.1.0 Sender OK"
+    assert client.cmd(mail) == b"503 5.5.1 Nested MAIL command"
+    assert client.cmd(rcpt) == b"250 2.1.5 Recipient OK"
+    assert client.cmd(b"RSET") == b"250 2.0.0 OK"
+    assert client.cmd(b"MAIL FROM:<>") == b"250 2.1.0 Sender OK"
+
+
+@pytest.mark.parametrize(
+    ("arg", "address"),
+    [
+        ("FROM:<carol@example.net>", "carol@example.net"),
+        ("from: <c.a+rol@mail-1.example.net> ", "c.a+rol@mail-1.example.net"),
+        ("FROM:<>", "<>"),
+        ("FROM:<carol@example.net> SIZE=10", None),
+        ('FROM:<"carol"@example.net>', None),
+        ("FROM:<car..ol@example.net>", None),
+        ("FROM:<carol@example.net.>", None),
+        ("FROM:<carol@[192.0.2.1]>", None),
+        ("FROM:carol@example.net", None),
+        ("FROM:<@example.com:carol@example.net>", None),
+        ("FROM:<carol@exämple.net>", None),
+        ("TO:<carol@example.net>", None),
+    ],
+)
+def test_which_paths_are_read_without_aiosmtpd(arg, address):
+    assert plain_path(arg, "FROM:") == address
