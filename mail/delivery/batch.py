@@ -75,7 +75,7 @@ class Outcomes:
 
 
 def _record_delivered(items):
-    """Record, with a few set-based queries, the rows whose every pending recipient was
+    """Record, with two set-based queries, the rows whose every pending recipient was
     accepted and that have no earlier failed recipient: the common case. Returns the
     other items, for record_outcome one by one."""
     simple = {
@@ -90,27 +90,34 @@ def _record_delivered(items):
     if not simple:
         return items
     now = timezone.now()
-    by_reply: dict[str, list[int]] = {}
-    rows_by_reply: dict[str, list[int]] = {}
+    recipient_replies: dict[int, str] = {}
+    row_replies: dict[int, str] = {}
     for row_id, (_claim, replies) in simple.items():
         for rid, reply in replies.items():
-            by_reply.setdefault(reply.line, []).append(rid)
-        rows_by_reply.setdefault(next(iter(replies.values())).line, []).append(row_id)
-    for line, rids in by_reply.items():
-        OutboundRecipient.objects.filter(id__in=rids, status=OutboundRecipient.Status.PENDING).update(
-            status=OutboundRecipient.Status.DELIVERED, reply=line
-        )
-    for line, row_ids in rows_by_reply.items():
-        # A row held meanwhile stays held (its recipients are recorded as delivered).
-        OutboundDelivery.objects.filter(id__in=row_ids).update(
-            status=Case(
-                When(status=OutboundDelivery.Status.QUEUED, then=Value(OutboundDelivery.Status.DELIVERED)),
-                default=F("status"),
-            ),
-            last_reply=line[:2000],
-            updated_at=now,
-        )
+            recipient_replies[rid] = reply.line
+        row_replies[row_id] = next(iter(replies.values())).line[:2000]
+    OutboundRecipient.objects.filter(
+        id__in=list(recipient_replies), status=OutboundRecipient.Status.PENDING
+    ).update(status=OutboundRecipient.Status.DELIVERED, reply=_per_id(recipient_replies))
+    # A row held meanwhile stays held (its recipients are recorded as delivered).
+    OutboundDelivery.objects.filter(id__in=list(row_replies)).update(
+        status=Case(
+            When(status=OutboundDelivery.Status.QUEUED, then=Value(OutboundDelivery.Status.DELIVERED)),
+            default=F("status"),
+        ),
+        last_reply=_per_id(row_replies),
+        updated_at=now,
+    )
     return [item for item in items if item[0].id not in simple]
+
+
+def _per_id(values: dict[int, str]) -> Value | Case:
+    """The value of each id for one UPDATE of them all (remote replies mostly differ, by the
+    queue id they name)."""
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return Value(distinct.pop())
+    return Case(*(When(id=key, then=Value(value)) for key, value in values.items()))
 
 
 def _delay_notice(claim: Claim, after: timedelta, *, mta: str) -> None:
@@ -264,8 +271,9 @@ class Destination:
                 with transaction.atomic():
                     outcomes.record()
                     going = renew(starting) if starting else []
+                renewed = {claim.id for claim in going}
                 for claim in starting:
-                    if claim not in going:
+                    if claim.id not in renewed:
                         log.info(
                             "delivery #%s was claimed again meanwhile: left to that attempt",
                             claim.id,

@@ -110,3 +110,27 @@ def test_kept_sessions_serve_the_next_use_and_close_when_idle(sender, dns_server
     kept.close()
     assert remote.handler.connections == 2
     assert delivered() == 3
+
+
+def test_each_row_keeps_its_own_reply_when_recorded_together(sender, dns_server, sink):
+    remote = sink()
+    mx_to_localhost(dns_server)
+    count = 0
+
+    async def numbered(server, session, envelope):
+        nonlocal count
+        count += 1
+        await asyncio.sleep(0.05)
+        return f"250 2.0.0 queued as {envelope.rcpt_tos[0].split('@')[0]}"
+
+    remote.handler.handle_DATA = numbered
+    rows = queue(6)
+    with Deliveries(remote=remote_for(dns_server, remote.port, sessions=3)) as deliveries:
+        deliveries.deliver(claim(ids=[r.id for r in rows]))
+    assert count == 6
+    assert list(OutboundDelivery.objects.order_by("id").values_list("status", "last_reply")) == [
+        ("delivered", f"250 2.0.0 queued as user{n}") for n in range(6)
+    ]
+    assert list(OutboundRecipient.objects.order_by("id").values_list("reply", flat=True)) == [
+        f"250 2.0.0 queued as user{n}" for n in range(6)
+    ]
