@@ -133,17 +133,18 @@ def _children(pid: int) -> list[int]:
 
 
 def _cpu_seconds(root: int, word: str) -> float:
-    """CPU seconds used so far by the process trees under `root` (two levels down: the bench's
-    server process, then `everlock serve`) whose command line holds `word` ("" for all)."""
+    """CPU seconds used so far by the process trees under `root` whose top process's command
+    line holds `word` ("" for all of `root`'s tree)."""
     if not word:
         return _cpu_ns(root) / 1e9
-    found = [
-        pid
-        for child in _children(root)
-        for pid in _children(child)
-        if word.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    return sum(_cpu_ns(pid) for pid in found) / 1e9
+    total, todo = 0, _children(root)
+    while todo:
+        pid = todo.pop()
+        if word.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            total += _cpu_ns(pid)
+        else:
+            todo.extend(_children(pid))
+    return total / 1e9
 
 
 def _relay_through(port: int, handler: Handler, messages: int) -> float:
