@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from everlock_site import metrics
@@ -76,6 +76,13 @@ class Claim:
     # Recipients accepted by a host without DSN that asked for NOTIFY=SUCCESS (set while
     # delivering): we send the success DSN (Action: relayed).
     relayed: list[int] = field(default_factory=list)
+
+
+# The row's fields a Claim carries under the same names.
+_CLAIM_FIELDS = (
+    "id", "attempts", "domain", "envelope_from", "helo_hostname", "content_id", "expires_at",
+    "next_attempt_at", "dsn_ret", "dsn_envid", "requiretls", "binarymime", "bounce_outside",
+)  # fmt: skip
 
 
 def _due() -> Q:
@@ -134,29 +141,10 @@ def claim(
             claimed.extend(row_ids)
         if not claimed:
             return []
-        rows = {
-            row.id: row for row in OutboundDelivery.objects.select_related("content").filter(id__in=claimed)
-        }
-        claims = {
-            row.id: Claim(
-                id=row.id,
-                attempts=row.attempts,
-                domain=row.domain,
-                envelope_from=row.envelope_from,
-                helo_hostname=row.helo_hostname,
-                storage_name=row.content.storage_name,
-                content_id=row.content_id,
-                expires_at=row.expires_at,
-                next_attempt_at=row.next_attempt_at,
-                dsn_ret=row.dsn_ret,
-                dsn_envid=row.dsn_envid,
-                requiretls=row.requiretls,
-                binarymime=row.binarymime,
-                lease=row.next_attempt_at - now,
-                bounce_outside=row.bounce_outside,
-            )
-            for row in rows.values()
-        }
+        rows = OutboundDelivery.objects.filter(id__in=claimed).values(
+            *_CLAIM_FIELDS, storage_name=F("content__storage_name")
+        )
+        claims = {row["id"]: Claim(**row, lease=row["next_attempt_at"] - now) for row in rows}
         for rid, did, address, notify, orcpt, status in OutboundRecipient.objects.filter(
             delivery_id__in=claimed,
             status__in=[OutboundRecipient.Status.PENDING, OutboundRecipient.Status.FAILED],
