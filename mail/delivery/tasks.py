@@ -1,10 +1,10 @@
 """Celery tasks of the outbound queue. They only wire things up: the rows are the truth.
 
 Tasks take row ids (JSON only), are idempotent (a row that is not due is not claimed, so a
-duplicate or late message does nothing) and run with acks_late. A worker killed mid-task
-leaves rows whose claim already moved their next attempt time forward: they are due again
-then, and the worker's own rescan timer (below) kicks them, so neither a lost broker message
-nor a purged broker loses mail.
+duplicate or late message only delivers rows that are due anyway) and run with acks_late.
+A worker killed mid-task leaves rows whose claim already moved their next attempt time
+forward: they are due again then, and the worker's own rescan timer (below) kicks them, so
+neither a lost broker message nor a purged broker loses mail.
 
 The rescan timer: every delivery worker process (the `celery -A everlock_site worker` main
 process) runs a thread that, at start and then every EVERLOCK_QUEUE_SCAN_INTERVAL seconds,
@@ -41,8 +41,8 @@ from mail.services.storage import sweep_orphan_files
 
 log = logging.getLogger("mail.delivery")
 
-# Rows one task claims at once: its own ids first, then any other due rows, so that a
-# burst of kicks is delivered in batches over shared connections.
+# Rows one task claims at once (its own ids, else any due rows; then, round after round,
+# the rows due meanwhile), so that a burst of kicks is delivered over shared connections.
 BATCH = 100
 # Seconds a task goes on claiming rows that fell due meanwhile, over the sessions it has
 # open: short enough for a warm shutdown to wait for it.
