@@ -46,6 +46,7 @@ from tests.ports import free_port
 
 CLIENTS = 8  # of each kind
 CONCURRENCY = 2  # delivery worker processes
+SESSIONS = 8  # SMTP sessions at once per worker process and destination
 PASSWORD = "alice's long password"
 
 
@@ -223,6 +224,7 @@ def main() -> None:
         EVERLOCK_QUEUE_MAX_RETRY="2",
         EVERLOCK_QUEUE_SCAN_INTERVAL="1",
         EVERLOCK_DELIVERY_CONCURRENCY=str(CONCURRENCY),
+        EVERLOCK_DELIVERY_SESSIONS=str(SESSIONS),
         EVERLOCK_AUTH_MAX_FAILURES_PER_ADDRESS="100000",
     )
     os.environ.update(env)
@@ -292,7 +294,8 @@ def main() -> None:
         duplicates = sum(n - 1 for mid, n in counts.items() if n > 1)
         print(f"{kind:<9} {len(acked):>12} {kept:>8} {len(acked) - kept:>6} {duplicates:>11}")
     print(
-        f"(outbound: stored = received by the remote MX; at most {CONCURRENCY} duplicates per crash expected)"
+        "(outbound: stored = received by the remote MX; at most "
+        f"{CONCURRENCY * SESSIONS} duplicates per crash expected, one per session)"
     )
 
 

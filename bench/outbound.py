@@ -8,7 +8,7 @@ message, queues M messages as the submission listener commits them (--chunk per 
 the files, the sent copies and the queue rows) and times until the sink holds them all.
 
     .venv/bin/python bench/outbound.py [--messages 2000] [--workers 2] [--chunk 100]
-    .venv/bin/python bench/outbound.py relay [--messages 2000]
+    .venv/bin/python bench/outbound.py relay [--messages 2000] [--without-postfix]
 
 Prints the queueing time and the delivered msgs/s, both from the first enqueue (after the
 queueing process has started) to the last message received.
@@ -45,6 +45,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 from aiosmtpd.smtp import SMTP
+
+from bench.dns import _cpu_ns
 
 QUEUE = """
 import time
@@ -122,6 +124,29 @@ def start_dns() -> int:
     return server.server_address[1]
 
 
+def _children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").glob("*")
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def _cpu_seconds(root: int, word: str) -> float:
+    """CPU seconds used so far by the process trees under `root` whose top process's command
+    line holds `word` ("" for all of `root`'s tree)."""
+    if not word:
+        return _cpu_ns(root) / 1e9
+    total, todo = 0, _children(root)
+    while todo:
+        pid = todo.pop()
+        if word.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            total += _cpu_ns(pid)
+        else:
+            todo.extend(_children(pid))
+    return total / 1e9
+
+
 def _relay_through(port: int, handler: Handler, messages: int) -> float:
     """Submit `messages` to `port` as alice; msgs/s until the sink has them all."""
     from bench.smtp_load import drive
@@ -131,12 +156,19 @@ def _relay_through(port: int, handler: Handler, messages: int) -> float:
     started = time.monotonic()
     asyncio.run(drive(port, sender="alice@example.com", rcpt="bob@example.net", auth=("alice", "change-me"),
                       messages=messages))  # fmt: skip
+    submitted, arrived = time.monotonic() - started, handler.count
     if not handler.done.wait(600):
         sys.exit(f"only {handler.count} of {messages} relayed messages arrived")
-    return messages / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    if messages > 100:
+        print(
+            f"  submitted in {submitted:.2f} s ({arrived} had arrived), "
+            f"the last arrived after {elapsed:.2f} s"
+        )
+    return messages / elapsed
 
 
-def relay(messages: int) -> None:
+def relay(messages: int, *, peer: bool = True) -> None:
     from bench.smtp_load import _everlock_server, prepare, start
     from bench.smtp_submission import _postfix_settings, _sasl_database
     from tests.postfix import available, running_postfix
@@ -158,10 +190,17 @@ def relay(messages: int) -> None:
     rows = []
     try:
         _relay_through(ports[1], handler, 20)  # warm-up
+        before = _cpu_seconds(ours.pid, "celery"), _cpu_seconds(ours.pid, "")
         rows.append(("everlock (DKIM-signed)", _relay_through(ports[1], handler, messages)))
+        worker_ms, total_ms = (
+            (_cpu_seconds(ours.pid, word) - spent) * 1000 / messages
+            for word, spent in zip(("celery", ""), before, strict=True)
+        )
     finally:
         ours.terminate()
-    if available() and shutil.which("saslpasswd2"):
+    if not peer:
+        pass
+    elif available() and shutil.which("saslpasswd2"):
         from django.conf import settings
 
         from tls.store import self_signed_pair
@@ -184,6 +223,10 @@ def relay(messages: int) -> None:
     print("to a remote recipient, until the last reaches the sink")
     for name, rate in rows:
         print(f"  {name:30s} {rate:8.1f} msgs/s")
+    print(
+        f"  everlock CPU per message:      {total_ms:8.2f} ms, "
+        f"of which the delivery worker {worker_ms:.2f} ms"
+    )
     if len(rows) == 2:
         print(f"  everlock / postfix:            {rows[0][1] / rows[1][1]:8.2f}x (goal 1.0x)")
 
@@ -192,7 +235,9 @@ def main() -> None:
     if sys.argv[1:2] == ["relay"]:
         parser = argparse.ArgumentParser()
         parser.add_argument("--messages", type=int, default=2000)
-        relay(parser.parse_args(sys.argv[2:]).messages)
+        parser.add_argument("--without-postfix", action="store_true", help="leave the Postfix row out")
+        args = parser.parse_args(sys.argv[2:])
+        relay(args.messages, peer=not args.without_postfix)
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
@@ -253,6 +298,7 @@ def main() -> None:
             sys.exit("the warm-up message was not delivered")
         handler.done.clear()
         handler.target = 1 + args.messages
+        cpu_before = sum(_cpu_ns(w.pid) for w in workers)
         queueing = subprocess.run(
             [*manage, "shell", "-v0", "-c", QUEUE.format(start=1, count=args.messages, chunk=args.chunk)],
             env=env, cwd=ROOT, check=True, capture_output=True, text=True,
@@ -262,6 +308,7 @@ def main() -> None:
         if not handler.done.wait(600):
             sys.exit(f"only {handler.count - 1} of {args.messages} messages arrived")
         elapsed = time.monotonic() - started
+        worker_ms = (sum(_cpu_ns(w.pid) for w in workers) - cpu_before) / 1e6 / args.messages
     finally:
         for w in workers:
             w.terminate()
@@ -270,6 +317,7 @@ def main() -> None:
     print(f"{args.messages} messages, {args.workers} worker processes, {args.chunk} per queueing transaction")
     print(f"queued in {queued:.2f} s")
     print(f"all delivered after {elapsed:.2f} s: {args.messages / elapsed:.0f} msgs/s")
+    print(f"delivery workers' CPU: {worker_ms:.2f} ms per message")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         }
     )
+    # Kept open: a SQLite connection costs nothing to keep and much to open (the pragmas),
+    # and Celery's Django fixup would otherwise open one per delivery task.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", None)
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
@@ -412,6 +415,9 @@ EVERLOCK_QUEUE_DELAY_NOTICE = env.float("EVERLOCK_QUEUE_DELAY_NOTICE", default=4
 # EVERLOCK_DELIVERY_CONCURRENCY: delivery processes of the worker `everlock serve
 # --backend-mail-smtp` starts.
 EVERLOCK_DELIVERY_CONCURRENCY = env.int("EVERLOCK_DELIVERY_CONCURRENCY", default=2)
+# EVERLOCK_DELIVERY_SESSIONS: SMTP sessions each delivery process runs at once with one
+# destination domain (Postfix's default_destination_concurrency_limit is 20 per host).
+EVERLOCK_DELIVERY_SESSIONS = env.int("EVERLOCK_DELIVERY_SESSIONS", default=8)
 # EVERLOCK_CELERY_EAGER: run tasks in the calling process (tests of the services only).
 CELERY_TASK_ALWAYS_EAGER = env.bool("EVERLOCK_CELERY_EAGER", default=False)
 

@@ -16,7 +16,8 @@ row that is simply due again at next_attempt_at; a recipient delivered twice is 
 (the remote accepted, we died before recording it), a lost one is not. Just before sending
 each claimed row, the worker renews the claim (renew(): next_attempt_at moves a backoff past
 now, guarded by `attempts`), so a long batch never lets another worker claim rows it is still
-sending, and every outcome is committed before the next row is sent (mail.delivery.batch).
+sending, and each SMTP session's outcome is committed before that session sends its next row
+(mail.delivery.batch).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from everlock_site import metrics
@@ -75,6 +76,13 @@ class Claim:
     # Recipients accepted by a host without DSN that asked for NOTIFY=SUCCESS (set while
     # delivering): we send the success DSN (Action: relayed).
     relayed: list[int] = field(default_factory=list)
+
+
+# The row's fields a Claim carries under the same names.
+_CLAIM_FIELDS = (
+    "id", "attempts", "domain", "envelope_from", "helo_hostname", "content_id", "expires_at",
+    "next_attempt_at", "dsn_ret", "dsn_envid", "requiretls", "binarymime", "bounce_outside",
+)  # fmt: skip
 
 
 def _due(now: datetime) -> Q:
@@ -134,29 +142,10 @@ def claim(
             claimed.extend(row_ids)
         if not claimed:
             return []
-        rows = {
-            row.id: row for row in OutboundDelivery.objects.select_related("content").filter(id__in=claimed)
-        }
-        claims = {
-            row.id: Claim(
-                id=row.id,
-                attempts=row.attempts,
-                domain=row.domain,
-                envelope_from=row.envelope_from,
-                helo_hostname=row.helo_hostname,
-                storage_name=row.content.storage_name,
-                content_id=row.content_id,
-                expires_at=row.expires_at,
-                next_attempt_at=row.next_attempt_at,
-                dsn_ret=row.dsn_ret,
-                dsn_envid=row.dsn_envid,
-                requiretls=row.requiretls,
-                binarymime=row.binarymime,
-                lease=row.next_attempt_at - now,
-                bounce_outside=row.bounce_outside,
-            )
-            for row in rows.values()
-        }
+        rows = OutboundDelivery.objects.filter(id__in=claimed).values(
+            *_CLAIM_FIELDS, storage_name=F("content__storage_name")
+        )
+        claims = {row["id"]: Claim(**row, lease=row["next_attempt_at"] - now) for row in rows}
         for rid, did, address, notify, orcpt, status in OutboundRecipient.objects.filter(
             delivery_id__in=claimed,
             status__in=[OutboundRecipient.Status.PENDING, OutboundRecipient.Status.FAILED],
@@ -172,33 +161,48 @@ def claim(
     return sorted(claims.values(), key=lambda c: c.id)
 
 
-def renew(claim: Claim, *, now: datetime | None = None) -> bool:
-    """Just before a claimed row is sent: move its next attempt time `lease` past now, if the
-    row is still this claim's (not claimed again since, not held). Returns False when it is
-    not: then it must not be sent, or it would be sent twice.
+def renew(claims: list[Claim], *, now: datetime | None = None) -> list[Claim]:
+    """Just before claimed rows are sent: move each one's next attempt time its `lease` past
+    now, if the row is still this claim's (not claimed again since, not held). Returns the
+    claims that are; the others must not be sent, or they would be sent twice. Call it in a
+    transaction when renewing several rows.
 
     A worker sends its claimed rows one after another; without this, a batch that takes
     longer than the backoff would see its last rows due again, and claimed by a second
     worker while the first one still sends them."""
     now = now or timezone.now()
-    next_attempt_at = now + claim.lease
-    renewed = OutboundDelivery.objects.filter(
-        id=claim.id, attempts=claim.attempts, status=OutboundDelivery.Status.QUEUED
-    ).update(next_attempt_at=next_attempt_at, updated_at=now)
-    if renewed:
-        claim.next_attempt_at = next_attempt_at
-    return bool(renewed)
+    rows = OutboundDelivery.objects.filter(status=OutboundDelivery.Status.QUEUED)
+    if len(claims) == 1:
+        # One row: the guarded UPDATE alone tells whether it is still ours.
+        [claim] = claims
+        renewed = rows.filter(id=claim.id, attempts=claim.attempts).update(
+            next_attempt_at=now + claim.lease, updated_at=now
+        )
+        ours = claims if renewed else []
+    else:
+        # Several: lock them (PostgreSQL; SQLite's transaction holds the write lock), keep
+        # those whose attempt is still ours, and move them on by lease in one UPDATE each.
+        current = dict(
+            rows.select_for_update().filter(id__in=[c.id for c in claims]).values_list("id", "attempts")
+        )
+        ours = [c for c in claims if current.get(c.id) == c.attempts]
+        by_lease: dict[timedelta, list[int]] = {}
+        for claim in ours:
+            by_lease.setdefault(claim.lease, []).append(claim.id)
+        for lease, ids in by_lease.items():
+            OutboundDelivery.objects.filter(id__in=ids).update(next_attempt_at=now + lease, updated_at=now)
+    for claim in ours:
+        claim.next_attempt_at = now + claim.lease
+    return ours
 
 
-def due_ids(*, limit: int = 1000, now: datetime | None = None) -> list[int]:
-    """Ids of rows due at `now` (default: the clock; queued, next attempt time passed),
-    oldest due first."""
-    now = now or timezone.now()
-    return list(
-        OutboundDelivery.objects.filter(_due(now))
-        .order_by("next_attempt_at", "id")
-        .values_list("id", flat=True)[:limit]
-    )
+def due_ids(*, ids: list[int] | None = None, limit: int = 1000, now: datetime | None = None) -> list[int]:
+    """Ids of rows due at `now` (default: the clock; queued, next attempt time passed; only
+    among `ids` when given), oldest due first."""
+    rows = OutboundDelivery.objects.filter(_due(now or timezone.now()))
+    if ids is not None:
+        rows = rows.filter(id__in=ids)
+    return list(rows.order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The SMTP client that hands messages to a remote MX host (RFC 5321, RFC 3207).
 
-One Connection per destination host, reused for every message of a batch to that domain
-(RSET between transactions). smtplib does the dot-stuffing and CRLF normalisation of DATA
+A Connection is reused for message after message (mail.delivery.session): each transaction
+leaves it ready for the next. smtplib does the dot-stuffing and CRLF normalisation of DATA
 (RFC 5321 section 4.5.2).
 """
 
@@ -192,14 +192,16 @@ class Connection:
 
     def send(
         self, *, envelope_from: str, recipients: list[str], data: bytes, options: SendOptions | None = None
-    ) -> tuple[dict[str, tuple[int, str]], bool]:
+    ) -> dict[str, tuple[int, str]]:
         """One transaction: MAIL, RCPT for each recipient, then the data (BDAT when the host
         offers CHUNKING, RFC 3030; else DATA) when one was accepted. MAIL and the RCPTs go
         in one write when the host offers PIPELINING (RFC 2920). SIZE, BODY, SMTPUTF8,
         REQUIRETLS and the DSN parameters (`options`) go along when the host takes them.
+        The session is left ready for the next transaction: the reply to the data ends the
+        transaction (RFC 5321 section 3.3), an unfinished one is ended with RSET.
 
-        Returns (reply per recipient, reusable): the RCPT reply for a refused recipient, the
-        data reply for accepted ones. Raises ConnectFailed when the session broke mid-way
+        Returns the reply per recipient: the RCPT reply for a refused recipient, the data
+        reply for accepted ones. Raises ConnectFailed when the session broke mid-way
         (recipients without a reply are then left to a retry).
         """
         options = options or SendOptions()
@@ -207,10 +209,10 @@ class Connection:
         try:
             for a in [envelope_from, *recipients]:
                 if a and not _safe(a):
-                    return {r: (553, "5.1.3 invalid address") for r in recipients}, True
+                    return {r: (553, "5.1.3 invalid address") for r in recipients}
             mail_options = self._mail_options(data, [envelope_from, *recipients], options)
             if isinstance(mail_options, tuple):
-                return {a: mail_options for a in recipients}, True
+                return {a: mail_options for a in recipients}
             commands = [f"MAIL FROM:<{envelope_from}>" + "".join(f" {p}" for p in mail_options)]
             commands += [f"RCPT TO:<{a}>{self._rcpt_options(a, options)}" for a in recipients]
             if self.smtp.has_extn("pipelining"):
@@ -226,7 +228,7 @@ class Connection:
             code, text = answers[0]
             if code != 250:
                 self.smtp.rset()
-                return {a: (code, text) for a in recipients}, True
+                return {a: (code, text) for a in recipients}
             accepted = []
             for a, (code, text) in zip(recipients, answers[1:], strict=True):
                 if code in (250, 251):
@@ -235,19 +237,22 @@ class Connection:
                     replies[a] = (code, text)
             if not accepted:
                 self.smtp.rset()
-                return replies, True
+                return replies
             if self.smtp.has_extn("chunking"):
                 # One chunk: the stored message is already CRLF-terminated, no dot-stuffing.
                 self.smtp.send(b"BDAT %d LAST\r\n" % len(data) + data)
                 code, text = self._reply()
+                if code >= 300:
+                    # RFC 3030 section 2: a refused chunk fails the transaction; end it.
+                    self.smtp.rset()
             else:
                 code, msg = self.smtp.data(data)
                 text = msg.decode(errors="replace")
             for a in accepted:
                 replies[a] = (code, text)
-            return replies, True
+            return replies
         except smtplib.SMTPDataError as exc:
-            # smtplib raises for a non-354 answer to DATA.
+            # smtplib raises for a non-354 answer to DATA: the transaction is still open.
             text = (
                 exc.smtp_error.decode(errors="replace")
                 if isinstance(exc.smtp_error, bytes)
@@ -255,17 +260,13 @@ class Connection:
             )
             for a in recipients:
                 replies.setdefault(a, (exc.smtp_code, text))
-            return replies, True
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                # A connection this breaks shows at the next transaction, which redials.
+                self.smtp.rset()
+            return replies
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
             raise ConnectFailed(f"{self.host} [{self.address}]: {exc}") from None
-
-    def reset(self) -> bool:
-        """RSET before another transaction; False when the session is no longer usable."""
-        try:
-            return self.smtp.rset()[0] == 250
-        except (OSError, smtplib.SMTPException):
-            return False
 
     def close(self) -> None:
         try:

@@ -1,10 +1,10 @@
 """Celery tasks of the outbound queue. They only wire things up: the rows are the truth.
 
 Tasks take row ids (JSON only), are idempotent (a row that is not due is not claimed, so a
-duplicate or late message does nothing) and run with acks_late. A worker killed mid-task
-leaves rows whose claim already moved their next attempt time forward: they are due again
-then, and the worker's own rescan timer (below) kicks them, so neither a lost broker message
-nor a purged broker loses mail.
+duplicate or late message only delivers rows that are due anyway) and run with acks_late.
+A worker killed mid-task leaves rows whose claim already moved their next attempt time
+forward: they are due again then, and the worker's own rescan timer (below) kicks them, so
+neither a lost broker message nor a purged broker loses mail.
 
 The rescan timer: every delivery worker process (the `celery -A everlock_site worker` main
 process) runs a thread that, at start and then every EVERLOCK_QUEUE_SCAN_INTERVAL seconds,
@@ -24,31 +24,39 @@ import time
 from datetime import timedelta
 
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
 from django.utils import timezone
 
 from mail.delivery.attempts import claim, due_ids
-from mail.delivery.batch import Remote, deliver_claims
+from mail.delivery.batch import Deliveries, Kept
 from mail.delivery.mta_sts import PolicyFetcher
 from mail.delivery.resolver import make_resolver
+from mail.delivery.session import Remote
 from mail.services.dkim_rotation import advance_rotations
 from mail.services.enqueue import DELIVER_TASK, kick_deliveries
 from mail.services.storage import sweep_orphan_files
 
 log = logging.getLogger("mail.delivery")
 
-# Rows one task claims at once: its own ids first, then any other due rows, so that a
-# burst of kicks is delivered in batches over shared connections.
+# Rows one task claims at once (its own ids, else any due rows; then, round after round,
+# the rows due meanwhile), so that a burst of kicks is delivered over shared connections.
 BATCH = 100
+# Seconds a task goes on claiming rows that fell due meanwhile, over the sessions it has
+# open: short enough for a warm shutdown to wait for it.
+DRAIN = 5.0
+# The worker process's destinations and open SMTP sessions, kept between tasks for as long
+# as Postfix keeps an idle cached connection.
+_kept = Kept(idle=2.0)
 
 
 def remote_from_settings() -> Remote:
-    """The resolver, remote port, TLS policy, source addresses and MTA-STS fetching from
-    EVERLOCK_RESOLVER, EVERLOCK_REMOTE_SMTP_PORT, EVERLOCK_SMTP_TLS_VERIFY,
-    EVERLOCK_OUTBOUND_SOURCE_ADDRESSES, EVERLOCK_OUTBOUND_CA_FILE and EVERLOCK_MTA_STS_PORT.
+    """The resolver, remote port, TLS policy, source addresses, MTA-STS fetching and sessions
+    per domain from EVERLOCK_RESOLVER, EVERLOCK_REMOTE_SMTP_PORT, EVERLOCK_SMTP_TLS_VERIFY,
+    EVERLOCK_OUTBOUND_SOURCE_ADDRESSES, EVERLOCK_OUTBOUND_CA_FILE, EVERLOCK_MTA_STS_PORT and
+    EVERLOCK_DELIVERY_SESSIONS.
 
     Raises ImproperlyConfigured for a source address that is not an IP address, or two of
     one family.
@@ -63,6 +71,7 @@ def remote_from_settings() -> Remote:
         mta_sts=PolicyFetcher(
             resolver=resolver, port=settings.EVERLOCK_MTA_STS_PORT, ca_file=settings.EVERLOCK_OUTBOUND_CA_FILE
         ),
+        sessions=max(1, settings.EVERLOCK_DELIVERY_SESSIONS),
     )
 
 
@@ -89,23 +98,38 @@ def _claim(ids: list[int] | None, limit: int):
 
 @shared_task(name=DELIVER_TASK, acks_late=True, ignore_result=True)
 def deliver(ids: list[int]) -> int:
-    """Claim the rows `ids` that are due plus other due rows up to BATCH, deliver them.
+    """Claim the rows `ids` that are due (other due rows when there are none), up to BATCH,
+    deliver them; then claim and deliver more due rows over the same sessions while there
+    are any, for up to DRAIN seconds (then a kick carries on). A kick when no row is due
+    costs one read.
 
     Returns the number of rows attempted.
     """
-    claims = _claim([int(i) for i in ids], BATCH) if ids else []
-    if len(claims) < BATCH:
-        claims += _claim(None, BATCH - len(claims))
-    if claims:
-        after = settings.EVERLOCK_QUEUE_DELAY_NOTICE
-        deliver_claims(
-            claims,
-            remote=remote_from_settings(),
-            delay_notice_after=timedelta(seconds=after) if after > 0 else None,
-        )
-    if len(claims) >= BATCH and due_ids(limit=1):
-        kick_deliveries([])
-    return len(claims)
+    if not due_ids(limit=1):
+        return 0
+    # Its own rows, else (another task took them) whichever are due: kicks wait in the
+    # broker behind each other, and any of them may be the first to find rows due again.
+    claims = (_claim([int(i) for i in ids], BATCH) if ids else []) or _claim(None, BATCH)
+    attempted = 0
+    deadline = time.monotonic() + DRAIN
+    with _kept.use(_deliveries) as deliveries:
+        while claims:
+            deliveries.deliver(claims)
+            attempted += len(claims)
+            if time.monotonic() >= deadline:
+                if due_ids(limit=1):
+                    kick_deliveries([])
+                break
+            claims = _claim(None, BATCH)
+    return attempted
+
+
+def _deliveries() -> Deliveries:
+    after = settings.EVERLOCK_QUEUE_DELAY_NOTICE
+    return Deliveries(
+        remote=remote_from_settings(),
+        delay_notice_after=timedelta(seconds=after) if after > 0 else None,
+    )
 
 
 @shared_task(name="mail.delivery.deliver_due", acks_late=True, ignore_result=True)
@@ -181,3 +205,8 @@ def _start_rescan(**_kwargs) -> None:
 def _stop_rescan(**_kwargs) -> None:
     if _rescan is not None:
         _rescan.stopped.set()
+
+
+@worker_process_shutdown.connect
+def _close_sessions(**_kwargs) -> None:
+    _kept.close()

@@ -30,8 +30,8 @@ from aiosmtpd.smtp import SMTP as AioSMTP
 from django.conf import settings as django_settings
 from django.db import transaction
 
-from mail.delivery.batch import Remote
 from mail.delivery.resolver import make_resolver
+from mail.delivery.session import Remote
 from mail.models import MailDomain
 from mail.services.enqueue import enqueue_remote
 from mail.services.mailboxes import mailbox_create

@@ -167,7 +167,7 @@ def test_worker_killed_mid_delivery_loses_nothing(installation):
 
     slow.handle_DATA = handle_data.__get__(slow)
     installation.queue(0, 40)
-    worker = installation.start_worker("w1", EVERLOCK_QUEUE_FIRST_RETRY="3")
+    worker = installation.start_worker("w1", EVERLOCK_QUEUE_FIRST_RETRY="3", EVERLOCK_DELIVERY_SESSIONS="2")
     wait_for(lambda: len(installation.sink.received) >= 5)
     installation.kill(worker)
     got_before = len(installation.sink.received)
@@ -175,9 +175,21 @@ def test_worker_killed_mid_delivery_loses_nothing(installation):
     installation.start_worker("w2", EVERLOCK_QUEUE_FIRST_RETRY="3")
     wait_for(lambda: len(set(message_ids(installation.sink))) == 40)
     assert sorted(set(message_ids(installation.sink))) == sorted(f"<n{n}@example.com>" for n in range(40))
-    # Each delivery is recorded before the next one starts: only the message in flight at the
-    # kill may arrive twice, one per worker process (concurrency 1 here).
-    assert len(installation.sink.received) <= 40 + 1
+    # Each session's delivery is recorded before that session sends its next one: only the
+    # messages in flight at the kill may arrive twice, one per session (two in the one
+    # worker process here).
+    assert len(installation.sink.received) <= 40 + 2
+    wait_for(lambda: installation.statuses() == ["delivered"], 30)
+
+
+def test_a_worker_keeps_its_sessions_from_one_task_to_the_next(installation):
+    # Messages queued one at a time, each with its own kick: the worker's sessions stay open
+    # between its tasks (and the rounds of one task), so they share few connections.
+    installation.start_worker("w1", EVERLOCK_DELIVERY_SESSIONS="2")
+    installation.queue(0, 20)
+    wait_for(lambda: len(installation.sink.received) >= 20)
+    assert sorted(message_ids(installation.sink)) == sorted(f"<n{n}@example.com>" for n in range(20))
+    assert installation.sink.handler.connections <= 2
     wait_for(lambda: installation.statuses() == ["delivered"], 30)
 
 

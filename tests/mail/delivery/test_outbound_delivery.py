@@ -139,7 +139,7 @@ def test_crlf_in_an_address_is_never_sent(dns_server, sink):
         helo_hostname="out.example.com",
         tls_verify=False,
     )
-    replies, _ = conn.send(envelope_from="a@example.com", recipients=["b@example.net\r\nDATA"], data=RAW)
+    replies = conn.send(envelope_from="a@example.com", recipients=["b@example.net\r\nDATA"], data=RAW)
     conn.close()
     assert replies == {"b@example.net\r\nDATA": (553, "5.1.3 invalid address")}
     assert remote.received == []
@@ -624,7 +624,7 @@ def test_pipelining_chunking_dsn_and_smtputf8_with_a_peer_that_offers_them():
         notify={"b@example.net": "SUCCESS"},
         orcpt={"b@example.net": "rfc822;B@example.net"},
     )
-    replies, _ = conn.send(
+    replies = conn.send(
         envelope_from="alice@example.com",
         recipients=["a@example.net", "b@example.net"],
         data=raw,
