@@ -330,19 +330,21 @@ async def lsub(conn: Connection, tag: bytes, p: Parser) -> bytes:
 
 
 async def _status_line(conn: Connection, name: str, items: list[str]) -> bytes:
-    _, info = await _folder(conn, name, fresh=True)
-    folder, messages, unseen = await run(store.folder_status, info.id)
+    try:
+        access, stored = conn.mailboxes.locate(name)
+        folder, messages, unseen, recent = await run(store.folder_status, access, stored)
+    except (KeyError, store.FolderGone):
+        raise _no_such(name) from None
     values = {
         "MESSAGES": messages,
         "UIDNEXT": folder.uid_next,
         "UIDVALIDITY": folder.uid_validity,
         "UNSEEN": unseen,
         "HIGHESTMODSEQ": folder.highest_modseq,
+        "RECENT": recent,
     }
-    if "RECENT" in items:
-        values["RECENT"] = await run(store.recent_count, info.id)
     if "SIZE" in items:
-        values["SIZE"] = await run(store.folder_size, info.id)
+        values["SIZE"] = await run(store.folder_size, folder.id)
     data = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
     return b"* STATUS " + mailbox(name) + b" (" + data + b")\r\n"
 
