@@ -749,13 +749,12 @@ def copy(
     return target.uid_validity, pairs
 
 
-def expunge(folder_id: int, uids: Iterable[int]) -> None:
-    """Remove the copies `uids` from the folder; a stored content goes with its last copy."""
+def expunge(folder_id: int, uids: Iterable[int]) -> int:
+    """Remove the copies `uids` (at least one) from the folder; a stored content goes with its
+    last copy. Returns the folder's new highest modseq."""
     uids = list(uids)
-    if not uids:
-        return
     with writing():
-        _bump(folder_id)
+        modseq = _bump(folder_id)
         content_ids: set[int] = set()
         for start in range(0, len(uids), 500):
             chunk = uids[start : start + 500]
@@ -766,6 +765,7 @@ def expunge(folder_id: int, uids: Iterable[int]) -> None:
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {_M} {where}", [folder_id, *chunk])
         _remove_files_on_commit(_orphaned_contents(content_ids))
+    return modseq
 
 
 def _orphaned_contents(content_ids: set[int]) -> list[str]:
