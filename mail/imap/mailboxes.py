@@ -86,8 +86,11 @@ async def _select(conn: Connection, p: Parser, *, examine: bool) -> bytes:
         state.claimed_up_to = max(state.claimed_up_to, state.info.uid_next)
         selected.recent.update(await run(store.claim_recent, info.id))
     uids = selected.uids
+    # A message another session expunged while \Recent was claimed is still numbered here, as
+    # it was; the session is told of the expunge at its next command.
+    rows = [state.messages.get(uid) or state.removed.get(uid) for uid in uids]
     unseen_first = next(
-        (seq for seq, uid in enumerate(uids, 1) if "\\Seen" not in state.messages[uid].flags), None
+        (seq for seq, row in enumerate(rows, 1) if row is None or "\\Seen" not in row.flags), None
     )
     out = conn.out
     out += selected.flags_lines()
@@ -110,9 +113,8 @@ async def _select(conn: Connection, p: Parser, *, examine: bool) -> bytes:
         vanished = asked - present
         if vanished:
             out += b"* VANISHED (EARLIER) " + sequence_set(vanished) + b"\r\n"
-        for seq, uid in enumerate(uids, 1):
-            row = state.messages[uid]
-            if row.modseq > since:
+        for seq, (uid, row) in enumerate(zip(uids, rows, strict=True), 1):
+            if row is not None and row.modseq > since:
                 out += b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
                     seq,
                     uid,
