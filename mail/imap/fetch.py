@@ -54,6 +54,11 @@ class Section:
     peek: bool
     kind: str = "BODY"  # or BINARY, BINARY.SIZE (RFC 3516)
 
+    @property
+    def header_only(self) -> bool:
+        """The section lies in the message's header (HEADER, HEADER.FIELDS[.NOT])."""
+        return self.kind == "BODY" and not self.numbers and self.text.startswith("HEADER")
+
 
 @dataclass
 class Request:
@@ -63,11 +68,17 @@ class Request:
 
     @property
     def needs_content(self) -> bool:
-        return any(isinstance(item, Section) or item in ("RFC822", "RFC822.TEXT") for item in self.items)
+        return any(
+            (isinstance(item, Section) and not item.header_only) or item in ("RFC822", "RFC822.TEXT")
+            for item in self.items
+        )
 
     @property
     def needs_header(self) -> bool:
-        return "RFC822.HEADER" in self.items
+        """Only the message's header section is read (when nothing needs more)."""
+        return any(
+            item == "RFC822.HEADER" or (isinstance(item, Section) and item.header_only) for item in self.items
+        )
 
     @property
     def needs_summary(self) -> bool:

@@ -17,6 +17,8 @@ import bisect
 import logging
 import weakref
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from mail.imap import store
@@ -55,9 +57,49 @@ class FolderState:
         """The folder may have changed: the next refresh asks the database, and the sessions
         waiting in IDLE wake up."""
         self.stale = True
+        self._wake()
+
+    def _wake(self) -> None:
         waiter, self._changed = self._changed, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def record(
+        self, modseq: int, *, flags: dict[int, frozenset[str]] | None = None, expunged: Iterable[int] = ()
+    ) -> None:
+        """A change a session of this process committed, which gave the folder `modseq`: the
+        messages' new flags, the UIDs expunged. When it is the only change since the last look
+        (the folder's modseq was one less, no refresh under way), it is applied here and the
+        database is not asked again; otherwise this is a poke. Either way the other sessions
+        hear of it."""
+        if modseq != self.modseq + 1 or self.lock.locked() or self.gone:
+            self.poke()
+            return
+        changed: set[int] = set()
+        for uid, new in (flags or {}).items():
+            row = self.messages.get(uid)
+            if row is not None:
+                self.messages[uid] = replace(row, flags=new, modseq=modseq)
+                self.keywords.update(flag for flag in new if not flag.startswith("\\"))
+                changed.add(uid)
+        gone: set[int] = set()
+        for uid in expunged:
+            row = self.messages.pop(uid, None)
+            if row is not None:
+                self.removed[uid] = row
+                gone.add(uid)
+        self._forget_removed()
+        self.modseq = modseq
+        if self.info is not None:
+            self.info = replace(self.info, highest_modseq=modseq)
+        if changed or gone:
+            self.version += 1
+            self.log.append((self.version, frozenset(changed), frozenset(gone)))
+        self._wake()
+
+    def _forget_removed(self) -> None:
+        while len(self.removed) > self.LOG_LENGTH:
+            del self.removed[next(iter(self.removed))]
 
     def changed(self) -> asyncio.Future:
         """Done at the next poke: one future for every session that waits (IDLE)."""
@@ -90,8 +132,7 @@ class FolderState:
                 for uid in expunged:
                     # Kept a while: sessions not yet told of the expunge still show it.
                     self.removed[uid] = self.messages.pop(uid)
-                while len(self.removed) > self.LOG_LENGTH:
-                    del self.removed[next(iter(self.removed))]
+                self._forget_removed()
             self.modseq = delta.folder.highest_modseq
             if changed or expunged:
                 self.version += 1

@@ -86,8 +86,11 @@ async def _select(conn: Connection, p: Parser, *, examine: bool) -> bytes:
         state.claimed_up_to = max(state.claimed_up_to, state.info.uid_next)
         selected.recent.update(await run(store.claim_recent, info.id))
     uids = selected.uids
+    # A message another session expunged while \Recent was claimed is still numbered here, as
+    # it was; the session is told of the expunge at its next command.
+    rows = [state.messages.get(uid) or state.removed.get(uid) for uid in uids]
     unseen_first = next(
-        (seq for seq, uid in enumerate(uids, 1) if "\\Seen" not in state.messages[uid].flags), None
+        (seq for seq, row in enumerate(rows, 1) if row is None or "\\Seen" not in row.flags), None
     )
     out = conn.out
     out += selected.flags_lines()
@@ -110,9 +113,8 @@ async def _select(conn: Connection, p: Parser, *, examine: bool) -> bytes:
         vanished = asked - present
         if vanished:
             out += b"* VANISHED (EARLIER) " + sequence_set(vanished) + b"\r\n"
-        for seq, uid in enumerate(uids, 1):
-            row = state.messages[uid]
-            if row.modseq > since:
+        for seq, (uid, row) in enumerate(zip(uids, rows, strict=True), 1):
+            if row is not None and row.modseq > since:
                 out += b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
                     seq,
                     uid,
@@ -330,19 +332,21 @@ async def lsub(conn: Connection, tag: bytes, p: Parser) -> bytes:
 
 
 async def _status_line(conn: Connection, name: str, items: list[str]) -> bytes:
-    _, info = await _folder(conn, name, fresh=True)
-    folder, messages, unseen = await run(store.folder_status, info.id)
+    try:
+        access, stored = conn.mailboxes.locate(name)
+        folder, messages, unseen, recent = await run(store.folder_status, access, stored)
+    except (KeyError, store.FolderGone):
+        raise _no_such(name) from None
     values = {
         "MESSAGES": messages,
         "UIDNEXT": folder.uid_next,
         "UIDVALIDITY": folder.uid_validity,
         "UNSEEN": unseen,
         "HIGHESTMODSEQ": folder.highest_modseq,
+        "RECENT": recent,
     }
-    if "RECENT" in items:
-        values["RECENT"] = await run(store.recent_count, info.id)
     if "SIZE" in items:
-        values["SIZE"] = await run(store.folder_size, info.id)
+        values["SIZE"] = await run(store.folder_size, folder.id)
     data = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in items)
     return b"* STATUS " + mailbox(name) + b" (" + data + b")\r\n"
 

@@ -85,8 +85,8 @@ async def _fetch(conn: Connection, p: Parser, *, uid: bool) -> bytes:
             if (row := selected.row(u)) and "\\Seen" not in row.flags
         ]
         if unseen:
-            await write(store.set_flags, selected.folder_id, unseen, durable=False)
-            selected.state.poke()
+            modseq = await write(store.set_flags, selected.folder_id, unseen, durable=False)
+            selected.state.record(modseq, flags=dict(unseen))
             await selected.state.refresh()
             if "FLAGS" not in request.items:
                 request.items.append("FLAGS")
@@ -173,8 +173,8 @@ async def _store(conn: Connection, p: Parser, *, uid: bool) -> bytes:
         if new != row.flags:
             updates.append((u, new))
     if updates:
-        await write(store.set_flags, selected.folder_id, updates, durable=False)
-        selected.state.poke()
+        modseq = await write(store.set_flags, selected.folder_id, updates, durable=False)
+        selected.state.record(modseq, flags=dict(updates))
         await selected.state.refresh()
     changed = {u for u, _ in updates}
     conn.out += selected.new_keywords()
@@ -383,8 +383,8 @@ async def _expunge(conn: Connection, selected: Selected, only: set[int] | None, 
         and (only is None or u in only)
     ]
     if doomed:
-        await write(store.expunge, selected.folder_id, doomed, durable=True)
-        selected.state.poke()
+        modseq = await write(store.expunge, selected.folder_id, doomed, durable=True)
+        selected.state.record(modseq, expunged=doomed)
     if not report:
         return
     await selected.state.refresh()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -442,9 +443,8 @@ def _save_counters(folder: Folder, *fields: str) -> None:
 
 def number_new(folder_id: int) -> None:
     """Give the folder's unnumbered messages their UIDs, in id order, and stamp them with a
-    new modseq; nothing when there are none."""
-    if not _query(f"SELECT 1 FROM {_M} WHERE folder_id = %s AND uid IS NULL LIMIT 1", [folder_id]):
-        return
+    new modseq; nothing when there are none. Called when _counted found some: the check is
+    part of the query every refresh makes anyway."""
     with metadata_change():
         folder = Folder.objects.select_for_update().filter(pk=folder_id).first()
         if folder is None:
@@ -467,19 +467,32 @@ def number_new(folder_id: int) -> None:
         _save_counters(folder, "uid_next", "highest_modseq")
 
 
+_NUMBERED = f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL)"
+_UNSEEN = f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL AND seen = %s)"
+_RECENT = f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid >= f.first_recent_uid)"
+_UNNUMBERED = f"EXISTS (SELECT 1 FROM {_M} WHERE folder_id = f.id AND uid IS NULL)"
+
+
+def _counted(where: str, params: Sequence, *, status: bool = False) -> tuple[FolderInfo, list[int]]:
+    """The folder `where` picks (one query) with the number of its messages, and with `status`
+    also its unseen and \\Recent ones; new messages numbered first. Raises FolderGone."""
+    counts = f"{_NUMBERED}, {_UNSEEN}, {_RECENT}" if status else _NUMBERED
+    sql = f"SELECT {_FOLDER_INFO}, {counts}, {_UNNUMBERED} FROM {_F} f WHERE {where}"
+    params = [False, *params] if status else list(params)
+    rows = _query(sql, params)
+    if rows and rows[0][-1]:
+        number_new(rows[0][0])
+        rows = _query(sql, params)
+    if not rows:
+        raise FolderGone(params[-1])
+    info, counts = rows[0][:5], rows[0][5:-1]
+    return _info(info), list(counts)
+
+
 def changes(folder_id: int, since_modseq: int) -> Changes:
     """Number new messages, then everything that changed in the folder after `since_modseq`
     (0: every message). Raises FolderGone."""
-    number_new(folder_id)
-    rows = _query(
-        f"SELECT {_FOLDER_INFO}, (SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL) "
-        f"FROM {_F} f WHERE id = %s",
-        [folder_id],
-    )
-    if not rows:
-        raise FolderGone(folder_id)
-    *info, count = rows[0]
-    folder = _info(tuple(info))
+    folder, (count,) = _counted("id = %s", [folder_id])
     if folder.highest_modseq <= since_modseq:
         return Changes(folder, [], count)
     changed = _query(
@@ -525,20 +538,13 @@ def all_uids(folder_id: int) -> set[int]:
     }
 
 
-def folder_status(folder_id: int) -> tuple[FolderInfo, int, int]:
-    """(folder, messages, unseen) for STATUS."""
-    number_new(folder_id)
-    rows = _query(
-        f"SELECT {_FOLDER_INFO}, "
-        f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL), "
-        f"(SELECT COUNT(*) FROM {_M} WHERE folder_id = f.id AND uid IS NOT NULL AND seen = %s) "
-        f"FROM {_F} f WHERE id = %s",
-        [False, folder_id],
+def folder_status(access: Access, name: str) -> tuple[FolderInfo, int, int, int]:
+    """(folder, messages, unseen, recent) of the folder `name` for STATUS, in one query.
+    Raises FolderGone."""
+    folder, (count, unseen, recent) = _counted(
+        "mailbox_id = %s AND name = %s", [access.mailbox_id, stored_name(access, name)], status=True
     )
-    if not rows:
-        raise FolderGone(folder_id)
-    *info, count, unseen = rows[0]
-    return _info(tuple(info)), count, unseen
+    return folder, count, unseen, recent
 
 
 def _flag_values(flags: Iterable[str]) -> dict:
@@ -730,13 +736,12 @@ def copy(
     return target.uid_validity, pairs
 
 
-def expunge(folder_id: int, uids: Iterable[int]) -> None:
-    """Remove the copies `uids` from the folder; a stored content goes with its last copy."""
+def expunge(folder_id: int, uids: Iterable[int]) -> int:
+    """Remove the copies `uids` (at least one) from the folder; a stored content goes with its
+    last copy. Returns the folder's new highest modseq."""
     uids = list(uids)
-    if not uids:
-        return
     with writing():
-        _bump(folder_id)
+        modseq = _bump(folder_id)
         content_ids: set[int] = set()
         for start in range(0, len(uids), 500):
             chunk = uids[start : start + 500]
@@ -747,6 +752,7 @@ def expunge(folder_id: int, uids: Iterable[int]) -> None:
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {_M} {where}", [folder_id, *chunk])
         _remove_files_on_commit(_orphaned_contents(content_ids))
+    return modseq
 
 
 def _orphaned_contents(content_ids: set[int]) -> list[str]:
@@ -815,20 +821,53 @@ def change_marks(folder_ids: list[int]) -> dict[int, tuple[int, int | None, int]
     return {pk: (modseq, newest, count) for pk, modseq, newest, count in rows}
 
 
-def recent_count(folder_id: int) -> int:
-    """How many messages of the folder no session has claimed as \\Recent yet."""
-    rows = _query(
-        f"SELECT COUNT(*) FROM {_M} m JOIN {_F} f ON f.id = m.folder_id "
-        f"WHERE m.folder_id = %s AND m.uid >= f.first_recent_uid",
-        [folder_id],
-    )
-    return rows[0][0]
+class SummaryCache:
+    """The ENVELOPE, BODYSTRUCTURE and BODY of the contents read last, up to `budget` bytes,
+    for every session of the process. A stored content never changes and its id is never
+    given again (AUTOINCREMENT on SQLite, a sequence on PostgreSQL), so nothing kept here is
+    ever stale. Used from the worker threads."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._entries: OrderedDict[int, tuple[bytes, bytes, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, content_id: int) -> tuple[bytes, bytes, bytes] | None:
+        with self._lock:
+            value = self._entries.get(content_id)
+            if value is not None:
+                self._entries.move_to_end(content_id)
+            return value
+
+    def put(self, content_id: int, value: tuple[bytes, bytes, bytes]) -> None:
+        size = sum(map(len, value))
+        with self._lock:
+            old = self._entries.pop(content_id, None)
+            if old is not None:
+                self.used -= sum(map(len, old))
+            self._entries[content_id] = value
+            self.used += size
+            while self.used > self.budget and self._entries:
+                _, dropped = self._entries.popitem(last=False)
+                self.used -= sum(map(len, dropped))
+
+
+# A few thousand messages' worth: listing a folder again (clients do, for every check) reads
+# no summary from the database.
+summary_cache = SummaryCache(4 << 20)
 
 
 def summaries(content_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, bytes]]:
     """(ENVELOPE, BODYSTRUCTURE, BODY) of the contents that have them stored."""
-    ids = list(set(content_ids))
     found: dict[int, tuple[bytes, bytes, bytes]] = {}
+    ids = []
+    for pk in set(content_ids):
+        kept = summary_cache.get(pk)
+        if kept is None:
+            ids.append(pk)
+        else:
+            found[pk] = kept
     for start in range(0, len(ids), 900):
         chunk = ids[start : start + 900]
         rows = _query(
@@ -838,6 +877,7 @@ def summaries(content_ids: Iterable[int]) -> dict[int, tuple[bytes, bytes, bytes
         )
         for pk, envelope, structure, body in rows:
             found[pk] = (bytes(envelope), bytes(structure), bytes(body))
+            summary_cache.put(pk, found[pk])
     return found
 
 
@@ -850,6 +890,8 @@ def save_summaries(computed: dict[int, tuple[bytes, bytes, bytes]]) -> None:
             f"UPDATE {_C} SET imap_envelope = %s, imap_structure = %s, imap_body = %s WHERE id = %s",
             [(envelope, structure, body, pk) for pk, (envelope, structure, body) in computed.items()],
         )
+    for pk, value in computed.items():
+        summary_cache.put(pk, value)
 
 
 def read_content(row: Row, *, header_only: bool = False) -> bytes | None:

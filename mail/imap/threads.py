@@ -18,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, connection, transaction
+
+from mail.smtp.group_commit import heal_connections
 
 log = logging.getLogger("mail.imap")
 
@@ -93,10 +95,11 @@ class ServerTrouble(Exception):
 
 
 def _in_thread(func: Callable[..., T], *args, **kwargs) -> T:
-    # Each worker thread keeps its connection: SQLite's cost nothing to keep and much to open
-    # (the WAL pragmas); other databases' are closed when CONN_MAX_AGE or an error says so.
-    if connection.vendor != "sqlite":
-        close_old_connections()
+    # Each worker thread keeps its connection; only one that failed is checked and dropped
+    # (heal_connections), so a database outage answers NO [UNAVAILABLE] while it lasts and
+    # heals afterwards. close_old_connections() would make PostgreSQL's health check (a
+    # SELECT 1, a round trip) run before every call: a fifth of the time under load.
+    heal_connections()
     return func(*args, **kwargs)
 
 
