@@ -225,6 +225,10 @@ def main() -> None:
     try:
         _wait_for_port(args.port, everlock, everlock_log, "Everlock's DNS server")
         _wait_for_port(args.nsd_port, nsd, nsd_dir / "nsd.log", "NSD")
+        for proc, what, port in ((everlock, "Everlock's DNS server", args.port), (nsd, "NSD", args.nsd_port)):
+            # Another server holding the port would answer for one that could not bind it.
+            if proc.poll() is not None:
+                sys.exit(f"{what} stopped (is port {port} taken?)")
         ours, theirs = _answers(args.port), _answers(args.nsd_port)
         print("answers (rcode, answer section; authority of negative answers) compared with NSD's:")
         for mine, peer in zip(ours, theirs, strict=True):
