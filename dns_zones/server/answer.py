@@ -115,9 +115,10 @@ class Responder:
         # A new dict, not clear(): the one a listener is reading from stays as it was.
         self.udp_replies = {}
 
-    def respond_udp(self, wire: bytes) -> bytes | None:
+    def respond_udp(self, wire: bytes, key: bytes | None = None) -> bytes | None:
         """respond(wire, tcp=False) without the response's first two octets (the query's ID),
-        remembered in `udp_replies` under the query's octets after its ID: the response is a
+        remembered in `udp_replies` under `key`, the query's octets after its ID (wire[2:],
+        passed by a caller that has it already, its hash computed): the response is a
         function of those and the snapshot alone, so a listener that finds a query there
         answers with its ID followed by the stored reply. SERVFAIL (a failure that may pass)
         and replies to long queries are not kept."""
@@ -129,7 +130,7 @@ class Responder:
             replies = self.udp_replies
             if len(replies) >= UDP_REPLIES:
                 replies.clear()
-            replies[wire[2:]] = reply
+            replies[wire[2:] if key is None else key] = reply
         return reply
 
     def respond(self, wire: bytes, *, tcp: bool) -> bytes | None:

@@ -125,9 +125,10 @@ class _UDPListener:
                 # ICMP errors from earlier sends (a client that went away): nothing to do.
                 log.debug("DNS UDP error: %s", exc)
                 continue
-            reply = replies(data[2:])
+            key = data[2:]
+            reply = replies(key)
             if reply is None:
-                reply = respond(data)
+                reply = respond(data, key)
                 if reply is None:
                     continue
             try:
