@@ -16,9 +16,11 @@ server in turn, alternating, for two query sets:
         [--port 37053] [--nsd-port 37054] [--clients 16] [--threads 1] [--outstanding 300]
 
 Before loading, every question of the mix is asked of both servers and the answers compared.
-Prints each run's queries/s, lost queries and the server's CPU time per answered query (all
-its processes and threads, from /proc), then the medians per server and the ratio. Where the
-load generator and the servers share the cores, queries/s follow CPU time per query.
+Prints each run's queries/s, lost queries, the server's CPU time per answered query (all
+its processes and threads, from /proc) and how it split over the server's processes (the
+kernel hashes each client address and port to one of them: dnsperf -c sets how many ports),
+then the medians per server and the ratio. Where the load generator and the servers share
+the cores, queries/s follow CPU time per query.
 """
 
 from __future__ import annotations
@@ -132,8 +134,9 @@ def _answers(port: int) -> list[tuple]:
     return out
 
 
-def _cpu_ns(root: int) -> int:
-    """CPU time (ns) used so far by process `root`, its descendants and all their threads."""
+def _cpu_ns(root: int) -> dict[int, int]:
+    """CPU time (ns) used so far by process `root` (key `root`) and by each of its children
+    with all their descendants (key: the child's pid), all threads counted."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -143,21 +146,31 @@ def _cpu_ns(root: int) -> int:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except OSError:
-                continue
-    return total
+
+    def tree(pid: int, *, descend: bool) -> int:
+        total, todo = 0, [pid]
+        while todo:
+            pid = todo.pop()
+            if descend:
+                todo.extend(children.get(pid, []))
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    total += int((task / "schedstat").read_text().split()[0])
+                except OSError:
+                    continue
+            descend = True
+        return total
+
+    usage = {root: tree(root, descend=False)}
+    for child in children.get(root, []):
+        usage[child] = tree(child, descend=True)
+    return usage
 
 
-def _dnsperf(port: int, datafile: Path, args, server: int) -> tuple[float, int, float]:
+def _dnsperf(port: int, datafile: Path, args, server: int) -> tuple[float, int, float, list[float]]:
     """One dnsperf run against 127.0.0.1:`port`, served by the process tree of `server`:
-    (queries per second, queries lost, server CPU microseconds per answered query)."""
+    (queries per second, queries lost, server CPU microseconds per answered query, the
+    shares of that CPU time taken by the server's child processes, largest first)."""
     before = _cpu_ns(server)
     out = subprocess.run(
         [
@@ -166,11 +179,14 @@ def _dnsperf(port: int, datafile: Path, args, server: int) -> tuple[float, int, 
         ],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    cpu = _cpu_ns(server) - before
+    after = _cpu_ns(server)
+    used = {pid: ns - before.get(pid, 0) for pid, ns in after.items()}
+    cpu = sum(used.values())
+    shares = sorted((ns / max(cpu, 1) for pid, ns in used.items() if pid != server), reverse=True)
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))
-    return qps, lost, cpu / 1000 / max(completed, 1)
+    return qps, lost, cpu / 1000 / max(completed, 1), shares
 
 
 def main() -> None:
@@ -225,6 +241,10 @@ def main() -> None:
     try:
         _wait_for_port(args.port, everlock, everlock_log, "Everlock's DNS server")
         _wait_for_port(args.nsd_port, nsd, nsd_dir / "nsd.log", "NSD")
+        for proc, what, port in ((everlock, "Everlock's DNS server", args.port), (nsd, "NSD", args.nsd_port)):
+            # Another server holding the port would answer for one that could not bind it.
+            if proc.poll() is not None:
+                sys.exit(f"{what} stopped (is port {port} taken?)")
         ours, theirs = _answers(args.port), _answers(args.nsd_port)
         print("answers (rcode, answer section; authority of negative answers) compared with NSD's:")
         for mine, peer in zip(ours, theirs, strict=True):
@@ -237,11 +257,13 @@ def main() -> None:
         for name, datafile in (("repeated", repeated), ("unique", unique)):
             for n in range(args.rounds):
                 for server, port, proc in (("everlock", args.port, everlock), ("nsd", args.nsd_port, nsd)):
-                    qps, lost, cpu = _dnsperf(port, datafile, args, proc.pid)
+                    qps, lost, cpu, shares = _dnsperf(port, datafile, args, proc.pid)
                     results.setdefault((name, server), []).append((qps, lost, cpu))
+                    # How evenly SO_REUSEPORT spread the clients' ports over the processes.
+                    split = "/".join(f"{share:.0%}" for share in shares) if len(shares) > 1 else "-"
                     print(
                         f"  {name} round {n + 1} {server:8} {qps:>10,.0f} queries/s, {lost} lost, "
-                        f"{cpu:.2f} us CPU per query",
+                        f"{cpu:.2f} us CPU per query, CPU split over processes {split}",
                         flush=True,
                     )
     finally:

@@ -6,6 +6,11 @@ without padding) is answered from the precompiled wire answers (dns_zones.server
 query's ID and question are copied around a ready body, the OPT record appended, and TC set
 when the answer does not fit. Anything else (other classes and opcodes, padding, malformed
 messages) is read with dnspython and answered through dns_zones.server.resolve.
+
+Over UDP the same query comes again and again (resolvers re-ask as TTLs run out), so
+respond_udp() remembers each reply by the query's octets after its ID: a query seen before is
+answered by one dictionary lookup, its ID put in front of the stored reply. The memory is
+forgotten with the snapshot it was built from.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ CLASSIC_UDP_PAYLOAD = 512
 TCP_LIMIT = 65535
 # RFC 1035 section 3.1: a name takes at most 255 octets.
 MAX_NAME = 255
+# Replies respond_udp() remembers at most (then it starts afresh), and the longest query whose
+# reply it keeps: at most about 8192 * 1.7 KB per process, whatever clients send.
+UDP_REPLIES = 8192
+UDP_REPLY_QUERY = 512
 
 _HEADER = struct.Struct("!HHHHHH")
 QR = 0x8000
@@ -93,6 +102,8 @@ class Responder:
 
     def __init__(self, answers: WireAnswers | Snapshot):
         self.answers = answers if isinstance(answers, WireAnswers) else WireAnswers(answers)
+        # By the query's octets after its ID: the response's octets after its ID (UDP only).
+        self.udp_replies: dict[bytes, bytes] = {}
 
     @property
     def snapshot(self) -> Snapshot:
@@ -101,6 +112,26 @@ class Responder:
     def install(self, answers: WireAnswers) -> None:
         """Answer from `answers` from now on."""
         self.answers = answers
+        # A new dict, not clear(): the one a listener is reading from stays as it was.
+        self.udp_replies = {}
+
+    def respond_udp(self, wire: bytes, key: bytes | None = None) -> bytes | None:
+        """respond(wire, tcp=False) without the response's first two octets (the query's ID),
+        remembered in `udp_replies` under `key`, the query's octets after its ID (wire[2:],
+        passed by a caller that has it already, its hash computed): the response is a
+        function of those and the snapshot alone, so a listener that finds a query there
+        answers with its ID followed by the stored reply. SERVFAIL (a failure that may pass)
+        and replies to long queries are not kept."""
+        response = self.respond(wire, tcp=False)
+        if response is None:
+            return None
+        reply = response[2:]
+        if len(wire) <= UDP_REPLY_QUERY and reply[1] & 0x0F != dns.rcode.SERVFAIL:
+            replies = self.udp_replies
+            if len(replies) >= UDP_REPLIES:
+                replies.clear()
+            replies[wire[2:] if key is None else key] = reply
+        return reply
 
     def respond(self, wire: bytes, *, tcp: bool) -> bytes | None:
         """The response to the query `wire`, or None when nothing must be sent.

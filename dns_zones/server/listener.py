@@ -76,18 +76,25 @@ class _TCPClient:
 
 class _AnswerCounts:
     """Answers by transport and response code (the header's RCODE, RFC 1035 section 4.1.1)
-    since the last flush. Counting an answer is one dict increment on the event loop; flush()
-    hands the counts to the metrics counters (a lock and a shared-memory write each) from the
-    poll loop, so the metrics lag the answers by at most the poll interval."""
+    since the last flush. Counting a UDP answer is one list increment on the event loop (a TCP
+    one a dict increment); flush() hands the counts to the metrics counters (a lock and a
+    shared-memory write each) from the poll loop, so the metrics lag the answers by at most
+    the poll interval."""
 
     def __init__(self) -> None:
+        # UDP answers by RCODE (its four bits in the header).
+        self.udp = [0] * 16
         self.pending: defaultdict[tuple[str, int], int] = defaultdict(int)
 
     def add(self, transport: str, response: bytes) -> None:
         self.pending[transport, response[3] & 0x0F] += 1
 
     def flush(self) -> None:
+        udp, self.udp = self.udp, [0] * 16
         pending, self.pending = self.pending, defaultdict(int)
+        for rcode, count in enumerate(udp):
+            if count:
+                pending["udp", rcode] += count
         for (transport, rcode), count in pending.items():
             metrics.DNS_QUERIES.labels(transport, dns.rcode.to_text(rcode)).inc(count)
 
@@ -102,10 +109,13 @@ class _UDPListener:
         self.counts = counts
 
     def readable(self) -> None:
+        # The loop runs once per datagram: names are bound to locals here, and a query seen
+        # before is answered from udp_replies without a call (Responder.respond_udp).
         recvfrom = self.sock.recvfrom
         sendto = self.sock.sendto
-        respond = self.responder.respond
-        answered = self.counts.pending  # flush() swaps it on this same loop, never meanwhile
+        respond = self.responder.respond_udp
+        replies = self.responder.udp_replies.get  # install() replaces it on this same loop only
+        answered = self.counts.udp  # flush() swaps it on this same loop, never meanwhile
         for _ in range(UDP_BATCH):
             try:
                 data, addr = recvfrom(UDP_RECEIVE)
@@ -115,16 +125,20 @@ class _UDPListener:
                 # ICMP errors from earlier sends (a client that went away): nothing to do.
                 log.debug("DNS UDP error: %s", exc)
                 continue
-            response = respond(data, tcp=False)
-            if response is None:
-                continue
+            key = data[2:]
+            reply = replies(key)
+            if reply is None:
+                reply = respond(data, key)
+                if reply is None:
+                    continue
             try:
-                sendto(response, addr)
-                answered["udp", response[3] & 0x0F] += 1
+                sendto(data[:2] + reply, addr)
             except OSError as exc:
                 # A full send buffer or an unreachable client: the client asks again (RFC 1035
                 # section 4.2.1 leaves retransmission to it).
                 log.debug("DNS UDP answer to %s not sent: %s", addr, exc)
+                continue
+            answered[reply[1] & 0x0F] += 1
 
 
 def _udp_socket(host: str, port: int) -> socket.socket:

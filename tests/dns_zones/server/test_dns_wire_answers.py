@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from dns_zones.server.answer import Responder
+from dns_zones.server.answer import UDP_REPLIES, Responder
 from dns_zones.server.snapshot import load_snapshot
 from dns_zones.services import record_add, zone_create
 
@@ -186,7 +186,41 @@ def test_every_answer_matches_dnspythons_over_udp_and_tcp(served):
                     # RFC 4343: the question comes back as asked, letter case and all.
                     assert response.question[0].name.to_text() == name.rstrip(".") + "."
                     checked += 1
-    assert checked == len(QUESTIONS) * len(EDNS) * 3 * 2
+                # Asked again with another ID, over UDP the reply remembered for the first
+                # asking: the same octets after the ID.
+                again = struct.pack("!H", query.id ^ 0x5A5A) + wire[2:]
+                got = _exchange_udp(served.port, again)
+                assert got[:2] == again[:2]
+                _assert_same(got, reference.fallback(again, tcp=False), (name, qtype, edns, "again"))
+                checked += 1
+    assert checked == len(QUESTIONS) * len(EDNS) * 3 * 3
+
+
+def test_udp_replies_are_remembered_per_snapshot_and_bounded(served):
+    responder = Responder(load_snapshot())
+    query = dns.message.make_query("WWW.example.com", "A", use_edns=0)
+    wire = query.to_wire()
+    reply = responder.respond_udp(wire)
+    assert responder.udp_replies == {wire[2:]: reply}
+    assert wire[:2] + reply == responder.respond(wire, tcp=False)
+    # A reply to a query with a response's QR bit: nothing is sent, nothing kept.
+    assert responder.respond_udp(wire[:2] + bytes([wire[2] | 0x80]) + wire[3:]) is None
+    # A long query (padded to 600 octets) is answered, its reply not kept.
+    padded = dns.message.make_query("www.example.com", "A", use_edns=0, pad=600).to_wire()
+    assert dns.message.from_wire(padded[:2] + responder.respond_udp(padded)).answer
+    assert len(responder.udp_replies) == 1
+    # A new snapshot starts afresh, so a change is never answered from the old data.
+    record_add(origin="example.com", name="www", rtype="A", data="192.0.2.3")
+    responder.install(Responder(load_snapshot()).answers)
+    assert responder.udp_replies == {}
+    addresses = dns.message.from_wire(wire[:2] + responder.respond_udp(wire)).answer[0]
+    assert sorted(rdata.address for rdata in addresses) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    # Past UDP_REPLIES replies it starts afresh: unique names cannot grow it further.
+    sizes = set()
+    for n in range(UDP_REPLIES + 5):
+        responder.respond_udp(dns.message.make_query(f"n{n}.example.com", "A").to_wire())
+        sizes.add(len(responder.udp_replies))
+    assert min(sizes) == 1 and max(sizes) == UDP_REPLIES
 
 
 def test_unique_names_match_dnspythons_answers(served):
