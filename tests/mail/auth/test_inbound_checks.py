@@ -229,24 +229,3 @@ def test_success_reports_go_only_to_verified_senders(checked_smtp, corpus_dns):
         "",
         ["carol@corpus.test"],
     )
-
-
-def test_signature_workers_that_die_are_replaced(checked_smtp, corpus_dns):
-    import multiprocessing
-    import os
-    import signal
-
-    raw = signed(letter("corpus.test"), corpus_dns, "corpus.test")
-    assert send(checked_smtp, raw, mail_from="carol@corpus.test") == (250, b"2.0.0 Accepted")
-    workers = multiprocessing.active_children()
-    assert workers  # the signatures were checked in worker processes
-    for worker in workers:
-        os.kill(worker.pid, signal.SIGKILL)
-    for worker in workers:
-        worker.join(10)
-    raw = signed(letter("corpus.test", subject="Again"), corpus_dns, "corpus.test")
-    assert send(checked_smtp, raw, mail_from="carol@corpus.test") == (250, b"2.0.0 Accepted")
-    again = Message.objects.get(subject="Again")
-    assert "dkim=pass header.d=corpus.test header.a=rsa-sha256 header.s=rsa" in our_results(
-        read_content(again.content)
-    )
