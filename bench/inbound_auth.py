@@ -134,9 +134,8 @@ def main() -> None:
     print(f"checks on:   {on_rate:8.1f} msgs/s  (rounds: {_rounds(on_rounds)})")
     print(f"ratio:       {on_rate / off_rate:8.1%} (target {TARGET:.0%})")
     print(f"CPU per message (all of a server's processes): checks off {off_cpu * 1000:.2f} ms,")
-    print(
-        f"  checks on {on_cpu * 1000:.2f} ms (ratio {off_cpu / on_cpu:.1%}), the DNS server {dns_cpu * 1000:.3f} ms"
-    )
+    print(f"  checks on {on_cpu * 1000:.2f} ms (ratio {off_cpu / on_cpu:.1%}),", end=" ")
+    print(f"the DNS server {dns_cpu * 1000:.3f} ms")
     print(f"messages filed: {Message.objects.count()}; the results of the last one checked:")
     print("  " + results.decode().replace("\r\n\t", "\n  "))
 
