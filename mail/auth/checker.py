@@ -9,10 +9,10 @@ DMARC record) is fetched the same way, then the signatures are verified and DMAR
 Verifying is CPU work (dkimpy canonicalises, hashes and checks RSA in Python): it runs on the
 event loop too, for a message up to INLINE_VERIFY_LIMIT bytes, since the listener processes
 already are one per core (everlock_site.supervisor). Handing it elsewhere costs more than it
-saves: measured with bench/inbound_auth.py, a pool of worker processes per listener cost
-3.6 ms of CPU a message over the checks-off path, a thread 2.6 ms, the event loop with the
-answers from the cache about 1.3 ms (docs/inbound-checks.md). A larger message is verified
-in a pool thread, so that its canonicalisation does not hold up the other sessions for long.
+saves: measured with bench/inbound_auth.py, the checks cost about 4 ms of CPU a message over
+the checks-off path with a pool of worker processes per listener verifying, and about 2 ms
+this way (docs/inbound-checks.md). A larger message is verified in a pool thread, so that
+its canonicalisation does not hold up the other sessions for long.
 
 The DNSBLs are asked once per connection, before its greeting."""
 
