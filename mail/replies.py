@@ -91,6 +91,12 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your addre
 SERVER_BUSY = Reply(421, "4.7.0", "Too many connections, try again later")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing")
 SESSION_TOO_LONG = Reply(421, "4.4.2", "Session time limit exceeded, closing")
+# RFC 5321 section 3.1: after a 554 greeting the server waits for QUIT and answers every other
+# command 503 (the wording of Postfix's smtpd with smtpd_delay_reject=no).
+REFUSED_AT_CONNECT = Reply(503, "5.7.0", "Access denied, only QUIT is accepted")
+BYE = Reply(221, "2.0.0", "Bye")
+# A client that goes on regardless is let go (Postfix's smtpd_hard_error_limit).
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing")
 
 # Inbound checks (mail.auth). RFC 7489 section 6.6.3 / 10.3: a DMARC p=reject message is
 # refused during the SMTP session, so no bounce is ever generated.

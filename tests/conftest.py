@@ -13,10 +13,12 @@ import pytest
 _data_dir = tempfile.mkdtemp(prefix="everlock-test-")
 os.environ.setdefault("EVERLOCK_DATA_DIR", _data_dir)
 os.environ.setdefault("EVERLOCK_LOG", "warning")
-# The inbound checks ask DNS about every sender; tests of other things send from names no
-# test DNS serves. The tests of the checks (tests/mail/auth, the two-installation e2e test)
-# turn them on with their own DNS server. (The variable is for the installations tests start
-# as processes; in this process, see _no_inbound_checks.)
+# The inbound checks ask DNS about every sender. The SMTP listeners the tests start in this
+# process run them, as production does by default: tests.mail.smtp.conftest.start_smtp turns
+# them on with a DNS server of its own for the senders (tests/mail/auth with its corpus
+# zones). Installations started as processes (everlock serve) run without them, but for the
+# two-installation e2e test, which serves its zones. (The variable is for those processes; in
+# this process, see _no_inbound_checks.)
 os.environ.setdefault("EVERLOCK_INBOUND_CHECKS", "false")
 
 

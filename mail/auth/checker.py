@@ -1,27 +1,34 @@
-"""Running the checks for the inbound listener without blocking its event loop.
+"""Running the checks for the inbound listener without blocking its event loop on DNS.
 
-SPF and iprev start at MAIL FROM, in a thread pool, so their DNS waits overlap the DATA
-transfer. At the end of DATA a thread fetches what DNS has for the message (the DKIM and ARC
-keys, the DMARC record), then a worker process verifies the signatures and decides DMARC
-(CPU work that would otherwise hold the GIL the event loop needs). The DNSBLs are asked once
-per connection, before its first transaction is accepted."""
+A check whose answers are all in the DNS cache (mail.auth.lookups) runs on the event loop,
+at once; one that would wait on the network runs in a thread of the pool, where waiting is
+harmless. SPF and iprev start at MAIL FROM, so the waits they may have overlap the DATA
+transfer; at the end of DATA what the DNS has for the message (its signatures' keys, the
+DMARC record) is fetched the same way, then the signatures are verified and DMARC decided.
+
+Verifying is CPU work (dkimpy canonicalises, hashes and checks RSA in Python): it runs on the
+event loop too, for a message up to INLINE_VERIFY_LIMIT bytes, since the listener processes
+already are one per core (everlock_site.supervisor). Handing it elsewhere costs more than it
+saves: measured with bench/inbound_auth.py, the checks cost about 4 ms of CPU a message over
+the checks-off path with a pool of worker processes per listener verifying, and about 2 ms
+this way (docs/inbound-checks.md). A larger message is verified in a pool thread, so that
+its canonicalisation does not hold up the other sessions for long.
+
+The DNSBLs are asked once per connection, before its greeting."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import multiprocessing
-import os
-import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+
+import dkim
 
 from domain_names import fold
 from mail.auth import checks, dmarc, results
-from mail.auth.lookups import Lookups, TemporaryDNSError
+from mail.auth.lookups import Lookups, NotCached, TemporaryDNSError
 from mail.auth.verdict import Verdict
 from mail.message import ParsedMessage, parse_message
 from mail.replies import Reply, dnsbl_listed
@@ -30,6 +37,9 @@ log = logging.getLogger("mail.auth")
 
 # How long the list of our domains' hostnames (the authserv-ids) is kept.
 HOSTNAMES_TTL = 30.0
+# Messages up to this size are verified on the event loop (about a millisecond for two
+# signatures of a small message); larger ones in a thread.
+INLINE_VERIFY_LIMIT = 256 * 1024
 
 
 @dataclass
@@ -46,8 +56,10 @@ TEMPORARY = "temporary"  # the DMARC record could not be fetched now
 @dataclass(frozen=True)
 class Fetched:
     """What the DNS had for a message: its signatures' keys, its From domain's DMARC record
-    (None for none, TEMPORARY) and whether that came from the organizational domain."""
+    (None for none, TEMPORARY) and whether that came from the organizational domain; with
+    the message as dkimpy parsed it."""
 
+    message: dkim.DKIM
     keys: checks.FetchedKeys
     from_domain: str
     record: dict[str, str] | str | None
@@ -56,8 +68,8 @@ class Fetched:
 
 def verify(raw: bytes, fetched: Fetched, spf: checks.SPFResult):
     """The signatures' results, the ARC status and the DMARC result of `raw`, from what was
-    fetched: no DNS, so a worker process runs it."""
-    signatures, arc = checks.check_signatures(raw, fetched.keys)
+    fetched: no DNS."""
+    signatures, arc = checks.check_signatures(raw, fetched.keys, parsed=fetched.message)
     if not fetched.from_domain:
         policy = dmarc.DMARCResult("none", "")
     elif fetched.record == TEMPORARY:
@@ -101,20 +113,22 @@ class InboundChecks:
         self._hostnames_source = hostnames
         self._hostnames: dict[str, str] = {}
         self._hostnames_at = float("-inf")
-        # Threads wait on DNS; signatures are checked beside the event loop, in worker
-        # processes (the threads where a process may not have any).
+        # The threads wait on DNS (and verify the signatures of large messages).
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="mail-auth")
-        self.signatures = signature_workers() or self.pool
         checks.install_spf_lookups(lookups)
+
+    async def _run(self, check, *args):
+        """check(*args) here when the DNS cache has every answer it needs, else in the pool."""
+        try:
+            return self.lookups.from_cache(check, *args)
+        except NotCached:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, check, *args)
 
     async def dnsbl_refusal(self, ip: str) -> Reply | None:
         """554 5.7.1 with the list's text when a DNSBL lists `ip`, else None."""
         if not self.dnsbl_zones:
             return None
-        loop = asyncio.get_running_loop()
-        listing = await loop.run_in_executor(
-            self.pool, checks.check_dnsbls, self.lookups, ip, self.dnsbl_zones
-        )
+        listing = await self._run(checks.check_dnsbls, self.lookups, ip, self.dnsbl_zones)
         if listing is None:
             return None
         log.info("SMTP: %s refused, listed by %s: %s", ip, listing.zone, listing.text)
@@ -122,7 +136,12 @@ class InboundChecks:
 
     def begin(self, *, ip: str, helo: str, mail_from: str) -> Pending:
         """Start SPF and iprev for a transaction (MAIL FROM; "" for the null sender)."""
-        return Pending(ip=ip, sender=self.pool.submit(self._sender_checks, ip, mail_from, helo))
+        try:
+            done: Future = Future()
+            done.set_result(self.lookups.from_cache(self._sender_checks, ip, mail_from, helo))
+            return Pending(ip=ip, sender=done)
+        except NotCached:
+            return Pending(ip=ip, sender=self.pool.submit(self._sender_checks, ip, mail_from, helo))
 
     def _sender_checks(self, ip: str, mail_from: str, helo: str):
         return (
@@ -132,19 +151,15 @@ class InboundChecks:
 
     async def finish(self, pending: Pending, raw: bytes, *, recipient_domain: str) -> Checked:
         """The verdict on message `raw` (as received, before our trace fields)."""
-        spf, iprev = await asyncio.wrap_future(pending.sender)
+        sender = pending.sender
+        spf, iprev = sender.result() if sender.done() else await asyncio.wrap_future(sender)
         loop = asyncio.get_running_loop()
         hostnames = await self._current_hostnames(loop)
-        fetched, parsed = await loop.run_in_executor(self.pool, self._fetch, raw)
-        try:
-            signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): the pool is no more use. New workers
-            # take this message and the next ones.
-            log.warning("SMTP: a signature worker process died; starting new ones")
-            signature_workers.cache_clear()
-            self.signatures = signature_workers() or self.pool
-            signatures, arc, policy = await loop.run_in_executor(self.signatures, verify, raw, fetched, spf)
+        fetched, parsed = await self._run(self._fetch, raw)
+        if len(raw) <= INLINE_VERIFY_LIMIT:
+            signatures, arc, policy = verify(raw, fetched, spf)
+        else:
+            signatures, arc, policy = await loop.run_in_executor(self.pool, verify, raw, fetched, spf)
         verdict = Verdict(ip=pending.ip, spf=spf, dkim=tuple(signatures), arc=arc, dmarc=policy, iprev=iprev)
         if verdict.reply is not None:
             log.info(
@@ -167,45 +182,25 @@ class InboundChecks:
         """What the DNS has for `raw`, and its header fields (read here, once)."""
         parsed = parse_message(raw)
         from_domain = parsed.author_domain()
+        message = dkim.DKIM(raw)
         try:
             record, inherited = (
                 dmarc.policy_record(self.lookups, from_domain) if from_domain else (None, False)
             )
         except TemporaryDNSError:
             record, inherited = TEMPORARY, False
-        return Fetched(checks.fetch_keys(self.lookups, raw), from_domain, record, inherited), parsed
+        return (
+            Fetched(
+                message, checks.fetch_keys(self.lookups, message.headers), from_domain, record, inherited
+            ),
+            parsed,
+        )
 
     async def _current_hostnames(self, loop) -> dict[str, str]:
         if time.monotonic() - self._hostnames_at > HOSTNAMES_TTL:
             self._hostnames = await loop.run_in_executor(self.pool, self._hostnames_source)
             self._hostnames_at = time.monotonic()
         return self._hostnames
-
-
-@functools.cache
-def signature_workers() -> ProcessPoolExecutor | None:
-    """The worker processes of this process that check signatures (one per CPU, started on
-    first use), or None in a daemonic process (as test and benchmark harnesses start
-    servers), which may not have children."""
-    if multiprocessing.current_process().daemon:
-        return None
-    return ProcessPoolExecutor(
-        os.cpu_count() or 1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(),),
-    )
-
-
-def _exit_with_parent(parent: int) -> None:
-    # A worker waits for work on a pipe it holds both ends of: it would outlive a listener
-    # that was killed. It ends within a second of its parent instead.
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def checks_from_settings() -> InboundChecks | None:

@@ -1,7 +1,8 @@
 """The individual checks, each turning DNS answers and the message into a result of RFC 8601
 section 2.7: SPF (RFC 7208, pyspf), DKIM (RFC 6376 and RFC 8463, dkimpy), ARC (RFC 8617,
-dkimpy), iprev (RFC 8601 section 3) and DNSBLs (RFC 5782). Synchronous: they wait on DNS, so
-the SMTP listener runs them in a thread pool (mail.auth.verdict)."""
+dkimpy), iprev (RFC 8601 section 3) and DNSBLs (RFC 5782). Synchronous: they may wait on DNS,
+so the SMTP listener runs them on its event loop only when the DNS cache has the answers
+(mail.auth.checker)."""
 
 from __future__ import annotations
 
@@ -74,9 +75,12 @@ def install_spf_lookups(lookups: Lookups) -> None:
     spf.DNSLookup = lookups.spf_lookup
 
 
-def check_dkim(lookups: Lookups | FetchedKeys, raw: bytes) -> list[DKIMResult]:
-    """Every DKIM-Signature of `raw` verified (RSA and Ed25519); [] when there is none."""
-    verifier = dkim.DKIM(raw)
+def check_dkim(
+    lookups: Lookups | FetchedKeys, raw: bytes, *, parsed: dkim.DKIM | None = None
+) -> list[DKIMResult]:
+    """Every DKIM-Signature of `raw` verified (RSA and Ed25519); [] when there is none.
+    `parsed` is dkim.DKIM(raw) when the caller has it already."""
+    verifier = parsed or dkim.DKIM(raw)
     signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
     results = []
     for index, value in enumerate(signatures):
@@ -178,10 +182,10 @@ def check_dnsbls(lookups: Lookups, ip: str, zones: tuple[str, ...]) -> Listing |
     return None
 
 
-# -- DKIM and ARC in a worker process --------------------------------------------------------
-# Verifying signatures is CPU work (dkimpy canonicalises and checks RSA in Python): the SMTP
-# listener fetches the keys in its threads (DNS) and has them checked in worker processes
-# (mail.auth.checker), whose answers to dkimpy's key lookups come from what was fetched.
+# -- DKIM and ARC from fetched keys -----------------------------------------------------------
+# Verifying signatures is CPU work (dkimpy canonicalises and checks RSA in Python), the key
+# lookups are DNS: the listener fetches the keys first (mail.auth.checker), and dkimpy's key
+# lookups are then answered from what was fetched.
 
 _KEY_HEADERS = (b"dkim-signature", b"arc-seal", b"arc-message-signature")
 
@@ -200,10 +204,10 @@ class FetchedKeys:
         return self.records.get(name)
 
 
-def fetch_keys(lookups: Lookups, raw: bytes) -> FetchedKeys:
-    """The key records every DKIM-Signature, ARC-Seal and ARC-Message-Signature of `raw`
-    names (its s= and d=), fetched through `lookups`."""
-    headers, _body = dkim.rfc822_parse(raw)
+def fetch_keys(lookups: Lookups, headers: list[tuple[bytes, bytes]]) -> FetchedKeys:
+    """The key records every DKIM-Signature, ARC-Seal and ARC-Message-Signature of a
+    message's `headers` (as dkimpy parses them) names (its s= and d=), fetched through
+    `lookups`."""
     records: dict[bytes, bytes | None] = {}
     failed = set()
     for name, value in headers:
@@ -225,9 +229,11 @@ def fetch_keys(lookups: Lookups, raw: bytes) -> FetchedKeys:
     return FetchedKeys(records, frozenset(failed))
 
 
-def check_signatures(raw: bytes, keys: FetchedKeys) -> tuple[list[DKIMResult], str]:
-    """check_dkim and check_arc of `raw` with the fetched `keys`: no DNS, fit for a worker
-    process."""
+def check_signatures(
+    raw: bytes, keys: FetchedKeys, *, parsed: dkim.DKIM | None = None
+) -> tuple[list[DKIMResult], str]:
+    """check_dkim and check_arc of `raw` with the fetched `keys`: no DNS. `parsed` is
+    dkim.DKIM(raw) when the caller has it already."""
     end = raw.find(b"\r\n\r\n")
     arc = check_arc(keys, raw) if b"arc-seal" in raw[:end].lower() else "none"
-    return check_dkim(keys, raw), arc
+    return check_dkim(keys, raw, parsed=parsed), arc

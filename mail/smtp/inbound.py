@@ -48,6 +48,13 @@ class InboundHandler(BaseHandler):
         # mail.auth.checker.InboundChecks, or None for no checks.
         self.checks = checks_from_settings() if checks is _FROM_SETTINGS else checks
 
+    async def handle_CONNECT(self, server, session):
+        """The greeting's refusal for a client a DNSBL lists (mail.smtp.server asks before it
+        greets), or None."""
+        if self.checks is None:
+            return None
+        return await self.checks.dnsbl_refusal(peer_host(session.peer))
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         # "<>" is the null sender of bounces (RFC 5321 section 4.5.5); aiosmtpd needs a
         # non-empty mail_from, so it is kept as "<>" in the envelope.
@@ -57,10 +64,6 @@ class InboundHandler(BaseHandler):
             except SMTPReject as exc:
                 return exc.reply
         if self.checks is not None:
-            if not hasattr(session, "dnsbl_refusal"):
-                session.dnsbl_refusal = await self.checks.dnsbl_refusal(peer_host(session.peer))
-            if session.dnsbl_refusal is not None:
-                return session.dnsbl_refusal
             envelope.auth = self.checks.begin(
                 ip=peer_host(session.peer), helo=session.host_name or "", mail_from=sender_of_path(address)
             )

@@ -73,6 +73,8 @@ IDLE_BACKSTOP = 30.0
 # How long a connection we closed may still take to send its last bytes to a client that
 # does not read them, before the socket is aborted.
 CLOSE_GRACE = 5.0
+# Commands a client refused at connection may send before it is let go (Postfix: 20).
+MAX_COMMANDS_REFUSED = 20
 
 
 @dataclass(frozen=True)
@@ -454,8 +456,16 @@ class EverlockSMTP(SMTP):
         # The transaction command (MAIL, RCPT, DATA, BDAT) whose final reply is still to be
         # counted for the metrics (see _count).
         self._counting: str | None = None
+        self._greeted = False
+        # Once the greeting was a refusal: what the client sent since, not yet a whole line
+        # (see _answer_refused), and how many commands it has sent.
+        self._refused_input: bytearray | None = None
+        self._commands_refused = 0
 
     async def push(self, status):
+        if not self._greeted:
+            self._greeted = True
+            status = await self._greeting(status)
         if not isinstance(status, bytes):
             status = wire(status)
         # The lines of a multi-line reply (RFC 5321 section 4.2.1: "250-...", then "250 ...")
@@ -470,6 +480,53 @@ class EverlockSMTP(SMTP):
             self._reply_lines.clear()
         self._heard()  # our replies count as activity too
         await super().push(status)
+
+    async def _greeting(self, greeting: str) -> str | Reply:
+        """`greeting`, or the refusal the handler's handle_CONNECT hook gives for the client
+        instead (RFC 5321 section 3.1 allows a 554 greeting; only QUIT is answered after it,
+        see _answer_refused). A hook that fails greets: its trouble is logged, not the
+        client's."""
+        hook = getattr(self.event_handler, "handle_CONNECT", None)
+        if hook is None:
+            return greeting
+        try:
+            refusal = await hook(self, self.session)
+        except Exception:
+            log.exception("SMTP: handle_CONNECT failed; greeting %s", self._counted_host)
+            return greeting
+        if refusal is None:
+            return greeting
+        metrics.SMTP_REFUSED.labels(self.listener, "CONNECT", refusal_reason(wire(refusal))).inc()
+        self._refused_input = bytearray()
+        return refusal
+
+    def _answer_refused(self, data: bytes) -> None:
+        """What a client refused at the greeting gets, in place of aiosmtpd's command loop:
+        503 to each command, 221 and the close for QUIT (RFC 5321 section 3.1), 421 and the
+        close after MAX_COMMANDS_REFUSED commands."""
+        pending = self._refused_input
+        pending += data
+        *lines, rest = pending.split(b"\n")
+        if len(rest) > self.command_size_limit:  # a line without end counts as a command
+            lines.append(rest)
+            rest = b""
+        self._refused_input = bytearray(rest)
+        answers = []
+        for line in lines:
+            self._commands_refused += 1
+            words = line.split(None, 1)
+            if words and words[0].upper() == b"QUIT":
+                answers.append(wire(replies.BYE))
+            elif self._commands_refused > MAX_COMMANDS_REFUSED:
+                answers.append(wire(replies.TOO_MANY_ERRORS))
+            else:
+                answers.append(wire(replies.REFUSED_AT_CONNECT))
+                continue
+            self.transport.write(b"\r\n".join(answers) + b"\r\n")
+            self.end_connection()
+            return
+        if answers:
+            self.transport.write(b"\r\n".join(answers) + b"\r\n")
 
     def _count(self, line: bytes) -> None:
         """Count the final reply `line` to the transaction command being counted: a refusal,
@@ -559,6 +616,9 @@ class EverlockSMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         self._heard()
+        if self._refused_input is not None:
+            self._answer_refused(data)
+            return
         super().data_received(data)
 
     def evict(self) -> None:

@@ -5,8 +5,10 @@ from 127.0.0.1 (allowed by the senders' SPF, with a PTR name that resolves back)
 from __future__ import annotations
 
 import smtplib
+import socket
 
 import dkim
+import pytest
 
 from dns_zones.services import record_add, zone_create
 from mail.auth import results
@@ -110,25 +112,59 @@ def test_submission_is_not_checked(checked_smtp):
     assert b"Authentication-Results" not in stored()
 
 
-def test_dnsbl_listed_client_is_refused_with_the_list_text(corpus_dns, example_com, start_smtp, settings):  # noqa: F811
+@pytest.fixture
+def dnsbl_smtp(corpus_dns, example_com, start_smtp, settings):  # noqa: F811
+    """The inbound listener asking two DNSBLs: bl.example.net, which does not answer (not
+    served here), and bl.test, hosted here, which lists 127.0.0.2."""
     zone_create(origin="bl.test")
     record_add(origin="bl.test", name="2.0.0.127", rtype="A", data="127.0.0.2")
     record_add(origin="bl.test", name="2.0.0.127", rtype="TXT", data='"127.0.0.2 is listed for testing"')
     settings.EVERLOCK_INBOUND_CHECKS = True
     settings.EVERLOCK_RESOLVER = corpus_dns.spec
-    settings.EVERLOCK_DNSBL_ZONES = ["bl.test"]
-    server = start_smtp()
-    with smtplib.SMTP(
-        "127.0.0.1", server.inbound_port, timeout=30, source_address=("127.0.0.2", 0)
-    ) as client:
-        client.ehlo("mx.corpus.test")
-        assert client.mail("carol@watch.test") == (
-            554,
-            b"5.7.1 Client address listed: 127.0.0.2 is listed for testing",
-        )
-        assert client.mail("carol@watch.test")[0] == 554  # the whole session
+    settings.EVERLOCK_DNSBL_ZONES = ["bl.example.net", "bl.test"]
+    return start_smtp()
+
+
+LISTED = b"554 5.7.1 Client address listed: 127.0.0.2 is listed for testing\r\n"
+
+
+def test_dnsbl_listed_client_is_refused_at_the_greeting(dnsbl_smtp):
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", dnsbl_smtp.inbound_port, timeout=30, source_address=("127.0.0.2", 0))
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        554,
+        b"5.7.1 Client address listed: 127.0.0.2 is listed for testing",
+    )
+    # A client the lists do not name is greeted and its mail taken.
     raw = letter("watch.test")
-    assert send(server, raw, mail_from="carol@watch.test") == (250, b"2.0.0 Accepted")
+    assert send(dnsbl_smtp, raw, mail_from="carol@watch.test") == (250, b"2.0.0 Accepted")
+
+
+def test_dnsbl_refused_client_gets_503_to_every_command_until_quit(dnsbl_smtp):
+    with socket.create_connection(("127.0.0.1", dnsbl_smtp.inbound_port), 30, ("127.0.0.2", 0)) as client:
+        reader = client.makefile("rb")
+        assert reader.readline() == LISTED
+        client.sendall(b"EHLO mx.corpus.test\r\nMAIL FROM:<carol@watch.test>\r\nSTARTTLS\r\n")
+        assert [reader.readline() for _ in range(3)] == [
+            b"503 5.7.0 Access denied, only QUIT is accepted\r\n"
+        ] * 3
+        client.sendall(b"QUIT\r\n")
+        assert reader.readline() == b"221 2.0.0 Bye\r\n"
+        assert reader.readline() == b""  # closed
+    assert nothing_stored()
+
+
+def test_dnsbl_refused_client_that_goes_on_is_let_go(dnsbl_smtp):
+    with socket.create_connection(("127.0.0.1", dnsbl_smtp.inbound_port), 30, ("127.0.0.2", 0)) as client:
+        reader = client.makefile("rb")
+        assert reader.readline() == LISTED
+        client.sendall(b"NOOP\r\n" * 25)
+        answers = reader.read()  # up to the close
+    assert (
+        answers
+        == b"503 5.7.0 Access denied, only QUIT is accepted\r\n" * 20
+        + b"421 4.7.0 Too many errors, closing\r\n"
+    )
 
 
 RULES = """
@@ -228,25 +264,4 @@ def test_success_reports_go_only_to_verified_senders(checked_smtp, corpus_dns):
     assert (report.envelope_from, list(report.recipients.values_list("address", flat=True))) == (
         "",
         ["carol@corpus.test"],
-    )
-
-
-def test_signature_workers_that_die_are_replaced(checked_smtp, corpus_dns):
-    import multiprocessing
-    import os
-    import signal
-
-    raw = signed(letter("corpus.test"), corpus_dns, "corpus.test")
-    assert send(checked_smtp, raw, mail_from="carol@corpus.test") == (250, b"2.0.0 Accepted")
-    workers = multiprocessing.active_children()
-    assert workers  # the signatures were checked in worker processes
-    for worker in workers:
-        os.kill(worker.pid, signal.SIGKILL)
-    for worker in workers:
-        worker.join(10)
-    raw = signed(letter("corpus.test", subject="Again"), corpus_dns, "corpus.test")
-    assert send(checked_smtp, raw, mail_from="carol@corpus.test") == (250, b"2.0.0 Accepted")
-    again = Message.objects.get(subject="Again")
-    assert "dkim=pass header.d=corpus.test header.a=rsa-sha256 header.s=rsa" in our_results(
-        read_content(again.content)
     )

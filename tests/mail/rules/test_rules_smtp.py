@@ -105,6 +105,7 @@ def test_filing_into_a_folder_with_a_header_and_seen(smtp, rules):  # noqa: F811
     # The dry run of the stored message (its prepended header included) changes nothing.
     result = dry_run(recipient="alice@example.com", message_id=stored.id)
     assert result.trace == [
+        "authentication results: spf=pass dkim=none dmarc=none arc=none iprev=pass",
         "rule 'lists' matches",
         "  flags: seen=True flagged=False",
         "  add header: X-Label: announce",

@@ -14,11 +14,13 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 
 from accounts.services import grant_add, user_add
+from dns_zones.services import record_add, zone_create
 from everlock_site.listen import ListenAddress
 from mail.models import MailDomain, Message, MessageContent, OutboundDelivery
 from mail.services.directory import directory
 from mail.smtp.listeners import start_listeners
 from mail.smtp.server import SMTPConfig
+from tests.dns_server import RunningDNS
 from tls.store import server_context
 
 HOSTNAME = "mx.example.com"
@@ -53,15 +55,22 @@ def test_config(**overrides) -> SMTPConfig:
 
 @pytest.fixture
 def start_smtp(transactional_db, settings):
-    """Start a server with SMTPConfig overrides; stopped after the test."""
+    """Start a server with SMTPConfig overrides; stopped after the test. The inbound checks
+    are on, as they are by default, asking the senders' DNS (senders_dns) unless the test
+    set its own (EVERLOCK_INBOUND_CHECKS and EVERLOCK_RESOLVER, as tests/mail/auth does)."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # The login throttle's counters live in the cache table, which test flushes keep; the
     # directory's memory (mail.services.directory) is the process's, which they do not reach.
     cache.clear()
     directory.clear()
     running = []
+    resolvers = []
 
     def start(**overrides) -> RunningServer:
+        if not settings.EVERLOCK_INBOUND_CHECKS:
+            resolvers.append(senders_dns())
+            settings.EVERLOCK_INBOUND_CHECKS = True
+            settings.EVERLOCK_RESOLVER = f"127.0.0.1:{resolvers[-1].port}"
         config = test_config(**overrides)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -93,6 +102,24 @@ def start_smtp(transactional_db, settings):
         asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+    for resolver in resolvers:
+        resolver.stop()
+
+
+SENDER_DOMAINS = ("example.com", "example.net", "example.org")
+
+
+def senders_dns() -> RunningDNS:
+    """Everlock's DNS server hosting the domains the listener tests send from: each lets
+    127.0.0.0/8 send (SPF) and has no DMARC record; 127.0.0.1 is mx.example.net, which points
+    back (iprev). Other names are not served: asking for them is a temporary DNS failure."""
+    for origin in SENDER_DOMAINS:
+        zone_create(origin=origin)
+        record_add(origin=origin, name="@", rtype="TXT", data='"v=spf1 ip4:127.0.0.0/8 -all"')
+    record_add(origin="example.net", name="mx", rtype="A", data="127.0.0.1")
+    zone_create(origin="0.0.127.in-addr.arpa")
+    record_add(origin="0.0.127.in-addr.arpa", name="1", rtype="PTR", data="mx.example.net.")
+    return RunningDNS()
 
 
 @pytest.fixture

@@ -67,6 +67,9 @@ def test_delivery_adds_return_path_and_received(smtp, example_com):
     head, _, rest = raw.partition(b"\r\n")
     assert head == b"Return-Path: <carol@example.net>"
     assert rest.startswith(
+        b"Authentication-Results: mail.example.com;\r\n\tspf=pass smtp.mailfrom=example.net;\r\n"
+        b"\tdkim=none;\r\n\tdmarc=none header.from=example.net;\r\n\tarc=none;\r\n"
+        b"\tiprev=pass policy.iprev=127.0.0.1 (mx.example.net)\r\n"
         b"Received: from mx.example.net ([127.0.0.1])\r\n\tby mx.example.com (Everlock) with ESMTP\r\n"
     )
     assert rest.endswith(MESSAGE)
