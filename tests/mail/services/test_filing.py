@@ -12,7 +12,7 @@ from django.utils import timezone
 from mail.auth import srs
 from mail.message import parse_message
 from mail.models import Folder, MailDomain, Message, MessageContent
-from mail.services.dsn import send_dsn
+from mail.services.dsn import Report, send_dsn
 from mail.services.filing import Copy, FolderGone, NewMessage, file_messages
 from mail.services.mailboxes import mailbox_create
 from mail.services.rules import set_rules
@@ -49,11 +49,13 @@ def test_every_path_files_rows_of_one_shape_and_numbers_them_one_way(imap, mail_
         client.sendmail("", [srs.forward("alice@example.com", "example.com")], letter("bounce"))
     with transaction.atomic():
         assert send_dsn(
-            reporting_host="mail.example.com",
-            envelope_from="alice@example.com",
-            original=letter("dsn-original"),
-            failed=[("dave@example.org", "mx.example.org", "550 5.1.1 No such user")],
-            arrival=timezone.now(),
+            Report(
+                reporting_host="mail.example.com",
+                envelope_from="alice@example.com",
+                original=letter("dsn-original"),
+                recipients=(("dave@example.org", "mx.example.org", "550 5.1.1 No such user"),),
+                arrival=timezone.now(),
+            )
         )
     inbox = Folder.objects.get(mailbox__local_part="alice", name="inbox")
     filed = list(Message.objects.filter(folder=inbox).order_by("id"))
