@@ -46,7 +46,7 @@ import dns.rdatatype
 import dns.rrset
 from aiosmtpd.smtp import SMTP
 
-from bench.dns import _cpu_ns
+from bench.dns import _cpu_ns as _cpu_ns_by_child
 
 QUEUE = """
 import time
@@ -130,6 +130,11 @@ def _children(pid: int) -> list[int]:
         for task in Path(f"/proc/{pid}/task").glob("*")
         for child in (task / "children").read_text().split()
     ]
+
+
+def _cpu_ns(root: int) -> int:
+    """CPU time (ns) used so far by process `root` and all its descendants."""
+    return sum(_cpu_ns_by_child(root).values())
 
 
 def _cpu_seconds(root: int, word: str) -> float:
